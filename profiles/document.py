@@ -1,0 +1,290 @@
+"""TOML files that round-trip byte for byte: load, read/write values by key path, find a key's line.
+
+A key path is dotted with list indexes, e.g. `model.transformer_path`, `directory[0].path`,
+`optimizer.betas[1]`. Everything here keeps comments, order and formatting (tomlkit).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import ParseError as TomlKitParseError
+from tomlkit.exceptions import TOMLKitError
+
+from profiles.errors import ProfileError, ProfileParseError
+
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+MAX_PROFILE_BYTES = 4 * 1024 * 1024
+
+
+def split_keypath(keypath: str) -> list[str | int]:
+    """`directory[0].path` -> ['directory', 0, 'path']."""
+    parts: list[str | int] = []
+    for name, index in _SEGMENT.findall(keypath):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+def join_keypath(parts: list[str | int] | tuple[str | int, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def read_text(path: Path) -> str:
+    """Read a TOML file as text, refusing binaries and unreadable files with a clear message."""
+    try:
+        if path.is_dir():
+            raise ProfileError(f"{path}: is a directory, expected a TOML file")
+        size = path.stat().st_size
+        if size > MAX_PROFILE_BYTES:
+            raise ProfileError(f"{path}: {size} bytes is too large for a profile (limit {MAX_PROFILE_BYTES})")
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ProfileError(f"{path}: file not found") from exc
+    except PermissionError as exc:
+        raise ProfileError(f"{path}: permission denied (cannot read the file)") from exc
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if b"\x00" in raw[:8192]:
+        raise ProfileParseError(str(path), None, "binary file, expected a TOML text file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ProfileParseError(str(path), line, "not valid UTF-8 text, expected a TOML text file") from exc
+
+
+def parse_text(text: str, source: str) -> tomlkit.TOMLDocument:
+    try:
+        return tomlkit.parse(text)
+    except TomlKitParseError as exc:
+        raise ProfileParseError(source, exc.line, f"invalid TOML: {exc}") from exc
+    except TOMLKitError as exc:
+        raise ProfileParseError(source, None, f"invalid TOML: {exc}") from exc
+
+
+@dataclass
+class TomlFile:
+    """One TOML file: its document (which keeps formatting) and where it lives."""
+
+    doc: tomlkit.TOMLDocument
+    path: Path | None = None
+    source: str = "<memory>"
+
+    @classmethod
+    def load(cls, path: Path | str) -> TomlFile:
+        path = Path(path)
+        text = read_text(path)
+        return cls(doc=parse_text(text, str(path)), path=path, source=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<memory>", path: Path | None = None) -> TomlFile:
+        return cls(doc=parse_text(text, source), path=path, source=source)
+
+    def dumps(self) -> str:
+        return tomlkit.dumps(self.doc)
+
+    def data(self) -> dict[str, Any]:
+        """Plain Python values (no tomlkit wrappers) for validation and computation."""
+        return self.doc.unwrap()
+
+    def get(self, keypath: str, default: Any = None) -> Any:
+        node: Any = self.doc
+        for part in split_keypath(keypath):
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return default
+        return node.unwrap() if hasattr(node, "unwrap") else node
+
+    def has(self, keypath: str) -> bool:
+        sentinel = object()
+        return self.get(keypath, sentinel) is not sentinel
+
+    def set(self, keypath: str, value: Any) -> None:
+        """Set one value; only that line changes. Missing tables are created at the end."""
+        parts = split_keypath(keypath)
+        if not parts:
+            raise ProfileError("empty key path")
+        node: Any = self.doc
+        for part in parts[:-1]:
+            if isinstance(part, int):
+                node = node[part]
+                continue
+            if part not in node:
+                node[part] = tomlkit.table()
+            node = node[part]
+        last = parts[-1]
+        if isinstance(last, str) and last in node:
+            old = node[last]
+            # Keep the trailing comment of a value we replace.
+            comment = getattr(getattr(old, "trivia", None), "comment", "")
+            node[last] = value
+            if comment:
+                new = node[last]
+                if hasattr(new, "trivia"):
+                    new.trivia.comment = comment
+                    new.trivia.comment_ws = old.trivia.comment_ws
+        else:
+            node[last] = value
+
+    def delete(self, keypath: str) -> bool:
+        parts = split_keypath(keypath)
+        node: Any = self.doc
+        for part in parts[:-1]:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return False
+        try:
+            del node[parts[-1]]
+        except (KeyError, IndexError, TypeError):
+            return False
+        return True
+
+    def line_of(self, keypath: str) -> int | None:
+        """1-based line of a key (or of its table header when the key itself is absent)."""
+        return find_line(self.dumps(), keypath)
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*(\]\]?)\s*(#.*)?$")
+_ASSIGN = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-.]+)\s*=""")
+
+
+def _norm_key(raw: str) -> str:
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return raw
+
+
+def find_line(text: str, keypath: str) -> int | None:
+    """Locate `keypath` in TOML source text by scanning headers and assignments.
+
+    Handles top-level keys, `[table]`, `[[array.of.tables]]` (by index) and dotted keys well enough to
+    point a user at the right line. Falls back to the nearest enclosing table's header line.
+    """
+    parts = split_keypath(keypath)
+    names = [p for p in parts if isinstance(p, str)]
+    if not names:
+        return None
+    # The table the key lives in, as (path-without-indexes, array index or None), and the leaf key.
+    table_parts: list[str] = []
+    array_index: int | None = None
+    leaf: str | None = None
+    for i, part in enumerate(parts):
+        if isinstance(part, int):
+            array_index = part
+            continue
+        nxt = parts[i + 1] if i + 1 < len(parts) else None
+        if nxt is None:
+            leaf = part
+        else:
+            table_parts.append(part)
+    lines = text.splitlines()
+    current: list[str] = []
+    current_array_counts: dict[str, int] = {}
+    current_index: int | None = None
+    header_line: int | None = None if table_parts else 0
+    target_table = ".".join(table_parts)
+    for lineno, line in enumerate(lines, start=1):
+        header = _HEADER.match(line)
+        if header and not _ASSIGN.match(line):
+            name = ".".join(_norm_key(p) for p in header.group(2).split("."))
+            current = name.split(".") if name else []
+            if header.group(1) == "[[":
+                current_index = current_array_counts.get(name, -1) + 1
+                current_array_counts[name] = current_index
+            else:
+                current_index = None
+            if name == target_table and (array_index is None or current_index == array_index):
+                header_line = lineno
+                if leaf is None:
+                    return lineno
+            continue
+        assign = _ASSIGN.match(line)
+        if not assign or leaf is None:
+            continue
+        key = ".".join(_norm_key(p) for p in assign.group(1).split("."))
+        full = ".".join(current + [key]) if current else key
+        in_target = ".".join(current) == target_table and (
+            array_index is None or current_index == array_index or not current_array_counts
+        )
+        if in_target and key == leaf:
+            return lineno
+        if full == ".".join(names):
+            return lineno
+    return header_line or None
+
+
+@dataclass
+class Profile:
+    """A training profile: the main TOML and, when found, the dataset TOML it references."""
+
+    main: TomlFile
+    dataset: TomlFile | None = None
+    eval_datasets: dict[str, TomlFile] = field(default_factory=dict)
+    name: str | None = None
+
+    @property
+    def dataset_ref(self) -> str | None:
+        ref = self.main.get("dataset")
+        return ref if isinstance(ref, str) else None
+
+    @property
+    def model_type(self) -> str | None:
+        value = self.main.get("model.type")
+        return value if isinstance(value, str) else None
+
+
+def resolve_ref(ref: str, main_path: Path | None, extra_roots: list[Path] | None = None) -> Path | None:
+    """Find a file referenced from a main TOML.
+
+    diffusion-pipe resolves relative paths against the working directory of train.py (usually its
+    checkout), so we try: absolute, next to the main file, the current directory, then extra roots
+    (the configured diffusion-pipe checkout).
+    """
+    candidate = Path(ref).expanduser()
+    if candidate.is_absolute():
+        return candidate if candidate.exists() else None
+    roots: list[Path] = []
+    if main_path is not None:
+        roots.append(main_path.parent)
+    roots.append(Path.cwd())
+    roots.extend(extra_roots or [])
+    for root in roots:
+        path = root / candidate
+        if path.exists():
+            return path
+    return None
+
+
+def load_profile(path: Path | str, extra_roots: list[Path] | None = None) -> Profile:
+    """Load a main TOML and the dataset / eval dataset TOMLs it references (when they exist).
+
+    A missing dataset file is not an error here: validation reports it with file and line.
+    """
+    main = TomlFile.load(path)
+    profile = Profile(main=main)
+    ref = profile.dataset_ref
+    if ref:
+        found = resolve_ref(ref, main.path, extra_roots)
+        if found is not None and found.is_file():
+            profile.dataset = TomlFile.load(found)
+    evals = main.get("eval_datasets") or []
+    if isinstance(evals, list):
+        for entry in evals:
+            if isinstance(entry, dict) and isinstance(entry.get("config"), str):
+                found = resolve_ref(entry["config"], main.path, extra_roots)
+                if found is not None and found.is_file():
+                    profile.eval_datasets[str(entry.get("name", entry["config"]))] = TomlFile.load(found)
+    return profile

@@ -1,0 +1,32 @@
+"""Every test gets its own DPDECK_HOME so tests (and the user's real state) never collide."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def dpdeck_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("dpdeck_home")
+    monkeypatch.setenv("DPDECK_HOME", str(home))
+    # Subprocesses of tests must never read the developer's secrets or write W&B runs.
+    for var in ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a `dpdeck` subprocess: the current one (with the test's DPDECK_HOME) plus extras."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env
