@@ -7,6 +7,7 @@ A key path is dotted with list indexes, e.g. `model.transformer_path`, `director
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import ParseError as TomlKitParseError
 from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import AoT
 
 from profiles.errors import ProfileError, ProfileParseError
 
@@ -111,19 +113,35 @@ class TomlFile:
         return self.get(keypath, sentinel) is not sentinel
 
     def set(self, keypath: str, value: Any) -> None:
-        """Set one value; only that line changes. Missing tables are created at the end."""
+        """Set one value; only that line changes. Missing tables are created at the end.
+
+        Raises ProfileError (and leaves the document as it was) when the path runs through a value that
+        is not a table or an array, or would put a non-table into an array of tables.
+        """
         parts = split_keypath(keypath)
         if not parts:
             raise ProfileError("empty key path")
         node: Any = self.doc
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
+            where = join_keypath(parts[: depth + 1])
             if isinstance(part, int):
+                if not isinstance(node, list) or not -len(node) <= part < len(node):
+                    raise ProfileError(f"{keypath}: {where} does not exist")
                 node = node[part]
                 continue
+            if not isinstance(node, dict):
+                raise ProfileError(f"{keypath}: {join_keypath(parts[:depth])} is not a table")
             if part not in node:
                 node[part] = tomlkit.table()
             node = node[part]
         last = parts[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or not -len(node) <= last < len(node):
+                raise ProfileError(f"{keypath}: no such array element")
+            if isinstance(node, AoT) and not isinstance(value, dict):
+                raise ProfileError(f"{keypath}: an entry of an array of tables must be a table")
+        elif not isinstance(node, dict):
+            raise ProfileError(f"{keypath}: {join_keypath(parts[:-1])} is not a table")
         if isinstance(last, str) and last in node:
             old = node[last]
             # Keep the trailing comment of a value we replace.
@@ -167,13 +185,127 @@ def _norm_key(raw: str) -> str:
     return raw
 
 
+def _statement_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of each line that starts a TOML statement.
+
+    Skips continuation lines of multi-line arrays, inline tables and multi-line strings, so that a line
+    like `    [1024, 1]` inside `micro_batch_size_per_gpu = [...]` is never mistaken for a table header.
+    """
+    depth = 0
+    in_str: str | None = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if depth == 0 and in_str is None:
+            yield lineno, line
+        i, n = 0, len(line)
+        while i < n:
+            c = line[i]
+            if in_str is not None:
+                if in_str in ('"""', "'''") and line.startswith(in_str, i):
+                    in_str, i = None, i + 3
+                elif c == "\\" and in_str in ('"', '"""'):
+                    i += 2
+                else:
+                    if c == in_str:
+                        in_str = None
+                    i += 1
+                continue
+            if c == "#":
+                break
+            if line.startswith('"""', i) or line.startswith("'''", i):
+                in_str, i = line[i : i + 3], i + 3
+                continue
+            if c in "\"'":
+                in_str = c
+            elif c in "[{":
+                depth += 1
+            elif c in "]}":
+                depth = max(0, depth - 1)
+            i += 1
+        if in_str in ('"', "'"):
+            in_str = None  # a one-line string cannot continue on the next line
+
+
 def find_line(text: str, keypath: str) -> int | None:
     """Locate `keypath` in TOML source text by scanning headers and assignments.
 
     Handles top-level keys, `[table]`, `[[array.of.tables]]` (by index) and dotted keys well enough to
-    point a user at the right line. Falls back to the nearest enclosing table's header line.
+    point a user at the right line. An index into a value (`optimizer.betas[1]`, `resolutions[2]`) points
+    at the value's line; a key inside an inline table points at the line of the enclosing key. Falls back
+    to the nearest enclosing table's header line.
     """
     parts = split_keypath(keypath)
+    if parts and isinstance(parts[-1], int):
+        as_table = _find_line(text, parts)  # `directory[1]`: the header of an array of tables
+        if as_table is not None:
+            return as_table
+    element: int | None = None
+    while parts and isinstance(parts[-1], int):
+        element = parts.pop()  # ends as the outermost index: the element of the array value
+    found = _find_line(text, parts)
+    if found is not None and element is not None:
+        return _element_line(text, found, element) or found
+    if found is None and len(parts) > 1:
+        return find_line(text, join_keypath(parts[:-1]))
+    return found
+
+
+def _element_line(text: str, lineno: int, index: int) -> int | None:
+    """The line where element `index` of the array assigned on line `lineno` starts (multi-line arrays)."""
+    lines = text.splitlines()
+    if not 0 < lineno <= len(lines):
+        return None
+    first = _ASSIGN.match(lines[lineno - 1])
+    if first is None:
+        return None
+    depth, count, pending = 0, 0, False
+    in_str: str | None = None
+    for number in range(lineno, len(lines) + 1):
+        line = lines[number - 1]
+        i = first.end() if number == lineno else 0
+        while i < len(line):
+            c = line[i]
+            if in_str is not None:
+                if len(in_str) == 3 and line.startswith(in_str, i):
+                    in_str, i = None, i + 3
+                    continue
+                if c == "\\" and in_str[0] == '"':
+                    i += 2
+                    continue
+                if len(in_str) == 1 and c == in_str:
+                    in_str = None
+                i += 1
+                continue
+            if c == "#":
+                break
+            if depth == 1 and pending and not c.isspace() and c not in ",]":
+                if count == index:
+                    return number
+                pending = False
+            if line.startswith('"""', i) or line.startswith("\'\'\'", i):
+                in_str, i = line[i : i + 3], i + 3
+                continue
+            if c in "\"\'":
+                in_str = c
+            elif c in "[{":
+                depth += 1
+                if depth == 1:
+                    pending = True
+            elif c in "]}":
+                depth -= 1
+                if depth <= 0:
+                    return None
+            elif c == "," and depth == 1:
+                count += 1
+                pending = True
+            i += 1
+        if in_str is not None and len(in_str) == 1:
+            in_str = None
+        if depth == 0:
+            return None
+    return None
+
+
+def _find_line(text: str, parts: list[str | int]) -> int | None:
     names = [p for p in parts if isinstance(p, str)]
     if not names:
         return None
@@ -190,13 +322,12 @@ def find_line(text: str, keypath: str) -> int | None:
             leaf = part
         else:
             table_parts.append(part)
-    lines = text.splitlines()
     current: list[str] = []
     current_array_counts: dict[str, int] = {}
     current_index: int | None = None
     header_line: int | None = None if table_parts else 0
     target_table = ".".join(table_parts)
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in _statement_lines(text):
         header = _HEADER.match(line)
         if header and not _ASSIGN.match(line):
             name = ".".join(_norm_key(p) for p in header.group(2).split("."))
@@ -221,7 +352,7 @@ def find_line(text: str, keypath: str) -> int | None:
         )
         if in_target and key == leaf:
             return lineno
-        if full == ".".join(names):
+        if full == ".".join(names) and (array_index is None or current_index == array_index):
             return lineno
     return header_line or None
 
