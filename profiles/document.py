@@ -341,6 +341,8 @@ def _find_line(text: str, parts: list[str | int]) -> int | None:
                 header_line = lineno
                 if leaf is None:
                     return lineno
+            if leaf is not None and name == ".".join(names) and array_index is None:
+                return lineno  # the key is itself a table: `model` -> `[model]`, `directory` -> first `[[directory]]`
             continue
         assign = _ASSIGN.match(line)
         if not assign or leaf is None:
@@ -414,6 +416,9 @@ def load_profile(path: Path | str, extra_roots: list[Path] | None = None) -> Pro
     evals = main.get("eval_datasets") or []
     if isinstance(evals, list):
         for entry in evals:
+            # diffusion-pipe also accepts a bare path string (it names that eval set `eval<i>`).
+            if isinstance(entry, str):
+                entry = {"config": entry}
             if isinstance(entry, dict) and isinstance(entry.get("config"), str):
                 found = resolve_ref(entry["config"], main.path, extra_roots)
                 if found is not None and found.is_file():

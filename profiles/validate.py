@@ -82,7 +82,8 @@ LR_SCHEDULERS = {"diffusion-pipe": ("constant", "linear"), "builtin": ("constant
 SAVE_KEYS = ("save_every_n_epochs", "save_every_n_steps", "save_every_n_examples")
 MAX_RESOLUTIONS = 3
 # `<PATH TO flux_schnell_diffusers FOLDER>`, `<DEMO_MODEL_DIR>`: template values the user must replace.
-PLACEHOLDER = re.compile(r"<[A-Z][^<>\n]*>")
+# Deliberately narrow: `<sks>` or `<TRIGGER>` in a caption prefix is real content, not a placeholder.
+PLACEHOLDER = re.compile(r"^\s*<(?:PATH TO|FILL IN|YOUR |DEMO_|REDACTED)[^<>\n]*>\s*$")
 SECRET_KEYS = ("wandb_api_key",)
 
 
@@ -100,6 +101,20 @@ class Problem:
     @property
     def is_error(self) -> bool:
         return self.severity == "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json output (the text form is included as `text`)."""
+        return {
+            "severity": self.severity,
+            "file": self.file,
+            "key": self.key,
+            "line": self.line,
+            "found": self.found,
+            "expected": self.expected,
+            "message": self.message,
+            "code": self.code,
+            "text": str(self),
+        }
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -165,11 +180,15 @@ class _Ctx:
         expected: str | None = None,
         code: str = "",
         raw_found: str | None = None,
+        at: str | None = None,
     ) -> None:
+        """Record a problem. `at`: a related key to point at when `key` itself is absent from the file."""
         text = self._texts.get(id(toml))
         if text is None:
             text = self._texts[id(toml)] = toml.dumps()
         line = find_line(text, key) if key else None
+        if line is None and at:
+            line = find_line(text, at)
         shown = raw_found if raw_found is not None else (None if found is None else show(found))
         if shown is not None and _is_secret_key(key):
             shown = "***"
@@ -444,6 +463,7 @@ def _check_main(ctx: _Ctx, profile: Profile, num_gpus: int | None) -> None:
             "no save frequency: diffusion-pipe refuses to start without one",
             expected="one of " + ", ".join(SAVE_KEYS),
             code="required",
+            at="epochs",
         )
     checkpoints = [
         k
@@ -481,8 +501,10 @@ def _did_you_mean(value: str, choices: tuple[str, ...]) -> str:
 
 
 def _check_model(ctx: _Ctx, toml: TomlFile, model: Any) -> str | None:
+    """Type-specific checks; returns the type when it is a known one."""
     if not isinstance(model, dict):
         return None
+    _check_model_values(ctx, toml, model)  # whatever the type: one typo must not hide another
     mtype = model.get("type")
     if not isinstance(mtype, str):
         return None
@@ -502,18 +524,20 @@ def _check_model(ctx: _Ctx, toml: TomlFile, model: Any) -> str | None:
         _unknown_keys(ctx, toml, model, frozenset(ModelConfig.model_fields), ["model"], "diffusion-pipe")
         return None
     present = {k for k, v in model.items() if v is not None}
-    missing = spec.missing(present)
-    if missing:
-        for key in missing:
-            ctx.add(
-                "error",
-                toml,
-                f"model.{key}",
-                f"required for type {mtype!r}",
-                expected=f"{spec.requirement_text()} (for {spec.label})",
-                code="required",
-            )
+    for key in spec.missing(present) or ():
+        ctx.add(
+            "error",
+            toml,
+            f"model.{key}",
+            f"required for type {mtype!r}",
+            expected=f"{spec.requirement_text()} (for {spec.label})",
+            code="required",
+        )
     _unknown_keys(ctx, toml, model, spec.known_keys, ["model"], f"model type {mtype!r}")
+    return mtype
+
+
+def _check_model_values(ctx: _Ctx, toml: TomlFile, model: dict[str, Any]) -> None:
     for key in ("dtype", "transformer_dtype", "diffusion_model_dtype"):
         if isinstance(model.get(key), str):
             _check_dtype(ctx, toml, f"model.{key}", model[key], allow_nf4=key == "transformer_dtype")
@@ -529,19 +553,17 @@ def _check_model(ctx: _Ctx, toml: TomlFile, model: Any) -> str | None:
                     expected="path = '...' (or paths = [...])",
                     code="required",
                 )
-    for lo, hi in (("min_t", "max_t"),):
-        a, b = model.get(lo), model.get(hi)
-        if _num(a) and _num(b) and a >= b:
-            ctx.add(
-                "error",
-                toml,
-                f"model.{lo}",
-                f"must be below {hi} ({b})",
-                found=a,
-                expected=f"a value < {b}",
-                code="value",
-            )
-    return mtype
+    low, high = model.get("min_t"), model.get("max_t")
+    if _num(low) and _num(high) and low >= high:
+        ctx.add(
+            "error",
+            toml,
+            "model.min_t",
+            f"must be below max_t ({high})",
+            found=low,
+            expected=f"a value < {high}",
+            code="value",
+        )
 
 
 def _num(value: Any) -> bool:
@@ -732,6 +754,27 @@ def _check_training(ctx: _Ctx, toml: TomlFile, data: dict[str, Any], num_gpus: i
                 expected="0 for a full fine-tune",
                 code="value",
             )
+    if data.get("partition_method") == "manual" and isinstance(stages, int) and not isinstance(stages, bool):
+        split = data.get("partition_split")
+        if not isinstance(split, list):
+            ctx.add(
+                "error",
+                toml,
+                "partition_split",
+                "required with partition_method = 'manual'",
+                expected=f"{max(stages - 1, 0)} layer index(es) where the model is split, e.g. [10]",
+                code="required",
+            )
+        elif len(split) != stages - 1:
+            ctx.add(
+                "error",
+                toml,
+                "partition_split",
+                f"{len(split)} split point(s) for {stages} pipeline stage(s)",
+                found=split,
+                expected=f"{stages - 1} entries (pipeline_stages - 1)",
+                code="value",
+            )
     sched = data.get("lr_scheduler")
     allowed = LR_SCHEDULERS.get(ctx.backend, LR_SCHEDULERS["diffusion-pipe"])
     if isinstance(sched, str) and sched not in allowed:
@@ -915,6 +958,18 @@ def _check_dataset(ctx: _Ctx, toml: TomlFile, model_type: str | None) -> None:
             code="required",
         )
     _check_resolutions(ctx, toml, data.get("resolutions"), "resolutions")
+    spec = mt.get_spec(model_type) if model_type else None
+    frames = data.get("frame_buckets")
+    if spec is not None and not spec.video and isinstance(frames, list) and any(f != 1 for f in frames):
+        ctx.add(
+            "warning",
+            toml,
+            "frame_buckets",
+            f"{model_type!r} trains on images only: frame buckets above 1 are not used",
+            found=frames,
+            expected="[1] (or leave it out)",
+            code="value",
+        )
     directories = data.get("directory")
     entries = directories if isinstance(directories, list) else []
     _check_buckets(ctx, toml, data, {}, None)
@@ -987,6 +1042,9 @@ def _check_buckets(
                 "required when enable_ar_bucket = true and no ar_buckets are listed",
                 expected="min_ar, max_ar and num_ar_buckets (e.g. 0.5, 2.0, 7), or ar_buckets = [...]",
                 code="buckets",
+                at=f"{prefix}.enable_ar_bucket"
+                if prefix is not None and "enable_ar_bucket" in entry
+                else "enable_ar_bucket",
             )
     lo, hi = effective("min_ar"), effective("max_ar")
     if _num(lo) and _num(hi) and lo > hi:

@@ -83,3 +83,34 @@ def test_delete_removes_only_that_key() -> None:
     assert toml.delete("model.flux_shift")
     after = toml.dumps().splitlines()
     assert after == before[: line - 1] + before[line:]  # type: ignore[operator]
+
+
+def _keys(node: object, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            out.append(path)
+            out.extend(_keys(v, path))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, dict):
+                out.extend(_keys(v, f"{prefix}[{i}]"))
+    return out
+
+
+PROFILE_FILES = [
+    p for p in FILES if p.name != "index.toml"
+]  # the index's quoted dotted keys are not key paths
+
+
+@pytest.mark.parametrize("path", PROFILE_FILES, ids=ids(PROFILE_FILES))
+def test_find_line_points_at_every_key(path: Path) -> None:
+    """Every key of every realistic file is located on a line that names it (headers included)."""
+    text = path.read_text()
+    lines = text.splitlines()
+    for key in _keys(TomlFile.from_text(text).data()):
+        line = find_line(text, key)
+        assert line is not None, key
+        leaf = key.rsplit(".", 1)[-1].split("[")[0]
+        assert leaf in lines[line - 1], (key, line, lines[line - 1])

@@ -463,3 +463,55 @@ def test_secret_values_are_masked_even_in_type_errors(case: Case) -> None:
     problem = only(problems, "monitoring.wandb_api_key")
     assert problem.code == "type" and problem.found == "***"
     assert all("918273645546372819" not in str(p) for p in problems)
+
+
+def test_eval_dataset_given_as_a_bare_path(case: Case) -> None:
+    (case.root / "eval.toml").write_text(
+        f"resolutions = [512]\n\n[[directory]]\npath = '{case.box['images']}'\n"
+    )
+    case.edit_main("epochs = 10", "eval_datasets = ['eval.toml']\nepochs = 10")
+    assert case.validate() == []
+    (case.root / "eval.toml").write_text("resolutions = [512]\n")
+    problem = only(case.validate(), "directory")
+    assert problem.file == str(case.root / "eval.toml") and problem.code == "required"
+
+
+def test_manual_partition_needs_matching_split(case: Case) -> None:
+    case.edit_main(
+        "pipeline_stages = 1", "pipeline_stages = 3\npartition_method = 'manual'\npartition_split = [10]"
+    )
+    problem = only(case.validate(num_gpus=3), "partition_split")
+    assert problem.expected == "2 entries (pipeline_stages - 1)"
+    assert problem.line == line_of(case.main_text, r"^partition_split")
+    assert problem.to_dict()["text"] == str(problem) and problem.to_dict()["key"] == "partition_split"
+    case.edit_main("partition_split = [10]", "partition_split = [10, 20]")
+    assert case.validate(num_gpus=3) == []
+
+
+def test_angle_brackets_in_captions_are_not_placeholders(case: Case) -> None:
+    case.edit_dataset("num_repeats = 1", "num_repeats = 1\ncaption_prefix = '<SKS> dog, '")
+    assert case.validate() == []
+    case.edit_dataset("'<SKS> dog, '", "'<FILL IN your trigger word>'")
+    assert only(case.validate(), "directory[0].caption_prefix").code == "placeholder"
+
+
+def test_frame_buckets_on_an_image_model_warn(case: Case) -> None:
+    case.edit_dataset("frame_buckets = [1]", "frame_buckets = [1, 33]")
+    problem = only(case.validate(), "frame_buckets")
+    assert problem.severity == "warning" and "images only" in problem.message
+
+
+def test_absent_keys_point_at_the_related_line(case: Case) -> None:
+    case.edit_dataset("min_ar = 0.5\nmax_ar = 2.0\nnum_ar_buckets = 9\n", "")
+    case.edit_main("save_every_n_epochs = 1\n", "")
+    problems = case.validate()
+    enable = line_of(case.dataset_text, r"^enable_ar_bucket")
+    assert [p.line for p in problems if p.code == "buckets"] == [enable, enable, enable]
+    assert only(problems, "save_every_n_epochs").line == line_of(case.main_text, r"^epochs")
+
+
+def test_an_unknown_type_does_not_hide_other_model_errors(case: Case) -> None:
+    case.edit_main("type = 'chroma'", "type = 'Flux'")
+    case.edit_main("dtype = 'bfloat16'\ntransformer_dtype", "dtype = 'bf16'\ntransformer_dtype")
+    problems = case.validate()
+    assert {p.key for p in problems if p.severity == "error"} == {"model.type", "model.dtype"}
