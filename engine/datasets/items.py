@@ -1,0 +1,144 @@
+"""Scan one dataset directory: image files, their header sizes and their captions.
+
+Sizes come from the image header (PIL opens lazily), so scanning a large folder is cheap. Broken files are
+reported per file and counted, never raised: a bad image must not stop a scan halfway.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+CAPTIONS_JSON = "captions.json"
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    """One training example: an image and the caption it is trained with."""
+
+    path: Path
+    width: int
+    height: int
+    caption: str
+    size_bytes: int
+    mtime_ns: int
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the file's content as far as a cheap stat can tell."""
+        return f"{self.path}|{self.size_bytes}|{self.mtime_ns}"
+
+
+@dataclass
+class ScanResult:
+    items: list[DatasetItem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    skipped_broken: int = 0
+    skipped_no_caption: int = 0
+
+
+def shuffle_tags(caption: str, seed: int, delimiter: str = ",") -> str:
+    """Shuffle comma-separated tags deterministically (same seed -> same order)."""
+    tags = [t.strip() for t in caption.split(delimiter) if t.strip()]
+    random.Random(seed).shuffle(tags)
+    return f"{delimiter} ".join(tags)
+
+
+def _load_captions_json(directory: Path, result: ScanResult) -> dict[str, list[str]]:
+    path = directory / CAPTIONS_JSON
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        result.warnings.append(f"{path}: unreadable captions file ignored ({exc})")
+        return {}
+    if not isinstance(raw, dict):
+        result.warnings.append(
+            f"{path}: expected an object mapping file name -> caption, found {type(raw).__name__}"
+        )
+        return {}
+    out: dict[str, list[str]] = {}
+    for name, value in raw.items():
+        if isinstance(value, str):
+            out[name] = [value]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out[name] = list(value)
+        else:
+            result.warnings.append(f"{path}: key {name!r}: expected a string or a list of strings")
+    return out
+
+
+def _read_caption_file(path: Path, result: ScanResult) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        result.warnings.append(f"{path}: unreadable caption ({exc.__class__.__name__}: {exc})")
+        return None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header only; raises OSError/UnidentifiedImageError for broken files."""
+    with Image.open(path) as img:
+        return img.size
+
+
+def scan_directory(
+    directory: Path,
+    *,
+    caption_prefix: str = "",
+    skip_empty_caption: bool = True,
+) -> ScanResult:
+    """Non-recursive scan of one directory, as diffusion-pipe does.
+
+    Caption source, in order: `<stem>.txt` beside the image, then captions.json in the folder (a string or a
+    list of strings; each string becomes its own example). A missing or empty caption skips the image when
+    skip_empty_caption, else it trains with the empty caption.
+    """
+    result = ScanResult()
+    json_captions = _load_captions_json(directory, result)
+    try:
+        entries = sorted(p for p in directory.iterdir() if p.is_file())
+    except OSError as exc:
+        result.warnings.append(f"{directory}: cannot list directory ({exc})")
+        return result
+    for path in entries:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        captions: list[str] | None = None
+        txt = path.with_suffix(".txt")
+        if txt.is_file():
+            text = _read_caption_file(txt, result)
+            if text is None:
+                result.skipped_no_caption += 1
+                continue
+            captions = [text]
+        elif path.name in json_captions:
+            captions = json_captions[path.name]
+        captions = [c.strip() for c in (captions or []) if c.strip()] or (
+            [""] if not skip_empty_caption else []
+        )
+        if not captions:
+            result.warnings.append(f"{path}: no caption ({txt.name} or {CAPTIONS_JSON}); skipped")
+            result.skipped_no_caption += 1
+            continue
+        try:
+            width, height = read_image_size(path)
+            stat = path.stat()
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            result.warnings.append(f"{path}: unreadable image skipped ({exc.__class__.__name__}: {exc})")
+            result.skipped_broken += 1
+            continue
+        if width <= 0 or height <= 0:
+            result.warnings.append(f"{path}: image has size {width}x{height}; skipped")
+            result.skipped_broken += 1
+            continue
+        for caption in captions:
+            full = f"{caption_prefix}{caption}" if caption_prefix else caption
+            result.items.append(DatasetItem(path, width, height, full, stat.st_size, stat.st_mtime_ns))
+    return result

@@ -1,0 +1,5 @@
+import sys
+
+from engine.trainer.main import main
+
+sys.exit(main())

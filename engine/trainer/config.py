@@ -1,0 +1,194 @@
+"""Read a diffusion-pipe style profile (main TOML + dataset TOML) into plain, checked settings.
+
+Uses profiles.document only (not profiles.schema): the trainer must accept exactly what diffusion-pipe
+accepts, and every bad value is reported with file, key and what is expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiles.document import TomlFile, load_profile, resolve_ref
+
+SUPPORTED_TYPES = ("sd15", "sdxl")
+DTYPES = ("float32", "float16", "bfloat16")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
+
+
+class TrainConfigError(ValueError):
+    """A profile value the trainer cannot use; the message says file, key and expectation."""
+
+
+@dataclass
+class TrainConfig:
+    main_path: Path
+    dataset_path: Path
+    main: dict[str, Any]
+    dataset: dict[str, Any]
+    output_dir: Path
+    epochs: int
+    micro_batch_size: int
+    grad_accum: int
+    gradient_clipping: float
+    warmup_steps: int
+    lr_scheduler: str
+    seed: int
+    zero_stage: int
+    activation_checkpointing: bool
+    save_every_n_epochs: int | None
+    save_every_n_steps: int | None
+    save_every_n_examples: int | None
+    checkpoint_every_n_epochs: int | None
+    checkpoint_every_n_steps: int | None
+    checkpoint_every_n_minutes: float | None
+    model_type: str
+    model: dict[str, Any]
+    dtype: str
+    save_dtype: str
+    adapter: dict[str, Any]
+    rank: int
+    lora_dropout: float
+    optimizer: dict[str, Any]
+    monitoring: dict[str, Any] = field(default_factory=dict)
+    caching_batch_size: int = 1
+
+
+def _err(file: Path, key: str, message: str, found: Any = None) -> TrainConfigError:
+    extra = f" (found {found!r})" if found is not None else ""
+    return TrainConfigError(f"{file}: {key}: {message}{extra}")
+
+
+def _int(data: dict[str, Any], key: str, file: Path, default: int | None, minimum: int = 0) -> int | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _err(file, key, f"expected an integer >= {minimum}", value)
+    return value
+
+
+def _float(data: dict[str, Any], key: str, file: Path, default: float | None) -> float | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _err(file, key, "expected a number", value)
+    return float(value)
+
+
+def load_train_config(main_path: Path | str) -> TrainConfig:
+    main_path = Path(main_path).resolve()
+    profile = load_profile(main_path)
+    main = profile.main.data()
+    f = main_path
+    ref = main.get("dataset")
+    if not isinstance(ref, str):
+        raise _err(f, "dataset", "required: path to the dataset TOML", ref)
+    dataset_path = resolve_ref(ref, main_path)
+    if dataset_path is None or not dataset_path.is_file():
+        raise _err(
+            f, "dataset", "file not found (relative paths are tried beside the main TOML and in the cwd)", ref
+        )
+    dataset = TomlFile.load(dataset_path).data()
+    if not isinstance(main.get("output_dir"), str):
+        raise _err(f, "output_dir", "required: a directory for run folders", main.get("output_dir"))
+    model = main.get("model")
+    if not isinstance(model, dict):
+        raise _err(f, "model", "required: a [model] table with type and dtype")
+    mtype = model.get("type")
+    if mtype not in SUPPORTED_TYPES:
+        raise _err(f, "model.type", f"the built-in trainer trains {', '.join(SUPPORTED_TYPES)}", mtype)
+    dtype = model.get("dtype", "bfloat16")
+    if dtype not in DTYPES:
+        raise _err(
+            f, "model.dtype", f"expected one of {', '.join(DTYPES)} (float8 is not supported here)", dtype
+        )
+    if not model.get("diffusers_path") and not model.get("checkpoint_path"):
+        raise _err(
+            f, "model.diffusers_path", "set diffusers_path (a diffusers folder) or checkpoint_path (one file)"
+        )
+    adapter = main.get("adapter")
+    if not isinstance(adapter, dict) or adapter.get("type", "lora") != "lora":
+        raise _err(
+            f, "adapter", "a [adapter] table with type = 'lora' is required (full fine-tune is not built in)"
+        )
+    if "alpha" in adapter:
+        raise _err(
+            f,
+            "adapter.alpha",
+            "not allowed: alpha is always equal to rank (as in diffusion-pipe)",
+            adapter["alpha"],
+        )
+    optimizer = main.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("type"), str):
+        raise _err(f, "optimizer.type", "required, e.g. type = 'adamw'")
+    if not isinstance(optimizer.get("lr"), (int, float)) or isinstance(optimizer.get("lr"), bool):
+        raise _err(f, "optimizer.lr", "required: a number", optimizer.get("lr"))
+    sched = main.get("lr_scheduler", "constant")
+    if sched not in LR_SCHEDULERS:
+        raise _err(f, "lr_scheduler", f"expected one of {', '.join(LR_SCHEDULERS)}", sched)
+    saves = [main.get(k) for k in ("save_every_n_epochs", "save_every_n_steps", "save_every_n_examples")]
+    if all(s is None for s in saves):
+        raise _err(
+            f,
+            "save_every_n_epochs",
+            "one of save_every_n_epochs / save_every_n_steps / save_every_n_examples is required",
+        )
+    if _int(main, "pipeline_stages", f, 1, 1) != 1:
+        raise _err(
+            f,
+            "pipeline_stages",
+            "the built-in trainer is data-parallel only; expected 1",
+            main.get("pipeline_stages"),
+        )
+    zero = _int(main, "zero_stage", f, 0, 0)
+    assert zero is not None
+    if zero > 2:
+        raise _err(f, "zero_stage", "expected 0, 1 or 2", zero)
+    save_dtype = adapter.get(
+        "save_dtype", main.get("save_dtype", "float32" if dtype == "float32" else "bfloat16")
+    )
+    if save_dtype not in DTYPES:
+        raise _err(f, "save_dtype", f"expected one of {', '.join(DTYPES)}", save_dtype)
+    rank = _int(adapter, "rank", f, None, 1)
+    if rank is None:
+        raise _err(f, "adapter.rank", "required: a positive integer")
+    dropout = _float(adapter, "dropout", f, 0.0) or 0.0
+    epochs = _int(main, "epochs", f, None, 1)
+    if epochs is None:
+        raise _err(f, "epochs", "required: a positive integer")
+    minutes = _float(main, "checkpoint_every_n_minutes", f, None)
+    return TrainConfig(
+        main_path=main_path,
+        dataset_path=dataset_path.resolve(),
+        main=main,
+        dataset=dataset,
+        output_dir=Path(main["output_dir"]).expanduser(),
+        epochs=epochs,
+        micro_batch_size=_int(main, "micro_batch_size_per_gpu", f, 1, 1) or 1,
+        grad_accum=_int(main, "gradient_accumulation_steps", f, 1, 1) or 1,
+        gradient_clipping=_float(main, "gradient_clipping", f, 1.0) or 0.0,
+        warmup_steps=_int(main, "warmup_steps", f, 0, 0) or 0,
+        lr_scheduler=sched,
+        seed=_int(main, "seed", f, 42, 0) or 0,
+        zero_stage=zero,
+        activation_checkpointing=bool(main.get("activation_checkpointing", False)),
+        save_every_n_epochs=_int(main, "save_every_n_epochs", f, None, 1),
+        save_every_n_steps=_int(main, "save_every_n_steps", f, None, 1),
+        save_every_n_examples=_int(main, "save_every_n_examples", f, None, 1),
+        checkpoint_every_n_epochs=_int(main, "checkpoint_every_n_epochs", f, None, 1),
+        checkpoint_every_n_steps=_int(main, "checkpoint_every_n_steps", f, None, 1),
+        checkpoint_every_n_minutes=minutes,
+        model_type=mtype,
+        model=model,
+        dtype=dtype,
+        save_dtype=save_dtype,
+        adapter=adapter,
+        rank=rank,
+        lora_dropout=dropout,
+        optimizer=optimizer,
+        monitoring=main.get("monitoring") if isinstance(main.get("monitoring"), dict) else {},
+        caching_batch_size=_int(main, "caching_batch_size", f, 1, 1) or 1,
+    )

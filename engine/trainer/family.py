@@ -1,0 +1,155 @@
+"""The small interface a model family implements; the training loop knows nothing else about models.
+
+A family loads its components, encodes images and prompts for the cache, runs the denoiser forward, and
+names its LoRA targets and their ComfyUI/A1111 (kohya) key names. Flow-matching families plug in here later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class ModelLoadError(RuntimeError):
+    """The model path is missing, unreadable, or holds a different family than the profile says."""
+
+
+def file_identity(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def folder_identity(folder: Path) -> str:
+    """Identity of a diffusers component folder: its weight/config files' paths, sizes and mtimes."""
+    parts = [file_identity(p) for p in sorted(folder.rglob("*")) if p.is_file()]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+def detect_single_file_family(path: Path) -> str:
+    """Best guess at what a single-file checkpoint holds, from its tensor names (no weights loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a usable safetensors file"
+        raise ModelLoadError(f"{path}: cannot read as safetensors ({exc})") from exc
+    joined = set(k.split(".")[0] for k in keys)
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd15"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any("double_blocks." in k for k in keys):
+        return "flux"
+    if any("joint_blocks." in k for k in keys):
+        return "sd3"
+    return "unknown (top-level prefixes: " + ", ".join(sorted(joined)[:8]) + ")"
+
+
+def detect_folder_family(folder: Path) -> str:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{folder}: no model_index.json; expected a diffusers pipeline folder")
+    try:
+        cls = json.loads(index.read_text()).get("_class_name", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{index}: unreadable ({exc})") from exc
+    if "XL" in cls:
+        return "sdxl"
+    if cls.startswith("StableDiffusion") and "3" not in cls:
+        return "sd15"
+    return f"unknown ({cls})"
+
+
+class Family(ABC):
+    name: str
+    pipeline_class_name: str
+    # The denoiser being trained (a diffusers UNet2DConditionModel here).
+    unet: torch.nn.Module
+
+    def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
+        self.cfg = model_cfg
+        self.dtype = dtype
+        self.device = device
+        self.v_pred = bool(model_cfg.get("v_pred", False))
+
+    def check_family(self) -> None:
+        """Refuse a checkpoint of another family before spending minutes loading it."""
+        if self.cfg.get("diffusers_path"):
+            path = Path(self.cfg["diffusers_path"]).expanduser()
+            if not path.is_dir():
+                raise ModelLoadError(f"model.diffusers_path: {path} is not a directory")
+            found = detect_folder_family(path)
+        else:
+            path = Path(self.cfg["checkpoint_path"]).expanduser()
+            if not path.is_file():
+                raise ModelLoadError(f"model.checkpoint_path: {path} is not a file")
+            found = detect_single_file_family(path)
+        if found != self.name:
+            raise ModelLoadError(
+                f"model.type = '{self.name}' but {path} holds a {found} model; fix model.type or the path"
+            )
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def identity(self, part: str) -> str:
+        """Stable identity of a component ('vae' or 'text') for cache fingerprints."""
+
+    @property
+    @abstractmethod
+    def vae_scale_factor(self) -> int: ...
+
+    @abstractmethod
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B,3,H,W) in [-1,1] -> scaled latents (B,C,h,w), float32."""
+
+    @abstractmethod
+    def encode_prompts(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
+        """One dict of tensors per caption (cached on disk as is)."""
+
+    @abstractmethod
+    def unet_kwargs(
+        self, text: dict[str, torch.Tensor], image_meta: dict[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Keyword arguments for the denoiser forward from stacked cached text + per-image metadata."""
+
+    def image_meta(
+        self, orig_hw: tuple[int, int], crop_tl: tuple[int, int], target_hw: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        return {}
+
+    def lora_target_modules(self) -> list[str]:
+        return list(ATTENTION_TARGETS)
+
+    @abstractmethod
+    def kohya_name(self, module_path: str) -> str:
+        """ComfyUI/A1111 kohya key stem for a diffusers UNet module path."""
+
+    def free_encoders(self) -> None:
+        """Drop VAE and text encoders once everything is cached."""
+        for attr in ("vae", "text_encoder", "text_encoder_2"):
+            if hasattr(self, attr):
+                setattr(self, attr, None)
+
+
+def get_family(model_type: str) -> type[Family]:
+    if model_type == "sd15":
+        from engine.trainer.sd15 import SD15
+
+        return SD15
+    if model_type == "sdxl":
+        from engine.trainer.sdxl import SDXL
+
+        return SDXL
+    raise ModelLoadError(f"model.type: no built-in family {model_type!r}")

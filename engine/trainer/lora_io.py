@@ -1,0 +1,186 @@
+"""LoRA setup and the two files each save writes, each checked after writing.
+
+- diffusers: `<Pipeline>.save_lora_weights` -> pytorch_lora_weights.safetensors (keys `unet.<path>.lora_A/B`,
+  peft config incl. lora_alpha in the header metadata) for `load_lora_weights`.
+- kohya (ComfyUI / A1111): lora_kohya.safetensors with `lora_unet_<path>.lora_down.weight`,
+  `.lora_up.weight` and a real `.alpha` tensor (alpha/rank is the scale); SDXL paths use SGM block names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.trainer.family import Family
+
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_FILE = "lora_kohya.safetensors"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_KOHYA_BASE = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+_MODELSPEC = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+
+
+class LoraSaveError(RuntimeError):
+    pass
+
+
+def add_lora(unet: torch.nn.Module, family: Family, rank: int, dropout: float, init_random_b: bool) -> Any:
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,  # diffusion-pipe: alpha is always rank
+        lora_dropout=dropout,
+        target_modules=family.lora_target_modules(),
+        init_lora_weights=not init_random_b,
+    )
+    unet.add_adapter(config)
+    for name, p in unet.named_parameters():
+        p.requires_grad_("lora_" in name)
+        if "lora_" in name:
+            p.data = p.data.float()  # trainable LoRA weights stay fp32 whatever the base dtype
+    return config
+
+
+def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def init_from_existing(unet: torch.nn.Module, path: Path) -> int:
+    """Load a diffusers-format LoRA (file, or a folder with one) as the starting point."""
+    from peft.utils import set_peft_model_state_dict
+
+    if path.is_dir():
+        for name in (DIFFUSERS_FILE, "adapter_model.safetensors"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise LoraSaveError(
+                f"adapter.init_from_existing: {path} holds no {DIFFUSERS_FILE} or adapter_model.safetensors"
+            )
+    sd = load_file(str(path))
+    sd = {k.removeprefix("unet.").removeprefix("base_model.model."): v for k, v in sd.items()}
+    own = lora_state_dict(unet)
+    matched = {k: v for k, v in sd.items() if k in own}
+    if not matched:
+        raise LoraSaveError(
+            f"adapter.init_from_existing: {path}: no key matches this model's LoRA layers "
+            f"(found e.g. {next(iter(sd), 'nothing')!r}; expected diffusers names like {next(iter(own))!r})"
+        )
+    mismatched = [k for k, v in matched.items() if v.shape != own[k].shape]
+    if mismatched:
+        raise LoraSaveError(
+            f"adapter.init_from_existing: {path}: shape differs for {mismatched[0]} (another rank?)"
+        )
+    set_peft_model_state_dict(unet, matched)
+    return len(matched)
+
+
+def kohya_state_dict(
+    sd: dict[str, torch.Tensor], family: Family, alpha: float, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in sd.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")]
+        stem = family.kohya_name(module)
+        out[f"{stem}.lora_down.weight"] = tensor.to(dtype).contiguous()
+        out[f"{stem}.lora_up.weight"] = sd[f"{module}.lora_B.weight"].to(dtype).contiguous()
+        out[f"{stem}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+    return out
+
+
+def save_lora(
+    save_dir: Path, unet: torch.nn.Module, family: Family, config: Any, save_dtype: str
+) -> list[Path]:
+    """Write both files into save_dir/tmp, verify them, then move them in; `tmp/` gone = save complete."""
+    dtype = DTYPES[save_dtype]
+    tmp = save_dir / "tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    sd = lora_state_dict(unet)
+    cast = {k: v.to(dtype).contiguous() for k, v in sd.items()}
+    metadata = config.to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])
+    family._pipeline_cls().save_lora_weights(
+        str(tmp), unet_lora_layers=cast, weight_name=DIFFUSERS_FILE, unet_lora_adapter_metadata=metadata
+    )
+    kohya = kohya_state_dict(sd, family, config.lora_alpha, dtype)
+    kohya_meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.r),
+        "ss_network_alpha": str(config.lora_alpha),
+        "ss_base_model_version": _KOHYA_BASE.get(family.name, family.name),
+        "modelspec.architecture": _MODELSPEC.get(family.name, family.name),
+        "dpdeck.format": "kohya",
+    }
+    save_file(kohya, str(tmp / KOHYA_FILE), metadata=kohya_meta)
+    verify_diffusers_file(tmp / DIFFUSERS_FILE, cast, config.lora_alpha)
+    verify_kohya_file(tmp / KOHYA_FILE, unet, family)
+    written = []
+    for name in (DIFFUSERS_FILE, KOHYA_FILE):
+        (tmp / name).chmod(0o644)  # shareable like any model file (the writers create 0600)
+        (tmp / name).replace(save_dir / name)
+        written.append(save_dir / name)
+    shutil.rmtree(tmp)
+    return written
+
+
+def verify_diffusers_file(path: Path, expected: dict[str, torch.Tensor], alpha: float) -> None:
+    from safetensors import safe_open
+
+    loaded = load_file(str(path))
+    want = {f"unet.{k}": v for k, v in expected.items()}
+    if set(loaded) != set(want):
+        raise LoraSaveError(
+            f"{path}: saved keys differ from the trained LoRA (e.g. {sorted(set(loaded) ^ set(want))[:3]})"
+        )
+    for k, v in want.items():
+        if not torch.equal(loaded[k], v):
+            raise LoraSaveError(f"{path}: tensor {k} differs after reload")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    raw = meta.get("lora_adapter_metadata")
+    if raw is None or json.loads(raw).get("unet.lora_alpha", json.loads(raw).get("lora_alpha")) != alpha:
+        raise LoraSaveError(f"{path}: adapter metadata with lora_alpha={alpha} missing after reload")
+
+
+@torch.no_grad()
+def verify_kohya_file(path: Path, unet: torch.nn.Module, family: Family) -> None:
+    """Reload the kohya file and check each layer's LoRA output against the live peft layer."""
+    loaded = load_file(str(path))
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    for name, module in unet.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+            continue
+        stem = family.kohya_name(name)
+        try:
+            down = loaded[f"{stem}.lora_down.weight"].float()
+            up = loaded[f"{stem}.lora_up.weight"].float()
+            alpha = float(loaded[f"{stem}.alpha"])
+        except KeyError as exc:
+            raise LoraSaveError(f"{path}: missing key {exc} for layer {name}") from exc
+        a = module.lora_A["default"].weight.float().cpu()
+        b = module.lora_B["default"].weight.float().cpu()
+        x = torch.randn(3, a.shape[1], generator=gen)
+        want = (x @ a.T @ b.T) * module.scaling["default"]
+        got = (x @ down.T @ up.T) * (alpha / down.shape[0])
+        tol = 1e-5 if loaded[f"{stem}.lora_down.weight"].dtype == torch.float32 else 3e-2
+        if not torch.allclose(got, want, rtol=tol, atol=tol * (want.abs().max().item() + 1e-6)):
+            raise LoraSaveError(
+                f"{path}: layer {stem} gives a different output than the trained layer {name}"
+            )
+        checked += 1
+    if checked * 3 != len(loaded):
+        raise LoraSaveError(f"{path}: {len(loaded)} tensors for {checked} LoRA layers (expected 3 per layer)")

@@ -1,0 +1,541 @@
+"""Entry point: `deepspeed [--num_gpus N] -m engine.trainer --deepspeed --config X.toml [...]`.
+
+Order matters for multi-rank runs: everything that can fail on bad input (profile, dataset, model family)
+runs before any collective call, so every rank fails the same way instead of one hanging in a barrier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.datasets.buckets import DatasetConfigError, plan_buckets
+from engine.trainer import report
+from engine.trainer.cache import TrainingCache, caption_variants, load_latent, load_text
+from engine.trainer.config import TrainConfig, TrainConfigError, load_train_config
+from engine.trainer.data import GlobalBatch, drop_missing, epoch_batches, micro_slice, sample_seed
+from engine.trainer.family import Family, ModelLoadError, get_family
+from engine.trainer.lora_io import DTYPES, LoraSaveError, add_lora, init_from_existing, save_lora
+from engine.trainer.loss import denoise_loss
+from engine.trainer.optim import OptimizerError, build_optimizer, build_scheduler
+from engine.trainer.rundir import (
+    ResumeError,
+    check_trainer_identity,
+    copy_profile,
+    explain_dataset_change,
+    find_resume_dir,
+    new_run_dir,
+    write_manifest,
+    write_trainer_identity,
+)
+
+EXPECTED_ERRORS = (
+    TrainConfigError,
+    DatasetConfigError,
+    ModelLoadError,
+    OptimizerError,
+    LoraSaveError,
+    ResumeError,
+)
+PROBE_ENV = "DPDECK_TRAINER_PROBE"  # tests: record the model's output on a fixed input at each save
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="engine.trainer", description="dpdeck built-in LoRA trainer (SD1.5 / SDXL)"
+    )
+    p.add_argument("--config", required=True, help="main profile TOML (diffusion-pipe format)")
+    p.add_argument("--deepspeed", action="store_true", help="accepted for diffusion-pipe compatibility")
+    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--resume_from_checkpoint",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="NAME",
+        help="resume the newest run (or run folder / checkpoint tag NAME) from its DeepSpeed checkpoint",
+    )
+    p.add_argument("--regenerate_cache", action="store_true", help="encode every latent and caption again")
+    p.add_argument("--cache_only", action="store_true", help="build the cache, then exit")
+    p.add_argument("--master_port", type=int, default=None, help="torch.distributed port (as diffusion-pipe)")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        print(f"WARNING: ignoring unknown arguments: {' '.join(unknown)}", file=sys.stderr)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return Trainer(args).run()
+    except EXPECTED_ERRORS as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
+        self.is_main = self.rank == 0
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            print(msg, flush=True)
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg = load_train_config(self.args.config)
+        self.cfg = cfg
+        self.global_batch = cfg.micro_batch_size * cfg.grad_accum * self.world
+        plan = plan_buckets(cfg.dataset, cfg.dataset_path.parent, self.global_batch)
+        for w in plan.warnings:
+            self.log(f"WARNING: {w}")
+        self.plan = plan
+        if plan.steps_per_epoch == 0:
+            raise self._empty_error()
+        if cfg.main.get("eval_datasets"):
+            self.log("WARNING: eval_datasets: evaluation is not built into this trainer yet; ignored")
+        if (
+            cfg.model.get("text_encoder_lr")
+            or cfg.model.get("text_encoder_1_lr")
+            or cfg.model.get("text_encoder_2_lr")
+        ):
+            self.log(
+                "WARNING: model.text_encoder_*_lr: the built-in trainer trains the UNet LoRA only; ignored"
+            )
+        self.device = (
+            torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        )
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        family_cls = get_family(cfg.model_type)
+        family = family_cls(cfg.model, DTYPES[cfg.dtype], self.device)
+        family.check_family()  # before the collective setup: a wrong file fails every rank the same way
+
+        import deepspeed
+
+        if self.args.master_port is not None:
+            os.environ["MASTER_PORT"] = str(self.args.master_port)
+        if "RANK" not in os.environ:
+            _single_process_env()  # started without the launcher: one rank, no MPI discovery
+        # Long timeout: the other ranks wait in a barrier while rank 0 builds the cache of a large dataset.
+        deepspeed.init_distributed(
+            dist_backend="nccl" if self.device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=3)
+        )
+        import torch.distributed as dist
+
+        self.dist = dist
+        run_dir, tag = (None, None) if self.args.cache_only else self._run_dir()
+        self.log(f"loading {cfg.model_type} model")
+        family.load()
+        self.family = family
+        cache = TrainingCache(family, cfg.dataset_path, int(cfg.dataset.get("cache_shuffle_num", 4)))
+        self.cache = cache
+        if self.is_main:
+            stats = cache.build(
+                plan, regenerate=self.args.regenerate_cache, batch_size=cfg.caching_batch_size
+            )
+            self.log(
+                f"cache: {stats.encoded_latents} latents encoded, {stats.reused_latents} reused; "
+                f"{stats.encoded_text} captions encoded, {stats.reused_text} reused; {stats.removed} stale removed; "
+                f"{len(stats.unreadable)} unreadable image(s) skipped"
+            )
+        dist.barrier()
+        family.free_encoders()
+        if self.args.cache_only:
+            self.log("cache complete (--cache_only)")
+            return 0
+        keep = {
+            bi.item.key
+            for b in plan.buckets
+            for bi in b.items
+            if cache.latent_path(bi.item, b.width, b.height).is_file()
+        }
+        drop_missing(plan, keep)
+        if plan.steps_per_epoch == 0:
+            raise self._empty_error()
+        for b in plan.buckets:
+            self.log(f"bucket {b.width}x{b.height} (ar {b.ar}): {b.count} examples, {b.dropped} dropped")
+        assert run_dir is not None
+        self.run_dir = run_dir
+        return self._train(run_dir, tag)
+
+    def _empty_error(self) -> DatasetConfigError:
+        cfg = self.cfg
+        return DatasetConfigError(
+            f"{cfg.dataset_path}: the dataset is empty after bucketing (global batch {self.global_batch} = "
+            f"micro_batch_size_per_gpu {cfg.micro_batch_size} x gradient_accumulation_steps {cfg.grad_accum} x "
+            f"{self.world} GPU(s)):\n" + self.plan.drop_report()
+        )
+
+    def _run_dir(self) -> tuple[Path, str | None]:
+        cfg = self.cfg
+        obj: list[Any] = [None, None, None]
+        if self.is_main:
+            try:
+                if self.args.resume_from_checkpoint is not None:
+                    name = (
+                        self.args.resume_from_checkpoint
+                        if isinstance(self.args.resume_from_checkpoint, str)
+                        else None
+                    )
+                    run_dir, tag = find_resume_dir(cfg.output_dir, name)
+                    check_trainer_identity(run_dir, self._identity())
+                else:
+                    run_dir, tag = new_run_dir(cfg.output_dir), None
+                    for src in {cfg.main_path, cfg.dataset_path}:
+                        copy_profile(src, run_dir)
+                    write_manifest(run_dir, self.plan)
+                    write_trainer_identity(run_dir, self._identity())
+                obj = [str(run_dir), tag, None]
+            except ResumeError as exc:
+                obj = [None, None, str(exc)]
+        self.dist.broadcast_object_list(obj, src=0)
+        if obj[2] is not None:
+            raise ResumeError(obj[2])
+        run_dir = Path(obj[0])
+        if self.is_main:
+            report.emit("run_dir", path=str(run_dir.resolve()))
+        return run_dir, obj[1]
+
+    def _identity(self) -> dict[str, object]:
+        return {"model_type": self.cfg.model_type, "rank": self.cfg.rank}
+
+    def _deepspeed_config(self) -> dict[str, Any]:
+        cfg = self.cfg
+        ds: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "train_batch_size": self.global_batch,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+            "zero_optimization": {"stage": cfg.zero_stage},
+        }
+        if cfg.gradient_clipping > 0:
+            ds["gradient_clipping"] = cfg.gradient_clipping
+        return ds
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def _train(self, run_dir: Path, tag: str | None) -> int:
+        import deepspeed
+
+        cfg, family, plan = self.cfg, self.family, self.plan
+        torch.manual_seed(cfg.seed)  # LoRA init is identical on every rank
+        unet = family.unet
+        init_b = bool(cfg.adapter.get("init_random_b", False))
+        lora_cfg = add_lora(unet, family, cfg.rank, cfg.lora_dropout, init_b)
+        self.lora_cfg = lora_cfg
+        existing = cfg.adapter.get("init_from_existing")
+        if existing and self.args.resume_from_checkpoint is None:
+            n = init_from_existing(unet, Path(existing).expanduser())
+            self.log(f"adapter.init_from_existing: loaded {n} tensors from {existing}")
+        if cfg.activation_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        params = [p for p in unet.parameters() if p.requires_grad]
+        lr = float(cfg.model.get("unet_lr", cfg.optimizer["lr"]))
+        opt_cfg = {**cfg.optimizer, "lr": lr}
+        optimizer = build_optimizer(opt_cfg, [{"params": params, "lr": lr}])
+        steps_per_epoch = plan.steps_per_epoch
+        total_steps = steps_per_epoch * cfg.epochs
+        scheduler = build_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_steps, total_steps)
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=unet, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
+        )
+        if cfg.model.get("compile"):
+            engine.compile()
+        self.engine = engine
+        self.grad_norm: float | None = None
+        self.alphas_cumprod = _alphas_cumprod(cfg.model).to(self.device)
+        step, start_epoch, skip = 0, 1, 0
+        if self.args.resume_from_checkpoint is not None:
+            load_path, state = engine.load_checkpoint(str(run_dir), tag=tag, load_module_strict=False)
+            if load_path is None or state is None:
+                raise ResumeError(f"{run_dir}: DeepSpeed checkpoint {tag or 'latest'} could not be loaded")
+            step, start_epoch, skip = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+            changes = explain_dataset_change(run_dir, plan)
+            if changes:
+                self.log(
+                    "WARNING: the dataset changed since this run started; the data order from here on differs:"
+                )
+                for line in changes:
+                    self.log(f"WARNING:   {line}")
+                if self.is_main:
+                    write_manifest(run_dir, plan)
+            self.log(f"resumed from {load_path} at step {step} (epoch {start_epoch}, batch {skip})")
+        self.reporter = report.Reporter(run_dir, self.is_main, cfg.monitoring, run_dir.name)
+        save_steps = cfg.save_every_n_steps or (
+            max(1, cfg.save_every_n_examples // self.global_batch) if cfg.save_every_n_examples else None
+        )
+        last_ckpt = time.monotonic()
+        quit_early = False
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            batches = epoch_batches(plan, epoch, cfg.seed)
+            first = skip if epoch == start_epoch else 0
+            if first == 0:
+                self.log(f"Started new epoch: {epoch}")
+            epoch_losses: list[float] = []
+            for index in range(first, len(batches)):
+                step += 1
+                t0 = time.monotonic()
+                local_loss, lr_used = self._step(batches[index], step, epoch)
+                iter_time = time.monotonic() - t0
+                # On the training device: NCCL reduces only CUDA tensors.
+                flags = torch.tensor(
+                    [local_loss, 1.0, *self._control_flags(last_ckpt)],
+                    dtype=torch.float64,
+                    device=self.device,
+                )
+                self.dist.all_reduce(flags)
+                flags = flags.cpu()
+                loss = float(flags[0] / flags[1])
+                epoch_losses.append(loss)
+                grad_norm = self.grad_norm if self.grad_norm is not None else engine.get_global_grad_norm()
+                self.reporter.progress(
+                    step=step,
+                    total_steps=total_steps,
+                    epoch=epoch,
+                    total_epochs=cfg.epochs,
+                    loss=loss,
+                    lr=lr_used,
+                    grad_norm=float(grad_norm) if grad_norm is not None else None,
+                    iter_time=iter_time,
+                    samples_per_s=self.global_batch / max(iter_time, 1e-9),
+                )
+                state = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1}
+                want_save, want_quit, minutes_due = bool(flags[2]), bool(flags[3]), bool(flags[4])
+                if (save_steps and step % save_steps == 0) or want_save or want_quit:
+                    self._save(run_dir / f"step{step}", "step")
+                if (
+                    (cfg.checkpoint_every_n_steps and step % cfg.checkpoint_every_n_steps == 0)
+                    or minutes_due
+                    or want_save
+                    or want_quit
+                ):
+                    self._checkpoint(run_dir, state)
+                    last_ckpt = time.monotonic()
+                if want_quit:
+                    quit_early = True
+                    break
+            if quit_early:
+                break
+            if epoch_losses:
+                self.reporter.epoch_loss(epoch, sum(epoch_losses) / len(epoch_losses))
+            if epoch == cfg.epochs or (cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0):
+                self._save(run_dir / f"epoch{epoch}", "epoch")
+            if (
+                cfg.checkpoint_every_n_epochs
+                and epoch % cfg.checkpoint_every_n_epochs == 0
+                and epoch < cfg.epochs
+            ):
+                self._checkpoint(run_dir, {"step": step, "epoch": epoch + 1, "batch_in_epoch": 0})
+                last_ckpt = time.monotonic()
+        self.reporter.close()
+        self.dist.barrier()
+        if quit_early:
+            self.log("save_quit: checkpoint written, exiting")
+            return 0
+        if self.is_main:
+            report.emit("complete")
+            print("TRAINING COMPLETE!", flush=True)
+        return 0
+
+    def _control_flags(self, last_ckpt: float) -> list[float]:
+        """save / save_quit control files and the minutes timer, decided on rank 0 only."""
+        if not self.is_main:
+            return [0.0, 0.0, 0.0]
+        out = []
+        for name in ("save", "save_quit"):
+            path = self.run_dir / name
+            present = path.exists()
+            if present:
+                path.unlink(missing_ok=True)
+            out.append(1.0 if present else 0.0)
+        minutes = self.cfg.checkpoint_every_n_minutes
+        out.append(1.0 if minutes and time.monotonic() - last_ckpt >= minutes * 60 else 0.0)
+        return out
+
+    def _step(self, batch: GlobalBatch, step: int, epoch: int) -> tuple[float, float]:
+        cfg, engine = self.cfg, self.engine
+        lr_used = float(engine.optimizer.param_groups[0]["lr"])
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            samples = micro_slice(batch, micro, self.rank, self.world, cfg.micro_batch_size)
+            # LoRA dropout draws from the global RNG: seed it per (step, micro, rank) for reproducibility.
+            torch.manual_seed(sample_seed(cfg.seed, step, 10_000 + micro * self.world + self.rank))
+            loss = self._loss(batch, samples, step, epoch)
+            engine.backward(loss)
+            if micro == cfg.grad_accum - 1:
+                self.grad_norm = self._grad_norm()
+            engine.step()
+            total += float(loss.detach())
+        return total / cfg.grad_accum, lr_used
+
+    def _grad_norm(self) -> float | None:
+        """Pre-clipping gradient norm; under ZeRO 0 the averaged grads are in .grad at the boundary."""
+        if self.cfg.zero_stage != 0:
+            return None  # partitioned: taken from DeepSpeed after the step instead
+        norms = [
+            p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None
+        ]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+
+    def _inputs(
+        self, batch: GlobalBatch, samples: list[tuple[int, Any]], step: int, epoch: int
+    ) -> dict[str, Any]:
+        cfg, family, cache, b = self.cfg, self.family, self.cache, batch.bucket
+        dropout = float(cfg.model.get("caption_dropout", cfg.model.get("uncond_fraction", 0.0)) or 0.0)
+        noise_offset = float(cfg.model.get("noise_offset", 0.0) or 0.0)
+        lat, noise, ts, texts, metas = [], [], [], [], []
+        for g, bi in samples:
+            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, step, g))
+            entry = load_latent(cache.latent_path(bi.item, b.width, b.height))
+            z = entry["latents"]
+            n = torch.randn(z.shape, generator=gen)
+            if noise_offset:
+                n = n + noise_offset * torch.randn((z.shape[0], 1, 1), generator=gen)
+            ts.append(int(torch.randint(0, len(self.alphas_cumprod), (1,), generator=gen)))
+            variants = caption_variants(bi.item, bi.shuffle_tags, cache.n_variants)
+            caption = variants[(epoch - 1) % len(variants)]
+            if dropout and float(torch.rand((), generator=gen)) < dropout:
+                caption = ""
+            texts.append(load_text(cache.text_path(caption)))
+            metas.append(
+                family.image_meta(
+                    tuple(entry["orig_hw"].tolist()), tuple(entry["crop_tl"].tolist()), (b.height, b.width)
+                )
+            )
+            lat.append(z)
+            noise.append(n)
+        text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
+        meta = {k: torch.stack([m[k] for m in metas]) for k in metas[0]} if metas[0] else {}
+        return {
+            "latents": torch.stack(lat).to(self.device),
+            "noise": torch.stack(noise).to(self.device),
+            "t": torch.tensor(ts, device=self.device),
+            "kwargs": family.unet_kwargs(text, meta),
+        }
+
+    def _loss(
+        self, batch: GlobalBatch, samples: list[tuple[int, Any]], step: int, epoch: int
+    ) -> torch.Tensor:
+        cfg, family = self.cfg, self.family
+        x = self._inputs(batch, samples, step, epoch)
+        with _sdpa_context(self.device):
+            return denoise_loss(
+                self.engine,
+                x["latents"],
+                x["noise"],
+                x["t"],
+                self.alphas_cumprod,
+                x["kwargs"],
+                dtype=family.dtype,
+                v_pred=family.v_pred,
+                min_snr_gamma=cfg.model.get("min_snr_gamma"),
+                debiased=bool(cfg.model.get("debiased_estimation_loss")),
+            )
+
+    # ---- outputs -----------------------------------------------------------------------------------------
+    def _save(self, save_dir: Path, kind: str) -> None:
+        if self.is_main:
+            print(f"Saving model to directory {save_dir}", flush=True)
+            save_dir.mkdir(parents=True, exist_ok=True)
+            save_lora(save_dir, self.engine.module, self.family, self.lora_cfg, self.cfg.save_dtype)
+            if os.environ.get(PROBE_ENV) == "1":
+                self._write_probe(save_dir)
+            report.emit("save", kind=kind, path=str(save_dir.resolve()))
+        self.dist.barrier()
+
+    def _checkpoint(self, run_dir: Path, state: dict[str, int]) -> None:
+        tag = f"global_step{state['step']}"
+        self.engine.save_checkpoint(str(run_dir), tag=tag, client_state=state, exclude_frozen_parameters=True)
+        if self.is_main:
+            report.emit("save", kind="checkpoint", path=str((run_dir / tag).resolve()))
+
+    @torch.no_grad()
+    def _write_probe(self, save_dir: Path) -> None:
+        """The trained model's output on a fixed input, for tests that reload the saved files."""
+        from safetensors.torch import save_file
+
+        b = next(b for b in self.plan.buckets if b.count)
+        bi = b.items[0]
+        entry = load_latent(self.cache.latent_path(bi.item, b.width, b.height))
+        gen = torch.Generator().manual_seed(1234)
+        caption = caption_variants(bi.item, bi.shuffle_tags, self.cache.n_variants)[0]
+        sample = torch.randn((1, *entry["latents"].shape), generator=gen)
+        text = {k: v.unsqueeze(0) for k, v in load_text(self.cache.text_path(caption)).items()}
+        meta = self.family.image_meta(
+            tuple(entry["orig_hw"].tolist()), tuple(entry["crop_tl"].tolist()), (b.height, b.width)
+        )
+        meta = {k: v.unsqueeze(0) for k, v in meta.items()}
+        module = self.engine.module
+        was_training = module.training
+        module.eval()
+        t = torch.tensor([500], device=self.device)
+        out = module(
+            sample.to(self.device, self.family.dtype), t, **self.family.unet_kwargs(text, meta)
+        ).sample
+        module.train(was_training)
+        tensors = {"sample": sample, "timestep": t.cpu(), "output": out.float().cpu()}
+        tensors.update({f"text.{k}": v for k, v in text.items()})
+        tensors.update({f"meta.{k}": v for k, v in meta.items()})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(save_dir / "probe.safetensors"))
+
+
+def _single_process_env() -> None:
+    import socket
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+
+
+def _alphas_cumprod(model_cfg: dict[str, Any]) -> torch.Tensor:
+    """DDPM alphas_cumprod from the model's scheduler config (SD/SDXL defaults: scaled_linear 0.00085-0.012)."""
+    sched: dict[str, Any] = {}
+    if model_cfg.get("diffusers_path"):
+        path = Path(model_cfg["diffusers_path"]).expanduser() / "scheduler" / "scheduler_config.json"
+        if path.is_file():
+            sched = json.loads(path.read_text())
+    start, end = float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012))
+    n = int(sched.get("num_train_timesteps", 1000))
+    if sched.get("beta_schedule", "scaled_linear") == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    else:
+        betas = torch.linspace(math.sqrt(start), math.sqrt(end), n, dtype=torch.float64) ** 2
+    ab = torch.cumprod(1 - betas, dim=0)
+    if model_cfg.get("zero_terminal_snr"):
+        # Rescale so the last timestep has zero SNR (v-prediction models such as NoobAI-vpred).
+        s = ab.sqrt()
+        s0, sT = s[0].clone(), s[-1].clone()
+        s = (s - sT) * s0 / (s0 - sT)
+        ab = (s**2).clamp(min=1e-8)
+    return ab.float()
+
+
+def _sdpa_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """On CUDA use only flash / memory-efficient SDPA: cuDNN SDPA crashed in backward on torch 2.11."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+
+
+__all__ = ["main", "TrainConfig", "Family"]
