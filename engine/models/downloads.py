@@ -1,0 +1,376 @@
+"""Background downloads: one detached worker process per download, state in one JSON file per download.
+
+Layout under `$DPDECK_HOME/downloads/`: `<id>.json` (state, rewritten atomically by the worker about twice a
+second), `<id>.log` (the worker's stderr), `<id>.cancel` (a cancel request). The worker runs in its own
+session (setsid) so closing the terminal or losing ssh does not stop it. A worker that died (reboot,
+OOM-kill) leaves state `running` with a dead pid: readers report it as `interrupted`, and `resume` (or a
+new pull of the same file) continues from the partial file.
+
+Partial data lives beside its destination as `.<name>.dpdeck-part` (hidden, same filesystem), and is renamed
+into place only after its size and hash check out, so a half file is never where a profile points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import psutil
+from pydantic import BaseModel, Field
+
+from engine.models.errors import DownloadError
+from engine.models.hub import check_repo_id, check_repo_path, file_metadata, list_repo_files
+from engine.models.registry import Component, Entry
+from engine.models.settings import min_free_bytes, models_dir, repo_dirname
+from profiles.atomic import atomic_write_text
+from profiles.paths import subdir
+
+State = Literal["queued", "running", "verifying", "completed", "failed", "cancelled", "interrupted"]
+FileStateName = Literal["pending", "downloading", "waiting", "verifying", "done", "failed", "skipped"]
+LIVE: tuple[str, ...] = ("queued", "running", "verifying")
+
+
+class FileState(BaseModel):
+    path: str  # path inside the repo
+    dest: str  # absolute destination
+    size: int | None = None
+    sha256: str | None = None  # expected (registry, or the Hub's LFS oid)
+    git_oid: str | None = None  # expected git blob sha1 for small non-LFS files
+    etag: str | None = None
+    done: int = 0
+    state: FileStateName = "pending"
+
+
+class Download(BaseModel):
+    id: str
+    repo: str
+    revision: str = "main"
+    commit: str | None = None
+    dest: str  # the file (one-file pull) or folder (component folder) a profile key points at
+    entry: str | None = None
+    key: str | None = None
+    files: list[FileState] = Field(default_factory=list)
+    state: State = "queued"
+    code: str | None = None
+    error: str | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    speed: float = 0.0  # bytes/s over the last few seconds
+    eta_s: float | None = None
+    pid: int | None = None
+    pid_ctime: float | None = None
+    created_at: str = ""
+    started_at: str | None = None
+    ended_at: str | None = None
+    updated_at: str | None = None
+    quarantined: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)  # worker start-up and transfer seconds
+
+    @property
+    def progress(self) -> float | None:
+        return self.bytes_done / self.bytes_total if self.bytes_total else None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def downloads_dir() -> Path:
+    return subdir("downloads")
+
+
+def state_path(download_id: str) -> Path:
+    if not download_id or not all(c.isalnum() or c == "-" for c in download_id):
+        raise DownloadError(f"{download_id!r} is not a download id", "bad_id")
+    return downloads_dir() / f"{download_id}.json"
+
+
+def save(dl: Download, durable: bool = True) -> None:
+    """Replace the state file atomically. Progress updates skip fsync: an fsync while gigabytes of dirty
+    download pages are pending stalls on their writeback (measured: it halved throughput), and a lost
+    progress update is harmless. State changes (started, finished, failed) are durable."""
+    dl.updated_at = now_iso()
+    path = state_path(dl.id)
+    text = dl.model_dump_json(indent=1)
+    if durable:
+        atomic_write_text(path, text)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> Download | None:
+    try:
+        return Download.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def worker_alive(dl: Download) -> bool:
+    if not dl.pid:
+        return False
+    try:
+        proc = psutil.Process(dl.pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and (
+            dl.pid_ctime is None or abs(proc.create_time() - dl.pid_ctime) < 1.0)
+    except psutil.Error:
+        return False
+
+
+QUEUED_GRACE_S = 60.0
+
+
+def _stale_queue(dl: Download) -> bool:
+    """Queued with no worker pid long after creation: the worker died before it could start."""
+    if dl.state != "queued" or dl.pid is not None:
+        return False
+    try:
+        made = datetime.fromisoformat(dl.updated_at or dl.created_at)
+    except ValueError:
+        return False
+    return (datetime.now(timezone.utc) - made).total_seconds() > QUEUED_GRACE_S
+
+
+def _with_liveness(dl: Download) -> Download:
+    if dl.state in LIVE and (dl.pid is not None and not worker_alive(dl) or _stale_queue(dl)):
+        dl.state = "interrupted"
+        dl.speed = 0.0
+        dl.eta_s = None
+        dl.error = dl.error or "the download worker stopped (reboot or kill); `dpdeck models resume ID` continues it"
+    return dl
+
+
+def get(download_id: str) -> Download:
+    dl = _read(state_path(download_id))
+    if dl is None:
+        raise DownloadError(f"no download with id {download_id!r} (`dpdeck models downloads` lists them)", "not_found")
+    return _with_liveness(dl)
+
+
+def list_downloads(include_finished: bool = True) -> list[Download]:
+    out = []
+    for path in downloads_dir().glob("*.json"):
+        dl = _read(path)
+        if dl is None:
+            continue
+        dl = _with_liveness(dl)
+        if include_finished or dl.state in (*LIVE, "interrupted", "failed"):
+            out.append(dl)
+    return sorted(out, key=lambda d: d.created_at)
+
+
+# ---- planning a download ---------------------------------------------------------------------------
+
+def _free_bytes(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def part_path(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.dpdeck-part"
+
+
+def check_space(files: list[FileState], where: Path) -> None:
+    """Refuse to start when the files would not fit while keeping the configured reserve free."""
+    need = 0
+    for f in files:
+        if f.size is None or Path(f.dest).is_file():
+            continue
+        part = part_path(Path(f.dest))
+        have = part.stat().st_size if part.is_file() else 0
+        need += max(f.size - have, 0)
+    free = _free_bytes(where)
+    reserve = min_free_bytes()
+    if need + reserve > free:
+        gib = 1024**3
+        raise DownloadError(
+            f"not enough disk space in {where}: need {need / gib:.2f} GiB plus a {reserve / gib:.2f} GiB reserve, "
+            f"{free / gib:.2f} GiB free (free some space, or set [models] dir / min_free_gb in config.toml)",
+            "disk_space")
+
+
+def _check_dest(dest: Path, want_file: bool) -> None:
+    if want_file and dest.is_dir():
+        raise DownloadError(f"{dest}: is a directory, but a file must go there (move it away first)", "dest_is_dir")
+    if not want_file and dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest}: is a file, but a folder must go there (move it away first)", "dest_is_file")
+    for parent in ([dest.parent] if want_file else [dest]):
+        p = parent
+        while not p.exists():
+            p = p.parent
+        if not p.is_dir():
+            raise DownloadError(f"{p}: is a file where a folder is needed for {dest}", "dest_is_file")
+
+
+def plan_file(repo: str, path: str, revision: str = "main", dest: Path | None = None,
+              sha256: str | None = None) -> tuple[Path, list[FileState], str | None]:
+    check_repo_id(repo)
+    check_repo_path(path)
+    meta = file_metadata(repo, path, revision, retry=False)
+    dest = dest or models_dir() / repo_dirname(repo) / path
+    _check_dest(dest, want_file=True)
+    fs = FileState(path=path, dest=str(dest), size=meta.size, sha256=sha256 or meta.sha256,
+                   git_oid=None if (sha256 or meta.sha256) else meta.git_oid, etag=meta.etag)
+    return dest, [fs], meta.commit
+
+
+def plan_folder(comp: Component, dest: Path | None = None) -> tuple[Path, list[FileState], str | None]:
+    assert comp.repo is not None
+    commit, remote = list_repo_files(comp.repo, comp.revision)
+    chosen = [f for f in remote if comp.wants(f.path)]
+    if not chosen:
+        raise DownloadError(f"{comp.repo}: no file matches {comp.include} (has the repo layout changed?)",
+                            "file_not_found")
+    dest = dest or comp.local_path()
+    _check_dest(dest, want_file=False)
+    # Access (gated / private) is only enforced on file downloads, not on the listing: ask for one file now
+    # so the user hears about a missing licence acceptance before anything starts.
+    file_metadata(comp.repo, chosen[0].path, comp.revision, retry=False)
+    files = [
+        FileState(path=f.path, dest=str(dest / f.path), size=f.size,
+                  sha256=comp.sha256.get(f.path) or f.sha256, git_oid=None if f.sha256 else f.git_oid)
+        for f in chosen
+    ]
+    return dest, files, commit
+
+
+# ---- control --------------------------------------------------------------------------------------
+
+def _spawn(dl: Download) -> None:
+    log = open(downloads_dir() / f"{dl.id}.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.models.worker", dl.id],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+            start_new_session=True,  # setsid: survives the terminal and ssh hangup
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
+    finally:
+        log.close()
+    # The child is ours only until it writes its own state; reap it in the background so no zombie lingers
+    # while this (possibly long-lived TUI) process runs.
+    import threading
+
+    threading.Thread(target=proc.wait, daemon=True).start()
+
+
+def _active_dest(dest: str) -> Download | None:
+    for other in list_downloads(include_finished=False):
+        if other.dest == dest and other.state in LIVE:
+            return other
+    return None
+
+
+def start(repo: str, files: list[FileState], dest: Path, *, revision: str = "main", commit: str | None = None,
+          entry: str | None = None, key: str | None = None) -> Download:
+    """Check space, record the download and start its detached worker."""
+    busy = _active_dest(str(dest))
+    if busy is not None:
+        return busy  # the same thing is already downloading: report that one instead of racing it
+    check_space(files, dest if dest.is_dir() else dest.parent)
+    total = sum(f.size for f in files if f.size is not None) if all(f.size is not None for f in files) else None
+    dl = Download(id=f"{datetime.now(timezone.utc):%m%d%H%M%S}-{secrets.token_hex(2)}", repo=repo,
+                  revision=revision, commit=commit, dest=str(dest), entry=entry, key=key, files=files,
+                  bytes_total=total, created_at=now_iso())
+    save(dl)
+    _spawn(dl)  # the worker records its own pid and state; writing here too would race it
+    return dl
+
+
+def pull_file(repo: str, path: str, *, revision: str = "main", dest: Path | None = None,
+              sha256: str | None = None, entry: str | None = None, key: str | None = None) -> Download:
+    dest, files, commit = plan_file(repo, path, revision, dest, sha256)
+    return start(repo, files, dest, revision=revision, commit=commit, entry=entry, key=key)
+
+
+def _plan_component(entry: Entry, comp: Component) -> tuple[Path, list[FileState], str | None]:
+    if comp.repo is None:
+        raise DownloadError(f"{entry.id}: {comp.key} has no Hub source; {entry.notes}", "manual")
+    if comp.kind == "file":
+        assert comp.file is not None
+        return plan_file(comp.repo, comp.file, comp.revision, comp.local_path(), comp.sha256.get(comp.file))
+    return plan_folder(comp)
+
+
+def pull_component(entry: Entry, comp: Component) -> Download:
+    dest, files, commit = _plan_component(entry, comp)
+    assert comp.repo is not None
+    return start(comp.repo, files, dest, revision=comp.revision, commit=commit, entry=entry.id, key=comp.key)
+
+
+def pull_entry(entry: Entry, only_missing: bool = True) -> list[Download]:
+    """Start one download per missing component (they run at once). Every component is checked first
+    (access, files, space for all of them), so a failure starts nothing."""
+    from engine.models.registry import component_status
+
+    comps = [c for c in entry.components if not (only_missing and component_status(c)[0] == "present")]
+    plans = [(c, *_plan_component(entry, c)) for c in comps]
+    all_files = [f for _c, _d, files, _m in plans for f in files]
+    if plans:
+        first_dest = plans[0][1]
+        check_space(all_files, first_dest if first_dest.is_dir() else first_dest.parent)
+    out = []
+    for comp, dest, files, commit in plans:
+        assert comp.repo is not None
+        out.append(start(comp.repo, files, dest, revision=comp.revision, commit=commit, entry=entry.id,
+                         key=comp.key))
+    return out
+
+
+def remove_parts(dl: Download) -> None:
+    for f in dl.files:
+        with contextlib.suppress(FileNotFoundError):
+            part_path(Path(f.dest)).unlink()
+
+
+def cancel(download_id: str) -> Download:
+    """Ask the worker to stop and delete its partial files; a dead worker's leftovers are cleaned here."""
+    dl = get(download_id)
+    if dl.state in ("completed", "cancelled"):
+        return dl
+    (downloads_dir() / f"{dl.id}.cancel").touch()
+    if worker_alive(dl):
+        assert dl.pid is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(dl.pid, signal.SIGTERM)
+        return dl
+    remove_parts(dl)
+    dl.state, dl.ended_at, dl.speed, dl.eta_s = "cancelled", now_iso(), 0.0, None
+    save(dl)
+    return dl
+
+
+def resume(download_id: str) -> Download:
+    dl = get(download_id)
+    if dl.state in LIVE:
+        return dl
+    if dl.state == "completed":
+        raise DownloadError(f"download {dl.id} already completed", "completed")
+    (downloads_dir() / f"{dl.id}.cancel").unlink(missing_ok=True)
+    dl.state, dl.error, dl.code, dl.ended_at, dl.pid, dl.pid_ctime = "queued", None, None, None, None, None
+    save(dl)
+    _spawn(dl)
+    return dl
+
+
+def wait(download_id: str, timeout: float | None = None, poll: float = 0.2) -> Download:
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        dl = get(download_id)
+        if dl.state not in LIVE:
+            return dl
+        if end is not None and time.monotonic() > end:
+            raise TimeoutError(f"download {download_id} still {dl.state} after {timeout} s")
+        time.sleep(poll)
