@@ -1,0 +1,426 @@
+"""The engine's API for clients (the CLI and the TUI): read the store, write jobs and requests, start the daemon.
+
+Clients never change a job's state: they insert a queued job (with its profile frozen into the job folder) or a
+request, and the daemon applies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from engine import launch, store
+from profiles import paths
+from profiles.atomic import atomic_write_text
+from profiles.document import TomlFile
+
+
+class JobView(BaseModel):
+    id: int
+    name: str
+    state: str
+    exit_reason: str | None = None
+    profile: str
+    backend: str
+    gpus: list[int] | None = None
+    num_gpus: int | None = None
+    port: int | None = None
+    pid: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: int | None = None
+    total_epochs: int | None = None
+    loss: float | None = None
+    lr: float | None = None
+    samples_per_s: float | None = None
+    eta_s: float | None = None
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    run_dir: str | None = None
+    job_dir: str
+    priority: int = 0
+    after_id: int | None = None
+    parent_id: int | None = None
+    resume_from: str | None = None
+    wait_reason: str | None = None
+    evidence: list[str] = Field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in store.FINAL_STATES
+
+
+class RequestError(Exception):
+    """A request the daemon refused (e.g. cancel on a job that already ended)."""
+
+
+_conn: sqlite3.Connection | None = None
+_conn_home: str | None = None
+
+
+def _db() -> sqlite3.Connection:
+    # One connection per state dir per process; tests switch DPDECK_HOME between cases.
+    global _conn, _conn_home
+    home = str(paths.state_dir())
+    if _conn is None or _conn_home != home:
+        _conn = store.connect()
+        _conn_home = home
+    return _conn
+
+
+def _view(row: sqlite3.Row) -> JobView:
+    data = store.row_to_dict(row)
+    data["evidence"] = data.get("evidence") or []
+    return JobView(**{k: v for k, v in data.items() if k in JobView.model_fields})
+
+
+# ----- jobs ------------------------------------------------------------------------------------------
+
+
+def _insert_job(
+    *,
+    conn: sqlite3.Connection,
+    name: str,
+    profile: str,
+    backend: str,
+    gpus: list[int] | None,
+    num_gpus: int | None,
+    priority: int,
+    after: int | None,
+    frozen_from: Path | None = None,
+    profile_obj: Any = None,
+    resume_from: str | None = None,
+    parent_id: int | None = None,
+    hang_timeout_s: float | None = None,
+) -> int:
+    """Create a queued job and freeze its TOMLs into jobs/<id>/ in one transaction."""
+    now = time.time()
+    with store.transaction(conn):
+        pos = conn.execute("SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM jobs").fetchone()[0]
+        cur = conn.execute(
+            "INSERT INTO jobs(name, state, profile, backend, gpus, num_gpus, priority, after_id, queue_pos,"
+            " resume_from, parent_id, hang_timeout_s, job_dir, created_at)"
+            " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
+            (name, profile, backend, json.dumps(gpus) if gpus else None, num_gpus, priority, after, pos,
+             resume_from, parent_id, hang_timeout_s, now),
+        )
+        job_id = int(cur.lastrowid or 0)
+        job_dir = paths.jobs_dir() / str(job_id)
+        if job_dir.exists():  # a leftover from a store that was deleted: never mix two jobs' files
+            shutil.rmtree(job_dir)
+        job_dir.mkdir(parents=True)
+        if frozen_from is not None:
+            _copy_frozen(frozen_from, job_dir)
+        else:
+            launch.freeze(profile_obj, job_dir)
+        conn.execute("UPDATE jobs SET job_dir=? WHERE id=?", (str(job_dir), job_id))
+        store.add_event(conn, job_id, "enqueue", f"queued {name} ({backend})")
+    return job_id
+
+
+def _copy_frozen(src: Path, dst: Path) -> None:
+    for f in src.glob("*.toml"):
+        shutil.copy2(f, dst / f.name)
+    main = TomlFile.load(dst / "main.toml")
+    if (dst / "dataset.toml").exists():
+        main.set("dataset", str(dst / "dataset.toml"))
+    evals = main.get("eval_datasets")
+    if isinstance(evals, list):
+        for i, entry in enumerate(evals):
+            if isinstance(entry, dict) and (dst / f"eval-{i}.toml").exists():
+                main.set(f"eval_datasets[{i}].config", str(dst / f"eval-{i}.toml"))
+    atomic_write_text(dst / "main.toml", main.dumps())
+
+
+def enqueue(
+    profile: str,
+    *,
+    gpus: list[int] | None = None,
+    num_gpus: int | None = None,
+    backend: str = "auto",
+    name: str | None = None,
+    priority: int = 0,
+    after: int | None = None,
+    hang_timeout_s: float | None = None,
+) -> int:
+    """Validate, freeze and queue a profile (a stored name or a path to a main TOML). Returns the job id.
+
+    Raises launch.EnqueueError with every validation message when the profile is invalid.
+    """
+    if gpus and num_gpus:
+        raise launch.EnqueueError("give either gpus or num_gpus, not both")
+    prof = launch.resolve_profile(profile)
+    chosen = launch.pick_backend(prof, backend)
+    world = len(gpus) if gpus else num_gpus
+    messages = launch.validate_for_queue(prof, chosen, world)
+    errors = [m for m in messages if not m.startswith("warning: ")]
+    if errors:
+        raise launch.EnqueueError(f"profile {profile} is invalid for the {chosen} backend:\n" + "\n".join(errors))
+    conn = _db()
+    if after is not None and conn.execute("SELECT 1 FROM jobs WHERE id=?", (after,)).fetchone() is None:
+        raise launch.EnqueueError(f"--after {after}: no such job")
+    label = name or (prof.name or Path(profile).stem)
+    return _insert_job(
+        conn=conn, name=label, profile=str(profile), backend=chosen, gpus=gpus, num_gpus=num_gpus,
+        priority=priority, after=after, profile_obj=prof, hang_timeout_s=hang_timeout_s,
+    )
+
+
+def list_jobs(include_finished: bool = False) -> list[JobView]:
+    conn = _db()
+    if include_finished:
+        rows = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT * FROM jobs WHERE state NOT IN ({','.join('?' * len(store.FINAL_STATES))})"
+            " ORDER BY priority DESC, queue_pos, id",
+            store.FINAL_STATES,
+        ).fetchall()
+    return [_view(r) for r in rows]
+
+
+def get_job(job_id: int) -> JobView:
+    row = _db().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if row is None:
+        raise KeyError(f"no job {job_id}")
+    return _view(row)
+
+
+def job_events(job_id: int) -> list[dict[str, Any]]:
+    rows = _db().execute("SELECT t, kind, message FROM events WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def send_request(job_id: int | None, action: str, arg: str | None = None, *, wait_s: float = 30.0) -> dict[str, Any]:
+    """Ask the daemon to act; waits (up to wait_s) for its answer. Raises RequestError when it refuses."""
+    if job_id is not None:
+        get_job(job_id)  # a clear "no job N" before anything is written
+    conn = _db()
+    with store.transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO requests(job_id, action, arg, created_at) VALUES (?, ?, ?, ?)",
+            (job_id, action, arg, time.time()),
+        )
+        req_id = cur.lastrowid
+    ensure_daemon()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT done_at, result FROM requests WHERE id=?", (req_id,)).fetchone()
+        if row and row["done_at"] is not None:
+            result = json.loads(row["result"] or "{}")
+            if not result.get("ok"):
+                raise RequestError(result.get("message", f"{action} refused"))
+            return result
+        time.sleep(0.1)
+    return {"ok": True, "message": f"{action} requested; the daemon has not answered yet", "pending": True}
+
+
+def queue_paused() -> bool:
+    return store.get_setting(_db(), "paused", "0") == "1"
+
+
+def set_queue_paused(paused: bool) -> None:
+    send_request(None, "pause" if paused else "unpause")
+
+
+def job_metrics(job_id: int) -> list[dict[str, Any]]:
+    rows = _db().execute(
+        "SELECT step, epoch, loss, lr, samples_per_s, t FROM metrics WHERE job_id=? ORDER BY step", (job_id,)
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def job_log_path(job_id: int, rank: int | None = None) -> Path:
+    """The job's log: rank N's own file when asked (and it exists), else the launcher's combined output."""
+    job_dir = Path(get_job(job_id).job_dir)
+    if rank is not None:
+        found = sorted((job_dir / "ranks").glob(f"*_rank{rank}.log")) if (job_dir / "ranks").is_dir() else []
+        if found:
+            return found[0]
+        raise KeyError(f"job {job_id} has no log for rank {rank} (yet)")
+    ranks = sorted((job_dir / "ranks").glob("*_rank0.log")) if (job_dir / "ranks").is_dir() else []
+    return ranks[0] if ranks else job_dir / "output.log"
+
+
+def job_saves(job_id: int) -> list[dict[str, Any]]:
+    """Saves (epochN/stepN) and DeepSpeed checkpoints (global_stepN) in the job's run folder."""
+    job = get_job(job_id)
+    if not job.run_dir or not Path(job.run_dir).is_dir():
+        return []
+    out: list[dict[str, Any]] = []
+    for child in sorted(Path(job.run_dir).iterdir(), key=lambda p: p.stat().st_mtime):
+        if not child.is_dir():
+            continue
+        for prefix, kind in (("epoch", "epoch"), ("step", "step"), ("global_step", "checkpoint")):
+            if child.name.startswith(prefix) and child.name[len(prefix):].isdigit():
+                out.append(
+                    {
+                        "kind": kind,
+                        "path": str(child),
+                        "number": int(child.name[len(prefix):]),
+                        "complete": not (child / "tmp").exists(),
+                    }
+                )
+                break
+    return out
+
+
+def wait(job_id: int, timeout: float | None = None, poll_s: float = 0.5) -> JobView:
+    """Block until the job ends (or timeout: TimeoutError)."""
+    ensure_daemon()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        job = get_job(job_id)
+        if job.finished:
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job.state} after {timeout:.0f}s")
+        time.sleep(poll_s)
+
+
+# ----- system ----------------------------------------------------------------------------------------
+
+
+def gpu_report() -> list[dict[str, Any]]:
+    from engine import gpus, procs
+
+    ours = {m.pid for m in procs.marked_processes()}
+    return gpus.gpu_report(ours)
+
+
+def system_stats() -> dict[str, Any]:
+    from engine import gpus
+
+    dirs = {str(paths.state_dir())}
+    for job in list_jobs(include_finished=False):
+        with contextlib.suppress(Exception):
+            out = TomlFile.load(Path(job.job_dir) / "main.toml").get("output_dir")
+            if isinstance(out, str) and Path(out).exists():
+                dirs.add(out)
+    return gpus.system_stats(sorted(dirs))
+
+
+def reclaim(dry_run: bool = False) -> dict[str, Any]:
+    """Marked processes whose job is not live: listed (dry run) or killed (by the daemon when one runs)."""
+    from engine import procs
+
+    conn = _db()
+    live = {
+        r[0]
+        for r in conn.execute(
+            f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+        )
+    }
+    orphans = [m for m in procs.marked_processes() if m.job_id not in live]
+    listed = [{"pid": m.pid, "job": m.job_id, "name": m.name} for m in orphans]
+    if dry_run or not orphans:
+        return {"dry_run": dry_run, "orphans": listed, "killed": []}
+    if daemon_pid() is not None:
+        send_request(None, "reclaim")
+        survivors = [m for m in orphans if procs.is_same_process(m.pid, m.create_time)]
+    else:
+        survivors = procs.kill_marked(orphans)
+    return {
+        "dry_run": False,
+        "orphans": listed,
+        "killed": [o for o, m in zip(listed, orphans, strict=True) if m not in survivors],
+        "survivors": [{"pid": m.pid, "job": m.job_id} for m in survivors],
+    }
+
+
+# ----- daemon ----------------------------------------------------------------------------------------
+
+
+def daemon_pid() -> int | None:
+    """The pid of the daemon holding this state dir's lock, or None."""
+    from engine.daemon import lock_path
+
+    path = lock_path()
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with contextlib.suppress(ValueError, OSError):
+                return int(Path(path).read_text().strip() or 0) or None
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def ensure_daemon(timeout: float = 20.0) -> int:
+    """Start the daemon (detached: new session, stdio to daemon.log) unless one runs; returns its pid."""
+    pid = daemon_pid()
+    if pid:
+        return pid
+    from engine.daemon import log_path
+
+    env = dict(os.environ)
+    for key in ("DPDECK_JOB",):
+        env.pop(key, None)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    with open(log_path(), "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.daemon"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            cwd=str(paths.state_dir()),
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = daemon_pid()
+        if pid:
+            return pid
+        time.sleep(0.05)
+    raise RuntimeError(f"the daemon did not start within {timeout:.0f}s; see {log_path()}")
+
+
+def daemon_status() -> dict[str, Any]:
+    pid = daemon_pid()
+    conn = _db()
+    counts = {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+    return {
+        "running": pid is not None,
+        "pid": pid,
+        "state_dir": str(paths.state_dir()),
+        "paused": queue_paused(),
+        "jobs": counts,
+    }
+
+
+def stop_daemon(kill_jobs: bool = False, timeout: float = 30.0) -> bool:
+    """Stop the daemon; running jobs keep running unless kill_jobs. True when it was running."""
+    pid = daemon_pid()
+    if pid is None:
+        return False
+    if kill_jobs:
+        for job in list_jobs():
+            if job.state in store.LIVE_STATES or job.state == "queued":
+                with contextlib.suppress(RequestError):
+                    send_request(job.id, "cancel")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(j.state in store.LIVE_STATES for j in list_jobs()):
+            time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and daemon_pid() is not None:
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,625 @@
+"""The daemon: one per state dir (flock), the only writer of job state.
+
+`python -m engine.daemon [--foreground]`. Each tick it applies client requests, supervises live jobs (progress,
+exits, hang watchdog, graceful-stop deadlines) and starts queued jobs whose resources are free. Before every
+launch, after every job and at start it sweeps orphans that carry our marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import classify, config, gpus, launch, ports, procs, store
+from engine.progress import LogFollower, Progress, eta_seconds, feed_line
+from profiles import paths
+from profiles.atomic import atomic_write_text
+from profiles.document import TomlFile
+
+TICK_S = 0.5
+LOCK_NAME = "daemon.lock"
+
+
+def lock_path() -> Path:
+    return paths.state_dir() / LOCK_NAME
+
+
+def log_path() -> Path:
+    return paths.state_dir() / "daemon.log"
+
+
+@dataclass
+class Watch:
+    """What the daemon knows about one live job between ticks."""
+
+    followers: list[LogFollower]
+    progress: Progress = field(default_factory=Progress)
+    first_step_at: float | None = None
+    last_step: int | None = None
+    global_batch: int | None = None
+    tail: list[str] = field(default_factory=list)
+    cancel_requested: bool = False
+
+
+class Daemon:
+    def __init__(self) -> None:
+        self.conn = store.connect()
+        self.watches: dict[int, Watch] = {}
+        self.running = True
+        self.has_nvidia = bool(gpus.gpu_report())
+        self.need_sweep = True
+
+    # ----- lifecycle -------------------------------------------------------------------------------
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.event(None, "daemon", f"daemon started (pid {os.getpid()})")
+        self.reattach()
+        while self.running:
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception as exc:  # one bad tick must not stop supervision of every other job
+                self.event(None, "error", f"daemon tick failed: {exc!r}")
+            procs._reap_children()
+            time.sleep(max(0.05, TICK_S - (time.monotonic() - started)))
+        self.event(None, "daemon", "daemon stopped (jobs left running)")
+
+    def _on_term(self, _signum: int, _frame: object) -> None:
+        self.running = False
+
+    def tick(self) -> None:
+        self.apply_requests()
+        self.supervise()
+        self.schedule()
+
+    def event(self, job_id: int | None, kind: str, message: str) -> None:
+        with store.transaction(self.conn):
+            store.add_event(self.conn, job_id, kind, message)
+
+    def set_job(self, job_id: int, **fields: Any) -> None:
+        with store.transaction(self.conn):
+            store.update_job(self.conn, job_id, **fields)
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return store.row_to_dict(row) if row else None
+
+    # ----- start-up: find jobs that ran while no daemon watched ------------------------------------
+    def reattach(self) -> None:
+        for row in self.conn.execute(
+            f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+        ).fetchall():
+            job = store.row_to_dict(row)
+            exit_file = Path(job["job_dir"]) / "exit.json"
+            if procs.is_same_process(job["pid"], job["pid_ctime"]) or exit_file.exists():
+                self.watches[job["id"]] = self._new_watch(job, replay=True)
+                self.event(job["id"], "reattach", "daemon re-attached to the running job")
+            else:
+                self.watches[job["id"]] = self._new_watch(job, replay=True)
+                self.event(job["id"], "reattach", "the job's shim is gone: reclaiming and marking interrupted")
+                self.finish(job["id"], forced_reason="interrupted")
+        self.sweep()
+
+    # ----- requests --------------------------------------------------------------------------------
+    def apply_requests(self) -> None:
+        rows = self.conn.execute("SELECT * FROM requests WHERE done_at IS NULL ORDER BY id").fetchall()
+        for req in rows:
+            try:
+                result = self.handle_request(req["job_id"], req["action"], req["arg"])
+            except Exception as exc:
+                result = {"ok": False, "message": f"{req['action']} failed: {exc}"}
+            with store.transaction(self.conn):
+                self.conn.execute(
+                    "UPDATE requests SET done_at=?, result=? WHERE id=?", (time.time(), json.dumps(result), req["id"])
+                )
+
+    def handle_request(self, job_id: int | None, action: str, arg: str | None) -> dict[str, Any]:
+        if action in ("pause", "unpause"):
+            store.set_setting(self.conn, "paused", "1" if action == "pause" else "0")
+            return {"ok": True, "message": f"queue {action}d"}
+        if action == "reclaim":
+            killed = self.sweep()
+            return {"ok": True, "message": f"reclaimed {len(killed)} orphan process(es)", "killed": [m.pid for m in killed]}
+        job = self.job(job_id) if job_id is not None else None
+        if job is None:
+            return {"ok": False, "message": f"no job {job_id}"}
+        state = job["state"]
+        if action == "cancel":
+            if state == "queued":
+                self.set_job(job_id, state="cancelled", exit_reason="cancelled", ended_at=time.time())
+                self.event(job_id, "cancel", "cancelled while queued")
+                return {"ok": True, "message": f"job {job_id} cancelled"}
+            if state in store.LIVE_STATES:
+                self.watches.setdefault(job_id, self._new_watch(job)).cancel_requested = True
+                self.set_job(job_id, state="stopping")
+                self.kill_job(job)
+                return {"ok": True, "message": f"job {job_id} cancelling"}
+            return {"ok": False, "message": f"job {job_id} already ended ({state})"}
+        if action == "stop":
+            if state == "queued":
+                return self.handle_request(job_id, "cancel", None)
+            if state in ("starting", "running"):
+                return self.graceful_stop(job)
+            return {"ok": False, "message": f"job {job_id} is {state}: nothing to stop"}
+        if action in ("retry", "resume"):
+            if state not in store.FINAL_STATES:
+                return {"ok": False, "message": f"job {job_id} is still {state}; {action} needs an ended job"}
+            resume_from = None
+            if action == "resume":
+                if not job["run_dir"]:
+                    return {"ok": False, "message": f"job {job_id} has no run folder to resume from"}
+                resume_from = Path(job["run_dir"]).name
+            new_id = self.clone_job(job, resume_from)
+            return {"ok": True, "message": f"job {new_id} queued ({action} of {job_id})", "new_job": new_id}
+        if action == "move":
+            if state != "queued":
+                return {"ok": False, "message": f"job {job_id} is {state}; only queued jobs move"}
+            return self.move(job, arg or "")
+        return {"ok": False, "message": f"unknown action {action!r}"}
+
+    def move(self, job: dict[str, Any], where: str) -> dict[str, Any]:
+        queued = [
+            dict(r)
+            for r in self.conn.execute("SELECT id, queue_pos FROM jobs WHERE state='queued' ORDER BY queue_pos, id")
+        ]
+        ids = [r["id"] for r in queued]
+        i = ids.index(job["id"])
+        if where == "up" and i > 0:
+            ids[i - 1], ids[i] = ids[i], ids[i - 1]
+        elif where == "down" and i < len(ids) - 1:
+            ids[i + 1], ids[i] = ids[i], ids[i + 1]
+        elif where == "top":
+            ids.insert(0, ids.pop(i))
+        elif where == "bottom":
+            ids.append(ids.pop(i))
+        elif where not in ("up", "down"):
+            return {"ok": False, "message": f"move where? expected up, down, top or bottom, found {where!r}"}
+        with store.transaction(self.conn):
+            for pos, jid in enumerate(ids):
+                self.conn.execute("UPDATE jobs SET queue_pos=? WHERE id=?", (float(pos), jid))
+        return {"ok": True, "message": f"job {job['id']} moved {where}"}
+
+    def clone_job(self, job: dict[str, Any], resume_from: str | None) -> int:
+        from engine.client import _insert_job  # one place creates job rows
+
+        src = Path(job["job_dir"])
+        return _insert_job(
+            conn=self.conn,
+            name=job["name"],
+            profile=job["profile"],
+            backend=job["backend"],
+            gpus=job["gpus"],
+            num_gpus=job["num_gpus"],
+            priority=job["priority"],
+            after=None,
+            frozen_from=src,
+            resume_from=resume_from,
+            parent_id=job["id"],
+            hang_timeout_s=job["hang_timeout_s"],
+        )
+
+    def graceful_stop(self, job: dict[str, Any]) -> dict[str, Any]:
+        run_dir = job["run_dir"] or self._guess_run_dir(job)
+        if not run_dir:
+            # Not yet training: nothing to checkpoint, so a stop is a cancel.
+            return self.handle_request(job["id"], "cancel", None)
+        Path(run_dir, "save_quit").touch()
+        timeout = float(config.get("scheduler.stop_timeout_s") or 300)
+        self.watches.setdefault(job["id"], self._new_watch(job)).cancel_requested = True
+        self.set_job(job["id"], state="stopping", stop_deadline=time.time() + timeout)
+        self.event(job["id"], "stop", f"asked the trainer to checkpoint and quit (save_quit in {run_dir})")
+        return {"ok": True, "message": f"job {job['id']} stopping after a checkpoint (timeout {timeout:.0f}s)"}
+
+    def _guess_run_dir(self, job: dict[str, Any]) -> str | None:
+        """diffusion-pipe prints no run folder: take the newest timestamped folder made since the job started."""
+        try:
+            out = Path(TomlFile.load(Path(job["job_dir"]) / "main.toml").get("output_dir") or "")
+        except Exception:
+            return None
+        if not out.is_dir() or not job["started_at"]:
+            return None
+        newest = None
+        for child in out.iterdir():
+            if child.is_dir() and child.stat().st_mtime >= job["started_at"] - 2:
+                if newest is None or child.stat().st_mtime > newest.stat().st_mtime:
+                    newest = child
+        return str(newest) if newest else None
+
+    # ----- supervision -----------------------------------------------------------------------------
+    def _new_watch(self, job: dict[str, Any], replay: bool = False) -> Watch:
+        job_dir = Path(job["job_dir"])
+        followers = [LogFollower(job_dir / "output.log")]
+        watch = Watch(followers=followers)
+        watch.global_batch = _global_batch(job_dir / "main.toml", job)
+        return watch
+
+    def supervise(self) -> None:
+        live = self.conn.execute(
+            f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+        ).fetchall()
+        for row in live:
+            job = store.row_to_dict(row)
+            watch = self.watches.get(job["id"]) or self.watches.setdefault(job["id"], self._new_watch(job))
+            self.follow_logs(job, watch)
+            job_dir = Path(job["job_dir"])
+            exit_file = job_dir / "exit.json"
+            if exit_file.exists():
+                self.follow_logs(job, watch)
+                self.finish(job["id"])
+                continue
+            if not procs.is_same_process(job["pid"], job["pid_ctime"]):
+                # The shim died without recording an exit (SIGKILL, OOM killer).
+                self.finish(job["id"], forced_reason="cancelled" if watch.cancel_requested else "interrupted")
+                continue
+            now = time.time()
+            if job["state"] == "starting" and (job_dir / "child.json").exists():
+                self.set_job(job["id"], state="running")
+            if job["state"] == "stopping" and job["stop_deadline"] and now > job["stop_deadline"]:
+                self.event(job["id"], "stop", "graceful stop timed out: cancelling")
+                self.kill_job(job)
+            hang = job["hang_timeout_s"] or float(config.get("scheduler.hang_timeout_s") or 1800)
+            since = job["last_progress_at"] or job["started_at"] or now
+            if job["state"] == "running" and now - since > hang:
+                self.event(job["id"], "hung", f"no progress for {now - since:.0f}s (timeout {hang:.0f}s)")
+                self.dump_stacks(job)
+                self.set_job(job["id"], state="stopping", exit_reason="hung")
+                self.kill_job(job)
+
+    def follow_logs(self, job: dict[str, Any], watch: Watch) -> None:
+        job_dir = Path(job["job_dir"])
+        rank0 = sorted((job_dir / "ranks").glob("*_rank0.log")) if (job_dir / "ranks").is_dir() else []
+        if rank0 and all(f.path != rank0[0] for f in watch.followers):
+            watch.followers.append(LogFollower(rank0[0]))
+        lines: list[str] = []
+        for follower in watch.followers:
+            lines.extend(follower.read_lines())
+        if not lines:
+            return
+        watch.tail = (watch.tail + lines)[-200:]
+        prog = watch.progress
+        before = prog.step
+        for line in lines:
+            feed_line(prog, line)
+        metrics = prog.take_metrics()
+        now = time.time()
+        fields: dict[str, Any] = {}
+        if prog.step is not None and prog.step != before:
+            if watch.first_step_at is None:
+                watch.first_step_at = now
+            fields["last_progress_at"] = now
+            total = prog.total_steps or job["total_steps"]
+            fields["eta_s"] = eta_seconds(
+                prog.step, total, job["started_at"], watch.first_step_at, prog.samples_per_s, watch.global_batch
+            )
+        for key in ("step", "total_steps", "epoch", "total_epochs", "loss", "lr", "samples_per_s"):
+            value = getattr(prog, key)
+            if value is not None and value != job.get(key):
+                fields[key] = value
+        if prog.run_dir and prog.run_dir != job["run_dir"]:
+            fields["run_dir"] = prog.run_dir
+        if job["state"] == "starting":
+            fields["state"] = "running"
+        with store.transaction(self.conn):
+            if fields:
+                store.update_job(self.conn, job["id"], **fields)
+            for m in metrics:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO metrics(job_id, step, epoch, loss, lr, samples_per_s, t)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (job["id"], m["step"], m["epoch"], m["loss"], m["lr"], m["samples_per_s"], m["t"]),
+                )
+
+    def dump_stacks(self, job: dict[str, Any]) -> None:
+        import shutil
+
+        spy = shutil.which("py-spy")
+        if not spy:
+            return
+        out = Path(job["job_dir"]) / "hang-stacks.txt"
+        with open(out, "w") as fh:
+            for m in procs.marked_processes(job["id"]):
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run([spy, "dump", "--pid", str(m.pid)], stdout=fh, stderr=fh, timeout=20)
+
+    def kill_job(self, job: dict[str, Any]) -> None:
+        victims = procs.marked_processes(job["id"])
+        procs.kill_marked(victims, grace_s=5.0)
+
+    def finish(self, job_id: int, forced_reason: str | None = None) -> None:
+        """Clean up after a job's end: sweep its processes, verify, release leases, record why it ended."""
+        job = self.job(job_id)
+        if job is None:
+            return
+        watch = self.watches.pop(job_id, None) or self._new_watch(job)
+        self.follow_logs(job, watch)
+        self.set_job(job_id, state="cleanup")
+        survivors = procs.kill_marked(procs.marked_processes(job_id), grace_s=5.0)
+        port_busy = bool(job["port"]) and job["port"] in ports.listening_ports()
+        if port_busy:
+            deadline = time.time() + 10
+            while time.time() < deadline and job["port"] in ports.listening_ports():
+                time.sleep(0.2)
+            port_busy = job["port"] in ports.listening_ports()
+        exit_info: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            exit_info = json.loads((Path(job["job_dir"]) / "exit.json").read_text())
+        returncode = exit_info.get("returncode")
+        tail = watch.tail or _tail_of_logs(Path(job["job_dir"]))
+        if job["exit_reason"] == "hung":
+            reason = "hung"
+        elif forced_reason == "interrupted" and returncode is None:
+            reason = "interrupted"
+        elif watch.cancel_requested or forced_reason == "cancelled":
+            reason = "completed" if (returncode == 0 and watch.progress.complete) else "cancelled"
+        else:
+            reason = classify.classify(returncode, tail, complete_seen=watch.progress.complete)
+        state = "interrupted" if reason == "interrupted" else classify.state_for(reason)
+        fields: dict[str, Any] = {
+            "state": state,
+            "exit_reason": reason,
+            "ended_at": exit_info.get("ended_at") or time.time(),
+            "evidence": classify.evidence(tail) if reason != "completed" else [],
+        }
+        if reason == "completed" and job["total_steps"]:
+            fields["eta_s"] = 0.0
+        with store.transaction(self.conn):
+            store.update_job(self.conn, job_id, **fields)
+            if not survivors and not port_busy:
+                self.conn.execute("DELETE FROM leases WHERE job_id=?", (job_id,))
+            store.add_event(
+                self.conn, job_id, "end",
+                f"{state} ({reason}); returncode {returncode}"
+                + (f"; {len(survivors)} process(es) survived the sweep" if survivors else "")
+                + ("; master port still listening" if port_busy else ""),
+            )
+        self.need_sweep = True
+
+    def sweep(self) -> list[procs.Marked]:
+        """Kill every marked process whose job is not live; returns what was killed."""
+        live = {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+            )
+        }
+        orphans = [m for m in procs.marked_processes() if m.job_id not in live]
+        if orphans:
+            procs.kill_marked(orphans)
+            self.event(None, "reclaim", f"killed {len(orphans)} orphan process(es): {[m.pid for m in orphans]}")
+        # Leases of jobs that are no longer live and whose processes are gone are released.
+        with store.transaction(self.conn):
+            self.conn.execute(
+                f"DELETE FROM leases WHERE job_id NOT IN (SELECT id FROM jobs WHERE state IN "
+                f"({','.join('?' * len(store.LIVE_STATES))}))",
+                store.LIVE_STATES,
+            )
+        self.need_sweep = False
+        return orphans
+
+    # ----- scheduling ------------------------------------------------------------------------------
+    def schedule(self) -> None:
+        if store.get_setting(self.conn, "paused", "0") == "1":
+            return
+        queued = [
+            store.row_to_dict(r)
+            for r in self.conn.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY priority DESC, queue_pos, id")
+        ]
+        if not queued:
+            return
+        for job in queued:
+            reason = self.blocked_by(job)
+            if reason:
+                if reason != job["wait_reason"]:
+                    self.set_job(job["id"], wait_reason=reason)
+                continue
+            if self.need_sweep:
+                self.sweep()
+            try:
+                self.start(job)
+            except Exception as exc:
+                self.fail_fast(job, "crashed", f"could not start: {exc}")
+
+    def blocked_by(self, job: dict[str, Any]) -> str | None:
+        if job["after_id"]:
+            dep = self.job(job["after_id"])
+            if dep and dep["state"] not in store.FINAL_STATES:
+                return f"waiting for job {job['after_id']} to end"
+        live = self.conn.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+        ).fetchone()[0]
+        if not self.has_nvidia:
+            slots = int(config.get("scheduler.cpu_slots") or 1)
+            if live >= slots:
+                return f"waiting for a CPU slot ({live}/{slots} busy)"
+            return None
+        chosen, why = self.choose_gpus(job)
+        return why if chosen is None else None
+
+    def choose_gpus(self, job: dict[str, Any]) -> tuple[list[int] | None, str | None]:
+        report = gpus.gpu_report()
+        leased = {
+            int(r[0].split(":")[1]) for r in self.conn.execute("SELECT resource FROM leases WHERE resource LIKE 'gpu:%'")
+        }
+        min_free = int(config.get("scheduler.min_free_mib") or 2048) * 1024 * 1024
+
+        def usable(g: dict[str, Any]) -> str | None:
+            if g["index"] in leased:
+                return f"GPU {g['index']} is in use by another dpdeck job"
+            foreign = [p for p in g["processes"] if not p["ours"]]
+            if foreign:
+                return f"GPU {g['index']} has a foreign compute process (pid {foreign[0]['pid']} {foreign[0]['name']})"
+            if g["mem_free"] < min_free:
+                return f"GPU {g['index']} has only {g['mem_free'] // 2**20} MiB free"
+            return None
+
+        if job["gpus"]:
+            for idx in job["gpus"]:
+                if idx >= len(report):
+                    return None, f"GPU {idx} does not exist (this machine has {len(report)})"
+                why = usable(report[idx])
+                if why:
+                    return None, why
+            return list(job["gpus"]), None
+        want = job["num_gpus"] or 1
+        if want > len(report):
+            return None, f"{want} GPUs requested, this machine has {len(report)}"
+        free = [g["index"] for g in report if usable(g) is None]
+        if len(free) < want:
+            return None, f"waiting for {want} free GPU(s) ({len(free)} free)"
+        return free[:want], None
+
+    def fail_fast(self, job: dict[str, Any], reason: str, message: str) -> None:
+        now = time.time()
+        self.set_job(
+            job["id"], state=classify.state_for(reason), exit_reason=reason, ended_at=now, started_at=now,
+            evidence=[message], wait_reason=None,
+        )
+        self.event(job["id"], "end", message)
+
+    def start(self, job: dict[str, Any]) -> None:
+        job_dir = Path(job["job_dir"])
+        problem = _preflight(job_dir)
+        if problem:
+            self.fail_fast(job, problem[0], problem[1])
+            return
+        if job["gpus"] and not self.has_nvidia:
+            self.fail_fast(job, "config_error", f"GPUs {job['gpus']} requested but this machine has no NVIDIA GPU")
+            return
+        chosen: list[int] | None = None
+        if self.has_nvidia:
+            chosen, why = self.choose_gpus(job)
+            if chosen is None:
+                self.set_job(job["id"], wait_reason=why)
+                return
+        taken = {int(r[0].split(":")[1]) for r in self.conn.execute("SELECT resource FROM leases WHERE resource LIKE 'port:%'")}
+        low, high = int(config.get("ports.low") or 29500), int(config.get("ports.high") or 29999)
+        port = ports.pick_port(taken, (low, high))
+        argv, cwd = launch.build_command(
+            job["backend"], job_dir / "main.toml", port,
+            gpus=chosen, num_gpus=job["num_gpus"] if not chosen else None, has_nvidia=self.has_nvidia,
+            rank_log_dir=job_dir / "ranks", resume_from=job["resume_from"],
+        )
+        env = launch.job_env(job["id"], self.has_nvidia)
+        for stale in ("exit.json", "child.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (job_dir / stale).unlink()
+        launch.write_launch_spec(job_dir, job_dir, argv, cwd, env, job_dir / "output.log")
+        shim_env = dict(os.environ)
+        shim_env.update(env)
+        with open(job_dir / "shim.log", "ab") as shim_log:
+            shim = subprocess.Popen(
+                [sys.executable, "-m", "engine.shim", str(job_dir)],
+                cwd=cwd, env=shim_env, stdin=subprocess.DEVNULL, stdout=shim_log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        import psutil
+
+        ctime = psutil.Process(shim.pid).create_time()
+        now = time.time()
+        with store.transaction(self.conn):
+            self.conn.execute("INSERT OR REPLACE INTO leases(resource, job_id, t) VALUES (?, ?, ?)", (f"port:{port}", job["id"], now))
+            for g in chosen or []:
+                self.conn.execute("INSERT OR REPLACE INTO leases(resource, job_id, t) VALUES (?, ?, ?)", (f"gpu:{g}", job["id"], now))
+            store.update_job(
+                self.conn, job["id"], state="starting", port=port, pid=shim.pid, pid_ctime=ctime, pgid=shim.pid,
+                started_at=now, wait_reason=None, gpus=chosen if chosen else job["gpus"], last_progress_at=now,
+            )
+            store.add_event(self.conn, job["id"], "start", f"started on port {port}: {' '.join(argv)}")
+        self.watches[job["id"]] = self._new_watch(self.job(job["id"]) or job)
+
+
+def _global_batch(main_toml: Path, job: dict[str, Any]) -> int | None:
+    try:
+        doc = TomlFile.load(main_toml)
+    except Exception:
+        return None
+    mbs = doc.get("micro_batch_size_per_gpu") or 1
+    gas = doc.get("gradient_accumulation_steps") or 1
+    stages = doc.get("pipeline_stages") or 1
+    world = len(job["gpus"]) if job.get("gpus") else (job.get("num_gpus") or 1)
+    try:
+        return int(mbs) * int(gas) * max(1, int(world) // int(stages))
+    except (TypeError, ValueError):
+        return None
+
+
+def _tail_of_logs(job_dir: Path, lines: int = 200) -> list[str]:
+    out: list[str] = []
+    files = [job_dir / "output.log"]
+    if (job_dir / "ranks").is_dir():
+        files += sorted((job_dir / "ranks").glob("*.log"))
+    for f in files:
+        with contextlib.suppress(OSError):
+            with open(f, "rb") as fh:
+                fh.seek(max(0, f.stat().st_size - 64 * 1024))
+                out += fh.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()[-lines:]
+    return out[-lines:]
+
+
+def _preflight(job_dir: Path) -> tuple[str, str] | None:
+    """Fail fast on what would only fail minutes later inside the launcher."""
+    try:
+        main = TomlFile.load(job_dir / "main.toml")
+    except Exception as exc:
+        return "config_error", f"frozen profile unreadable: {exc}"
+    out = main.get("output_dir")
+    if isinstance(out, str):
+        out_path = Path(out).expanduser()
+        try:
+            out_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return "config_error", f"output_dir {out_path} cannot be created: {exc.strerror}"
+        if not os.access(out_path, os.W_OK):
+            return "config_error", f"output_dir {out_path} is not writable"
+    ds = main.get("dataset")
+    if isinstance(ds, str) and not Path(ds).exists():
+        return "missing_file", f"dataset file {ds} is missing"
+    if isinstance(ds, str):
+        try:
+            data = TomlFile.load(Path(ds)).data()
+        except Exception as exc:
+            return "config_error", f"dataset file {ds}: {exc}"
+        for i, d in enumerate(data.get("directory") or []):
+            p = d.get("path") if isinstance(d, dict) else None
+            if isinstance(p, str) and not Path(p).expanduser().is_dir():
+                return "missing_file", f"dataset directory[{i}].path {p} does not exist"
+    return None
+
+
+def acquire_lock() -> int | None:
+    """The daemon lock (held for the daemon's life); None when another daemon holds it."""
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    fd = acquire_lock()
+    if fd is None:
+        print(f"dpdeck: a daemon already runs for {paths.state_dir()}", file=sys.stderr)
+        return 1
+    atomic_write_text(paths.state_dir() / "daemon.pid", str(os.getpid()))
+    Daemon().run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Turning a profile into a job: freeze its TOMLs into the job folder and build the launcher command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine import config
+from profiles import paths
+from profiles.atomic import atomic_write_text
+from profiles.document import Profile, TomlFile
+
+BACKENDS = ("builtin", "diffusion-pipe")
+
+
+class EnqueueError(Exception):
+    """The job cannot be queued; the message says why (validation problems included)."""
+
+
+def resolve_profile(name_or_path: str) -> Profile:
+    from profiles import store
+
+    return store.resolve(name_or_path)
+
+
+def pick_backend(profile: Profile, requested: str) -> str:
+    from profiles.model_types import BUILTIN_TYPES, DPDECK_ONLY_TYPES
+
+    if requested in BUILTIN_TYPES or requested in BACKENDS:
+        return requested
+    if requested != "auto":
+        raise EnqueueError(f"unknown backend {requested!r}; expected auto, builtin or diffusion-pipe")
+    mtype = profile.model_type or ""
+    dp_path = config.get("diffusion_pipe.path")
+    if mtype in DPDECK_ONLY_TYPES:
+        return "builtin"
+    if dp_path:
+        return "diffusion-pipe"
+    if mtype in BUILTIN_TYPES:
+        return "builtin"
+    raise EnqueueError(
+        f"model type {mtype!r} is trained by diffusion-pipe, which is not configured: "
+        "run `dpdeck config set diffusion_pipe.path /path/to/diffusion-pipe` (or use an sd15/sdxl profile)"
+    )
+
+
+def validate_for_queue(profile: Profile, backend: str, num_gpus: int | None) -> list[str]:
+    """Errors (as printable lines) that must stop the enqueue; warnings are returned prefixed 'warning:'."""
+    from profiles.validate import validate_profile
+
+    problems = validate_profile(profile, backend=backend, check_paths="error", num_gpus=num_gpus)
+    return [("warning: " if p.severity == "warning" else "") + str(p) for p in problems]
+
+
+def freeze(profile: Profile, job_dir: Path) -> Path:
+    """Copy main + dataset (+ eval) TOMLs into the job folder; only the frozen `dataset` key is rewritten."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    main = TomlFile.from_text(profile.main.dumps(), source=str(job_dir / "main.toml"))
+    if profile.dataset is not None:
+        frozen_ds = job_dir / "dataset.toml"
+        atomic_write_text(frozen_ds, profile.dataset.dumps())
+        main.set("dataset", str(frozen_ds))
+    evals = main.get("eval_datasets")
+    if isinstance(evals, list):
+        frozen = list(profile.eval_datasets.values())
+        for i, entry in enumerate(evals):
+            if i < len(frozen):
+                target = job_dir / f"eval-{i}.toml"
+                atomic_write_text(target, frozen[i].dumps())
+                if isinstance(entry, dict):
+                    main.set(f"eval_datasets[{i}].config", str(target))
+    frozen_main = job_dir / "main.toml"
+    atomic_write_text(frozen_main, main.dumps())
+    return frozen_main
+
+
+def _deepspeed_exe(python: str) -> list[str]:
+    candidate = Path(python).parent / "deepspeed"
+    if candidate.exists():
+        return [str(candidate)]
+    found = shutil.which("deepspeed")
+    if found:
+        return [found]
+    return [python, "-m", "deepspeed.launcher.runner"]
+
+
+def gpu_args(gpus: list[int] | None, num_gpus: int | None, has_nvidia: bool) -> list[str]:
+    # The runner rewrites CUDA_VISIBLE_DEVICES when --include/--num_gpus is given: pin with --include.
+    if gpus:
+        return ["--include", "localhost:" + ",".join(str(g) for g in gpus)]
+    return ["--num_gpus", str(num_gpus or 1)]
+
+
+def build_command(
+    backend: str,
+    frozen_main: Path,
+    port: int,
+    *,
+    gpus: list[int] | None,
+    num_gpus: int | None,
+    has_nvidia: bool,
+    rank_log_dir: Path,
+    resume_from: str | None = None,
+    extra_launcher_args: list[str] | None = None,
+) -> tuple[list[str], str]:
+    """(argv, cwd) for the job's launcher."""
+    launcher_common = [*gpu_args(gpus, num_gpus, has_nvidia), "--master_port", str(port)]
+    launcher_common += ["--enable_each_rank_log", str(rank_log_dir)]
+    launcher_common += extra_launcher_args or []
+    train_args = ["--deepspeed", "--config", str(frozen_main), "--master_port", str(port)]
+    if resume_from is not None:
+        train_args += ["--resume_from_checkpoint"] + ([resume_from] if resume_from else [])
+    if backend == "builtin":
+        argv = [*_deepspeed_exe(sys.executable), *launcher_common, "--module", "engine.trainer", *train_args]
+        return argv, str(frozen_main.parent)
+    checkout = config.get("diffusion_pipe.path")
+    if not checkout:
+        raise EnqueueError("diffusion-pipe is not configured: dpdeck config set diffusion_pipe.path DIR")
+    python = config.get("diffusion_pipe.python") or sys.executable
+    train_py = Path(checkout) / "train.py"
+    argv = [*_deepspeed_exe(python), *launcher_common, str(train_py), *train_args]
+    return argv, str(checkout)
+
+
+def job_env(job_id: int, has_nvidia: bool) -> dict[str, str]:
+    from engine.procs import marker_env
+
+    env = marker_env(job_id)
+    env["PYTHONUNBUFFERED"] = "1"
+    # The built-in trainer is imported by module name: make this checkout importable wherever it runs.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    if not has_nvidia:
+        env.setdefault("DS_ACCELERATOR", os.environ.get("DS_ACCELERATOR", "cpu"))
+    return env
+
+
+def write_launch_spec(job_dir: Path, attempt_dir: Path, argv: list[str], cwd: str, env: dict[str, str],
+                      log: Path) -> None:
+    spec: dict[str, Any] = {
+        "argv": argv,
+        "cwd": cwd,
+        "env": env,
+        "log": str(log),
+        "attempt_dir": str(attempt_dir),
+        "command": shlex.join(argv),
+    }
+    atomic_write_text(job_dir / "launch.json", json.dumps(spec, indent=2))
+
+
+def jobs_root() -> Path:
+    return paths.jobs_dir()

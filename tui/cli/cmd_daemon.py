@@ -1,0 +1,156 @@
+"""`dpdeck daemon start|stop|status`, `reclaim`, `gpus`, `config get|set|list`."""
+
+from __future__ import annotations
+
+import argparse
+
+from tui.cli.output import error, print_json, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("daemon", help="the background daemon that runs and supervises jobs")
+    ds = d.add_subparsers(dest="daemon_cmd", metavar="ACTION", required=True)
+    start = ds.add_parser("start", help="start it detached (or --foreground, e.g. under systemd)")
+    start.add_argument("--foreground", action="store_true")
+    start.set_defaults(func=_start)
+    stop = ds.add_parser("stop", help="stop it; running jobs keep running unless --kill-jobs")
+    stop.add_argument("--kill-jobs", action="store_true")
+    stop.set_defaults(func=_stop)
+    status = ds.add_parser("status", help="is it running, and the job counts")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+
+    rec = sub.add_parser("reclaim", help="kill orphaned processes of ours (dpdeck-marked, job not live)")
+    rec.add_argument("--dry-run", action="store_true", help="only list what would be killed")
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=_reclaim)
+
+    g = sub.add_parser("gpus", help="GPUs with their processes marked ours / foreign")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=_gpus)
+
+    c = sub.add_parser("config", help="dpdeck settings (diffusion_pipe.path, scheduler.cpu_slots, ...)")
+    cs = c.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
+    get = cs.add_parser("get")
+    get.add_argument("key")
+    get.set_defaults(func=_config_get)
+    setp = cs.add_parser("set")
+    setp.add_argument("key")
+    setp.add_argument("value")
+    setp.set_defaults(func=_config_set)
+    lst = cs.add_parser("list")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_config_list)
+
+
+def _start(args: argparse.Namespace) -> int:
+    if args.foreground:
+        from engine import daemon
+
+        return daemon.main([])
+    from engine import client
+
+    pid = client.ensure_daemon()
+    print(f"daemon running (pid {pid})")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from engine import client
+
+    if client.stop_daemon(kill_jobs=args.kill_jobs):
+        print("daemon stopped" + (" (jobs cancelled)" if args.kill_jobs else " (running jobs keep running)"))
+    else:
+        print("daemon was not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from engine import client
+
+    status = client.daemon_status()
+    if args.json:
+        print_json(status)
+        return 0
+    if status["running"]:
+        print(f"daemon running (pid {status['pid']}) for {status['state_dir']}")
+    else:
+        print(f"daemon not running for {status['state_dir']} (it starts on demand)")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(status["jobs"].items())) or "no jobs"
+    print(f"jobs: {counts}" + ("; queue paused" if status["paused"] else ""))
+    return 0
+
+
+def _reclaim(args: argparse.Namespace) -> int:
+    from engine import client
+
+    result = client.reclaim(dry_run=args.dry_run)
+    if args.json:
+        print_json(result)
+        return 0
+    if not result["orphans"]:
+        print("nothing to reclaim: no orphaned dpdeck processes")
+        return 0
+    verb = "would kill" if args.dry_run else "killed"
+    for o in result["orphans"]:
+        print(f"{verb} pid {o['pid']} ({o['name']}) of job {o['job']}")
+    if result.get("survivors"):
+        error(f"{len(result['survivors'])} process(es) survived: {result['survivors']}")
+        return 1
+    return 0
+
+
+def _gpus(args: argparse.Namespace) -> int:
+    from engine import client
+
+    report = client.gpu_report()
+    if args.json:
+        print_json(report)
+        return 0
+    if not report:
+        print("no NVIDIA GPU found (NVML unavailable): jobs run on the CPU, one slot per scheduler.cpu_slots")
+        return 0
+    rows = []
+    for g in report:
+        procs = "; ".join(f"{p['pid']} {p['name']} ({'ours' if p['ours'] else 'FOREIGN'})" for p in g["processes"])
+        rows.append([
+            str(g["index"]), g["name"], f"{g['util'] if g['util'] is not None else '-'}%",
+            f"{g['mem_used'] // 2**20}/{g['mem_total'] // 2**20} MiB", procs or "-",
+        ])
+    print(table(rows, ["GPU", "NAME", "UTIL", "MEMORY", "PROCESSES"]))
+    return 0
+
+
+def _config_get(args: argparse.Namespace) -> int:
+    from engine import config
+
+    try:
+        print(config.get(args.key))
+    except KeyError:
+        error(f"unknown setting {args.key!r}; known: {', '.join(sorted(config.KNOWN))}")
+        return 2
+    return 0
+
+
+def _config_set(args: argparse.Namespace) -> int:
+    from engine import config
+
+    try:
+        value = config.set_value(args.key, args.value)
+    except (KeyError, ValueError) as exc:
+        error(str(exc.args[0]))
+        return 2
+    print(f"{args.key} = {value}")
+    return 0
+
+
+def _config_list(args: argparse.Namespace) -> int:
+    from engine import config
+
+    settings = config.all_settings()
+    if args.json:
+        print_json(settings)
+        return 0
+    for key, value in settings.items():
+        print(f"{key} = {value}    # {config.KNOWN[key][2]}")
+    return 0

@@ -1,0 +1,258 @@
+"""`dpdeck queue add|pause|unpause`, `ls`, `show`, `logs`, `cancel`, `stop`, `retry`, `resume`, `move`, `wait`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from tui.cli.output import error, print_json, table
+
+STATE_MARK = {
+    "queued": "· queued",
+    "starting": "» starting",
+    "running": "▶ running",
+    "stopping": "■ stopping",
+    "cleanup": "~ cleanup",
+    "completed": "✓ completed",
+    "failed": "✗ failed",
+    "cancelled": "⊘ cancelled",
+    "oom": "! oom",
+    "hung": "? hung",
+    "interrupted": "↯ interrupted",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser("queue", help="add jobs, pause or unpause the queue")
+    qs = q.add_subparsers(dest="queue_cmd", metavar="ACTION", required=True)
+    add = qs.add_parser("add", help="queue a profile (stored name or path to a main TOML); prints the job id")
+    add.add_argument("profile")
+    gpu = add.add_mutually_exclusive_group()
+    gpu.add_argument("--gpus", help="GPU indexes, e.g. 0,2")
+    gpu.add_argument("--num-gpus", type=int, help="how many GPUs (or CPU ranks on a machine without GPUs)")
+    add.add_argument("--backend", default="auto", choices=["auto", "builtin", "diffusion-pipe"])
+    add.add_argument("--name")
+    add.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    add.add_argument("--after", type=int, metavar="JOB", help="start only after this job has ended")
+    add.add_argument("--hang-timeout", type=float, metavar="S", help="no progress for S seconds -> hung")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=_add)
+    for action in ("pause", "unpause"):
+        p = qs.add_parser(action, help=f"{action} the queue (running jobs keep running)")
+        p.set_defaults(func=_pause, paused=action == "pause")
+
+    ls = sub.add_parser("ls", help="list jobs (queued and live; --all for finished too)")
+    ls.add_argument("--all", action="store_true")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_ls)
+
+    show = sub.add_parser("show", help="one job in detail")
+    show.add_argument("job", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_show)
+
+    logs = sub.add_parser("logs", help="print a job's log (-f follows it)")
+    logs.add_argument("job", type=int)
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--rank", type=int)
+    logs.set_defaults(func=_logs)
+
+    for action, text in (
+        ("cancel", "cancel a job (kills its processes)"),
+        ("stop", "graceful stop: checkpoint and quit, cancel after a timeout"),
+        ("retry", "queue an ended job again from the start"),
+        ("resume", "queue an ended job again from its last checkpoint"),
+    ):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("job", type=int)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=_request, action=action)
+
+    move = sub.add_parser("move", help="reorder a queued job")
+    move.add_argument("job", type=int)
+    move.add_argument("where", choices=["up", "down", "top", "bottom"])
+    move.set_defaults(func=_request, action="move", json=False)
+
+    wait = sub.add_parser("wait", help="block until a job ends; exit 0 only if it completed")
+    wait.add_argument("job", type=int)
+    wait.add_argument("--timeout", type=float, metavar="S")
+    wait.add_argument("--json", action="store_true")
+    wait.set_defaults(func=_wait)
+
+
+def _add(args: argparse.Namespace) -> int:
+    from engine import client, launch
+    from profiles.errors import ProfileError
+
+    gpus = None
+    if args.gpus:
+        try:
+            gpus = [int(x) for x in args.gpus.split(",") if x.strip()]
+        except ValueError:
+            error(f"--gpus: expected comma-separated GPU indexes like 0,2, found {args.gpus!r}")
+            return 2
+    try:
+        job_id = client.enqueue(
+            args.profile, gpus=gpus, num_gpus=args.num_gpus, backend=args.backend, name=args.name,
+            priority=args.priority, after=args.after, hang_timeout_s=args.hang_timeout,
+        )
+    except ProfileError as exc:
+        error(str(exc))
+        return 2
+    except launch.EnqueueError as exc:
+        error(str(exc))
+        return 1
+    client.ensure_daemon()
+    if args.json:
+        print_json({"id": job_id})
+    else:
+        print(job_id)
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from engine import client
+
+    client.set_queue_paused(args.paused)
+    print("queue paused" if args.paused else "queue unpaused")
+    return 0
+
+
+def _fmt_secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    value = int(value)
+    h, rem = divmod(value, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _row(job: Any) -> list[str]:
+    progress = "-"
+    if job.step is not None:
+        progress = f"{job.step}/{job.total_steps}" if job.total_steps else str(job.step)
+    epoch = "-" if job.epoch is None else (f"{job.epoch}/{job.total_epochs}" if job.total_epochs else str(job.epoch))
+    return [
+        str(job.id),
+        job.name[:24],
+        STATE_MARK.get(job.state, job.state),
+        ",".join(map(str, job.gpus)) if job.gpus else "-",
+        progress,
+        epoch,
+        "-" if job.loss is None else f"{job.loss:.4f}",
+        "-" if job.samples_per_s is None else f"{job.samples_per_s:.2f}",
+        _fmt_secs(job.eta_s) if not job.finished else "-",
+        job.exit_reason or (job.wait_reason or "")[:40],
+    ]
+
+
+HEADERS = ["ID", "NAME", "STATE", "GPUS", "STEP", "EPOCH", "LOSS", "SAMPLES/S", "ETA", "REASON"]
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from engine import client
+
+    jobs = client.list_jobs(include_finished=args.all)
+    if args.json:
+        print_json([j.model_dump() for j in jobs])
+        return 0
+    if not jobs:
+        print("no jobs" + ("" if args.all else " (dpdeck ls --all shows finished ones)"))
+        return 0
+    print(table([_row(j) for j in jobs], HEADERS))
+    if client.queue_paused():
+        print("queue is paused (dpdeck queue unpause)")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from engine import client
+
+    try:
+        job = client.get_job(args.job)
+    except KeyError as exc:
+        error(str(exc.args[0]))
+        return 2
+    if args.json:
+        data = job.model_dump()
+        data["saves"] = client.job_saves(job.id)
+        data["events"] = client.job_events(job.id)
+        print_json(data)
+        return 0
+    for key, value in job.model_dump().items():
+        if key == "evidence":
+            continue
+        if value is not None:
+            print(f"{key:>14}: {value}")
+    for save in client.job_saves(job.id):
+        print(f"{'save':>14}: {save['kind']} {save['path']}{'' if save['complete'] else ' (incomplete)'}")
+    if job.evidence:
+        print("      evidence:")
+        for line in job.evidence:
+            print(f"    {line}")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from engine import client
+
+    try:
+        path = client.job_log_path(args.job, args.rank)
+    except KeyError as exc:
+        error(str(exc.args[0]))
+        return 2
+    offset = 0
+    while True:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            sys.stdout.write(data.decode("utf-8", "replace"))
+            sys.stdout.flush()
+        if not args.follow:
+            return 0
+        if client.get_job(args.job).finished and not data:
+            return 0
+        time.sleep(0.25)
+
+
+def _request(args: argparse.Namespace) -> int:
+    from engine import client
+
+    try:
+        result = client.send_request(args.job, args.action, getattr(args, "where", None))
+    except KeyError as exc:
+        error(str(exc.args[0]))
+        return 2
+    except client.RequestError as exc:
+        error(str(exc))
+        return 1
+    if getattr(args, "json", False):
+        print_json(result)
+    else:
+        print(result.get("message", "ok"))
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from engine import client
+
+    try:
+        job = client.wait(args.job, timeout=args.timeout)
+    except KeyError as exc:
+        error(str(exc.args[0]))
+        return 2
+    except TimeoutError as exc:
+        error(str(exc))
+        return 124
+    if args.json:
+        print_json(job.model_dump())
+    else:
+        print(f"job {job.id}: {job.state} ({job.exit_reason})")
+    return 0 if job.state == "completed" else 1
