@@ -55,6 +55,7 @@ class JobView(BaseModel):
     after_id: int | None = None
     parent_id: int | None = None
     resume_from: str | None = None
+    launcher_args: list[str] | None = None
     wait_reason: str | None = None
     evidence: list[str] = Field(default_factory=list)
 
@@ -105,6 +106,7 @@ def _insert_job(
     resume_from: str | None = None,
     parent_id: int | None = None,
     hang_timeout_s: float | None = None,
+    launcher_args: list[str] | None = None,
 ) -> int:
     """Create a queued job and freeze its TOMLs into jobs/<id>/ in one transaction."""
     now = time.time()
@@ -112,10 +114,10 @@ def _insert_job(
         pos = conn.execute("SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM jobs").fetchone()[0]
         cur = conn.execute(
             "INSERT INTO jobs(name, state, profile, backend, gpus, num_gpus, priority, after_id, queue_pos,"
-            " resume_from, parent_id, hang_timeout_s, job_dir, created_at)"
-            " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
+            " resume_from, parent_id, hang_timeout_s, launcher_args, job_dir, created_at)"
+            " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
             (name, profile, backend, json.dumps(gpus) if gpus else None, num_gpus, priority, after, pos,
-             resume_from, parent_id, hang_timeout_s, now),
+             resume_from, parent_id, hang_timeout_s, json.dumps(launcher_args) if launcher_args else None, now),
         )
         job_id = int(cur.lastrowid or 0)
         job_dir = paths.jobs_dir() / str(job_id)
@@ -155,6 +157,7 @@ def enqueue(
     priority: int = 0,
     after: int | None = None,
     hang_timeout_s: float | None = None,
+    launcher_args: list[str] | None = None,
 ) -> int:
     """Validate, freeze and queue a profile (a stored name or a path to a main TOML). Returns the job id.
 
@@ -173,10 +176,13 @@ def enqueue(
     if after is not None and conn.execute("SELECT 1 FROM jobs WHERE id=?", (after,)).fetchone() is None:
         raise launch.EnqueueError(f"--after {after}: no such job")
     label = name or (prof.name or Path(profile).stem)
-    return _insert_job(
+    job_id = _insert_job(
         conn=conn, name=label, profile=str(profile), backend=chosen, gpus=gpus, num_gpus=num_gpus,
         priority=priority, after=after, profile_obj=prof, hang_timeout_s=hang_timeout_s,
+        launcher_args=launcher_args,
     )
+    ensure_daemon()  # a queued job needs someone to run it
+    return job_id
 
 
 def list_jobs(include_finished: bool = False) -> list[JobView]:

@@ -207,6 +207,7 @@ class Daemon:
             resume_from=resume_from,
             parent_id=job["id"],
             hang_timeout_s=job["hang_timeout_s"],
+            launcher_args=job["launcher_args"],
         )
 
     def graceful_stop(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -306,6 +307,10 @@ class Daemon:
             value = getattr(prog, key)
             if value is not None and value != job.get(key):
                 fields[key] = value
+        if not prog.run_dir and not job["run_dir"] and prog.step is not None:
+            # diffusion-pipe never prints its run folder: find the timestamped folder it made.
+            saved = next((s["path"] for s in prog.saves if s.get("path")), None)
+            prog.run_dir = str(Path(saved).parent) if saved else self._guess_run_dir(job)
         if prog.run_dir and prog.run_dir != job["run_dir"]:
             fields["run_dir"] = prog.run_dir
         if job["state"] == "starting":
@@ -509,7 +514,14 @@ class Daemon:
             job["backend"], job_dir / "main.toml", port,
             gpus=chosen, num_gpus=job["num_gpus"] if not chosen else None, has_nvidia=self.has_nvidia,
             rank_log_dir=job_dir / "ranks", resume_from=job["resume_from"],
+            extra_launcher_args=job["launcher_args"],
         )
+        if job["resume_from"]:
+            # A save_quit left from the stop that preceded this resume would end the new run at once.
+            out_dir = TomlFile.load(job_dir / "main.toml").get("output_dir")
+            if isinstance(out_dir, str):
+                with contextlib.suppress(OSError):
+                    (Path(out_dir) / job["resume_from"] / "save_quit").unlink(missing_ok=True)
         env = launch.job_env(job["id"], self.has_nvidia)
         for stale in ("exit.json", "child.json"):
             with contextlib.suppress(FileNotFoundError):

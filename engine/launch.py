@@ -109,9 +109,13 @@ def build_command(
     extra_launcher_args: list[str] | None = None,
 ) -> tuple[list[str], str]:
     """(argv, cwd) for the job's launcher."""
-    launcher_common = [*gpu_args(gpus, num_gpus, has_nvidia), "--master_port", str(port)]
+    extra = list(extra_launcher_args or [])
+    # A multi-node job names its hosts (hostfile / --include / --exclude): the GPU flags are the user's then.
+    multi_node = any(a in extra for a in ("--hostfile", "-H", "--include", "-i", "--exclude", "-e"))
+    launcher_common = [] if multi_node else gpu_args(gpus, num_gpus, has_nvidia)
+    launcher_common += ["--master_port", str(port)]
     launcher_common += ["--enable_each_rank_log", str(rank_log_dir)]
-    launcher_common += extra_launcher_args or []
+    launcher_common += extra
     train_args = ["--deepspeed", "--config", str(frozen_main), "--master_port", str(port)]
     if resume_from is not None:
         train_args += ["--resume_from_checkpoint"] + ([resume_from] if resume_from else [])
@@ -151,6 +155,27 @@ def write_launch_spec(job_dir: Path, attempt_dir: Path, argv: list[str], cwd: st
         "command": shlex.join(argv),
     }
     atomic_write_text(job_dir / "launch.json", json.dumps(spec, indent=2))
+
+
+def multi_node_args(hostfile: str | None, launcher: str | None, include: str | None, exclude: str | None,
+                    num_nodes: int | None, master_addr: str | None) -> list[str]:
+    """deepspeed runner flags for multi-node jobs, passed through unchanged (see docs/engine.md)."""
+    args: list[str] = []
+    if hostfile:
+        args += ["--hostfile", hostfile]
+    if launcher:
+        if launcher not in ("pdsh", "slurm", "openmpi", "mpich", "impi", "mvapich"):
+            raise EnqueueError(f"--launcher: expected pdsh, slurm or openmpi (or mpich/impi/mvapich), found {launcher!r}")
+        args += ["--launcher", launcher]
+    if include:
+        args += ["--include", include]
+    if exclude:
+        args += ["--exclude", exclude]
+    if num_nodes:
+        args += ["--num_nodes", str(num_nodes)]
+    if master_addr:
+        args += ["--master_addr", master_addr]
+    return args
 
 
 def jobs_root() -> Path:

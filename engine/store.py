@@ -35,6 +35,7 @@ MIGRATIONS: list[str] = [
         after_id INTEGER,
         queue_pos REAL NOT NULL,
         resume_from TEXT,
+        launcher_args TEXT,
         parent_id INTEGER,
         port INTEGER,
         pid INTEGER,
@@ -143,7 +144,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
-    for key in ("gpus", "evidence"):
+    for key in ("gpus", "evidence", "launcher_args"):
         if out.get(key):
             out[key] = json.loads(out[key])
     return out

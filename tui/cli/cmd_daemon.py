@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_gpus)
 
+    doc = sub.add_parser("doctor", help="check python, torch/CUDA, deepspeed, diffusion-pipe, disk, lingering")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=_doctor)
+
     c = sub.add_parser("config", help="dpdeck settings (diffusion_pipe.path, scheduler.cpu_slots, ...)")
     cs = c.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
     get = cs.add_parser("get")
@@ -154,3 +158,20 @@ def _config_list(args: argparse.Namespace) -> int:
     for key, value in settings.items():
         print(f"{key} = {value}    # {config.KNOWN[key][2]}")
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from engine import doctor
+
+    checks = doctor.run_checks()
+    if args.json:
+        print_json([asdict(c) for c in checks])
+    else:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "info": "info"}
+        for c in checks:
+            print(f"[{marks[c.status]}] {c.name}: {c.detail}")
+            if c.fix:
+                print(f"       fix: {c.fix}")
+    return 1 if any(c.status == "fail" for c in checks) else 0

@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     add.add_argument("--after", type=int, metavar="JOB", help="start only after this job has ended")
     add.add_argument("--hang-timeout", type=float, metavar="S", help="no progress for S seconds -> hung")
+    mn = add.add_argument_group("multi-node (passed to the deepspeed runner unchanged)")
+    mn.add_argument("--hostfile")
+    mn.add_argument("--launcher", help="pdsh (default), slurm, openmpi, ...")
+    mn.add_argument("--include", help="e.g. worker-0:0,1@worker-1:0")
+    mn.add_argument("--exclude")
+    mn.add_argument("--num-nodes", type=int)
+    mn.add_argument("--master-addr")
     add.add_argument("--json", action="store_true")
     add.set_defaults(func=_add)
     for action in ("pause", "unpause"):
@@ -94,9 +101,12 @@ def _add(args: argparse.Namespace) -> int:
             error(f"--gpus: expected comma-separated GPU indexes like 0,2, found {args.gpus!r}")
             return 2
     try:
+        extra = launch.multi_node_args(
+            args.hostfile, args.launcher, args.include, args.exclude, args.num_nodes, args.master_addr
+        )
         job_id = client.enqueue(
             args.profile, gpus=gpus, num_gpus=args.num_gpus, backend=args.backend, name=args.name,
-            priority=args.priority, after=args.after, hang_timeout_s=args.hang_timeout,
+            priority=args.priority, after=args.after, hang_timeout_s=args.hang_timeout, launcher_args=extra or None,
         )
     except ProfileError as exc:
         error(str(exc))

@@ -1,0 +1,90 @@
+"""`dpdeck doctor`: what on this box would stop or slow a training run, and what to do about it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import config, gpus
+from profiles import paths
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail | info
+    detail: str
+    fix: str = ""
+
+
+def _module_version(name: str) -> str | None:
+    if importlib.util.find_spec(name) is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "installed"
+
+
+def run_checks() -> list[Check]:
+    checks: list[Check] = [Check("python", "ok", f"{sys.version.split()[0]} at {sys.executable}")]
+    for mod, extra in (("torch", "train"), ("diffusers", "train"), ("peft", "train"), ("deepspeed", "train")):
+        ver = _module_version(mod)
+        checks.append(
+            Check(mod, "ok", ver)
+            if ver
+            else Check(mod, "warn", "not installed: the built-in trainer cannot run",
+                       f"pip install -e '.[{extra}]' (install your CUDA torch first)")
+        )
+    report = gpus.gpu_report()
+    if report:
+        names = ", ".join(f"{g['index']}: {g['name']}" for g in report)
+        checks.append(Check("gpus", "ok", names))
+        consumer = [g for g in report if any(k in str(g["name"]) for k in ("RTX", "GeForce", "TITAN"))]
+        if consumer and len(report) > 1 and not os.environ.get("NCCL_P2P_DISABLE"):
+            checks.append(Check("nccl", "warn", "consumer GPUs without NCCL_P2P_DISABLE",
+                                "export NCCL_P2P_DISABLE=1 NCCL_IB_DISABLE=1 (multi-GPU hangs otherwise)"))
+        foreign = [p for g in report for p in g["processes"] if not p["ours"]]
+        if foreign:
+            checks.append(Check("gpu processes", "warn", f"{len(foreign)} foreign compute process(es) on the GPUs",
+                                "jobs wait for those GPUs; `dpdeck gpus` lists them"))
+    else:
+        checks.append(Check("gpus", "info", "no NVIDIA GPU visible (NVML): jobs run on the CPU with DS_ACCELERATOR=cpu"))
+    if _module_version("torch"):
+        probe = subprocess.run(
+            [sys.executable, "-c", "import torch;print(torch.__version__, torch.cuda.is_available())"],
+            capture_output=True, text=True, timeout=120,
+        )
+        checks.append(Check("torch runtime", "ok" if probe.returncode == 0 else "fail",
+                            (probe.stdout or probe.stderr).strip().splitlines()[-1] if (probe.stdout or probe.stderr) else "?"))
+    ds = shutil.which("deepspeed") or (Path(sys.executable).parent / "deepspeed").exists()
+    checks.append(Check("deepspeed launcher", "ok" if ds else "warn", "found" if ds else "`deepspeed` not on PATH",
+                        "" if ds else "pip install deepspeed"))
+    ext = Path.home() / ".cache" / "torch_extensions"
+    checks.append(Check("deepspeed ops cache", "info",
+                        f"{ext} {'exists' if ext.exists() else 'is empty: the first launch compiles ops (~1 min)'}"))
+    dp = config.get("diffusion_pipe.path")
+    if dp:
+        ok = (Path(dp) / "train.py").is_file()
+        checks.append(Check("diffusion-pipe", "ok" if ok else "fail", f"{dp}",
+                            "" if ok else "dpdeck config set diffusion_pipe.path /path/to/diffusion-pipe (the folder with train.py)"))
+    else:
+        checks.append(Check("diffusion-pipe", "info", "not configured (only sd15/sdxl via the built-in trainer)",
+                            "dpdeck config set diffusion_pipe.path ~/diffusion-pipe"))
+    usage = shutil.disk_usage(paths.state_dir())
+    free_gb = usage.free / 2**30
+    checks.append(Check("disk", "ok" if free_gb > 20 else "warn", f"{free_gb:.1f} GiB free at {paths.state_dir()}",
+                        "" if free_gb > 20 else "checkpoints of large models need tens of GB"))
+    linger = Path("/var/lib/systemd/linger") / os.environ.get("USER", "root")
+    if Path("/var/lib/systemd/linger").exists():
+        checks.append(Check("lingering", "ok" if linger.exists() else "warn",
+                            "enabled" if linger.exists() else "disabled: logind may kill the daemon at logout",
+                            "" if linger.exists() else "loginctl enable-linger $USER (see docs/daemon.md)"))
+    return checks
