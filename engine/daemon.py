@@ -57,6 +57,7 @@ class Daemon:
         self.running = True
         self.has_nvidia = bool(gpus.gpu_report())
         self.need_sweep = True
+        self.port_reservations: dict[int, int] = {}  # job id -> fd holding the machine-wide port reservation
 
     # ----- lifecycle -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -97,6 +98,14 @@ class Daemon:
 
     # ----- start-up: find jobs that ran while no daemon watched ------------------------------------
     def reattach(self) -> None:
+        for row in self.conn.execute(
+            f"SELECT id, port FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+        ).fetchall():
+            if row["port"]:
+                # Take the reservation back for jobs that ran on while no daemon held it.
+                fd = ports.reserve(row["port"])
+                if fd is not None:
+                    self.port_reservations[row["id"]] = fd
         for row in self.conn.execute(
             f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
         ).fetchall():
@@ -382,6 +391,7 @@ class Daemon:
             store.update_job(self.conn, job_id, **fields)
             if not survivors and not port_busy:
                 self.conn.execute("DELETE FROM leases WHERE job_id=?", (job_id,))
+                ports.release(self.port_reservations.pop(job_id, None))
             store.add_event(
                 self.conn, job_id, "end",
                 f"{state} ({reason}); returncode {returncode}"
@@ -403,6 +413,8 @@ class Daemon:
             procs.kill_marked(orphans)
             self.event(None, "reclaim", f"killed {len(orphans)} orphan process(es): {[m.pid for m in orphans]}")
         # Leases of jobs that are no longer live and whose processes are gone are released.
+        for job_id in [j for j in self.port_reservations if j not in live]:
+            ports.release(self.port_reservations.pop(job_id))
         with store.transaction(self.conn):
             self.conn.execute(
                 f"DELETE FROM leases WHERE job_id NOT IN (SELECT id FROM jobs WHERE state IN "
@@ -433,6 +445,7 @@ class Daemon:
             try:
                 self.start(job)
             except Exception as exc:
+                ports.release(self.port_reservations.pop(job["id"], None))
                 self.fail_fast(job, "crashed", f"could not start: {exc}")
 
     def blocked_by(self, job: dict[str, Any]) -> str | None:
@@ -509,7 +522,8 @@ class Daemon:
                 return
         taken = {int(r[0].split(":")[1]) for r in self.conn.execute("SELECT resource FROM leases WHERE resource LIKE 'port:%'")}
         low, high = int(config.get("ports.low") or 29500), int(config.get("ports.high") or 29999)
-        port = ports.pick_port(taken, (low, high))
+        port, reservation = ports.pick_and_reserve(taken, (low, high))
+        self.port_reservations[job["id"]] = reservation
         argv, cwd = launch.build_command(
             job["backend"], job_dir / "main.toml", port,
             gpus=chosen, num_gpus=job["num_gpus"] if not chosen else None, has_nvidia=self.has_nvidia,

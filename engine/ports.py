@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import os
 import socket
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -67,13 +70,52 @@ def is_free(port: int, listening: set[int] | None = None) -> bool:
     return port not in listening and bind_probe(port)
 
 
+def _reservation_dir() -> Path:
+    # Machine-wide, not per state dir: two dpdeck daemons (two users' DPDECK_HOMEs) share one set of ports.
+    path = Path(tempfile.gettempdir()) / f"dpdeck-ports-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def reserve(port: int) -> int | None:
+    """Hold an flock on the port's reservation file (an fd to keep open), or None when another holds it.
+
+    Between our probe and the rank's bind lie seconds; the reservation keeps another dpdeck daemon on this
+    machine from picking the same free port in that window. The kernel drops it when the holder dies.
+    """
+    fd = os.open(_reservation_dir() / f"{port}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def pick_port(taken: set[int], configured: tuple[int, int] | None = None) -> int:
     """The first port in the range that no lease holds, nothing listens on, and that binds."""
+    port, fd = pick_and_reserve(taken, configured)
+    release(fd)
+    return port
+
+
+def pick_and_reserve(taken: set[int], configured: tuple[int, int] | None = None) -> tuple[int, int | None]:
+    """Like pick_port, also holding the machine-wide reservation (release it when the job ends)."""
     low, high = port_range(configured)
     listening = listening_ports()
     for port in range(low, high + 1):
         if port in taken or port in listening:
             continue
+        fd = reserve(port)
+        if fd is None:
+            continue
         if bind_probe(port):
-            return port
+            return port, fd
+        release(fd)
     raise RuntimeError(f"no free master port in {low}-{high}")

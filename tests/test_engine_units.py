@@ -163,3 +163,18 @@ def test_multi_node_flags_pass_through(tmp_path: Path) -> None:
     assert joined.index("--launcher") < joined.index("train.py")  # launcher flags before the script
     with pytest.raises(launch.EnqueueError, match="--launcher"):
         launch.multi_node_args(None, "ssh", None, None, None, None)
+
+
+def test_port_reservation_is_machine_wide(tmp_path: Path) -> None:
+    # Two daemons (two state dirs) must never be handed the same free port at the same time.
+    port, fd = ports.pick_and_reserve(set())
+    try:
+        other, fd2 = ports.pick_and_reserve(set())
+        assert other != port
+        ports.release(fd2)
+        assert ports.reserve(port) is None
+    finally:
+        ports.release(fd)
+    again = ports.reserve(port)
+    assert again is not None
+    ports.release(again)
