@@ -1,0 +1,197 @@
+"""The real `dpdeck` in a real tmux session at 80x24: every area, a profile from a template in Easy mode, quit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.tmux, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
+
+
+class Tmux:
+    def __init__(self, home: Path) -> None:
+        self.socket = f"dpdeck-test-{uuid.uuid4().hex[:8]}"  # a private server: never touches the user's tmux
+        self.home = home
+
+    def tmux(self, *args: str) -> str:
+        out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        return out.stdout
+
+    def start(self, command: str) -> None:
+        env = {**os.environ, "DPDECK_HOME": str(self.home)}
+        env.pop("TMUX", None)
+        subprocess.run(
+            [
+                "tmux",
+                "-L",
+                self.socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "deck",
+                "-x",
+                "80",
+                "-y",
+                "24",
+                "-e",
+                f"DPDECK_HOME={self.home}",
+                command,
+            ],
+            check=True,
+            env=env,
+            timeout=30,
+        )
+        self.tmux("set", "-sg", "escape-time", "10")
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "deck")
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "deck", *keys)
+
+    def wait(self, needle: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if needle in text:
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"{needle!r} not shown within {timeout}s; screen:\n{text}")
+
+    def wait_any(self, needles: list[str], timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if any(n in text for n in needles):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"none of {needles} shown within {timeout}s; screen:\n{text}")
+
+    def alive(self) -> bool:
+        return (
+            subprocess.run(
+                ["tmux", "-L", self.socket, "has-session", "-t", "deck"], capture_output=True
+            ).returncode
+            == 0
+        )
+
+    def kill_tmux_only(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        tmpdir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (tmpdir / self.socket).unlink(missing_ok=True)  # our private server's socket file
+
+    def kill(self) -> None:
+        self.kill_tmux_only()
+        # The deck starts the engine daemon when one exists; end whatever ran with this test's DPDECK_HOME.
+        import psutil
+
+        mine = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != os.getpid() and proc.environ().get("DPDECK_HOME") == str(self.home):
+                    mine.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        for proc in mine:
+            proc.terminate()
+        _, alive = psutil.wait_procs(mine, timeout=10)
+        for proc in alive:
+            proc.kill()
+
+
+@pytest.fixture
+def tmux(dpdeck_home: Path):  # type: ignore[no-untyped-def]
+    session = Tmux(dpdeck_home)
+    yield session
+    session.kill()
+
+
+def test_deck_in_tmux_navigates_and_creates_a_profile(tmux: Tmux, dpdeck_home: Path) -> None:
+    exe = shutil.which("dpdeck")
+    assert exe, "dpdeck is not installed (pip install -e .)"
+    tmux.start(f"{exe}; sleep 30")  # the sleep keeps the pane readable if dpdeck dies early
+    tmux.wait("Templates")
+    for key, needle in (
+        ("2", "exit reason"),
+        ("3", "No job selected"),
+        ("4", "GPUs"),
+        ("5", "Datasets: coming"),
+        ("6", "Models: coming"),
+        ("1", "Templates"),
+    ):
+        tmux.keys(key)
+        tmux.wait(needle)
+    tmux.keys("G")  # vim bottom: the last template, demo-tiny
+    tmux.wait("A tiny random SD1.5")
+    tmux.keys("Enter")
+    tmux.wait("Name:")
+    tmux.keys("Enter")  # the suggested name: my-demo-tiny
+    tmux.wait("new, not saved yet")
+    tmux.wait("epochs")
+    tmux.keys("C-s")
+    main = dpdeck_home / "profiles" / "my-demo-tiny" / "main.toml"
+    deadline = time.monotonic() + 30
+    while not main.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert main.is_file(), tmux.screen()
+    tmux.wait("saved")
+    tmux.keys("C-w")
+    tmux.wait("my-demo-tiny")
+    tmux.keys("C-q")
+    deadline = time.monotonic() + 30
+    while "Templates" in tmux.screen() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "Templates" not in tmux.screen(), "dpdeck did not quit"
+    import tomllib
+
+    assert tomllib.loads(main.read_text())["model"]["type"] == "sd15"
+
+
+@pytest.mark.slow
+def test_deck_in_tmux_runs_the_demo_job_and_survives_a_closed_deck(tmux: Tmux, dpdeck_home: Path) -> None:
+    """Enqueue the tiny demo profile from the deck, close the deck (kill tmux) while it trains, open a new
+    deck and watch the job complete in the Run screen with its loss curve and saves."""
+    pytest.importorskip("engine.client")
+    pytest.importorskip("deepspeed")
+    from engine.demo import prepare
+    from profiles import store
+
+    main_toml = prepare(dpdeck_home / "demo")  # the real tiny model and dataset, built locally
+    files = {name: (main_toml.parent / name).read_text() for name in ("main.toml", "dataset.toml")}
+    store.save("demo", files, "demo profile for the e2e test", create=True)
+    exe = shutil.which("dpdeck")
+    assert exe
+    tmux.start(f"{exe}; sleep 30")
+    tmux.wait("Templates")
+    tmux.keys("g")  # vim top: the first of your profiles, the only one
+    tmux.wait("demo  profile · sd15")
+    tmux.keys("q")
+    tmux.wait("GPUs (e.g. 0,1")
+    tmux.keys("Enter")  # any free GPU (CPU here)
+    tmux.keys("2")
+    tmux.wait("▶ running", timeout=120)
+
+    tmux.kill_tmux_only()  # the deck dies with its terminal; the daemon and the job must not
+    session2 = Tmux(dpdeck_home)
+    session2.socket = tmux.socket + "b"
+    tmux.socket = session2.socket  # the fixture's teardown cleans this one up too
+    tmux.start(f"{exe}; sleep 30")
+    tmux.wait("Templates")
+    tmux.keys("2")
+    tmux.wait_any(["▶ running", "✓ completed"])  # the job's row, whatever it reached meanwhile
+    tmux.keys("Enter")
+    tmux.wait("job 1")
+    text = tmux.wait("✓ completed", timeout=240)
+    assert "step" in text
+    text = tmux.wait("epoch16", timeout=30)  # the final save, listed in the Run screen
+    assert "loss" in text and "no data yet" not in text.split("loss", 1)[1][:40]

@@ -1,0 +1,277 @@
+"""The deck's one door to profiles and the engine: every blocking data call the screens make goes through here.
+
+Screens call these only from worker threads. The engine client lands in pieces, so each engine call checks
+whether the function exists and, when it does not, returns an empty answer plus a reason the screen can show
+("engine not available") instead of failing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class EngineUnavailable(Exception):
+    """The engine (or one of its functions) is not installed yet; the message says which."""
+
+
+def _client_attr(name: str) -> Any:
+    try:
+        client = importlib.import_module("engine.client")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("engine.client", "engine"):
+            raise EngineUnavailable("engine not available (engine.client is not installed)") from exc
+        raise
+    func = getattr(client, name, None)
+    if func is None:
+        raise EngineUnavailable(f"engine.client.{name} is not available yet")
+    return func
+
+
+def engine_call(name: str, *args: Any, **kwargs: Any) -> Any:
+    return _client_attr(name)(*args, **kwargs)
+
+
+# Profiles.
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    kind: str  # "template" or "profile"
+    name: str
+    model_type: str
+    detail: str  # description (template) or last modified (profile)
+
+
+def profile_rows() -> list[ProfileRow]:
+    from profiles import store, templates
+
+    rows = [
+        ProfileRow("profile", p.name, p.model_type or "?", f"{p.versions} version(s), saved {p.modified}")
+        for p in store.list_profiles()
+    ]
+    rows += [ProfileRow("template", t.name, t.model_type, t.description) for t in templates.list_templates()]
+    return rows
+
+
+def stored_files(name: str) -> dict[str, str]:
+    from profiles import store
+
+    return store.read_files(name)
+
+
+def template_files(name: str) -> dict[str, str]:
+    from profiles import templates
+
+    return templates.template_texts(name)
+
+
+def essential_keys(template: str | None) -> list[str]:
+    """Easy-mode key paths (`dataset:` prefix for dataset keys).
+
+    A stored profile does not remember its template, so it gets every template's essential keys (in index
+    order); the editor shows those the profile actually has.
+    """
+    from profiles import templates
+
+    if template:
+        return list(templates.get_template(template).essential)
+    seen: dict[str, None] = {}
+    for info in templates.list_templates():
+        seen.update(dict.fromkeys(info.essential))
+    return list(seen)
+
+
+def field_help(keypath: str) -> str:
+    from profiles import templates
+
+    return templates.field_help(keypath)
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    severity: str
+    file: str  # "main.toml", "dataset.toml", ...
+    key: str
+    line: int | None
+    text: str  # one printable line
+
+
+@dataclass
+class Validation:
+    problems: list[FieldProblem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[FieldProblem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def validate_files(files: dict[str, str]) -> Validation:
+    from profiles import store
+    from profiles.errors import ProfileParseError
+
+    checked = store.validate_files(files, check_paths="warn", backend="auto")
+    out = Validation()
+    for prob in checked.problems:
+        if isinstance(prob, ProfileParseError):
+            fname = Path(str(prob.file)).name if getattr(prob, "file", None) else "main.toml"
+            out.problems.append(
+                FieldProblem("error", fname, "", prob.line, f"line {prob.line}: {prob.detail}")
+            )
+            continue
+        fname = Path(str(getattr(prob, "file", ""))).name
+        msg = getattr(prob, "message", str(prob))
+        found, expected = getattr(prob, "found", None), getattr(prob, "expected", None)
+        extra = ", ".join(
+            x for x in (f"found {found}" if found else "", f"expected {expected}" if expected else "") if x
+        )
+        out.problems.append(
+            FieldProblem(
+                str(getattr(prob, "severity", "error")),
+                fname,
+                str(getattr(prob, "key", "")),
+                getattr(prob, "line", None),
+                f"{msg} ({extra})" if extra else msg,
+            )
+        )
+    return out
+
+
+def save_profile(
+    name: str, files: dict[str, str], *, create: bool, message: str = "edited in the deck"
+) -> int:
+    from profiles import store
+
+    return store.save(name, files, message, create=create).version.version
+
+
+def versions(name: str) -> list[Any]:
+    from profiles import store
+
+    return list(store.list_versions(name))
+
+
+def diff_versions(name: str, old: int, new: int) -> str:
+    from profiles import store
+
+    return store.diff_versions(name, old, new)
+
+
+def rollback(name: str, version: int) -> int:
+    from profiles import store
+
+    return store.rollback(name, version).version.version
+
+
+def diff_profiles(left: str, right: str) -> list[str]:
+    from profiles import store
+    from profiles.diff import diff_profiles as _diff
+    from profiles.diff import render_value
+
+    entries = _diff(store.resolve(left), store.resolve(right))
+    return [
+        f"{e.change:7} {e.file}:{e.key}  {render_value(e.left, e.left_present)} -> "
+        f"{render_value(e.right, e.right_present)}"
+        for e in entries
+    ]
+
+
+def export_profile(name: str, dest: Path) -> Path:
+    from profiles.archive import export_profile as _export
+
+    return _export(name, dest, overwrite=False).path
+
+
+def import_profile(source: Path, name: str | None) -> str:
+    from profiles.archive import import_path
+
+    return import_path(source, name or None).name
+
+
+def delete_profile(name: str) -> Path:
+    from profiles import store
+
+    return store.delete(name)
+
+
+# Engine.
+
+
+def jobs(include_finished: bool = True) -> list[Any]:
+    return list(engine_call("list_jobs", include_finished=include_finished))
+
+
+def enqueue(profile: str, gpus: list[int] | None) -> int:
+    return int(engine_call("enqueue", profile, gpus=gpus))
+
+
+def send_request(job_id: int, action: str, arg: str | None = None) -> None:
+    engine_call("send_request", job_id, action, arg)
+
+
+def queue_paused() -> bool:
+    return bool(engine_call("queue_paused"))
+
+
+def set_queue_paused(paused: bool) -> None:
+    engine_call("set_queue_paused", paused)
+
+
+def gpu_report() -> list[dict[str, Any]]:
+    """GPUs from the engine; with no engine, an honest empty list (this tells the screen "no GPUs")."""
+    try:
+        return list(engine_call("gpu_report"))
+    except EngineUnavailable:
+        return []
+
+
+def system_stats() -> dict[str, Any]:
+    try:
+        return dict(engine_call("system_stats"))
+    except Exception:  # noqa: BLE001 - the local figures below are the truth for this host anyway
+        pass
+    import psutil
+
+    from profiles.paths import state_dir
+
+    vm = psutil.virtual_memory()
+    home = state_dir()
+    disk = shutil.disk_usage(home if home.exists() else Path(os.sep))
+    return {
+        "cpu_percent": psutil.cpu_percent(interval=None),
+        "cpu_count": psutil.cpu_count(),
+        "ram_used": vm.total - vm.available,
+        "ram_total": vm.total,
+        "disks": {str(home): {"used": disk.used, "total": disk.total, "free": disk.free}},
+    }
+
+
+def daemon_status() -> dict[str, Any]:
+    try:
+        return dict(engine_call("daemon_status"))
+    except EngineUnavailable as exc:
+        return {"running": False, "detail": str(exc)}
+
+
+def reclaim(dry_run: bool) -> dict[str, Any]:
+    return dict(engine_call("reclaim", dry_run=dry_run))
+
+
+def job_metrics(job_id: int) -> list[dict[str, Any]]:
+    return list(engine_call("job_metrics", job_id))
+
+
+def job_log_path(job_id: int, rank: int | None = None) -> Path:
+    return Path(engine_call("job_log_path", job_id, rank=rank))
+
+
+def job_saves(job_id: int) -> list[dict[str, Any]]:
+    return list(engine_call("job_saves", job_id))
+
+
+def get_job(job_id: int) -> Any:
+    return engine_call("get_job", job_id)

@@ -1,0 +1,122 @@
+"""Modal dialogs: confirm, prompt (with a validator), choose from a list, and read-only text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tui.screens.base import VIM_LIST_BINDINGS
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Yes/no. `y`/Enter confirms; `n`/Esc cancels (Esc is never the only way out: `n` works too)."""
+
+    BINDINGS = [
+        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
+        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
+    ]
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.message, classes="dialog-text", markup=False)
+            yield Static("[b]y[/b] yes    [b]n[/b] no", classes="dialog-keys")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class PromptDialog(ModalScreen[str | None]):
+    """One line of text. `check(value)` returns an error message (shown, dialog stays) or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
+
+    def __init__(self, label: str, value: str = "", check: Callable[[str], str | None] | None = None) -> None:
+        super().__init__()
+        self.label = label
+        self.value = value
+        self.check = check
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.label, classes="dialog-text", markup=False)
+            yield Input(self.value, id="prompt-input")
+            yield Static("", id="prompt-error", classes="problem")
+            yield Static("[b]Enter[/b] ok    [b]Esc[/b] cancel", classes="dialog-keys")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        error = self.check(event.value) if self.check else None
+        if error:
+            self.query_one("#prompt-error", Static).update(error)
+            return
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ChoiceDialog(ModalScreen[str | None]):
+    """Pick one of several (id, label) choices."""
+
+    BINDINGS = [*VIM_LIST_BINDINGS, Binding("escape,q", "cancel", "Cancel", id="choice.cancel")]
+
+    def __init__(self, title: str, choices: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.choices = choices
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.title_text, classes="dialog-text", markup=False)
+            yield OptionList(*[Option(label, id=cid) for cid, label in self.choices], id="choice-list")
+            yield Static("[b]Enter[/b] choose    [b]Esc[/b] cancel", classes="dialog-keys")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cursor_down(self) -> None:
+        self.query_one(OptionList).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one(OptionList).action_cursor_up()
+
+    def action_first(self) -> None:
+        self.query_one(OptionList).action_first()
+
+    def action_last(self) -> None:
+        self.query_one(OptionList).action_last()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class TextDialog(ModalScreen[None]):
+    """Scrollable read-only text (diffs, previews)."""
+
+    BINDINGS = [Binding("escape,q", "close", "Close", id="text.close")]
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide"):
+            yield Static(self.title_text, classes="dialog-text", markup=False)
+            with VerticalScroll(id="text-body", can_focus=True):
+                yield Static(self.text or "(nothing)", markup=False)
+            yield Static("[b]q[/b]/[b]Esc[/b] close    arrows/PgUp/PgDn scroll", classes="dialog-keys")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,256 @@
+"""Queue: a live table of jobs (rows updated by key), with cancel/stop/retry/resume/reorder/pause."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from tui import data
+from tui.screens.base import VIM_LIST_BINDINGS, DeckScreen
+from tui.theme import FINISHED_STATES, state_badge
+
+COLUMNS = (
+    ("id", "#"),
+    ("state", "state"),
+    ("name", "name"),
+    ("gpus", "GPUs"),
+    ("progress", "progress"),
+    ("epoch", "epoch"),
+    ("loss", "loss"),
+    ("sps", "smp/s"),
+    ("eta", "ETA"),
+    ("elapsed", "elapsed"),
+    ("reason", "exit reason"),
+)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _ts(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return None
+
+
+def job_cells(job: Any, now: float | None = None) -> dict[str, Text | str]:
+    now = time.time() if now is None else now
+    g = lambda name: getattr(job, name, None)  # noqa: E731 - JobView fields may land one by one
+    step, total = g("step"), g("total_steps")
+    progress = f"{step}/{total} {100 * step / total:.0f}%" if step is not None and total else "-"
+    started, ended = _ts(g("started_at")), _ts(g("ended_at"))
+    elapsed = (ended or now) - started if started else None
+    loss = g("loss")
+    sps = g("samples_per_s")
+    epoch, epochs = g("epoch"), g("total_epochs")
+    state = str(g("state") or "?")
+    return {
+        "id": str(g("id")),
+        "state": state_badge(state),
+        "name": str(g("name") or g("profile") or "?"),
+        "gpus": ",".join(str(x) for x in (g("gpus") or [])) or "-",
+        "progress": progress,
+        "epoch": f"{epoch}/{epochs}"
+        if epoch is not None and epochs
+        else (str(epoch) if epoch is not None else "-"),
+        "loss": f"{loss:.4f}" if isinstance(loss, int | float) else "-",
+        "sps": f"{sps:.2f}" if isinstance(sps, int | float) else "-",
+        "eta": duration(g("eta_s")) if state not in FINISHED_STATES else "-",
+        "elapsed": duration(elapsed),
+        "reason": str(g("exit_reason") or g("wait_reason") or ""),
+    }
+
+
+class JobsLoaded(Message):
+    def __init__(self, jobs: list[Any], paused: bool | None, error: str | None) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.paused = paused
+        self.error = error
+
+
+class QueueScreen(DeckScreen):
+    TITLE_TEXT = "Queue"
+    POLL_SECONDS = 1.0
+    BINDINGS = [
+        *VIM_LIST_BINDINGS,
+        Binding("enter", "open", "Run view", id="queue.open"),
+        Binding("c", "cancel", "Cancel", id="queue.cancel"),
+        Binding("s", "stop", "Stop (save)", id="queue.stop"),
+        Binding("t", "retry", "Retry", id="queue.retry"),
+        Binding("u", "resume", "Resume", id="queue.resume"),
+        Binding("K", "move('up')", "Move up", id="queue.move_up"),
+        Binding("J", "move('down')", "Move down", id="queue.move_down"),
+        Binding("p", "pause", "Pause queue", id="queue.pause"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: dict[str, Any] = {}
+        self.paused: bool | None = None
+        self.shown: dict[str, dict[str, str]] = {}  # key -> the cell texts on screen
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="queue-status", markup=False)
+        yield DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="queue-empty", markup=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#queue-table", DataTable)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        table.focus()
+        super().on_mount()
+
+    def poll(self) -> None:
+        self.load()
+
+    @work(thread=True, exclusive=True, group="queue-load")
+    def load(self) -> None:
+        try:
+            jobs = data.jobs(include_finished=True)
+            paused = data.queue_paused()
+        except Exception as exc:
+            self.post_message(JobsLoaded([], None, str(exc)))
+            return
+        self.post_message(JobsLoaded(jobs, paused, None))
+
+    def on_jobs_loaded(self, message: JobsLoaded) -> None:
+        table = self.query_one("#queue-table", DataTable)
+        empty = self.query_one("#queue-empty", Static)
+        status = self.query_one("#queue-status", Static)
+        if message.error:
+            status.update(f"✗ {message.error}")
+        else:
+            self.paused = message.paused
+            status.update("‖ queue PAUSED (p resumes)" if message.paused else "▶ queue running (p pauses)")
+        fresh = {str(getattr(j, "id", "?")): j for j in message.jobs}
+        now = time.time()
+        for key, job in fresh.items():
+            cells = job_cells(job, now)
+            shown = {col: str(value) for col, value in cells.items()}
+            if key in table.rows:
+                old = self.shown.get(key, {})
+                for col, value in cells.items():
+                    if old.get(col) != shown[col]:  # touch only the cells that changed
+                        table.update_cell(key, col, value, update_width=True)
+            else:
+                table.add_row(*cells.values(), key=key)
+            self.shown[key] = shown
+        for key in [k.value for k in table.rows if k.value not in fresh]:
+            table.remove_row(key)
+            self.shown.pop(str(key), None)
+        self.jobs = fresh
+        empty.display = not fresh
+        if not fresh and not message.error:
+            empty.update("No jobs yet. Press 1 for Profiles, select a profile and press q to enqueue it.")
+        elif not fresh:
+            empty.update("The queue cannot be read right now; it refreshes every second.")
+
+    def selected_job(self) -> Any | None:
+        table = self.query_one("#queue-table", DataTable)
+        if not table.row_count or table.cursor_row is None:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return self.jobs.get(str(key))
+
+    def action_cursor_down(self) -> None:
+        self.query_one("#queue-table", DataTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one("#queue-table", DataTable).action_cursor_up()
+
+    def action_first(self) -> None:
+        self.query_one("#queue-table", DataTable).move_cursor(row=0)
+
+    def action_last(self) -> None:
+        table = self.query_one("#queue-table", DataTable)
+        table.move_cursor(row=max(0, table.row_count - 1))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_open(self) -> None:
+        job = self.selected_job()
+        if job is None:
+            self.notify("No job selected.", severity="warning")
+            return
+        self.app.show_job(int(job.id))  # type: ignore[attr-defined]
+
+    def _request(
+        self, action: str, arg: str | None = None, *, live_only: bool = True, confirm: str = ""
+    ) -> None:
+        job = self.selected_job()
+        if job is None:
+            self.notify("No job selected.", severity="warning")
+            return
+
+        def go() -> None:
+            self._send(int(job.id), action, arg, live_only)
+
+        if confirm:
+            self.confirm(confirm.format(id=job.id, name=getattr(job, "name", "")), go)
+        else:
+            go()
+
+    @work(thread=True, group="queue-request")
+    def _send(self, job_id: int, action: str, arg: str | None, live_only: bool) -> None:
+        try:
+            state = str(getattr(data.get_job(job_id), "state", ""))
+            if live_only and state in FINISHED_STATES:
+                raise RuntimeError(f"job {job_id} has already ended ({state}); nothing to {action}")
+            if not live_only and state not in FINISHED_STATES and action in ("retry", "resume"):
+                raise RuntimeError(f"job {job_id} is still {state}; {action} is for ended jobs")
+            data.send_request(job_id, action, arg)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="warning", timeout=8)
+            return
+        self.app.call_from_thread(self.notify, f"{action} sent to job {job_id}")
+        self.load()
+
+    def action_cancel(self) -> None:
+        self._request("cancel", confirm="Cancel job {id} ({name})? It stops now without a final save.")
+
+    def action_stop(self) -> None:
+        self._request("stop", confirm="Stop job {id} ({name}) gracefully? It saves, then exits.")
+
+    def action_retry(self) -> None:
+        self._request("retry", live_only=False)
+
+    def action_resume(self) -> None:
+        self._request("resume", live_only=False)
+
+    def action_move(self, direction: str) -> None:
+        self._request("move", direction)
+
+    def action_pause(self) -> None:
+        self._pause(not bool(self.paused))
+
+    @work(thread=True, group="queue-request")
+    def _pause(self, paused: bool) -> None:
+        try:
+            data.set_queue_paused(paused)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
+            return
+        self.load()

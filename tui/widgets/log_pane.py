@@ -1,0 +1,143 @@
+"""A log pane that follows a file: a reader thread fills a deque, a ~10 Hz timer drains it into `Log`.
+
+The full log stays on disk; the pane keeps the last `max_lines`. Writing in batches at 10 Hz keeps key
+handling responsive while a job prints thousands of lines a second.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+from pathlib import Path
+
+from textual.widgets import Log
+
+ERROR_RE = re.compile(r"Traceback|Error|error:|OutOfMemory|CUDA out of memory|Killed|FAILED|EADDRINUSE")
+MAX_BATCH = 2000  # lines per drain: a flood shows its tail rather than stalling the UI
+
+
+def clean_line(line: str) -> str:
+    # tqdm redraws with \r: only the last state of such a line is worth showing.
+    return line.rstrip("\n").rsplit("\r", 1)[-1]
+
+
+class LogFollower:
+    """Tails one file from a thread into a bounded deque; survives the file appearing late."""
+
+    def __init__(self, path: Path, keep: int) -> None:
+        self.path = path
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.dropped = 0  # lines that scrolled out of the buffer before the pane took them (still on disk)
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"log-{path.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def take(self, limit: int) -> list[str]:
+        with self.lock:
+            return [self.lines.popleft() for _ in range(min(limit, len(self.lines)))]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        handle = None
+        partial = ""
+        while not self._stop.is_set():
+            if handle is None:
+                try:
+                    handle = self.path.open("r", encoding="utf-8", errors="replace", newline="")
+                except OSError:
+                    self._stop.wait(0.25)
+                    continue
+            chunk = handle.read(1 << 16)
+            if not chunk:
+                self._stop.wait(0.05)
+                continue
+            text = partial + chunk
+            parts = text.split("\n")
+            partial = parts.pop()
+            with self.lock:
+                overflow = len(self.lines) + len(parts) - (self.lines.maxlen or 0)
+                self.lines.extend(clean_line(p) for p in parts)
+                if overflow > 0:
+                    self.dropped += overflow
+        if handle is not None:
+            handle.close()
+
+
+class LogPane(Log):
+    """`follow(path)` to start; `paused` stops the scroll-follow (lines still arrive)."""
+
+    def __init__(self, max_lines: int = 5000, **kwargs: object) -> None:
+        super().__init__(max_lines=max_lines, highlight=False, auto_scroll=True, **kwargs)  # type: ignore[arg-type]
+        self.follower: LogFollower | None = None
+        self.keep = max_lines
+        self.total_written = 0
+
+    armed = False
+
+    def _arm(self) -> None:
+        # Only while following a file: an idle pane costs nothing.
+        if self.follower is not None and not self.armed and self.is_mounted:
+            self.armed = True
+            self.set_timer(0.1, self._drain)
+
+    def follow(self, path: Path | None) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
+        self.clear()
+        self.total_written = 0
+        if path is not None:
+            self.follower = LogFollower(path, self.keep)
+            self.follower.start()
+            self._arm()
+
+    def _drain(self) -> None:
+        self.armed = False
+        follower = self.follower
+        if follower is not None and follower.lines:
+            batch = follower.take(MAX_BATCH)
+            self.write_lines(batch)
+            self.total_written += len(batch)
+        self._arm()
+
+    def set_follow(self, on: bool) -> None:
+        self.auto_scroll = on
+        if on:
+            self.scroll_end(animate=False)
+
+    def find(self, needle: str, start: int, *, backwards: bool = False) -> int | None:
+        """Index of the next line containing `needle` (case-insensitive) from `start`, wrapping."""
+        lines = self.lines
+        if not lines:
+            return None
+        n = len(lines)
+        order = (
+            [(start - i) % n for i in range(1, n + 1)]
+            if backwards
+            else [(start + i) % n for i in range(1, n + 1)]
+        )
+        low = needle.lower()
+        return next((i for i in order if low in lines[i].lower()), None)
+
+    def find_error(self, start: int) -> int | None:
+        lines = self.lines
+        n = len(lines)
+        return (
+            next((i for i in ((start + k) % n for k in range(1, n + 1)) if ERROR_RE.search(lines[i])), None)
+            if n
+            else None
+        )
+
+    def jump_to(self, index: int) -> None:
+        self.set_follow(False)
+        self.scroll_to(y=max(0, index - 2), animate=False)
+
+    def on_unmount(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
