@@ -17,51 +17,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING, Any
 
 from engine import launch, store
 from profiles import paths
 from profiles.atomic import atomic_write_text
 from profiles.document import TomlFile
 
+if TYPE_CHECKING:
+    from engine.jobview import JobView
 
-class JobView(BaseModel):
-    id: int
-    name: str
-    state: str
-    exit_reason: str | None = None
-    profile: str
-    backend: str
-    gpus: list[int] | None = None
-    num_gpus: int | None = None
-    port: int | None = None
-    pid: int | None = None
-    step: int | None = None
-    total_steps: int | None = None
-    epoch: int | None = None
-    total_epochs: int | None = None
-    loss: float | None = None
-    lr: float | None = None
-    samples_per_s: float | None = None
-    eta_s: float | None = None
-    created_at: float
-    started_at: float | None = None
-    ended_at: float | None = None
-    run_dir: str | None = None
-    job_dir: str
-    priority: int = 0
-    after_id: int | None = None
-    parent_id: int | None = None
-    resume_from: str | None = None
-    launcher_args: list[str] | None = None
-    wait_reason: str | None = None
-    evidence: list[str] = Field(default_factory=list)
+# The JobView fields, spelled out so `ls --json` over thousands of jobs never pays for importing pydantic
+# (tests/test_engine_units.py checks they match the model).
+JOB_FIELDS = (
+    "id", "name", "state", "exit_reason", "profile", "backend", "gpus", "num_gpus", "port", "pid", "step",
+    "total_steps", "epoch", "total_epochs", "loss", "lr", "samples_per_s", "eta_s", "created_at", "started_at",
+    "ended_at", "run_dir", "job_dir", "priority", "after_id", "parent_id", "resume_from", "launcher_args",
+    "wait_reason", "evidence",
+)
 
-    @property
-    def finished(self) -> bool:
-        return self.state in store.FINAL_STATES
+
+def __getattr__(name: str) -> Any:
+    if name == "JobView":  # `client.JobView` without importing pydantic for every client
+        from engine.jobview import JobView
+
+        return JobView
+    raise AttributeError(name)
 
 
 class RequestError(Exception):
@@ -82,16 +63,15 @@ def _db() -> sqlite3.Connection:
     return _conn
 
 
-_JOB_FIELDS = tuple(JobView.model_fields)
-
-
 def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
     data = store.row_to_dict(row)
     data["evidence"] = data.get("evidence") or []
-    return {k: data.get(k) for k in _JOB_FIELDS}
+    return {k: data.get(k) for k in JOB_FIELDS}
 
 
 def _view(row: sqlite3.Row) -> JobView:
+    from engine.jobview import JobView
+
     # Rows come from our own store, written through the same schema: no need to re-validate each one.
     return JobView.model_construct(**_job_dict(row))
 

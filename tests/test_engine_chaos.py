@@ -121,7 +121,6 @@ def test_kill_daemon_reattach_and_finish(engine: Path) -> None:
 
 def test_foreign_listener_and_unmarked_process_survive(engine: Path) -> None:
     from engine import config
-
     from engine.ports import pick_port
 
     low = pick_port(taken=set(), configured=(int(config.get("ports.low")), int(config.get("ports.high"))))

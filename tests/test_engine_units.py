@@ -178,3 +178,11 @@ def test_port_reservation_is_machine_wide(tmp_path: Path) -> None:
     again = ports.reserve(port)
     assert again is not None
     ports.release(again)
+
+
+def test_job_fields_match_the_model() -> None:
+    from engine.jobview import FINAL_STATES, JobView
+
+    assert client.JOB_FIELDS == tuple(JobView.model_fields)
+    assert FINAL_STATES == store.FINAL_STATES
+    assert client.JobView is JobView

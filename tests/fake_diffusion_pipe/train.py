@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 import time
-import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
+import tomllib
 import torch
 import torch.distributed as dist
 
