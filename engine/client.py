@@ -179,7 +179,26 @@ def list_jobs(include_finished: bool = False) -> list[JobView]:
 
 def list_job_dicts(include_finished: bool = False) -> list[dict[str, Any]]:
     """The same rows as list_jobs as plain dicts: the fast path for `ls --json` over thousands of jobs."""
-    return [_job_dict(r) for r in _job_rows(include_finished)]
+    cols = ", ".join(JOB_FIELDS)
+    where = "" if include_finished else f"WHERE state NOT IN ({','.join('?' * len(store.FINAL_STATES))})"
+    order = "id" if include_finished else "priority DESC, queue_pos, id"
+    cur = _db().cursor()
+    cur.row_factory = None  # plain tuples: several times cheaper than sqlite3.Row for 10k rows
+    rows = cur.execute(
+        f"SELECT {cols} FROM jobs {where} ORDER BY {order}", () if include_finished else store.FINAL_STATES
+    ).fetchall()
+    json_cols = [i for i, name in enumerate(JOB_FIELDS) if name in ("gpus", "evidence", "launcher_args")]
+    evidence = JOB_FIELDS.index("evidence")
+    out = []
+    for row in rows:
+        values = list(row)
+        for i in json_cols:
+            if values[i]:
+                values[i] = json.loads(values[i])
+        if values[evidence] is None:
+            values[evidence] = []
+        out.append(dict(zip(JOB_FIELDS, values, strict=True)))
+    return out
 
 
 def _job_rows(include_finished: bool) -> list[sqlite3.Row]:

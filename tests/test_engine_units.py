@@ -186,3 +186,14 @@ def test_job_fields_match_the_model() -> None:
     assert client.JOB_FIELDS == tuple(JobView.model_fields)
     assert FINAL_STATES == store.FINAL_STATES
     assert client.JobView is JobView
+
+
+def test_fast_job_dicts_equal_the_model_rows(tmp_path: Path) -> None:
+    setup_engine()
+    store.set_setting(store.connect(), "paused", "1")
+    main = str(make_profile(tmp_path, name="rows"))
+    ids = [client.enqueue(main, name=f"r{i}", gpus=[i] if i else None) for i in range(3)]
+    fast = client.list_job_dicts(include_finished=True)
+    slow = [j.model_dump() for j in client.list_jobs(include_finished=True)]
+    assert [r["id"] for r in fast] == ids
+    assert fast == slow

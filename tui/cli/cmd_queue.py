@@ -166,9 +166,8 @@ def _ls(args: argparse.Namespace) -> int:
     from engine import client
 
     if args.json:
-        # One compact object per line: C-speed encoding for stores with thousands of jobs.
-        rows = client.list_job_dicts(include_finished=args.all)
-        sys.stdout.write("[\n" + ",\n".join(json.dumps(r, sort_keys=True) for r in rows) + "\n]\n")
+        # Compact, one C-encoder call: stores with thousands of jobs list in a blink.
+        sys.stdout.write(json.dumps(client.list_job_dicts(include_finished=args.all)) + "\n")
         return 0
     jobs = client.list_jobs(include_finished=args.all)
     if not jobs:
