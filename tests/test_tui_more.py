@@ -131,3 +131,15 @@ def test_deck_never_imports_the_training_stack() -> None:
     )
     count, bad = out.stdout.strip().split(" ", 1)
     assert int(count) >= 15 and bad == "[]", out.stdout
+
+
+def test_curve_downsampling_keeps_shape_and_bounds_points() -> None:
+    from tui.widgets.loss_plot import MAX_POINTS, series
+
+    metrics = [{"step": i, "loss": 1.0 / (1 + i)} for i in range(1, 50_001)]
+    xs, ys = series(metrics, "loss")
+    assert len(xs) == MAX_POINTS == len(ys)
+    assert xs[0] < xs[-1] and ys[0] > ys[-1]  # still a falling curve over the whole range
+    assert all(a < b for a, b in zip(xs, xs[1:], strict=False))
+    small = [{"step": i, "loss": float(i)} for i in range(10)]
+    assert series(small, "loss") == ([float(i) for i in range(10)], [float(i) for i in range(10)])

@@ -15,6 +15,9 @@ def smooth(values: list[float], alpha: float = 0.9) -> list[float]:
     return out
 
 
+MAX_POINTS = 600  # a terminal plot is at most a few hundred braille dots wide
+
+
 def series(metrics: list[dict[str, object]], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for m in metrics:
@@ -22,7 +25,21 @@ def series(metrics: list[dict[str, object]], key: str) -> tuple[list[float], lis
         if isinstance(step, int | float) and isinstance(value, int | float):
             xs.append(float(step))
             ys.append(float(value))
-    return xs, ys
+    return downsample(xs, ys)
+
+
+def downsample(xs: list[float], ys: list[float], limit: int = MAX_POINTS) -> tuple[list[float], list[float]]:
+    """Average consecutive points into at most `limit` buckets: plot cost stays flat on 100k-step runs."""
+    n = len(xs)
+    if n <= limit:
+        return xs, ys
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for b in range(limit):
+        lo, hi = b * n // limit, (b + 1) * n // limit
+        out_x.append(sum(xs[lo:hi]) / (hi - lo))
+        out_y.append(sum(ys[lo:hi]) / (hi - lo))
+    return out_x, out_y
 
 
 class CurvePlot(PlotextPlot):
