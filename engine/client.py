@@ -317,10 +317,9 @@ def wait(job_id: int, timeout: float | None = None, poll_s: float = 0.5) -> JobV
 
 
 def gpu_report() -> list[dict[str, Any]]:
-    from engine import gpus, procs
+    from engine import gpus
 
-    ours = {m.pid for m in procs.marked_processes()}
-    return gpus.gpu_report(ours)
+    return gpus.gpu_report()
 
 
 def system_stats() -> dict[str, Any]:

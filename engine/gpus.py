@@ -21,12 +21,16 @@ def _nvml():  # type: ignore[no-untyped-def]
     return pynvml
 
 
-def gpu_report(our_pids: set[int] | None = None) -> list[dict[str, Any]]:
-    """Every NVIDIA GPU with utilisation, memory, temperature, power and its compute processes."""
+def gpu_report() -> list[dict[str, Any]]:
+    """Every NVIDIA GPU with utilisation, memory, temperature, power and its compute processes.
+
+    A process is `ours` when it carries our marker for this state dir; only the pids NVML lists are checked.
+    """
+    from engine.procs import marker_of_pid
+
     nv = _nvml()
     if nv is None:
         return []
-    our_pids = our_pids or set()
     out: list[dict[str, Any]] = []
     try:
         count = nv.nvmlDeviceGetCount()
@@ -56,7 +60,7 @@ def gpu_report(our_pids: set[int] | None = None) -> list[dict[str, Any]]:
                     with contextlib.suppress(psutil.Error):
                         name = psutil.Process(proc.pid).name()
                     info["processes"].append(
-                        {"pid": proc.pid, "name": name, "mem": proc.usedGpuMemory, "ours": proc.pid in our_pids}
+                        {"pid": proc.pid, "name": name, "mem": proc.usedGpuMemory, "ours": marker_of_pid(proc.pid) is not None}
                     )
             out.append(info)
     finally:

@@ -45,6 +45,14 @@ def _marker_of(proc: psutil.Process, home: str) -> int | None:
         return None
 
 
+def marker_of_pid(pid: int) -> int | None:
+    """The job id in this process's marker (for this state dir), or None for anything not ours."""
+    try:
+        return _marker_of(psutil.Process(pid), str(paths.state_dir()))
+    except psutil.Error:
+        return None
+
+
 def marked_processes(job_id: int | None = None) -> list[Marked]:
     """Every live process carrying our marker for this state dir (optionally for one job)."""
     home = str(paths.state_dir())
