@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
 
@@ -51,9 +54,20 @@ class CurvePlot(PlotextPlot):
         self.key = key
         self.smoothed = smoothed
         self.points = 0
+        self._version = 0
+        self._cached: tuple[Any, RenderResult] | None = None
+
+    def render(self) -> RenderResult:
+        # plotext rebuilds the whole chart on every render, and Textual re-renders on any repaint of the screen
+        # (a header update, a log line): keep the built chart until the data, size or theme changes.
+        key = (self.size.width, self.size.height, self._version, self.app.theme)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, super().render())
+        return self._cached[1]
 
     def show(self, runs: list[tuple[str, list[dict[str, object]]]]) -> None:
         plt = self.plt
+        self._version += 1
         plt.clear_data()
         plt.title(self.title_text)
         self.points = 0
