@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from typing import Any
 
 import psutil
 
+_NO_NVML_UNTIL = 0.0
+_RETRY_S = 60.0  # a box without a driver stays without one: do not dlopen NVML on every poll
+
 
 def _nvml():  # type: ignore[no-untyped-def]
+    global _NO_NVML_UNTIL
+    if time.monotonic() < _NO_NVML_UNTIL:
+        return None
     try:
         import pynvml
     except ImportError:
+        _NO_NVML_UNTIL = time.monotonic() + _RETRY_S
         return None
     try:
         pynvml.nvmlInit()
     except Exception:  # NVMLError has many subclasses: no driver, no device, ...
+        _NO_NVML_UNTIL = time.monotonic() + _RETRY_S
         return None
     return pynvml
 
