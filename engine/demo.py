@@ -364,13 +364,12 @@ def run_demo(timeout: float = 600.0, direct: bool = False, log: Any = print) -> 
 def _launch_direct(main_toml: Path, timeout: float) -> tuple[int, Path | None, str]:
     """`deepspeed --num_gpus 1 -m engine.trainer ...` with its output in the demo folder."""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from engine.ports import pick_port
+
+    port = pick_port(set())
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     import importlib.util
 

@@ -108,14 +108,6 @@ def build_tiny_sdxl(out_dir: Path, seed: int = 0, te2_hidden: int = 32) -> Path:
     return out_dir
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_profile(
     folder: Path,
     *,
@@ -165,7 +157,10 @@ def launch_trainer(
     import subprocess
     import sys
 
-    port = free_port()
+    from engine import ports
+
+    # The engine's picker, reservation held for the run: no clash with a daemon's job on this machine.
+    port, reservation = ports.pick_and_reserve(set())
     env = dict(os.environ)
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DPDECK_TRAINER_PROBE="1")
     repo = Path(__file__).resolve().parent.parent
@@ -202,6 +197,8 @@ def launch_trainer(
         os.killpg(proc.pid, 9)
         out, _ = proc.communicate()
         raise AssertionError(f"trainer timed out after {timeout}s:\n{out[-4000:]}") from None
+    finally:
+        ports.release(reservation)
     return proc.returncode, out
 
 

@@ -496,14 +496,12 @@ class Trainer:
 
 
 def _single_process_env() -> None:
-    import socket
+    from engine.ports import pick_port
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(pick_port(set()))
 
 
 def _alphas_cumprod(model_cfg: dict[str, Any]) -> torch.Tensor:
