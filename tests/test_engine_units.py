@@ -197,3 +197,24 @@ def test_fast_job_dicts_equal_the_model_rows(tmp_path: Path) -> None:
     slow = [j.model_dump() for j in client.list_jobs(include_finished=True)]
     assert [r["id"] for r in fast] == ids
     assert fast == slow
+
+
+def test_fail_fast_missing_gpus_unwritable_output_and_missing_dataset(tmp_path: Path) -> None:
+    """What validation passed at enqueue can break before the start: the daemon fails the job at once."""
+    from engine_helpers import wait_state
+
+    setup_engine()
+    store.set_setting(store.connect(), "paused", "1")
+    gpu_job = client.enqueue(str(make_profile(tmp_path / "a", name="gpus")), gpus=[3])
+    out_job = client.enqueue(str(make_profile(tmp_path / "b", name="out")), name="out")
+    ds_job = client.enqueue(str(make_profile(tmp_path / "c", name="gone")), name="gone")
+    # Break them while they wait: output_dir's parent becomes a file, the image folder disappears.
+    (tmp_path / "b" / "out").write_text("a file where the output folder's parent should be")
+    (tmp_path / "c" / "images").rmdir()
+    client.set_queue_paused(False)
+    job = wait_state(gpu_job, ("failed",), timeout=60)
+    assert job.exit_reason == "config_error" and "GPU" in job.evidence[0]
+    job = wait_state(out_job, ("failed",), timeout=60)
+    assert job.exit_reason == "config_error" and "output_dir" in job.evidence[0]
+    job = wait_state(ds_job, ("failed",), timeout=60)
+    assert job.exit_reason == "missing_file" and "does not exist" in job.evidence[0]
