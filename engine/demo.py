@@ -60,10 +60,43 @@ def write_tiny_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
+def tiny_vae():  # type: ignore[no-untyped-def]
+    """The 2-block random VAE every tiny pipeline here shares (seed the RNG before calling)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=32,
+    )
+
+
+def tiny_clip_config(**overrides: Any) -> dict[str, Any]:
+    """CLIPTextConfig keyword arguments for a 32-wide random text encoder that fits the tiny tokenizer."""
+    cfg: dict[str, Any] = dict(
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        pad_token_id=1,
+        vocab_size=600,
+        hidden_act="gelu",
+    )
+    cfg.update(overrides)
+    return cfg
+
+
 def build_tiny_sd15(out_dir: Path, seed: int = 0) -> Path:
     """A tiny random SD1.5-style pipeline folder (UNet block_out_channels (32, 64), 2x VAE)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -83,30 +116,9 @@ def build_tiny_sd15(out_dir: Path, seed: int = 0) -> Path:
         norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=32,
-    )
+    vae = tiny_vae()
     torch.manual_seed(seed + 2)
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=2,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            pad_token_id=1,
-            vocab_size=600,
-            hidden_act="gelu",
-        )
-    )
+    te = CLIPTextModel(CLIPTextConfig(**tiny_clip_config(num_hidden_layers=2)))
     scheduler = DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.demo import build_tiny_sd15, write_tiny_tokenizer
+from engine.demo import build_tiny_sd15, tiny_clip_config, tiny_vae, write_tiny_tokenizer
 
 __all__ = ["build_tiny_sd15", "build_tiny_sdxl", "write_tiny_tokenizer"]
 
@@ -22,7 +22,7 @@ def build_tiny_sdxl(out_dir: Path, seed: int = 0, te2_hidden: int = 32) -> Path:
     loader tells them apart by width.
     """
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     out_dir = Path(out_dir)
@@ -45,28 +45,8 @@ def build_tiny_sdxl(out_dir: Path, seed: int = 0, te2_hidden: int = 32) -> Path:
         norm_num_groups=32,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=32,
-    )
-    cfg = dict(
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        pad_token_id=1,
-        vocab_size=600,
-        hidden_act="gelu",
-        projection_dim=32,
-    )
+    vae = tiny_vae()
+    cfg = tiny_clip_config(projection_dim=32)
     torch.manual_seed(seed + 2)
     te1 = CLIPTextModel(CLIPTextConfig(**cfg))
     te2 = CLIPTextModelWithProjection(
