@@ -249,3 +249,19 @@ def test_cli_round_trip(engine: Path) -> None:
         [sys.executable, "-m", "tui.cli", "cancel", str(job_id)], capture_output=True, text=True, env=env, timeout=60
     )
     assert bad.returncode == 1 and "already ended" in bad.stderr
+
+
+def test_daemon_stop_leaves_jobs_running_and_kill_jobs_cancels(engine: Path) -> None:
+    job_id = _long_job(engine, "keep")
+    shim_pid = client.get_job(job_id).pid
+    assert client.stop_daemon(kill_jobs=False)
+    assert client.daemon_pid() is None
+    step = client.get_job(job_id).step or 0
+    time.sleep(2.0)
+    assert psutil.pid_exists(shim_pid), "stopping the daemon took the job with it"
+    client.ensure_daemon()
+    wait_step(job_id, step + 2)  # the new daemon follows the job's progress again
+    assert client.stop_daemon(kill_jobs=True)
+    job = client.get_job(job_id)
+    assert job.state == "cancelled", job
+    _assert_clean(job_id)
