@@ -18,7 +18,7 @@ async def test_every_area_by_key_at_80x24() -> None:
             "run": "No job selected",
             "system": "GPUs",
             "datasets": "Datasets: coming",
-            "models": "Models: coming",
+            "models": "Downloads",
             "profiles": "Templates",
         }
         for mode, (key, title, _) in [*list(AREAS.items())[1:], ("profiles", AREAS["profiles"])]:

@@ -52,7 +52,7 @@ def _datasets() -> Screen[None]:
 
 
 def _models() -> Screen[None]:
-    from tui.screens.placeholders import ModelsScreen
+    from tui.screens.models import ModelsScreen
 
     return ModelsScreen()
 

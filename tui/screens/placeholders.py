@@ -1,4 +1,4 @@
-"""Datasets and Models: areas that later issues fill; they say so rather than pretend."""
+"""Datasets: an area that a later issue fills; it says so rather than pretend."""
 
 from __future__ import annotations
 
@@ -19,12 +19,3 @@ class DatasetsScreen(DeckScreen):
             classes="placeholder",
         )
 
-
-class ModelsScreen(DeckScreen):
-    TITLE_TEXT = "Models"
-
-    def compose_body(self) -> ComposeResult:
-        yield Static(
-            "Models: coming in a later release.\n\nFor now use the CLI: dpdeck models --help",
-            classes="placeholder",
-        )
