@@ -180,7 +180,7 @@ def list_jobs(include_finished: bool = False) -> list[JobView]:
 def list_job_dicts(include_finished: bool = False) -> list[dict[str, Any]]:
     """The same rows as list_jobs as plain dicts: the fast path for `ls --json` over thousands of jobs."""
     cols = ", ".join(JOB_FIELDS)
-    where = "" if include_finished else f"WHERE state NOT IN ({','.join('?' * len(store.FINAL_STATES))})"
+    where = "" if include_finished else f"WHERE NOT {store.FINAL_IN}"
     order = "id" if include_finished else "priority DESC, queue_pos, id"
     cur = _db().cursor()
     cur.row_factory = None  # plain tuples: several times cheaper than sqlite3.Row for 10k rows
@@ -207,7 +207,7 @@ def _job_rows(include_finished: bool) -> list[sqlite3.Row]:
         rows = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
     else:
         rows = conn.execute(
-            f"SELECT * FROM jobs WHERE state NOT IN ({','.join('?' * len(store.FINAL_STATES))})"
+            f"SELECT * FROM jobs WHERE NOT {store.FINAL_IN}"
             " ORDER BY priority DESC, queue_pos, id",
             store.FINAL_STATES,
         ).fetchall()
@@ -342,7 +342,7 @@ def reclaim(dry_run: bool = False) -> dict[str, Any]:
     live = {
         r[0]
         for r in conn.execute(
-            f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+            f"SELECT id FROM jobs WHERE {store.LIVE_IN}", store.LIVE_STATES
         )
     }
     orphans = [m for m in procs.marked_processes() if m.job_id not in live]

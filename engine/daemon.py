@@ -44,7 +44,6 @@ class Watch:
     followers: list[LogFollower]
     progress: Progress = field(default_factory=Progress)
     first_step_at: float | None = None
-    last_step: int | None = None
     global_batch: int | None = None
     tail: list[str] = field(default_factory=list)
     cancel_requested: bool = False
@@ -98,24 +97,17 @@ class Daemon:
 
     # ----- start-up: find jobs that ran while no daemon watched ------------------------------------
     def reattach(self) -> None:
-        for row in self.conn.execute(
-            f"SELECT id, port FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
-        ).fetchall():
-            if row["port"]:
-                # Take the reservation back for jobs that ran on while no daemon held it.
-                fd = ports.reserve(row["port"])
-                if fd is not None:
-                    self.port_reservations[row["id"]] = fd
-        for row in self.conn.execute(
-            f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
-        ).fetchall():
+        for row in self.conn.execute(f"SELECT * FROM jobs WHERE {store.LIVE_IN}", store.LIVE_STATES).fetchall():
             job = store.row_to_dict(row)
-            exit_file = Path(job["job_dir"]) / "exit.json"
-            if procs.is_same_process(job["pid"], job["pid_ctime"]) or exit_file.exists():
-                self.watches[job["id"]] = self._new_watch(job, replay=True)
+            if job["port"]:
+                # Take the reservation back for jobs that ran on while no daemon held it.
+                fd = ports.reserve(job["port"])
+                if fd is not None:
+                    self.port_reservations[job["id"]] = fd
+            self.watches[job["id"]] = self._new_watch(job)
+            if procs.is_same_process(job["pid"], job["pid_ctime"]) or (Path(job["job_dir"]) / "exit.json").exists():
                 self.event(job["id"], "reattach", "daemon re-attached to the running job")
             else:
-                self.watches[job["id"]] = self._new_watch(job, replay=True)
                 self.event(job["id"], "reattach", "the job's shim is gone: reclaiming and marking interrupted")
                 self.finish(job["id"], forced_reason="interrupted")
         self.sweep()
@@ -247,7 +239,7 @@ class Daemon:
         return str(newest) if newest else None
 
     # ----- supervision -----------------------------------------------------------------------------
-    def _new_watch(self, job: dict[str, Any], replay: bool = False) -> Watch:
+    def _new_watch(self, job: dict[str, Any]) -> Watch:
         job_dir = Path(job["job_dir"])
         followers = [LogFollower(job_dir / "output.log")]
         watch = Watch(followers=followers)
@@ -256,7 +248,7 @@ class Daemon:
 
     def supervise(self) -> None:
         live = self.conn.execute(
-            f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+            f"SELECT * FROM jobs WHERE {store.LIVE_IN}", store.LIVE_STATES
         ).fetchall()
         for row in live:
             job = store.row_to_dict(row)
@@ -405,7 +397,7 @@ class Daemon:
         live = {
             r[0]
             for r in self.conn.execute(
-                f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+                f"SELECT id FROM jobs WHERE {store.LIVE_IN}", store.LIVE_STATES
             )
         }
         orphans = [m for m in procs.marked_processes() if m.job_id not in live]
@@ -417,8 +409,7 @@ class Daemon:
             ports.release(self.port_reservations.pop(job_id))
         with store.transaction(self.conn):
             self.conn.execute(
-                f"DELETE FROM leases WHERE job_id NOT IN (SELECT id FROM jobs WHERE state IN "
-                f"({','.join('?' * len(store.LIVE_STATES))}))",
+                f"DELETE FROM leases WHERE job_id NOT IN (SELECT id FROM jobs WHERE {store.LIVE_IN})",
                 store.LIVE_STATES,
             )
         self.need_sweep = False
@@ -454,7 +445,7 @@ class Daemon:
             if dep and dep["state"] not in store.FINAL_STATES:
                 return f"waiting for job {job['after_id']} to end"
         live = self.conn.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(store.LIVE_STATES))})", store.LIVE_STATES
+            f"SELECT COUNT(*) FROM jobs WHERE {store.LIVE_IN}", store.LIVE_STATES
         ).fetchone()[0]
         if not self.has_nvidia:
             slots = int(config.get("scheduler.cpu_slots") or 1)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from engine import config
-from profiles import paths
 from profiles.atomic import atomic_write_text
 from profiles.document import Profile, TomlFile
 
@@ -177,6 +176,3 @@ def multi_node_args(hostfile: str | None, launcher: str | None, include: str | N
         args += ["--master_addr", master_addr]
     return args
 
-
-def jobs_root() -> Path:
-    return paths.jobs_dir()

@@ -99,6 +99,9 @@ MIGRATIONS: list[str] = [
 
 LIVE_STATES = ("starting", "running", "stopping", "cleanup")
 FINAL_STATES = ("completed", "failed", "cancelled", "oom", "hung", "interrupted")
+# SQL fragments for "the job is live" / "the job ended"; bind LIVE_STATES / FINAL_STATES with them.
+LIVE_IN = f"state IN ({','.join('?' * len(LIVE_STATES))})"
+FINAL_IN = f"state IN ({','.join('?' * len(FINAL_STATES))})"
 
 
 def connect(path: Path | None = None) -> sqlite3.Connection:
