@@ -19,6 +19,8 @@ KNOWN: dict[str, tuple[type, Any, str]] = {
     "scheduler.stop_timeout_s": (int, 300, "graceful stop waits this long for save_quit before cancelling"),
     "ports.low": (int, 29500, "first master port dpdeck leases"),
     "ports.high": (int, 29999, "last master port dpdeck leases (kept below the ephemeral range)"),
+    "models.max_downloads": (int, 3, "model downloads the daemon runs at once (the rest wait, queued)"),
+    "models.download_retries": (int, 3, "automatic restarts of a download whose worker died (kill, OOM)"),
 }
 
 

@@ -57,6 +57,10 @@ class Daemon:
         self.has_nvidia = bool(gpus.gpu_report())
         self.need_sweep = True
         self.port_reservations: dict[int, int] = {}  # job id -> fd holding the machine-wide port reservation
+        from engine.models.supervisor import DownloadSupervisor
+
+        self.downloads = DownloadSupervisor(lambda message: self.event(None, "download", message))
+        self._download_error: str | None = None
 
     # ----- lifecycle -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -64,6 +68,9 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.event(None, "daemon", f"daemon started (pid {os.getpid()})")
+        from engine.models.wake import Wake
+
+        wake = Wake()  # clients poke it so a new download or request is handled now, not a tick later
         self.reattach()
         while self.running:
             started = time.monotonic()
@@ -72,16 +79,27 @@ class Daemon:
             except Exception as exc:  # one bad tick must not stop supervision of every other job
                 self.event(None, "error", f"daemon tick failed: {exc!r}")
             procs._reap_children()
-            time.sleep(max(0.05, TICK_S - (time.monotonic() - started)))
+            wake.wait(max(0.05, TICK_S - (time.monotonic() - started)))
+        wake.close()
         self.event(None, "daemon", "daemon stopped (jobs left running)")
 
     def _on_term(self, _signum: int, _frame: object) -> None:
         self.running = False
 
     def tick(self) -> None:
+        self.tick_downloads()  # first: a worker that died since the last tick is still unreaped, so its exit is known
         self.apply_requests()
         self.supervise()
         self.schedule()
+
+    def tick_downloads(self) -> None:
+        try:
+            self.downloads.tick()
+            self._download_error = None
+        except Exception as exc:  # downloads must never stop job supervision; say so once, not every tick
+            if repr(exc) != self._download_error:
+                self._download_error = repr(exc)
+                self.event(None, "error", f"download supervision failed: {exc!r}")
 
     def event(self, job_id: int | None, kind: str, message: str) -> None:
         with store.transaction(self.conn):

@@ -292,3 +292,17 @@ def _make_handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     fh.close()
 
     return Handler
+
+
+def stop_downloads() -> None:
+    """Test teardown: stop this DPDECK_HOME's daemon first (it would restart a killed worker), then kill every
+    download worker still alive, so no test leaves a process behind."""
+    import signal as _signal
+
+    from engine import client
+    from engine.models import downloads
+
+    client.stop_daemon()
+    for dl in downloads.list_downloads():
+        if dl.pid and downloads.worker_alive(dl):
+            os.kill(dl.pid, _signal.SIGKILL)

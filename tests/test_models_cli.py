@@ -19,7 +19,7 @@ from engine.models import downloads
 from engine.models.safetensors_header import write_header_only
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import HubFile, HubServer  # noqa: E402
+from hub_server import HubFile, HubServer, stop_downloads  # noqa: E402
 
 CHROMA = {"img_in.weight": ("BF16", (3072, 64)), "double_blocks.0.img_attn.qkv.weight": ("BF16", (9216, 3072)),
           "single_blocks.0.linear1.weight": ("BF16", (21504, 3072)),
@@ -71,9 +71,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
         })
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         yield server
-        for dl in downloads.list_downloads():
-            if dl.pid and downloads.worker_alive(dl):
-                os.kill(dl.pid, signal.SIGKILL)
+        stop_downloads()  # daemon first, then any worker: nothing outlives the test
 
 
 def test_chroma_profile_from_empty_box(hub: HubServer, tmp_path: Path) -> None:

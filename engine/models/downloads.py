@@ -1,10 +1,15 @@
-"""Background downloads: one detached worker process per download, state in one JSON file per download.
+"""Background downloads owned by the daemon: one worker process per download, state in one JSON file each.
 
-Layout under `$DPDECK_HOME/downloads/`: `<id>.json` (state, rewritten atomically by the worker about twice a
-second), `<id>.log` (the worker's stderr), `<id>.cancel` (a cancel request). The worker runs in its own
-session (setsid) so closing the terminal or losing ssh does not stop it. A worker that died (reboot,
-OOM-kill) leaves state `running` with a dead pid: readers report it as `interrupted`, and `resume` (or a
-new pull of the same file) continues from the partial file.
+Layout under `$DPDECK_HOME/downloads/`: `<id>.json` (state), `<id>.log` (the worker's stderr), `<id>.lock`
+(held by the download's worker for its whole life), and the requests `<id>.cancel` / `<id>.resume`.
+
+Who writes `<id>.json`: the client creates it (state `queued`); after that only the holder of `<id>.lock`
+writes it: the worker while it runs, the daemon (engine/models/supervisor.py) between workers. The daemon
+starts queued downloads up to `[models] max_downloads`, passes the lock to the worker it starts, resumes a
+worker that died (lock released, state still `running`) a bounded number of times, applies the requests, and
+after its own restart adopts workers that still hold their locks. A lock dies with its process, so "is a
+worker alive" never depends on a pid that may have been reused. Workers run in their own session (setsid),
+so closing the terminal or losing ssh stops neither them nor the daemon.
 
 Partial data lives beside its destination as `.<name>.dpdeck-part` (hidden, same filesystem), and is renamed
 into place only after its size and hash check out, so a half file is never where a profile points.
@@ -13,12 +18,10 @@ into place only after its size and hash check out, so a half file is never where
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +33,7 @@ from pydantic import BaseModel, Field
 from engine.models.errors import DownloadError
 from engine.models.hub import check_repo_id, check_repo_path, file_metadata, list_repo_files
 from engine.models.registry import Component, Entry
-from engine.models.settings import min_free_bytes, models_dir, repo_dirname
+from engine.models.settings import hub_endpoint, min_free_bytes, models_dir, repo_dirname
 from profiles.atomic import atomic_write_text
 from profiles.paths import subdir
 
@@ -48,6 +51,10 @@ class FileState(BaseModel):
     etag: str | None = None
     done: int = 0
     state: FileStateName = "pending"
+    # The planning HEAD's answer, reused by the worker's first GET when still fresh (saves a round trip).
+    url: str | None = None
+    same_host: bool = True
+    planned_t: float | None = None
 
 
 class Download(BaseModel):
@@ -74,6 +81,12 @@ class Download(BaseModel):
     updated_at: str | None = None
     quarantined: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)  # worker start-up and transfer seconds
+    retries: int = 0  # automatic restarts after the worker died without finishing
+    last_death: str | None = None  # how the last worker died (killed by SIGKILL, exit code 1, ...)
+    wait_reason: str | None = None  # why a queued download has not started
+    queued_t: float = 0.0  # when it was (re)queued: the daemon starts downloads in this order
+    endpoint: str | None = None  # the Hub endpoint of the client that asked (the daemon's env may differ)
+    quarantine_dir: str | None = None
 
     @property
     def progress(self) -> float | None:
@@ -127,26 +140,29 @@ def worker_alive(dl: Download) -> bool:
         return False
 
 
-QUEUED_GRACE_S = 60.0
+def lock_path(download_id: str) -> Path:
+    return state_path(download_id).with_suffix(".lock")
 
 
-def _stale_queue(dl: Download) -> bool:
-    """Queued with no worker pid long after creation: the worker died before it could start."""
-    if dl.state != "queued" or dl.pid is not None:
-        return False
+def try_lock(download_id: str) -> int | None:
+    """The download's lock as an fd, or None while a worker holds it (so: while a worker is alive)."""
+    fd = os.open(lock_path(download_id), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        made = datetime.fromisoformat(dl.updated_at or dl.created_at)
-    except ValueError:
-        return False
-    return (datetime.now(timezone.utc) - made).total_seconds() > QUEUED_GRACE_S
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _with_liveness(dl: Download) -> Download:
-    if dl.state in LIVE and (dl.pid is not None and not worker_alive(dl) or _stale_queue(dl)):
+    # A worker that died shows as interrupted until the daemon (within a tick) restarts or fails it; with no
+    # daemon running that is what the user sees, and `resume` (which starts the daemon) continues it.
+    if dl.state in ("running", "verifying") and dl.pid is not None and not worker_alive(dl):
         dl.state = "interrupted"
         dl.speed = 0.0
         dl.eta_s = None
-        dl.error = dl.error or "the download worker stopped (reboot or kill); `dpdeck models resume ID` continues it"
+        dl.error = dl.error or "the download worker stopped; the daemon resumes it (`dpdeck models resume ID`)"
     return dl
 
 
@@ -222,7 +238,8 @@ def plan_file(repo: str, path: str, revision: str = "main", dest: Path | None = 
     dest = dest or models_dir() / repo_dirname(repo) / path
     _check_dest(dest, want_file=True)
     fs = FileState(path=path, dest=str(dest), size=meta.size, sha256=sha256 or meta.sha256,
-                   git_oid=None if (sha256 or meta.sha256) else meta.git_oid, etag=meta.etag)
+                   git_oid=None if (sha256 or meta.sha256) else meta.git_oid, etag=meta.etag,
+                   url=meta.url, same_host=meta.same_host, planned_t=time.time())
     return dest, [fs], meta.commit
 
 
@@ -248,22 +265,13 @@ def plan_folder(comp: Component, dest: Path | None = None) -> tuple[Path, list[F
 
 # ---- control --------------------------------------------------------------------------------------
 
-def _spawn(dl: Download) -> None:
-    log = open(downloads_dir() / f"{dl.id}.log", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.models.worker", dl.id],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-            start_new_session=True,  # setsid: survives the terminal and ssh hangup
-            cwd=str(Path(__file__).resolve().parents[2]),
-        )
-    finally:
-        log.close()
-    # The child is ours only until it writes its own state; reap it in the background so no zombie lingers
-    # while this (possibly long-lived TUI) process runs.
-    import threading
+def _daemon() -> None:
+    """Make sure a daemon runs and looks at the downloads now."""
+    from engine.client import ensure_daemon
+    from engine.models.wake import poke
 
-    threading.Thread(target=proc.wait, daemon=True).start()
+    ensure_daemon()
+    poke()
 
 
 def _active_dest(dest: str) -> Download | None:
@@ -275,7 +283,8 @@ def _active_dest(dest: str) -> Download | None:
 
 def start(repo: str, files: list[FileState], dest: Path, *, revision: str = "main", commit: str | None = None,
           entry: str | None = None, key: str | None = None) -> Download:
-    """Check space, record the download and start its detached worker."""
+    """Check space and record the download as queued; the daemon starts it (at once, unless
+    `[models] max_downloads` are already running)."""
     busy = _active_dest(str(dest))
     if busy is not None:
         return busy  # the same thing is already downloading: report that one instead of racing it
@@ -283,9 +292,10 @@ def start(repo: str, files: list[FileState], dest: Path, *, revision: str = "mai
     total = sum(f.size for f in files if f.size is not None) if all(f.size is not None for f in files) else None
     dl = Download(id=f"{datetime.now(timezone.utc):%m%d%H%M%S}-{secrets.token_hex(2)}", repo=repo,
                   revision=revision, commit=commit, dest=str(dest), entry=entry, key=key, files=files,
-                  bytes_total=total, created_at=now_iso())
+                  bytes_total=total, created_at=now_iso(), queued_t=time.time(), endpoint=hub_endpoint(),
+                  quarantine_dir=str(models_dir() / ".quarantine"))
     save(dl)
-    _spawn(dl)  # the worker records its own pid and state; writing here too would race it
+    _daemon()
     return dl
 
 
@@ -335,41 +345,51 @@ def remove_parts(dl: Download) -> None:
             part_path(Path(f.dest)).unlink()
 
 
+def request_path(download_id: str, action: Literal["cancel", "resume"]) -> Path:
+    return state_path(download_id).with_suffix(f".{action}")
+
+
 def cancel(download_id: str) -> Download:
-    """Ask the worker to stop and delete its partial files; a dead worker's leftovers are cleaned here."""
+    """Ask for a stop: the worker sees the request within a quarter second (and the daemon SIGTERMs it, which
+    also breaks a stalled read); a download with no worker is cancelled by the daemon. Partials are deleted."""
     dl = get(download_id)
     if dl.state in ("completed", "cancelled"):
         return dl
-    (downloads_dir() / f"{dl.id}.cancel").touch()
-    if worker_alive(dl):
-        assert dl.pid is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(dl.pid, signal.SIGTERM)
-        return dl
-    remove_parts(dl)
-    dl.state, dl.ended_at, dl.speed, dl.eta_s = "cancelled", now_iso(), 0.0, None
-    save(dl)
-    return dl
+    request_path(dl.id, "resume").unlink(missing_ok=True)
+    request_path(dl.id, "cancel").touch()
+    _daemon()
+    return get(download_id)
 
 
-def resume(download_id: str) -> Download:
+def resume(download_id: str, timeout: float = 15.0) -> Download:
+    """Continue a failed / cancelled / interrupted download from its partial files (the daemon requeues it)."""
     dl = get(download_id)
     if dl.state in LIVE:
         return dl
     if dl.state == "completed":
         raise DownloadError(f"download {dl.id} already completed", "completed")
-    (downloads_dir() / f"{dl.id}.cancel").unlink(missing_ok=True)
-    dl.state, dl.error, dl.code, dl.ended_at, dl.pid, dl.pid_ctime = "queued", None, None, None, None, None
-    save(dl)
-    _spawn(dl)
-    return dl
+    request_path(dl.id, "cancel").unlink(missing_ok=True)
+    request_path(dl.id, "resume").touch()
+    _daemon()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and request_path(dl.id, "resume").exists():
+        time.sleep(0.05)
+    return get(download_id)
+
+
+def settled(dl: Download, daemon_running: bool) -> bool:
+    """Will this download change no more by itself? A dead worker reads as interrupted until the daemon's
+    next tick restarts or fails it, so with a daemon running, interrupted is not the end."""
+    return dl.state not in LIVE and not (dl.state == "interrupted" and daemon_running)
 
 
 def wait(download_id: str, timeout: float | None = None, poll: float = 0.2) -> Download:
+    from engine.client import daemon_pid
+
     end = None if timeout is None else time.monotonic() + timeout
     while True:
         dl = get(download_id)
-        if dl.state not in LIVE:
+        if settled(dl, daemon_pid() is not None):
             return dl
         if end is not None and time.monotonic() > end:
             raise TimeoutError(f"download {download_id} still {dl.state} after {timeout} s")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from engine.models.safetensors_header import Header, TensorInfo
 
 # Stripped in this order so `model.diffusion_model.x` and `diffusion_model.x` both become `x`.
-PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "unet.")
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "unet.", "net.")  # net.: Cosmos
 
 
 @dataclass
@@ -40,7 +40,7 @@ class _Keys:
         self.prefixed = False
         for orig in tensors:
             name = orig
-            if name[0] in "mdtu":  # cheap pre-filter: every prefix starts with one of these
+            if name[0] in "mdtun":  # cheap pre-filter: every prefix starts with one of these
                 for prefix in PREFIXES:
                     if name.startswith(prefix):
                         name = name[len(prefix):]
@@ -91,8 +91,8 @@ def identify(header: Header) -> Identification:
     if _is_lora(names):
         return Identification(None, "lora", evidence=["lora_down/lora_up or lora_A/lora_B keys"])
     keys = _Keys(header.tensors)
-    for rule in (_sd_unet, _chroma, _flux, _hunyuan_video, _sd3, _auraflow, _wan, _ltx, _lumina, _qwen,
-                 _hidream):
+    for rule in (_sd_unet, _chroma, _flux2, _flux, _hunyuan_video, _sd3, _auraflow, _wan, _ltx, _z_image, _lumina,
+                 _qwen, _hidream, _cosmos_predict2, _cosmos):
         found = rule(keys)
         if found is not None:
             return found
@@ -166,6 +166,20 @@ def _flux(keys: _Keys) -> Identification | None:
     return Identification("flux", _dm_kind(keys, ("text_encoders.",)), variant, ev)
 
 
+def _flux2(keys: _Keys) -> Identification | None:
+    # FLUX.2 shares one modulation per stream across all blocks (FLUX.1 has one per block): these names exist in
+    # both its BFL and diffusers layouts and in no other family.
+    if not (keys.any_startswith("double_stream_modulation_img.") and keys.any_startswith("single_stream_modulation.")):
+        return None
+    x = keys.shape("img_in.weight") or keys.shape("x_embedder.weight") or ()
+    dim = x[0] if x else None
+    ev = ["double_stream_modulation_img + single_stream_modulation (shared modulation)"]
+    if x:
+        ev.append(f"img_in {list(x)}")
+    variant = "dev" if dim == 6144 else (f"hidden size {dim}" if dim else None)
+    return Identification("flux2", _dm_kind(keys, ("text_encoders.",)), variant, ev)
+
+
 def _hunyuan_video(keys: _Keys) -> Identification | None:
     if not (keys.any_startswith("double_blocks.0.img_attn_qkv.") and keys.any_startswith("txt_in.")):
         return None
@@ -230,8 +244,25 @@ def _ltx(keys: _Keys) -> Identification | None:
     return Identification("ltx-video", "checkpoint" if bundled else "transformer", None, ev)
 
 
+def _z_image(keys: _Keys) -> Identification | None:
+    # Z-Image is a NextDiT like Lumina 2 but 3840 wide; its diffusers layout names the patch embedder per
+    # patch size (all_x_embedder.2-1) and keeps pad tokens for image and caption.
+    if not keys.any_startswith("layers.0."):
+        return None
+    marks = [m for m in ("all_x_embedder.", "x_pad_token", "cap_pad_token") if keys.any_startswith(m)]
+    if not marks:
+        return None
+    ev = [f"{', '.join(marks)} (Z-Image layout)"]
+    norm = keys.shape("layers.0.attention_norm1.weight")
+    if norm:
+        ev.append(f"hidden size {norm[0]}")
+    return Identification("z_image", "transformer", None, ev)
+
+
 def _lumina(keys: _Keys) -> Identification | None:
-    if not (keys.any_startswith("cap_embedder.") and keys.any_startswith("layers.0.")):
+    # cap_embedder: original/ComfyUI names; time_caption_embed: diffusers' Lumina2Transformer2DModel.
+    if not ((keys.any_startswith("cap_embedder.") or keys.any_startswith("time_caption_embed.caption_embedder."))
+            and keys.any_startswith("layers.0.")):
         return None
     x = keys.shape("x_embedder.weight") or ()
     dim = x[0] if x else None
@@ -251,7 +282,44 @@ def _qwen(keys: _Keys) -> Identification | None:
 def _hidream(keys: _Keys) -> Identification | None:
     if not (keys.any_startswith("double_stream_blocks.0.") and keys.any_startswith("single_stream_blocks.0.")):
         return None
-    return Identification("hidream", "transformer", None, ["double_stream_blocks/single_stream_blocks"])
+    ev = ["double_stream_blocks/single_stream_blocks"]
+    gate = keys.shape("double_stream_blocks.0.block.ff_i.gate.weight")
+    if gate and len(gate) == 2:
+        ev.append(f"mixture of experts: {gate[0]} routed experts, hidden size {gate[1]}")
+    if keys.any_startswith("caption_projection."):
+        ev.append("caption_projection (Llama + T5 caption layers)")
+    return Identification("hidream", "transformer", None, ev)
+
+
+def _cosmos_predict2(keys: _Keys) -> Identification | None:
+    # Cosmos-Predict2 (MiniTrainDIT): flat blocks with self_attn.q_proj and per-block adaLN modulation; `net.`
+    # prefix in NVIDIA's files (stripped with the others).
+    if not (keys.any_startswith("blocks.0.self_attn.q_proj.") and keys.any_startswith("blocks.0.adaln_modulation_")):
+        return None
+    x = keys.shape("x_embedder.proj.1.weight") or ()
+    dim = x[0] if x else None
+    ev = ["blocks.N.self_attn.q_proj + adaln_modulation (Cosmos-Predict2 DiT)"]
+    if x:
+        ev.append(f"x_embedder.proj.1 {list(x)}")
+    variant = {2048: "2B", 5120: "14B"}.get(dim or 0)
+    return Identification("cosmos_predict2", "transformer", variant, ev)
+
+
+def _cosmos(keys: _Keys) -> Identification | None:
+    # Cosmos 1.0 diffusion: NVIDIA's nested block names (blocks.block0.blocks.0.block.attn), or the diffusers
+    # CosmosTransformer3DModel, whose 1.0 configuration has a learnable extra positional embedding.
+    nvidia = keys.any_startswith("blocks.block0.")
+    dif = keys.has("patch_embed.proj.weight") and keys.any_startswith("time_embed.t_embedder.") and \
+        keys.any_startswith("transformer_blocks.0.norm1.")
+    if not (nvidia or dif):
+        return None
+    if dif and not keys.any_startswith("learnable_pos_embed."):
+        pe = keys.shape("patch_embed.proj.weight") or ()
+        return Identification("cosmos_predict2", "transformer", None,
+                              [f"diffusers Cosmos DiT without a learnable positional embedding (Predict2), "
+                               f"patch_embed {list(pe)}"])
+    ev = ["blocks.block0 (Cosmos 1.0 names)" if nvidia else "diffusers Cosmos DiT with learnable_pos_embed (1.0)"]
+    return Identification("cosmos", "transformer", None, ev)
 
 
 def _vae(keys: _Keys) -> Identification | None:

@@ -5,7 +5,10 @@ Config (`$DPDECK_HOME/config.toml`):
     dir = "/data/models"               # where `dpdeck models pull` puts files (default $DPDECK_HOME/models)
     folders = ["/data/comfy/models"]   # extra folders `scan` looks in
     min_free_gb = 2                    # space that must stay free after a download
-Environment overrides (scripts, tests): DPDECK_MODELS_DIR, HF_HUB_CACHE / HF_HOME.
+    max_downloads = 3                  # downloads the daemon runs at once (the rest wait, queued)
+    download_retries = 3               # automatic restarts of a download whose worker died
+Environment overrides (scripts, tests): DPDECK_MODELS_DIR, HF_HUB_CACHE / HF_HOME, DPDECK_MAX_DOWNLOADS,
+DPDECK_DOWNLOAD_RETRIES.
 """
 
 from __future__ import annotations
@@ -69,6 +72,24 @@ def min_free_bytes() -> int:
         return int(float(gb) * 1024**3)
     except (TypeError, ValueError):
         return 2 * 1024**3
+
+
+def _int_setting(env: str, key: str, default: int, low: int) -> int:
+    raw = os.environ.get(env)
+    if raw is None:
+        raw = _config().get(key, default)
+    try:
+        return max(low, int(raw))
+    except (TypeError, ValueError):
+        return default  # a typo in config.toml must not stop downloads; `dpdeck config` reports it
+
+
+def max_downloads() -> int:
+    return _int_setting("DPDECK_MAX_DOWNLOADS", "max_downloads", 3, 1)
+
+
+def download_retries() -> int:
+    return _int_setting("DPDECK_DOWNLOAD_RETRIES", "download_retries", 3, 0)
 
 
 def repo_dirname(repo: str) -> str:

@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--revision", default="main")
     sp.add_argument("--no-wait", action="store_true", help="start and return (progress: `dpdeck models downloads`)")
     sp.add_argument("--wait", action="store_true", help="with --json: wait and print the final state")
-    sp = add("downloads", _downloads, "downloads with bytes, speed and ETA")
-    sp.add_argument("--active", action="store_true", help="only running / interrupted / failed ones")
+    sp = add("downloads", _downloads, "downloads (run by the daemon) with bytes, speed, ETA, retries, reasons")
+    sp.add_argument("--active", action="store_true", help="only queued / running / interrupted / failed ones")
     sp.add_argument("--watch", action="store_true", help="follow live until all are finished")
     sp = add("cancel", _cancel, "stop a download and delete its partial files")
     sp.add_argument("id")
@@ -188,19 +188,24 @@ def _line(dl: Any) -> str:
     name = dl.key or Path(dl.dest).name
     pct = f"{dl.progress * 100:5.1f}%" if dl.progress is not None else "   ?%"
     if dl.state in ("failed", "interrupted") and dl.error:
-        tail = dl.error
+        tail = f"[{dl.code}] {dl.error}" if dl.code else dl.error
     elif dl.state == "completed":
         tail = f"verified, in {dl.timings['transfer_s']:.1f} s" if "transfer_s" in dl.timings else "verified"
     elif dl.state == "cancelled":
         tail = "partial files deleted"
+    elif dl.state == "queued":
+        tail = dl.wait_reason or "starting"
     else:
         tail = f"{human(dl.speed)}/s ETA {eta(dl.eta_s)}"
+    if dl.retries and dl.state in ("queued", "running", "completed"):
+        tail += f" (retry {dl.retries}: the last worker {dl.last_death})"
     return (f"{dl.id} {name[:22]:<22} {dl.state:<11} {_bar(dl.progress)} {pct} "
             f"{human(dl.bytes_done)}/{human(dl.bytes_total)} {tail}")
 
 
 def _watch(ids: list[str]) -> list[Any]:
     """Redraw one line per download until all end. Ctrl-C stops watching, not downloading."""
+    from engine.client import daemon_pid
     from engine.models import downloads
 
     tty = sys.stdout.isatty()
@@ -209,7 +214,8 @@ def _watch(ids: list[str]) -> list[Any]:
     try:
         while True:
             dls = [downloads.get(i) for i in ids]
-            done = all(d.state not in downloads.LIVE for d in dls)
+            daemon = daemon_pid() is not None
+            done = all(downloads.settled(d, daemon) for d in dls)
             if tty:
                 if drawn:
                     sys.stdout.write(f"\x1b[{drawn}F")
@@ -279,11 +285,15 @@ def _downloads(args: argparse.Namespace) -> int:
     from engine.models import downloads
 
     dls = downloads.list_downloads(include_finished=not args.active)
+    if any(d.state in ("queued", "interrupted") for d in dls):
+        from engine.client import ensure_daemon
+
+        ensure_daemon()  # after a reboot nobody else may have started it: the daemon resumes them
     if args.json:
         print_json([{**d.model_dump(), "progress": d.progress} for d in dls])
         return 0
     if args.watch:
-        live = [d.id for d in dls if d.state in downloads.LIVE]
+        live = [d.id for d in dls if d.state in (*downloads.LIVE, "interrupted")]
         if live:
             _watch(live)
             return 0

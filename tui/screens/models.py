@@ -1,11 +1,17 @@
-"""Models: registry entries with their local status, discovered model files, and downloads with progress."""
+"""Models: registry entries with their local status, discovered model files, and downloads with progress.
+
+Keys: p pull an entry's missing parts, o pull one part, c cancel a download, R resume one, u use the entry in
+a stored profile, f use a discovered file in a profile, v check a profile (missing files, pull them, fill it).
+Downloads are run by the engine's daemon: they keep going when this deck closes or the ssh session drops.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from textual import work
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
@@ -13,10 +19,12 @@ from textual.widgets import DataTable, Static
 
 from engine.models import downloads
 from engine.models.discovery import Discovered, scan
-from engine.models.registry import entry_status, load_registry
+from engine.models.registry import component_status, entry_status, load_registry
+from profiles.document import Profile
 from tui.screens.base import VIM_LIST_BINDINGS, DeckScreen
 
-ACTIVE = {"queued", "running"}  # download states that can still be cancelled
+ACTIVE = {"queued", "running", "verifying"}  # download states that can still be cancelled
+RESUMABLE = {"failed", "cancelled", "interrupted"}
 
 
 def _size(n: float) -> str:
@@ -51,30 +59,94 @@ def download_line(dl: downloads.Download) -> str:
     what = f"{dl.entry}/{dl.key}" if dl.entry else dl.repo
     pct = f"{dl.progress * 100:5.1f}%" if dl.progress is not None else "  ?  "
     eta = f" eta {dl.eta_s:.0f}s" if dl.eta_s is not None and dl.state == "running" else ""
-    err = f" {dl.error}" if dl.error else ""
-    return f"{dl.id[:8]} {what} {dl.state} {pct} {_size(dl.bytes_done)}{eta}{err}"
+    speed = f" {_size(dl.speed)}/s" if dl.state == "running" and dl.speed else ""
+    retry = f" retry {dl.retries}" if dl.retries else ""
+    why = dl.error or (dl.wait_reason if dl.state == "queued" else None)
+    return f"{dl.id[:8]} {what} {dl.state} {pct} {_size(dl.bytes_done)}{speed}{eta}{retry}" + (f" {why}" if why else "")
 
 
-class ModelsScreen(DeckScreen):
+def change_lines(profile: Profile, changes: list[object], source: str) -> str:
+    """`main.toml:24: model.x = '/new'   (was '/old')`: which lines an edit changes, for the confirm."""
+    out = []
+    for c in changes:
+        key, old, new = c.key, c.old, c.new  # type: ignore[attr-defined]
+        line = profile.main.line_of(key)
+        was = f"   (was {old!r})" if old not in (None, "") else "   (new key)"
+        out.append(f"{source}:{line or '?'}: {key} = {new!r}{was}")
+    return "\n".join(out)
+
+
+class UseInProfile:
+    """Shared by the Models and the check screens: edit a stored profile after showing the changed lines."""
+
+    app: App[object]
+    notify: Callable[..., None]
+    confirm: Callable[[str, Callable[[], None]], None]
+
+    def _note(self, text: str, error: bool = False) -> None:
+        """notify() from a worker thread."""
+        self.app.call_from_thread(self.notify, text, severity="error" if error else "information",
+                                  timeout=8 if error else 4)
+
+    @work(thread=True, group="models-use")
+    def propose_use(self, name: str, edit: Callable[[Profile], tuple[list[object], str]], message: str) -> None:
+        """Apply `edit` to a loaded copy, show the changed lines, save (with history) only on `y`."""
+        from profiles import store
+
+        try:
+            profile = store.load_stored(name)
+            changes, what = edit(profile)
+        except Exception as exc:
+            self._note(f"use in {name}: {exc}", error=True)
+            return
+        if not changes:
+            self._note(f"{name}: already uses {what}; nothing to change")
+            return
+        lines = change_lines(profile, changes, "main.toml")
+
+        def save() -> None:
+            self._save(name, profile, message, len(changes))
+
+        self.app.call_from_thread(self.confirm, f"Fill profile {name} with {what}?\n\n{lines}", save)
+
+    @work(thread=True, group="models-save")
+    def _save(self, name: str, profile: Profile, message: str, count: int) -> None:
+        from profiles import store
+
+        try:
+            store.save_profile(name, profile, message)
+        except Exception as exc:
+            self._note(f"saving {name} failed: {exc}", error=True)
+            return
+        self._note(f"profile {name}: {count} line(s) changed (a new history version)")
+
+
+class ModelsScreen(UseInProfile, DeckScreen):
     TITLE_TEXT = "Models"
     # Status walks the model folders and the HF cache and discovery reads headers only: cheap enough for 2 s,
     # and downloads need a live-ish progress line.
     POLL_SECONDS = 2.0
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("p", "pull", "Pull entry", id="models.pull"),
-        Binding("c", "cancel", "Cancel download", id="models.cancel"),
-        Binding("r", "refresh", "Refresh", id="models.refresh"),
+        Binding("p", "pull", "Pull", id="models.pull"),
+        Binding("o", "pull_part", "Pull part", id="models.pull_part"),
+        Binding("c", "cancel", "Cancel dl", id="models.cancel"),
+        Binding("R", "resume", "Resume dl", id="models.resume", key_display="R"),
+        Binding("u", "use_entry", "Use in profile", id="models.use"),
+        Binding("f", "use_file", "Use file", id="models.use_file"),
+        Binding("v", "check", "Check profile", id="models.check"),
+        Binding("r", "refresh", "Refresh", id="models.refresh", show=False),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self._dls: list[downloads.Download] = []
+        self._found: list[Discovered] = []
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="models-body"):
-            yield Static("[b]Downloads[/b]")
+            yield Static("[b]Downloads[/b] (run by the daemon: they survive closing the deck)")
             yield Static("…", id="models-downloads", markup=False)
             yield Static("[b]Discovered[/b]")
             yield Static("scanning…", id="models-found", markup=False)
@@ -104,6 +176,7 @@ class ModelsScreen(DeckScreen):
             if entry_id in table.rows:
                 table.update_cell(entry_id, "status", status, update_width=True)
         self._dls = message.dls
+        self._found = message.found
         recent = sorted(message.dls, key=lambda d: d.created_at, reverse=True)[:6]
         self.query_one("#models-downloads", Static).update(
             "\n".join(download_line(d) for d in recent) or "no downloads"
@@ -122,45 +195,147 @@ class ModelsScreen(DeckScreen):
             return None
         return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
 
+    def _choose(self, title: str, choices: list[tuple[str, str]], then: Callable[[str], None]) -> None:
+        from tui.screens.dialogs import ChoiceDialog
+
+        def done(choice: str | None) -> None:
+            if choice is not None:
+                then(choice)
+
+        self.app.push_screen(ChoiceDialog(title, choices), done)
+
     def action_refresh(self) -> None:
         self.load()
 
+    # ---- pulling --------------------------------------------------------------------------------
     def action_pull(self) -> None:
         entry_id = self._highlighted()
         if entry_id is not None:
-            self._pull(entry_id)
+            self._pull(entry_id, None)
 
-    @work(thread=True, exclusive=True, group="models-pull")
-    def _pull(self, entry_id: str) -> None:
-        try:
-            started = downloads.pull_entry(load_registry().get(entry_id))
-        except Exception as exc:  # engine errors carry a user-facing message (no network, gated, no space)
-            self.app.call_from_thread(self.notify, f"pull {entry_id}: {exc}", severity="error", timeout=8)
+    def action_pull_part(self) -> None:
+        entry_id = self._highlighted()
+        if entry_id is None:
             return
-        note = f"pulling {entry_id}: {len(started)} download(s)" if started else f"{entry_id}: nothing to pull"
-        self.app.call_from_thread(self.notify, note)
+        entry = load_registry().get(entry_id)
+        choices = []
+        for comp in entry.components:
+            status, _where = component_status(comp)
+            source = comp.file if comp.kind == "file" else f"{len(comp.include)} pattern(s)"
+            size = f" ~{comp.approx_gb:g} GB" if comp.approx_gb else ""
+            choices.append((comp.key, f"{comp.key}  {status}{size}  {comp.repo or 'manual'}: {source}"))
+        self._choose(f"{entry_id}: pull which part?", choices, lambda key: self._pull(entry_id, key))
+
+    @work(thread=True, group="models-pull")
+    def _pull(self, entry_id: str, key: str | None) -> None:
+        try:
+            entry = load_registry().get(entry_id)
+            if key is None:
+                started = downloads.pull_entry(entry)
+            else:
+                comp = next(c for c in entry.components if c.key == key)
+                started = [downloads.pull_component(entry, comp)]
+        except Exception as exc:  # engine errors carry a user-facing message (no network, gated, no space)
+            self._note(f"pull {entry_id}: {exc}", error=True)
+            return
+        what = f"{entry_id}/{key}" if key else entry_id
+        self._note(f"pulling {what}: {len(started)} download(s)" if started else f"{what}: nothing to pull")
         self.load()
+
+    # ---- cancel / resume ------------------------------------------------------------------------
+    def _pick_download(self, states: set[str], verb: str, then: Callable[[str], None]) -> None:
+        """One matching download: straight to `then`; several: the highlighted entry's, else a choice."""
+        entry_id = self._highlighted()
+        found = [d for d in self._dls if d.state in states]
+        mine = [d for d in found if d.entry == entry_id]
+        pool = mine if len(mine) == 1 else found
+        if not pool:
+            self.notify(f"no download to {verb}")
+        elif len(pool) == 1:
+            then(pool[0].id)
+        else:
+            self._choose(f"{verb} which download?", [(d.id, download_line(d)[:70]) for d in pool], then)
 
     def action_cancel(self) -> None:
-        # Cancel what belongs to the highlighted entry, else the newest active download: one key, no picker.
-        entry_id = self._highlighted()
-        active = [d for d in self._dls if d.state in ACTIVE]
-        mine = [d for d in active if d.entry == entry_id] or active
-        if not mine:
-            self.notify("no active download to cancel")
-            return
-        self._cancel([d.id for d in mine])
+        def confirm(dl_id: str) -> None:
+            dl = next((d for d in self._dls if d.id == dl_id), None)
+            label = download_line(dl)[:60] if dl else dl_id
+            self.confirm(f"Cancel {label}?\nIts partial files are deleted.", lambda: self._cancel(dl_id))
 
-    @work(thread=True, exclusive=True, group="models-cancel")
-    def _cancel(self, ids: list[str]) -> None:
-        for download_id in ids:
-            try:
-                downloads.cancel(download_id)
-            except Exception as exc:
-                self.app.call_from_thread(self.notify, f"cancel failed: {exc}", severity="error", timeout=8)
-        self.app.call_from_thread(self.notify, f"cancelled {len(ids)} download(s)")
+        self._pick_download(ACTIVE | {"failed", "interrupted"}, "cancel", confirm)
+
+    @work(thread=True, group="models-cancel")
+    def _cancel(self, download_id: str) -> None:
+        try:
+            downloads.cancel(download_id)
+            final = downloads.wait(download_id, timeout=20)
+        except Exception as exc:
+            self._note(f"cancel failed: {exc}", error=True)
+            return
+        self._note(f"download {download_id}: {final.state}")
         self.load()
 
+    def action_resume(self) -> None:
+        self._pick_download(RESUMABLE, "resume", self._resume)
+
+    @work(thread=True, group="models-resume")
+    def _resume(self, download_id: str) -> None:
+        try:
+            dl = downloads.resume(download_id)
+        except Exception as exc:
+            self._note(f"resume failed: {exc}", error=True)
+            return
+        self._note(f"download {download_id}: {dl.state} (continues from its partial files)")
+        self.load()
+
+    # ---- use in profile -------------------------------------------------------------------------
+    def _with_profile(self, then: Callable[[str], None]) -> None:
+        from profiles import store
+
+        names = [(p.name, f"{p.name}  ({p.model_type or '?'})") for p in store.list_profiles()]
+        if not names:
+            self.notify("no stored profiles yet: create one on the Profiles screen (key 1)", severity="warning")
+            return
+        self._choose("Which profile?", names, then)
+
+    def action_use_entry(self) -> None:
+        entry_id = self._highlighted()
+        if entry_id is None:
+            return
+
+        def edit(profile: Profile) -> tuple[list[object], str]:
+            from engine.models.fill import use_entry
+
+            entry = load_registry().get(entry_id)
+            return list(use_entry(profile, entry)), entry.title
+
+        self._with_profile(lambda name: self.propose_use(name, edit, f"models use {entry_id}"))
+
+    def action_use_file(self) -> None:
+        usable = [d for d in self._found if not d.error and d.kind != "lora"]
+        if not usable:
+            self.notify("no usable model file was discovered (LoRAs and broken files are left out)")
+            return
+
+        def pick_profile(path: str) -> None:
+            def edit(profile: Profile) -> tuple[list[object], str]:
+                from engine.models.fill import use_file
+
+                changes, what = use_file(profile, Path(path))
+                return list(changes), what
+
+            self._with_profile(lambda name: self.propose_use(name, edit, f"models use {path}"))
+
+        choices = [(d.path, f"{_short(d)}  {d.kind} {d.family or '?'}") for d in usable]
+        self._choose("Use which file?", choices, pick_profile)
+
+    # ---- check a profile ------------------------------------------------------------------------
+    def action_check(self) -> None:
+        from tui.screens.models_check import CheckScreen
+
+        self._with_profile(lambda name: self.app.push_screen(CheckScreen(name)))
+
+    # ---- list movement --------------------------------------------------------------------------
     def action_cursor_down(self) -> None:
         self.query_one("#models-table", DataTable).action_cursor_down()
 
