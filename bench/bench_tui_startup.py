@@ -6,7 +6,7 @@ Usage: python bench/bench_tui_startup.py [-n 10] [--idle 10] [--job]
 - RSS of the deck after it settled (target < 200 MB).
 - idle CPU over --idle seconds on the Profiles screen and on the Queue screen (which polls every second).
   Target < 3% of one core. With --job, also while the Run screen follows a live demo job (the real engine,
-  daemon and trainer on CPU).
+  daemon and trainer on CPU), over a window in which the job emits steps (it is cancelled afterwards).
 Runs in a throwaway DPDECK_HOME; bytecode cached by a warm-up run, as an installed copy would be.
 """
 
@@ -38,13 +38,22 @@ def tree_cpu(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
-def run_view_cpu(env: dict[str, str], home: Path, seconds: float) -> tuple[float, float, str]:
-    """Idle CPU and RSS of the deck showing a running demo job in the Run screen (log, curve, stats live)."""
+def run_view_cpu(env: dict[str, str], home: Path, seconds: float) -> tuple[float, float, str, int, int]:
+    """CPU and RSS of the deck showing a demo job in the Run screen while it trains (log, curve, stats live).
+
+    The window starts once the job reports steps, and the demo runs enough epochs (not its usual 16) to
+    keep emitting steps through the whole window: the figure is the deck following a job at work.
+    """
     os.environ["DPDECK_HOME"] = str(home)
     from engine import client
     from engine.demo import prepare
+    from profiles.document import TomlFile
 
     main_toml = prepare(home / "demo")
+    doc = TomlFile.load(main_toml)
+    doc.set("epochs", 400)
+    doc.set("save_every_n_epochs", 400)
+    main_toml.write_text(doc.dumps())
     client.ensure_daemon()
     job_id = client.enqueue(str(main_toml), name="bench-demo")
     deck = PtyProcess(deck_argv(), env)
@@ -57,18 +66,26 @@ def run_view_cpu(env: dict[str, str], home: Path, seconds: float) -> tuple[float
         deck.wait_for("running", timeout=60)  # the row is in the deck's table
         deck.send(b"\r")
         deck.wait_for(f"job {job_id}")
+        deadline = time.monotonic() + 180
+        while not client.get_job(job_id).step and time.monotonic() < deadline:
+            deck.drain(0.5)  # model load and DeepSpeed start: no steps yet
         deck.drain(2.0)
         proc = psutil.Process(deck.proc.pid)
+        step0 = client.get_job(job_id).step or 0
         c0 = tree_cpu(proc)
         deck.drain(seconds)
         cpu = 100 * (tree_cpu(proc) - c0) / seconds
-        state = client.get_job(job_id).state
+        job = client.get_job(job_id)
         rss = proc.memory_info().rss / 2**20
     finally:
         deck.close()
+        try:
+            client.send_request(job_id, "cancel")
+        except client.RequestError:
+            pass  # already ended
         client.wait(job_id, timeout=300)
         client.stop_daemon()
-    return cpu, rss, state
+    return cpu, rss, str(job.state), step0, int(job.step or 0)
 
 
 def main() -> int:
@@ -125,10 +142,10 @@ def main() -> int:
         f"over {args.idle:.0f} s each (target < 3%)"
     )
     if job_figures is not None:
-        cpu, rss_job, state = job_figures
+        cpu, rss_job, state, step0, step1 = job_figures
         print(
-            f"Run screen following a live demo job (state at the end: {state}): CPU {cpu:.2f}% of a core "
-            f"over {args.idle:.0f} s, RSS {rss_job:.0f} MB"
+            f"Run screen following a live demo job (steps {step0} -> {step1} in the window, state {state}): "
+            f"CPU {cpu:.2f}% of a core over {args.idle:.0f} s, RSS {rss_job:.0f} MB"
         )
     ok = statistics.median(first) <= 500 and rss_after < 200 and max(idle_profiles, idle_queue) < 3
     if job_figures is not None:

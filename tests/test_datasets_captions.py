@@ -146,7 +146,8 @@ def test_kill_9_mid_apply_leaves_old_or_new_and_undo_restores(tmp_path: Path) ->
     d.mkdir()
     png = tmp_path / "tiny.png"
     Image.new("RGB", (2, 2)).save(png)
-    n = 800
+    # Enough files that the rename phase (after all temp files are written and synced) lasts well beyond one poll.
+    n = 4000
     for i in range(n):
         (d / f"{i:04d}.png").write_bytes(png.read_bytes())
         (d / f"{i:04d}.txt").write_bytes(f"tag{i}".encode())
@@ -160,7 +161,7 @@ def test_kill_9_mid_apply_leaves_old_or_new_and_undo_restores(tmp_path: Path) ->
         # Kill as soon as the op has started writing, so some files are new and some old.
         deadline = time.monotonic() + 20
         while not (d / "0000.txt").read_bytes().startswith(b"ohwx") and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.0005)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.tmux, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
 
 
@@ -43,6 +45,8 @@ class Tmux:
                 "24",
                 "-e",
                 f"DPDECK_HOME={self.home}",
+                "-e",  # this checkout's packages, whatever the installed copy points at
+                f"PYTHONPATH={REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                 command,
             ],
             check=True,
@@ -103,10 +107,12 @@ class Tmux:
             except (psutil.Error, OSError):
                 continue
         for proc in mine:
-            proc.terminate()
+            with contextlib.suppress(psutil.NoSuchProcess):  # it may end on its own meanwhile
+                proc.terminate()
         _, alive = psutil.wait_procs(mine, timeout=10)
         for proc in alive:
-            proc.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 @pytest.fixture
@@ -125,7 +131,7 @@ def test_deck_in_tmux_navigates_and_creates_a_profile(tmux: Tmux, dpdeck_home: P
         ("2", "exit reason"),
         ("3", "No job selected"),
         ("4", "GPUs"),
-        ("5", "Datasets: coming"),
+        ("5", "without caption"),
         ("6", "Downloads"),
         ("1", "Templates"),
     ):
@@ -161,6 +167,25 @@ def test_deck_in_tmux_navigates_and_creates_a_profile(tmux: Tmux, dpdeck_home: P
     import tomllib
 
     assert tomllib.loads(main.read_text())["model"]["type"] == "sd15"
+
+
+def test_slash_and_letters_in_one_send_keys_reach_the_filter(tmux: Tmux, dpdeck_home: Path) -> None:
+    """`/` opens a text field; the letters tmux sends in the same write must land in it, not in the list."""
+    from profiles import store
+
+    store.create_from_template("demo-tiny", "alpha-zeta")
+    exe = shutil.which("dpdeck")
+    assert exe
+    tmux.start(f"{exe}; sleep 30")
+    tmux.wait("alpha-zeta")
+    tmux.keys("/zeta")  # ONE send-keys: the four letters arrive right behind the slash
+    deadline = time.monotonic() + 30
+    text = tmux.screen()
+    while not any(line.strip() == "zeta" for line in text.splitlines()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text = tmux.screen()
+    assert any(line.strip() == "zeta" for line in text.splitlines()), text  # the filter row holds all four
+    assert "search profiles" not in text and "alpha-zeta  [sd15]" in text
 
 
 @pytest.mark.slow
@@ -201,3 +226,11 @@ def test_deck_in_tmux_runs_the_demo_job_and_survives_a_closed_deck(tmux: Tmux, d
     assert "step" in text
     text = tmux.wait("epoch16", timeout=30)  # the final save, listed in the Run screen
     assert "loss" in text and "no data yet" not in text.split("loss", 1)[1][:40]
+    # Log search typed in one burst: `c` (compare) and `e` (next error) are Run keys, so a letter that
+    # missed the field would open a dialog or jump instead of typing.
+    tmux.keys("/complete")
+    time.sleep(0.5)
+    tmux.keys("Enter")
+    time.sleep(1.0)
+    text = tmux.screen()
+    assert "Overlay the loss curve" not in text and "not in the last" not in text, text

@@ -17,7 +17,7 @@ async def test_every_area_by_key_at_80x24() -> None:
             "queue": "exit reason",
             "run": "No job selected",
             "system": "GPUs",
-            "datasets": "Datasets: coming",
+            "datasets": "without caption",
             "models": "Downloads",
             "profiles": "Templates",
         }

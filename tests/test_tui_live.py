@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from textual.app import App, ComposeResult
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 
-from tests.tui_helpers import screen_text, wait_note, wait_text, wait_until
+from tests.tui_helpers import screen_text, send_burst, wait_note, wait_text, wait_until
 from tui import data
 from tui.app import DeckApp
 from tui.widgets.log_pane import LogPane, clean_line
@@ -228,3 +228,145 @@ def test_pure_helpers() -> None:
     values = [1.0] * 5
     assert smooth(values) == pytest.approx(values)
     assert smooth([0.0, 10.0])[1] > 0
+
+
+async def test_run_log_search_typed_in_one_burst(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    log.write_text("".join(f"step {i}\n" for i in range(50)) + "needle here\n" + "tail\n" * 5)
+    engine = FakeEngine(log)
+    engine.jobs[3] = Job(3, "searchme", state="completed", step=10, total_steps=10, exit_reason="completed")
+    engine.install(monkeypatch)
+    app = DeckApp(start_mode="queue")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_text(pilot, "searchme")
+        await pilot.press("enter")
+        pane = app.screen.query_one("#run-log", LogPane)
+        await wait_until(pilot, lambda: pane.total_written == 56, what="log lines")
+        send_burst(app, "/needle")  # `n` and `e` are Run keys: a lost focus race would fire them instead
+        box = app.screen.query_one("#run-search", Input)
+        await wait_until(pilot, lambda: box.value == "needle", what="search text in the field")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.screen.search_at == 50, what="jump to the match")
+        assert not box.display and app.focused is pane and not pane.auto_scroll
+        send_burst(app, "/")
+        await wait_until(pilot, lambda: app.focused is box, what="field reopened")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not box.display, what="Esc closes the field")
+        await pilot.press("n")  # next match: wraps around to the same line
+        assert app.screen.search_text == "needle"
+
+
+async def test_queue_fits_80_columns_and_details_the_highlighted_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tui.screens.queue_columns import COLUMNS
+
+    reason = "failed: rank 0 exited with code 1 after CUDA out of memory while allocating 2.00 GiB on GPU 0"
+    engine = FakeEngine()
+    engine.jobs[1] = Job(
+        1, "a-rather-long-job-name-for-80-columns", state="running", step=1200, total_steps=50000
+    )
+    engine.jobs[12] = Job(12, "beta", state="failed", step=100, exit_reason=reason, samples_per_s=3.25)
+    engine.install(monkeypatch)
+    app = DeckApp(start_mode="queue")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_text(pilot, "beta")
+        table = app.screen.query_one("#queue-table", DataTable)
+
+        def fits() -> bool:
+            return table.virtual_size.width <= table.scrollable_content_region.width
+
+        await wait_until(pilot, fits, what="table within its region")
+        assert not table.show_horizontal_scrollbar
+        keys = [str(k.value) for k in table.columns]
+        assert {"id", "state", "name", "reason"} <= set(keys) and len(keys) < len(COLUMNS)
+        await pilot.press("j")
+        detail = app.screen.query_one("#queue-detail")
+        await wait_until(pilot, lambda: "job 12 beta" in str(detail.render()), what="detail of job 12")
+        assert reason in " ".join(str(detail.render()).split())  # the whole reason, wrapped
+        text = screen_text(app)
+        assert "…" in text and reason not in text.replace("\n", "").split("exit: ")[0]
+
+        await pilot.resize_terminal(160, 30)
+        await wait_until(pilot, lambda: len(table.columns) == len(COLUMNS), what="every column when wide")
+        assert fits() and "3.25" in screen_text(app)
+        assert table.cursor_row == 1  # the highlighted job survives the rebuild
+        await pilot.resize_terminal(80, 24)
+        await wait_until(pilot, lambda: len(table.columns) < len(COLUMNS) and fits(), what="narrow again")
+
+
+async def test_log_growth_repaints_the_pane_without_laying_out_the_screen(tmp_path: Path) -> None:
+    """A layout re-renders every widget on the screen; a following log pane must not cause one per batch."""
+    path = tmp_path / "steady.log"
+    path.write_text("")
+    app = LogApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(LogPane)
+        layouts = 0
+        screen = app.screen
+        original = screen._refresh_layout
+
+        def counting(*args: Any, **kwargs: Any) -> None:
+            nonlocal layouts
+            layouts += 1
+            original(*args, **kwargs)
+
+        screen._refresh_layout = counting  # type: ignore[method-assign]
+        pane.follow(path)
+        written = 0
+        with path.open("a") as f:
+            for batch in range(12):  # a job printing a few lines at a time, as the demo does
+                f.write("".join(f"step {written + i} loss 0.5\n" for i in range(5)))
+                f.flush()
+                written += 5
+                await wait_until(pilot, lambda n=written: pane.total_written == n, what=f"batch {batch}")
+        await pilot.pause(0.1)
+        # The vertical scrollbar appears once (that one lays out); the other batches only repaint the pane.
+        assert layouts <= 3, layouts
+        assert pane.show_vertical_scrollbar and pane.vertical_scrollbar.window_virtual_size == written
+        assert pane.scroll_y == pane.max_scroll_y  # still following the end
+        assert f"step {written - 1} loss" in screen_text(app)
+
+
+async def test_run_screen_polls_of_an_unchanged_job_touch_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Following a job must cost little: a poll that brings nothing new lays nothing out and re-sets nothing."""
+    from tui.screens.run import RunScreen
+
+    monkeypatch.setattr(RunScreen, "POLL_SECONDS", 0.3)
+    monkeypatch.setattr("tui.screens.run.PLOT_EVERY_S", 0.5)  # the curve may be redrawn at every other poll
+    log = tmp_path / "job.log"
+    log.write_text("steps: 5 loss: 0.5\n")
+    engine = FakeEngine(log)
+    engine.metrics = [{"step": s, "loss": 1.0 / s, "lr": 1e-4} for s in range(1, 6)]
+    engine.jobs[4] = Job(4, "steady", state="running", step=5, total_steps=50, started_at=time.time())
+    reads: list[int] = []
+    engine.job_metrics = lambda job_id: reads.append(job_id) or engine.metrics  # type: ignore[method-assign]
+    engine.install(monkeypatch)
+    app = DeckApp(start_mode="queue")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_text(pilot, "steady")
+        await pilot.press("enter")
+        await wait_text(pilot, "step 5/50")
+        screen = app.screen
+        plot = screen.query_one("#loss-plot")
+        await wait_until(pilot, lambda: plot.points == 5, what="first curve")
+        await pilot.pause(1.0)  # settle: stats, saves, log
+        header = screen.query_one("#run-header")
+        before = (header.content, screen.polls, len(reads), plot._version)
+        layouts = 0
+        original = screen._refresh_layout
+
+        def counting(*args: Any, **kwargs: Any) -> None:
+            nonlocal layouts
+            layouts += 1
+            original(*args, **kwargs)
+
+        screen._refresh_layout = counting  # type: ignore[method-assign]
+        await wait_until(pilot, lambda: screen.polls >= before[1] + 4, what="four more polls")
+        assert layouts == 0
+        assert header.content is before[0]  # not even re-set to the same text
+        assert len(reads) == before[2] and plot._version == before[3]  # curve neither re-read nor rebuilt
+        engine.jobs[4].step = 6  # the job moves on: header, curve and reads follow
+        engine.metrics.append({"step": 6, "loss": 0.1, "lr": 1e-4})
+        await wait_text(pilot, "step 6/50")
+        await wait_until(pilot, lambda: len(reads) > before[2], what="curve read again")

@@ -8,7 +8,7 @@ import pytest
 from textual.widgets import Input
 
 from profiles import store
-from tests.tui_helpers import wait_note, wait_text, wait_until
+from tests.tui_helpers import notes, send_burst, wait_note, wait_text, wait_until
 from tui.app import DeckApp
 from tui.keymap import KeymapError, load_keymap
 from tui.screens.editor import EditorScreen, leaves
@@ -143,3 +143,59 @@ def test_curve_downsampling_keeps_shape_and_bounds_points() -> None:
     assert all(a < b for a, b in zip(xs, xs[1:], strict=False))
     small = [{"step": i, "loss": float(i)} for i in range(10)]
     assert series(small, "loss") == ([float(i) for i in range(10)], [float(i) for i in range(10)])
+
+
+async def test_slash_and_letters_in_one_burst_reach_the_profiles_filter() -> None:
+    store.create_from_template("demo-tiny", "alpha-profile")
+    app = DeckApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_text(pilot, "alpha-profile")
+        send_burst(app, "/zzz")  # no `z` binding: lost letters would leave the filter short
+        box = app.screen.query_one("#profile-search", Input)
+        await wait_until(pilot, lambda: box.value == "zzz", what="filter text 'zzz'")
+        assert app.focused is box
+        send_burst(app, "/")  # a slash typed in the filter is text, not the binding again
+        await wait_until(pilot, lambda: box.value == "zzz/", what="slash typed into the filter")
+
+
+async def test_a_profile_from_the_demo_template_enqueues_as_it_is(dpdeck_home: Path) -> None:
+    """The demo template's paths are placeholders only `dpdeck demo` filled: the deck points them at the demo
+    folders and builds the tiny model and dataset when the profile is first enqueued."""
+    pytest.importorskip("diffusers")
+    engine_client = pytest.importorskip("engine.client")
+    app = DeckApp()
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_text(pilot, "Templates")
+            await pilot.press("G")  # the last template: demo-tiny
+            await wait_text(pilot, "A tiny random SD1.5")
+            await pilot.press("enter")
+            await wait_text(pilot, "Name:")
+            await pilot.press("enter")  # my-demo-tiny
+            await wait_until(pilot, lambda: isinstance(app.screen, EditorScreen), what="editor")
+            editor: EditorScreen = app.screen  # type: ignore[assignment]
+            text = editor.files["main.toml"] + editor.files["dataset.toml"]
+            assert "'<DEMO_" not in text and str(dpdeck_home / "demo" / "model") in text
+            await pilot.press("ctrl+s")
+            await wait_until(pilot, lambda: store.exists("my-demo-tiny"), what="saved")
+            await pilot.press("ctrl+w")
+
+            def on_new_profile() -> bool:  # back in the list on it, so `q` enqueues it straight away
+                row = getattr(app.screen, "selected", lambda: None)()
+                return row is not None and row.name == "my-demo-tiny"
+
+            await wait_until(pilot, on_new_profile, what="new profile highlighted")
+            await pilot.press("q")
+            await wait_text(pilot, "GPUs (e.g. 0,1")
+            await pilot.press("enter")
+            await wait_until(
+                pilot,
+                lambda: any("queued my-demo-tiny" in n or "cannot enqueue" in n for n in notes(app)),
+                timeout=180,
+                what="enqueued (after building the demo model)",
+            )
+            note = next(n for n in notes(app) if "my-demo-tiny as job" in n or "cannot enqueue" in n)
+            assert "queued my-demo-tiny as job" in note, note
+            assert (dpdeck_home / "demo" / "model" / "model_index.json").is_file()
+    finally:
+        engine_client.stop_daemon(kill_jobs=True)

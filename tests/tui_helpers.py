@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from textual import events
 from textual.app import App
+from textual.keys import _character_to_key
 from textual.pilot import Pilot
 
 
@@ -50,3 +52,18 @@ async def wait_note(pilot: Pilot[object], needle: str, timeout: float = 20.0) ->
     """Wait for a notification containing `needle` (toasts may have timed out of the screen already)."""
     await wait_until(pilot, lambda: any(needle in n for n in notes(pilot.app)), timeout, f"note {needle!r}")
     return next(n for n in notes(pilot.app) if needle in n)
+
+
+def send_burst(app: App[object], text: str) -> None:
+    """Queue every key of `text` at once, as a terminal read does for tmux send-keys or a paste.
+
+    `pilot.press` waits for the app to go idle after each key, which hides races between a key and the ones
+    right behind it.
+    """
+    driver = app._driver
+    assert driver is not None
+    for char in text:
+        key = char if char.isalnum() else _character_to_key(char)
+        event = events.Key(key, char)
+        event.set_sender(app)
+        driver.send_message(event)

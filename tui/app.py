@@ -46,7 +46,7 @@ def _system() -> Screen[None]:
 
 
 def _datasets() -> Screen[None]:
-    from tui.screens.placeholders import DatasetsScreen
+    from tui.screens.datasets import DatasetsScreen
 
     return DatasetsScreen()
 

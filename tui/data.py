@@ -67,7 +67,12 @@ def stored_files(name: str) -> dict[str, str]:
 def template_files(name: str) -> dict[str, str]:
     from profiles import templates
 
-    return templates.template_texts(name)
+    files = templates.template_texts(name)
+    if name == DEMO_TEMPLATE:  # its paths are placeholders that only `dpdeck demo` fills: fill them here
+        values = demo_paths()
+        for key, value in values.items():
+            files = {fname: text.replace(f"'{key}'", repr(value)) for fname, text in files.items()}
+    return files
 
 
 def essential_keys(template: str | None) -> list[str]:
@@ -198,6 +203,63 @@ def delete_profile(name: str) -> Path:
     return store.delete(name)
 
 
+# The demo: a profile from the demo-tiny template trains as it is, on the tiny model `dpdeck demo` builds.
+
+DEMO_TEMPLATE = "demo-tiny"
+
+
+def demo_paths() -> dict[str, str]:
+    """The demo template's placeholders -> the folders `dpdeck demo` builds (empty without the engine)."""
+    try:
+        from engine.demo import demo_dir
+    except ImportError:
+        return {}
+    root = demo_dir()
+    return {
+        "<DEMO_MODEL_DIR>": str(root / "model"),
+        "<DEMO_DATASET_DIR>": str(root / "dataset"),
+        "<DEMO_OUTPUT_DIR>": str(root / "output"),
+    }
+
+
+def build_demo_data_if_used(profile: str) -> bool:
+    """Build the tiny demo model and dataset when the stored profile points at them and they are missing.
+
+    Built in a child process, as `dpdeck demo` does (about 10 s on CPU, once), so the deck never loads torch.
+    True when it built them.
+    """
+    import subprocess
+    import sys
+
+    from profiles import store
+
+    paths = demo_paths()
+    if not paths or profile not in {p.name for p in store.list_profiles()}:
+        return False
+    text = "".join(store.read_files(profile).values())
+    model, dataset = Path(paths["<DEMO_MODEL_DIR>"]), Path(paths["<DEMO_DATASET_DIR>"])
+    if (str(model) not in text and str(dataset) not in text) or (
+        (model / "model_index.json").is_file() and any(dataset.glob("*.txt"))
+    ):
+        return False
+    import engine
+
+    repo = str(Path(engine.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run(
+        [sys.executable, "-c", "from engine.demo import prepare; prepare()"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"building the demo model failed: {tail}")
+    return True
+
+
 # Engine.
 
 
@@ -206,6 +268,7 @@ def jobs(include_finished: bool = True) -> list[Any]:
 
 
 def enqueue(profile: str, gpus: list[int] | None) -> int:
+    build_demo_data_if_used(profile)
     return int(engine_call("enqueue", profile, gpus=gpus))
 
 

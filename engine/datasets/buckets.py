@@ -248,12 +248,22 @@ def plan_buckets(dataset_toml_data: Mapping[str, Any], base_dir: Path | str, glo
         plan.skipped_broken += scan.skipped_broken
         plan.skipped_no_caption += scan.skipped_no_caption
         shuffle = bool(cfg.get("shuffle_tags", False))
+        # Most images of a set share a handful of sizes, so each size's buckets are worked out once.
+        buckets_of: dict[tuple[int, int], list[Bucket]] = {}
         for item in scan.items:
-            ar = closest_ar(item.width, item.height, ars)
-            for res in resolutions:
-                w, h = bucket_size(res, ar)
-                bucket = by_size.setdefault((w, h, 1), Bucket(ar=ar, width=w, height=h, frames=1))
-                bucket.items.extend([BucketItem(item, shuffle, directory)] * repeats)
+            wh = (item.width, item.height)
+            targets = buckets_of.get(wh)
+            if targets is None:
+                ar = closest_ar(item.width, item.height, ars)
+                targets = buckets_of[wh] = []
+                for res in resolutions:
+                    w, h = bucket_size(res, ar)
+                    if (w, h, 1) not in by_size:
+                        by_size[(w, h, 1)] = Bucket(ar=ar, width=w, height=h, frames=1)
+                    targets.append(by_size[(w, h, 1)])
+            entry = [BucketItem(item, shuffle, directory)] * repeats
+            for bucket in targets:
+                bucket.items.extend(entry)
     for size in sorted(by_size):
         bucket = by_size[size]
         keep = bucket.count - bucket.count % global_batch

@@ -2,7 +2,9 @@
 
 A caption is treated as comma-separated tags. Every op returns the original text untouched when its tags do not
 change, so formatting is only normalised (", " joins) in files the op really edits; unchanged files are never
-rewritten.
+rewritten. A target is a folder (the `<stem>.txt` of each of its images) or a selection: image paths (their
+`<stem>.txt`) and caption paths, mixed freely. A caption that is a symlink pointing outside its folder is never
+edited (it is listed in `skipped`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS
-from profiles.atomic import atomic_write_text
 
 
 class CaptionError(ValueError):
@@ -97,8 +98,18 @@ def dedupe() -> Callable[[str], str]:
     return lambda text: _retag(text, _dedupe)
 
 
-def sort_tags() -> Callable[[str], str]:
-    return lambda text: _retag(text, sorted)
+def add_prefix(prefix: str) -> Callable[[str], str]:
+    """Put a literal prefix before the caption (no separator added); skipped where the caption starts with it."""
+    if not prefix.strip():
+        raise CaptionError("prefix is empty")
+    return lambda text: text if text.startswith(prefix) else prefix + text
+
+
+def sort_tags(keep: int = 0) -> Callable[[str], str]:
+    """Sort the tags, leaving the first `keep` in place (diffusion-pipe's keep-tags idea: e.g. a trigger first)."""
+    if keep < 0:
+        raise CaptionError(f"--keep: expected a number >= 0, found {keep}")
+    return lambda text: _retag(text, lambda tags: tags[:keep] + sorted(tags[keep:]))
 
 
 def strip() -> Callable[[str], str]:
@@ -119,22 +130,62 @@ def _split_newline(text: str) -> tuple[str, str]:
     return body, text[len(body) :]
 
 
-def caption_files(target: Path | Iterable[Path]) -> list[Path]:
-    """The `<stem>.txt` captions of the images in a folder (non-recursive), or the given files."""
-    if isinstance(target, Path) and target.is_dir():
-        return [p.with_suffix(".txt") for p in _images(target) if p.with_suffix(".txt").is_file()]
-    return [Path(p) for p in ([target] if isinstance(target, Path) else target)]
-
-
 def _images(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    from engine.datasets.layout import list_dir
+
+    return [directory / n for n in list_dir(directory).images]
 
 
-def plan(target: Path | Iterable[Path], op: Callable[[str], str]) -> list[Change]:
+def _caption_of(path: Path) -> Path:
+    return path.with_suffix(".txt") if path.suffix.lower() in IMAGE_EXTENSIONS else path
+
+
+def caption_files(target: Path | Iterable[Path], skipped: list[str] | None = None) -> list[Path]:
+    """The existing `<stem>.txt` captions of a folder's images (non-recursive), or of a selection."""
+    from engine.datasets.layout import is_outside
+
+    if isinstance(target, Path) and target.is_dir():
+        # One listing answers "exists" and "links outside" for every file (no stat per caption).
+        from engine.datasets.layout import list_dir
+
+        listing = list_dir(target)
+        outside = set(listing.links_outside)
+        out = []
+        for image in listing.images:
+            name = os.path.splitext(image)[0] + ".txt"
+            if name not in listing.captions:
+                continue
+            if name in outside:
+                if skipped is not None:
+                    skipped.append(
+                        f"{target / name}: symlink pointing outside the dataset folder; not edited"
+                    )
+                continue
+            out.append(target / name)
+        return list(dict.fromkeys(out))
+    else:
+        candidates = [_caption_of(Path(p)) for p in ([target] if isinstance(target, Path) else target)]
+    out = []
+    for path in dict.fromkeys(candidates):
+        if not path.is_file():
+            continue
+        if is_outside(path.parent, path.name):
+            if skipped is not None:
+                skipped.append(f"{path}: symlink pointing outside the dataset folder; not edited")
+            continue
+        out.append(path)
+    return out
+
+
+def plan(
+    target: Path | Iterable[Path], op: Callable[[str], str], skipped: list[str] | None = None
+) -> list[Change]:
     """Changes `op` would make; files it leaves equal are not listed."""
+    from engine.datasets.fastio import read_bytes
+
     changes = []
-    for path in caption_files(target):
-        text, warning = decode_caption(path.read_bytes())
+    for path in caption_files(target, skipped):
+        text, warning = decode_caption(read_bytes(path))
         body, tail = _split_newline(text)
         new = op(body) + tail
         if new != text:
@@ -142,22 +193,54 @@ def plan(target: Path | Iterable[Path], op: Callable[[str], str]) -> list[Change
     return changes
 
 
-def plan_create_missing(directory: Path) -> list[Change]:
-    """Empty `<stem>.txt` for every image with neither a .txt nor a captions.json entry."""
+def plan_set(image: Path, text: str) -> list[Change]:
+    """The change that makes the caption of `image` (or the caption file itself) hold `text`.
+
+    Empty when it already does. The file is created when missing. When `text` has no trailing newline, the
+    existing file's trailing newline is kept, so an editor that strips it does not create a spurious change.
+    """
+    from engine.datasets.layout import is_outside
+
+    path = _caption_of(Path(image))
+    if is_outside(path.parent, path.name):
+        raise CaptionError(f"{path}: symlink pointing outside the dataset folder; not edited")
+    if path.exists() and not path.is_file():
+        raise CaptionError(f"{path}: not a regular file")
+    if not path.exists():
+        return [Change(path, None, text)]
+    old, warning = decode_caption(path.read_bytes())
+    new = text if text.endswith("\n") else text + _split_newline(old)[1]
+    return [] if new == old else [Change(path, old, new, warning)]
+
+
+def plan_create_missing(target: Path | Iterable[Path]) -> list[Change]:
+    """Empty `<stem>.txt` for every image (of a folder or a selection) with neither a .txt nor a captions.json
+    entry."""
     import json
 
-    listed: set[str] = set()
-    cj = directory / CAPTIONS_JSON
-    if cj.is_file():
-        try:
-            raw = json.loads(cj.read_text(encoding="utf-8"))
-            listed = set(raw) if isinstance(raw, dict) else set()
-        except (OSError, ValueError):
-            listed = set()
+    if isinstance(target, Path) and target.is_dir():
+        images = _images(target)
+    else:
+        images = [
+            Path(p)
+            for p in ([target] if isinstance(target, Path) else target)
+            if Path(p).suffix.lower() in IMAGE_EXTENSIONS
+            and Path(p).is_file()  # no caption for a missing image
+        ]
+    listed: dict[Path, set[str]] = {}
+    for folder in {p.parent for p in images}:
+        listed[folder] = set()
+        cj = folder / CAPTIONS_JSON
+        if cj.is_file():
+            try:
+                raw = json.loads(cj.read_text(encoding="utf-8"))
+                listed[folder] = set(raw) if isinstance(raw, dict) else set()
+            except (OSError, ValueError):
+                pass
     return [
         Change(p.with_suffix(".txt"), None, "")
-        for p in _images(directory)
-        if not p.with_suffix(".txt").exists() and p.name not in listed
+        for p in images
+        if not p.with_suffix(".txt").exists() and p.name not in listed[p.parent]
     ]
 
 
@@ -175,17 +258,39 @@ def diff(changes: list[Change]) -> str:
     return "".join(out)
 
 
+def _current(path: Path | str) -> bytes | None:
+    from engine.datasets.fastio import read_bytes
+
+    try:
+        return read_bytes(path)
+    except FileNotFoundError:
+        return None
+
+
 def apply(changes: list[Change], description: str) -> str | None:
-    """Journal the old bytes, then write each new caption atomically; returns the undo op id (None if no-op)."""
+    """Journal the old bytes, then replace each caption atomically; returns the undo op id (None if no-op).
+
+    Refuses (changing nothing) when a folder is not writable or a file changed since it was planned (e.g. edited
+    elsewhere between a dry run and its apply). Each file is replaced via temp file + rename, so a crash leaves it
+    old or new; durability is two syncs for the whole batch instead of an fsync per file
+    (engine.datasets.fastio.replace_all), because the journal is durable before the first write.
+    """
+    from engine.datasets.fastio import replace_all
+    from engine.datasets.undo import record
+
     if not changes:
         return None
     # Check every folder first so a read-only one fails before any file is touched, not halfway through.
-    for folder in sorted({c.path.parent for c in changes}):
-        if not os.access(folder, os.W_OK):
+    paths = [os.fspath(c.path) for c in changes]  # strings: pathlib overhead is visible at 100k files
+    for folder in sorted({os.path.dirname(p) for p in paths}):
+        if not os.access(folder or ".", os.W_OK):
             raise CaptionError(f"{folder}: folder is not writable; nothing was changed")
-    from engine.datasets.undo import record
-
-    op_id = record(description, [c.path for c in changes])
-    for c in changes:
-        atomic_write_text(c.path, c.new)
+    olds = []
+    for c, path in zip(changes, paths, strict=True):
+        data = _current(path)
+        if (None if data is None else decode_caption(data)[0]) != c.old:
+            raise CaptionError(f"{path}: changed on disk since the edit was planned; nothing was changed")
+        olds.append(data)
+    op_id = record(description, paths, olds)
+    replace_all((path, c.new.encode("utf-8")) for c, path in zip(changes, paths, strict=True))
     return op_id

@@ -1,28 +1,38 @@
 """Dataset health report: what diffusion-pipe will see in a folder or a dataset TOML, and what is wrong with it.
 
-Uses the same file rules as engine.datasets.items (non-recursive, its image extensions, `<stem>.txt` first,
-then captions.json) so the report never disagrees with the trainer. Sizes come from headers only.
+Uses the same file rules as the trainer (engine.datasets.layout / items: non-recursive, its image extensions,
+`<stem>.txt` first, then captions.json) so the report never disagrees with training. Image sizes come from file
+headers only (engine.datasets.headers); the default scan decodes no pixels and reads each caption once, which is
+what keeps 100,000 images within a few seconds. Duplicate detection reads every byte and decodes thumbnails, so it
+only runs when asked (`scan(..., dupes=True)`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS, read_image_size
+from engine.datasets.captions import decode_caption, split_tags
+from engine.datasets.fastio import read_bytes
+from engine.datasets.headers import EmptyImageError, read_image_size
+from engine.datasets.items import CAPTIONS_JSON
+from engine.datasets.layout import DirSpec, Listing, list_dir, target_dirs
+
+_BROKEN = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
 class DirReport:
     path: str
     images: int = 0
+    videos: int = 0
     captioned: int = 0
     missing_captions: list[str] = field(default_factory=list)
     empty_captions: list[str] = field(default_factory=list)
@@ -30,6 +40,14 @@ class DirReport:
     zero_byte: list[str] = field(default_factory=list)
     # Captions that are not valid UTF-8: the trainer cannot read them and skips the image.
     bad_encoding: list[str] = field(default_factory=list)
+    # Frame count and size of videos are not read: that needs a video decoder, far from header-only.
+    video_files: list[str] = field(default_factory=list)
+    links_outside: list[str] = field(default_factory=list)  # symlinks leaving the folder; batch ops skip them
+    other_files: list[str] = field(default_factory=list)  # diffusion-pipe would try to load these as media
+    mask_path: str | None = None
+    missing_masks: list[str] = field(default_factory=list)  # media without a mask of the same stem
+    orphan_masks: list[str] = field(default_factory=list)  # masks whose stem matches no image
+    mask_size_mismatch: list[str] = field(default_factory=list)  # "name: image WxH, mask WxH"
     warnings: list[str] = field(default_factory=list)
 
 
@@ -40,19 +58,29 @@ class ScanReport:
     aspects: dict[str, int] = field(default_factory=dict)
     tags: dict[str, int] = field(default_factory=dict)
     caption_length: dict[str, float] = field(default_factory=dict)
+    duplicates: list[dict[str, Any]] | None = None  # only with scan(..., dupes=True)
 
     @property
     def totals(self) -> dict[str, int]:
         d = self.directories
-        return {
-            "images": sum(r.images for r in d),
-            "captioned": sum(r.captioned for r in d),
-            "missing_captions": sum(len(r.missing_captions) for r in d),
-            "empty_captions": sum(len(r.empty_captions) for r in d),
-            "unreadable": sum(len(r.unreadable) for r in d),
-            "zero_byte": sum(len(r.zero_byte) for r in d),
-            "bad_encoding": sum(len(r.bad_encoding) for r in d),
-        }
+        out = {"images": sum(r.images for r in d), "videos": sum(r.videos for r in d)}
+        out["captioned"] = sum(r.captioned for r in d)
+        for key in (
+            "missing_captions",
+            "empty_captions",
+            "unreadable",
+            "zero_byte",
+            "bad_encoding",
+            "links_outside",
+            "other_files",
+            "missing_masks",
+            "orphan_masks",
+            "mask_size_mismatch",
+        ):
+            out[key] = sum(len(getattr(r, key)) for r in d)
+        if self.duplicates is not None:
+            out["duplicate_groups"] = len(self.duplicates)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -65,14 +93,17 @@ def _aspect_label(width: int, height: int) -> str:
     return f"{width / height:.2f}"
 
 
-def _read_caption(path: Path, rep: DirReport) -> str | None:
-    from engine.datasets.captions import decode_caption
-
+def _read_caption(path: str, rep: DirReport) -> str | None:
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except OSError as exc:
         rep.warnings.append(f"{path}: unreadable caption ({exc})")
         return None
+    if not data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     text, warning = decode_caption(data)
     if warning:
         rep.warnings.append(f"{path}: {warning}")
@@ -80,15 +111,13 @@ def _read_caption(path: Path, rep: DirReport) -> str | None:
         data.decode("utf-8")
     except UnicodeDecodeError:
         # items.py reads captions as strict UTF-8, so training skips this image until the file is re-encoded.
-        rep.bad_encoding.append(path.name)
+        rep.bad_encoding.append(os.path.basename(path))
         return None
     return text
 
 
 def _captions_json(directory: Path, warnings: list[str]) -> dict[str, list[str]]:
     path = directory / CAPTIONS_JSON
-    if not path.is_file():
-        return {}
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -106,104 +135,141 @@ def _captions_json(directory: Path, warnings: list[str]) -> dict[str, list[str]]
     return out
 
 
-def split_tags(caption: str) -> list[str]:
-    return [t.strip() for t in caption.split(",") if t.strip()]
+class _Totals:
+    """Histograms and caption stats accumulated over every folder of one scan."""
+
+    def __init__(self) -> None:
+        self.res: Counter[str] = Counter()
+        self.asp: Counter[str] = Counter()
+        self.tags: Counter[str] = Counter()
+        self.lengths: list[int] = []
 
 
-def _scan_dir(directory: Path, report: ScanReport, lengths: list[int], tags: Counter[str]) -> None:
+def _masks(spec: DirSpec, listing: Listing, rep: DirReport) -> dict[str, Path] | None:
+    """Mask file per stem (any extension, as diffusion-pipe matches them), or None without a mask folder."""
+    if spec.mask_path is None:
+        return None
+    rep.mask_path = str(spec.mask_path)
+    try:
+        with os.scandir(spec.mask_path) as it:
+            masks = {os.path.splitext(e.name)[0]: Path(e.path) for e in it if e.is_file()}
+    except OSError as exc:
+        rep.warnings.append(f"{spec.mask_path}: mask folder cannot be read ({exc.__class__.__name__})")
+        return None
+    stems = {os.path.splitext(n)[0] for n in listing.images + listing.videos}
+    rep.orphan_masks = sorted(masks[s].name for s in masks.keys() - stems)
+    return masks
+
+
+def _check_mask(name: str, size: tuple[int, int] | None, masks: dict[str, Path], rep: DirReport) -> None:
+    mask = masks.get(os.path.splitext(name)[0])
+    if mask is None:
+        rep.missing_masks.append(name)
+        return
+    if size is None:
+        return
+    try:
+        msize = read_image_size(mask)
+    except _BROKEN:
+        rep.warnings.append(f"{mask}: unreadable mask")
+        return
+    if msize != size:
+        rep.mask_size_mismatch.append(f"{name}: image {size[0]}x{size[1]}, mask {msize[0]}x{msize[1]}")
+
+
+def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
+    directory = spec.path
     rep = DirReport(path=str(directory))
     report.directories.append(rep)
-    json_caps = _captions_json(directory, rep.warnings)
     try:
-        entries = sorted(p for p in directory.iterdir() if p.is_file())
+        listing = list_dir(directory)
     except OSError as exc:
         rep.warnings.append(f"{directory}: cannot list directory ({exc})")
         return
-    res: Counter[str] = Counter(report.resolutions)
-    asp: Counter[str] = Counter(report.aspects)
-    for path in entries:
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        rep.images += 1
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            rep.unreadable.append(path.name)
-            rep.warnings.append(f"{path}: {exc}")
-            continue
-        if size == 0:
-            rep.zero_byte.append(path.name)
-        else:
+    json_caps = _captions_json(directory, rep.warnings) if listing.has_captions_json else {}
+    masks = _masks(spec, listing, rep)
+    rep.images, rep.videos = len(listing.images), len(listing.videos)
+    rep.video_files = listing.videos
+    rep.other_files = listing.others
+    rep.links_outside = listing.links_outside
+    for name in listing.links_outside:
+        rep.warnings.append(f"{directory / name}: symlink pointing outside the dataset folder")
+    video_set = set(listing.videos)
+    # Plain strings in this loop: pathlib joins cost more than the header reads themselves at 100k files.
+    prefix = os.path.join(os.fspath(directory), "")
+    for name in listing.images + listing.videos:
+        path = prefix + name
+        size: tuple[int, int] | None = None
+        if name not in video_set:
             try:
-                w, h = read_image_size(path)
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-                rep.unreadable.append(path.name)
+                size = read_image_size(path)
+            except EmptyImageError:
+                rep.zero_byte.append(name)
+            except _BROKEN as exc:
+                rep.unreadable.append(name)
                 rep.warnings.append(f"{path}: unreadable image ({exc.__class__.__name__})")
             else:
-                if w > 0 and h > 0:
-                    res[f"{w}x{h}"] += 1
-                    asp[_aspect_label(w, h)] += 1
-        txt = path.with_suffix(".txt")
+                acc.res[f"{size[0]}x{size[1]}"] += 1
+                acc.asp[_aspect_label(*size)] += 1
+        if masks is not None:
+            _check_mask(name, size, masks, rep)
+        stem = os.path.splitext(name)[0]
         captions: list[str] | None = None
-        if txt.is_file():
-            text = _read_caption(txt, rep)
+        if f"{stem}.txt" in listing.captions:
+            text = _read_caption(f"{prefix}{stem}.txt", rep)
             if text is None:
                 continue
             captions = [text]
-        elif path.name in json_caps:
-            captions = json_caps[path.name]
+        elif name in json_caps:
+            captions = json_caps[name]
         if captions is None:
-            rep.missing_captions.append(path.name)
+            rep.missing_captions.append(name)
             continue
         nonempty = [c.strip() for c in captions if c.strip()]
         if not nonempty:
-            rep.empty_captions.append(path.name)
+            rep.empty_captions.append(name)
             continue
         rep.captioned += 1
         for cap in nonempty:
-            lengths.append(len(cap))
-            tags.update(split_tags(cap))
-    report.resolutions = dict(res.most_common())
-    report.aspects = dict(sorted(asp.items()))
+            acc.lengths.append(len(cap))
+            acc.tags.update(split_tags(cap))
 
 
-def dataset_directories(toml_data: Mapping[str, Any], base_dir: Path) -> list[Path]:
-    """The [[directory]] paths of a dataset TOML, relative ones resolved against the TOML's folder."""
-    out = []
-    for entry in toml_data.get("directory") or []:
-        if isinstance(entry, Mapping) and isinstance(entry.get("path"), str):
-            p = Path(entry["path"]).expanduser()
-            out.append(p if p.is_absolute() else base_dir / p)
-    return out
-
-
-def scan(target: Path | str) -> ScanReport:
-    """Scan a dataset folder, or every [[directory]] of a dataset TOML file."""
-    target = Path(target)
-    if target.is_dir():
-        dirs = [target]
-    elif target.is_file() and target.suffix.lower() == ".toml":
-        from profiles.document import TomlFile
-
-        dirs = dataset_directories(TomlFile.load(target).data(), target.parent)
-        if not dirs:
-            raise ValueError(f"{target}: no [[directory]] entry with a path")
-    else:
-        raise ValueError(f"{target}: not a folder or a dataset .toml file")
+def scan(target: Path | str, *, dupes: bool = False, max_distance: int | None = None) -> ScanReport:
+    """Scan a dataset folder, or every [[directory]] of a dataset TOML file; raises ValueError for a bad target."""
     report = ScanReport()
-    lengths: list[int] = []
-    tags: Counter[str] = Counter()
-    for d in dirs:
-        if not d.is_dir():
-            report.directories.append(DirReport(path=str(d), warnings=[f"{d}: not a directory"]))
+    acc = _Totals()
+    specs = target_dirs(target)
+    for spec in specs:
+        if not spec.path.is_dir():
+            report.directories.append(
+                DirReport(path=str(spec.path), warnings=[f"{spec.path}: not a directory"])
+            )
             continue
-        _scan_dir(d, report, lengths, tags)
-    report.tags = dict(tags.most_common())
-    if lengths:
+        _scan_dir(spec, report, acc)
+    report.resolutions = dict(acc.res.most_common())
+    report.aspects = dict(sorted(acc.asp.items()))
+    report.tags = dict(acc.tags.most_common())
+    if acc.lengths:
         report.caption_length = {
-            "min": min(lengths),
-            "max": max(lengths),
-            "mean": round(statistics.fmean(lengths), 1),
-            "median": statistics.median(lengths),
+            "min": min(acc.lengths),
+            "max": max(acc.lengths),
+            "mean": round(statistics.fmean(acc.lengths), 1),
+            "median": statistics.median(acc.lengths),
         }
+    if dupes:
+        from engine.datasets.dupes import DEFAULT_MAX_DISTANCE, find_duplicates
+
+        paths = [Path(d.path) / n for d in report.directories for n in _image_names(d)]
+        groups = find_duplicates(
+            paths, max_distance=DEFAULT_MAX_DISTANCE if max_distance is None else max_distance
+        )
+        report.duplicates = [g.to_dict() for g in groups]
     return report
+
+
+def _image_names(rep: DirReport) -> list[str]:
+    try:
+        return list_dir(Path(rep.path)).images
+    except OSError:
+        return []

@@ -1,8 +1,9 @@
-"""`dpdeck dataset ...`: scan a dataset, preview its buckets, batch-edit captions, undo."""
+"""`dpdeck dataset ...`: scan a dataset, preview its buckets, find duplicates, edit captions and images, undo."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("scan", help="counts, missing captions, broken files, sizes and tags of a dataset")
     sp.add_argument("target", type=Path, help="a dataset folder or a dataset TOML")
+    sp.add_argument(
+        "--dupes", action="store_true", help="also find exact and near duplicates (reads all pixels)"
+    )
+    sp.add_argument(
+        "--max-distance", type=int, default=None, metavar="N", help="near-duplicate bits (default 6)"
+    )
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=_scan)
+
+    sp = sub.add_parser("dupes", help="exact (same bytes) and near (same picture) duplicate images")
+    sp.add_argument("target", type=Path, help="a dataset folder or a dataset TOML")
+    sp.add_argument("--exact-only", action="store_true", help="only byte-identical files (no pixel decoding)")
+    sp.add_argument(
+        "--max-distance",
+        type=int,
+        default=None,
+        metavar="N",
+        help="near: max differing hash bits of 64 (default 6)",
+    )
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=_dupes)
 
     sp = sub.add_parser("buckets", help="the aspect buckets training will use, items, drops, steps per epoch")
     sp.add_argument("toml", type=Path, help="dataset TOML")
@@ -26,21 +46,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=_buckets)
 
-    sp = sub.add_parser("caption", help="batch caption operation over a folder (dry run shows the diff)")
-    sp.add_argument("directory", type=Path, help="dataset folder")
+    sp = sub.add_parser(
+        "caption", help="edit one caption, or a batch op over a folder or files (dry run = diff)"
+    )
+    sp.add_argument(
+        "targets", type=Path, nargs="+", metavar="PATH", help="a dataset folder, or image/caption files"
+    )
     ops = sp.add_mutually_exclusive_group(required=True)
+    ops.add_argument("--set", metavar="TEXT", help="make the caption of the one given image exactly TEXT")
     ops.add_argument("--add-trigger", metavar="T", help="put trigger word T first (not twice)")
+    ops.add_argument("--add-prefix", metavar="TEXT", help="put literal TEXT before the caption (not twice)")
     ops.add_argument("--remove-tag", metavar="T", help="remove tag T (a full-match regex with --regex)")
     ops.add_argument("--replace-tag", nargs=2, metavar=("OLD", "NEW"), help="replace tag OLD by NEW")
     ops.add_argument("--dedupe", action="store_true", help="drop repeated tags (first one kept)")
-    ops.add_argument("--sort", action="store_true", help="sort tags alphabetically")
+    ops.add_argument("--sort", action="store_true", help="sort tags alphabetically (see --keep)")
     ops.add_argument("--strip", action="store_true", help="strip whitespace around tags and the caption")
     ops.add_argument("--lowercase", action="store_true", help="lowercase captions")
     ops.add_argument("--create-missing", action="store_true", help="empty .txt for images without a caption")
     sp.add_argument("--regex", action="store_true", help="--remove-tag is a regular expression")
+    sp.add_argument(
+        "--keep", type=int, default=0, metavar="N", help="--sort leaves the first N tags in place"
+    )
     sp.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=_caption)
+
+    sp = sub.add_parser("image", help="resize / convert / strip EXIF of images (new files, atomic, undoable)")
+    sp.add_argument("targets", type=Path, nargs="+", metavar="PATH", help="a dataset folder, or image files")
+    ops = sp.add_mutually_exclusive_group(required=True)
+    ops.add_argument("--max-side", type=int, metavar="N", help="shrink images whose longer side exceeds N px")
+    ops.add_argument("--convert", choices=("png", "jpeg", "webp"), help="re-encode as <stem>.png/.jpg/.webp")
+    ops.add_argument("--strip-exif", action="store_true", help="drop EXIF after applying its orientation")
+    sp.add_argument(
+        "--quality", type=int, default=95, metavar="Q", help="JPEG/WebP quality 1-100 (default 95)"
+    )
+    sp.add_argument("--dry-run", action="store_true", help="list what would change, change nothing")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=_image)
 
     sp = sub.add_parser("undo", help="restore the files of the last (or the given) batch operation")
     sp.add_argument("op_id", nargs="?", help="operation id (see --list)")
@@ -53,50 +95,41 @@ def _scan(args: argparse.Namespace) -> int:
     from engine.datasets.scan import scan
 
     try:
-        report = scan(args.target)
+        report = scan(args.target, dupes=args.dupes, max_distance=args.max_distance)
     except (ValueError, OSError) as exc:
         error(str(exc))
         return 1
     if args.json:
         print_json(report.to_dict())
         return 0
-    rows = [
-        [
-            d.path,
-            str(d.images),
-            str(d.captioned),
-            str(len(d.missing_captions)),
-            str(len(d.empty_captions)),
-            str(len(d.unreadable)),
-            str(len(d.zero_byte)),
-        ]
-        for d in report.directories
-    ]
     t = report.totals
-    rows.append(
-        [
-            "TOTAL",
-            *(
-                str(t[k])
-                for k in (
-                    "images",
-                    "captioned",
-                    "missing_captions",
-                    "empty_captions",
-                    "unreadable",
-                    "zero_byte",
-                )
-            ),
-        ]
+    cols = ["images", "videos", "captioned", "missing_captions", "empty_captions", "unreadable", "zero_byte"]
+    rows = [[d.path, *(str(t_d) for t_d in _dir_counts(d, cols))] for d in report.directories]
+    rows.append(["TOTAL", *(str(t[k]) for k in cols)])
+    print(
+        table(
+            rows,
+            ["directory", "images", "videos", "captioned", "missing", "empty", "unreadable", "zero-byte"],
+        )
     )
-    print(table(rows, ["directory", "images", "captioned", "missing", "empty", "unreadable", "zero-byte"]))
     for d in report.directories:
-        for name in d.missing_captions:
-            print(f"missing caption: {Path(d.path) / name}")
-        for name in d.unreadable + d.zero_byte:
-            print(f"broken image: {Path(d.path) / name}")
-        for name in d.bad_encoding:
-            print(f"caption not UTF-8 (training skips its image): {Path(d.path) / name}")
+        base = Path(d.path)
+        for label, names in (
+            ("missing caption", d.missing_captions),
+            ("broken image", d.unreadable + d.zero_byte),
+            ("caption not UTF-8 (training skips its image)", d.bad_encoding),
+            ("symlink outside the dataset (batch ops skip it)", d.links_outside),
+            ("not an image or video dpdeck knows (diffusion-pipe would try to load it)", d.other_files),
+            ("no mask", d.missing_masks),
+        ):
+            for name in names:
+                print(f"{label}: {base / name}")
+        for name in d.orphan_masks:
+            print(f"mask without an image: {Path(d.mask_path or '') / name}")
+        for line in d.mask_size_mismatch:
+            print(f"mask size differs: {base / line}")
+        if d.videos:
+            print(f"{base}: {d.videos} video(s); frame counts and sizes unknown (not decoded)")
         for w in d.warnings:
             warn(w)
     if report.resolutions:
@@ -106,6 +139,42 @@ def _scan(args: argparse.Namespace) -> int:
         print("top tags: " + ", ".join(f"{k} ({v})" for k, v in list(report.tags.items())[:20]))
     if report.caption_length:
         print("caption length: " + ", ".join(f"{k} {v}" for k, v in report.caption_length.items()))
+    if report.duplicates is not None:
+        _print_groups(report.duplicates)
+    return 0
+
+
+def _dir_counts(d: Any, cols: list[str]) -> list[int]:
+    return [v if isinstance(v := getattr(d, c), int) else len(v) for c in cols]
+
+
+def _print_groups(groups: list[dict[str, Any]]) -> None:
+    if not groups:
+        print("duplicates: none")
+    for g in groups:
+        extra = "" if g["kind"] == "exact" else f" (distance {g['distance']})"
+        print(f"{g['kind']} duplicates{extra}:")
+        for p in g["paths"]:
+            print(f"  {p}")
+
+
+def _dupes(args: argparse.Namespace) -> int:
+    from engine.datasets.dupes import DEFAULT_MAX_DISTANCE, duplicates_in
+
+    try:
+        groups = duplicates_in(
+            args.target,
+            near=not args.exact_only,
+            max_distance=DEFAULT_MAX_DISTANCE if args.max_distance is None else args.max_distance,
+        )
+    except (ValueError, OSError) as exc:
+        error(str(exc))
+        return 1
+    data = [g.to_dict() for g in groups]
+    if args.json:
+        print_json(data)
+    else:
+        _print_groups(data)
     return 0
 
 
@@ -171,38 +240,69 @@ def _buckets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caption_targets(targets: list[Path]) -> Path | list[Path]:
+    """One folder, or a selection of existing files (images and/or captions)."""
+    from engine.datasets.captions import CaptionError
+
+    if len(targets) == 1 and targets[0].is_dir():
+        return targets[0]
+    for t in targets:
+        if t.is_dir():
+            raise CaptionError(f"{t}: give either one folder or files, not a folder among files")
+        if not t.exists() and t.suffix.lower() != ".txt":
+            raise CaptionError(f"{t}: no such file")
+    return targets
+
+
+def _caption_op(args: argparse.Namespace) -> tuple[Callable[[str], str], str]:
+    from engine.datasets import captions as c
+
+    if args.add_trigger is not None:
+        return c.add_trigger(args.add_trigger), f"add trigger {args.add_trigger!r}"
+    if args.add_prefix is not None:
+        return c.add_prefix(args.add_prefix), f"add prefix {args.add_prefix!r}"
+    if args.remove_tag is not None:
+        return c.remove_tag(args.remove_tag, args.regex), f"remove tag {args.remove_tag!r}"
+    if args.replace_tag:
+        return c.replace_tag(*args.replace_tag), "replace tag {!r} -> {!r}".format(*args.replace_tag)
+    if args.dedupe:
+        return c.dedupe(), "dedupe tags"
+    if args.sort:
+        return c.sort_tags(args.keep), "sort tags" + (f" (first {args.keep} kept)" if args.keep else "")
+    if args.strip:
+        return c.strip(), "strip whitespace"
+    return c.lowercase(), "lowercase"
+
+
 def _caption(args: argparse.Namespace) -> int:
     from engine.datasets import captions as c
 
-    if not args.directory.is_dir():
-        error(f"{args.directory}: not a folder")
-        return 1
+    if args.keep and not args.sort:
+        error("--keep only goes with --sort")
+        return 2
+    if args.regex and args.remove_tag is None:
+        error("--regex only goes with --remove-tag")
+        return 2
+    skipped: list[str] = []
     try:
-        if args.create_missing:
-            changes, what = c.plan_create_missing(args.directory), "create missing captions"
+        target = _caption_targets(args.targets)
+        where = str(target) if isinstance(target, Path) else f"{len(target)} selected file(s)"
+        if args.set is not None:
+            if not isinstance(target, list) or len(target) != 1:
+                raise c.CaptionError("--set edits one caption: give exactly one image or caption file")
+            changes, what = c.plan_set(target[0], args.set), "set caption"
+            where = str(target[0])
+        elif args.create_missing:
+            changes, what = c.plan_create_missing(target), "create missing captions"
         else:
-            if args.add_trigger is not None:
-                op, what = c.add_trigger(args.add_trigger), f"add trigger {args.add_trigger!r}"
-            elif args.remove_tag is not None:
-                op, what = c.remove_tag(args.remove_tag, args.regex), f"remove tag {args.remove_tag!r}"
-            elif args.replace_tag:
-                op, what = (
-                    c.replace_tag(*args.replace_tag),
-                    "replace tag {!r} -> {!r}".format(*args.replace_tag),
-                )
-            elif args.dedupe:
-                op, what = c.dedupe(), "dedupe tags"
-            elif args.sort:
-                op, what = c.sort_tags(), "sort tags"
-            elif args.strip:
-                op, what = c.strip(), "strip whitespace"
-            else:
-                op, what = c.lowercase(), "lowercase"
-            changes = c.plan(args.directory, op)
+            op, what = _caption_op(args)
+            changes = c.plan(target, op, skipped)
         for ch in changes:
             if ch.warning:
                 warn(f"{ch.path}: {ch.warning}")
-        op_id = None if args.dry_run else c.apply(changes, f"{what} in {args.directory}")
+        for line in skipped:
+            warn(line)
+        op_id = None if args.dry_run else c.apply(changes, f"{what} in {where}")
     except (c.CaptionError, OSError) as exc:
         error(str(exc))
         return 1
@@ -213,6 +313,7 @@ def _caption(args: argparse.Namespace) -> int:
                 "dry_run": args.dry_run,
                 "op_id": op_id,
                 "changed": [str(ch.path) for ch in changes],
+                "skipped": skipped,
                 "diff": c.diff(changes),
             }
         )
@@ -225,6 +326,52 @@ def _caption(args: argparse.Namespace) -> int:
             f"{what}: {len(changes)} file(s) changed"
             + (f"; undo with `dpdeck dataset undo {op_id}`" if op_id else "")
         )
+    return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    from engine.datasets import images as im
+
+    if not 1 <= args.quality <= 100:
+        error(f"--quality: expected 1..100, found {args.quality}")
+        return 2
+    targets: list[Path] = args.targets
+    target: Path | list[Path] = targets[0] if len(targets) == 1 and targets[0].is_dir() else targets
+    try:
+        if args.max_side is not None:
+            plan, what = (
+                im.plan_resize(target, args.max_side, args.quality),
+                f"resize to max side {args.max_side}",
+            )
+        elif args.convert:
+            plan, what = im.plan_convert(target, args.convert, args.quality), f"convert to {args.convert}"
+        else:
+            plan, what = im.plan_strip_exif(target, args.quality), "strip EXIF"
+        where = str(target) if isinstance(target, Path) else f"{len(target)} selected file(s)"
+        op_id = None if args.dry_run else im.apply(plan.changes, f"{what} in {where}")
+    except (im.ImageOpError, OSError) as exc:
+        error(str(exc))
+        return 1
+    if args.json:
+        print_json(
+            {
+                "operation": what,
+                "dry_run": args.dry_run,
+                "op_id": op_id,
+                "changes": [ch.to_dict() for ch in plan.changes],
+                "skipped": plan.skipped,
+            }
+        )
+        return 0
+    for ch in plan.changes:
+        print(ch.describe())
+    for line in plan.skipped:
+        print(f"skipped: {line}")
+    verb = "would change" if args.dry_run else "changed"
+    print(
+        f"{'dry run: ' if args.dry_run else ''}{what}: {len(plan.changes)} image(s) {verb}, {len(plan.skipped)} skipped"
+        + (f"; undo with `dpdeck dataset undo {op_id}`" if op_id else "")
+    )
     return 0
 
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widget import Widget
+from textual.widgets import Footer, Input, Static, TextArea
 
 # vim-style list movement, added to list widgets' own arrow keys. Ids let users remap them.
 VIM_LIST_BINDINGS = [
@@ -23,6 +24,8 @@ class DeckScreen(Screen[None]):
 
     TITLE_TEXT = "dpdeck"
     POLL_SECONDS: float = 0.0  # 0 = no polling
+    # Actions that open a text field, bound with priority=True and opened with `open_field` (see there).
+    FIELD_ACTIONS: frozenset[str] = frozenset()
 
     def compose(self) -> ComposeResult:
         yield Static(self._title_line(), id="title-bar")
@@ -55,6 +58,18 @@ class DeckScreen(Screen[None]):
 
     def poll(self) -> None:
         """Start (in a worker) whatever refresh this screen needs."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A priority key that opens a field types into a field that already has the focus.
+        return not (action in self.FIELD_ACTIONS and isinstance(self.focused, Input | TextArea))
+
+    def open_field(self, field: Widget) -> None:
+        """Show and focus `field` at once. `Widget.focus()` waits for the next turn of the message loop, and
+        the app routes each key to whatever has the focus when it reads the key: the rest of a burst such as
+        `/error` (tmux send-keys, a paste, a fast typist) would go to the list. The key that calls this must
+        be bound with priority=True: priority bindings run before the app reads the next key."""
+        field.display = True
+        self.set_focus(field)
 
     def confirm(self, message: str, then: Callable[[], None]) -> None:
         from tui.screens.dialogs import ConfirmDialog

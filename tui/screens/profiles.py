@@ -65,7 +65,8 @@ class ProfilesScreen(DeckScreen):
         Binding("d", "diff", "Diff", id="profiles.diff"),
         Binding("x", "export", "Export", id="profiles.export"),
         Binding("i", "import", "Import", id="profiles.import"),
-        Binding("slash", "search", "Search", id="profiles.search", key_display="/"),
+        # priority + open_field: the letters typed in the same burst as `/` land in the filter
+        Binding("slash", "search", "Search", id="profiles.search", key_display="/", priority=True),
         Binding("r", "reload", "Reload", id="profiles.reload", show=False),
     ]
 
@@ -73,6 +74,7 @@ class ProfilesScreen(DeckScreen):
         super().__init__()
         self.rows: list[data.ProfileRow] = []
         self.filter = ""
+        self.just_made: str | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="profiles-body"):
@@ -128,6 +130,8 @@ class ProfilesScreen(DeckScreen):
             for row in group:
                 olist.add_option(Option(Text(f"  {row.name}  [{row.model_type}]"), id=f"{kind}:{row.name}"))
         target = f"{keep.kind}:{keep.name}" if keep else None
+        if self.just_made and any(r.kind == "profile" and r.name == self.just_made for r in visible):
+            target, self.just_made = f"profile:{self.just_made}", None  # a new profile, once saved: on it
         index = next(
             (i for i in range(olist.option_count) if target and olist.get_option_at_index(i).id == target),
             None,
@@ -188,8 +192,10 @@ class ProfilesScreen(DeckScreen):
     def action_last(self) -> None:
         self.query_one("#profile-list", OptionList).action_last()
 
+    FIELD_ACTIONS = frozenset({"search"})
+
     def action_search(self) -> None:
-        self.query_one("#profile-search", Input).focus()
+        self.open_field(self.query_one("#profile-search", Input))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "profile-search":
@@ -244,6 +250,7 @@ class ProfilesScreen(DeckScreen):
         def made(name: str | None) -> None:
             if not name:
                 return
+            self.just_made = name  # highlighted when the editor closes, ready for q
             from tui.screens.editor import EditorScreen
 
             files = data.template_files(template)

@@ -1,4 +1,8 @@
-"""Queue: a live table of jobs (rows updated by key), with cancel/stop/retry/resume/reorder/pause."""
+"""Queue: a live table of jobs (rows updated by key), with cancel/stop/retry/resume/reorder/pause.
+
+The table fits the terminal (tui/screens/queue_columns.py); the highlighted job's every figure and its full
+exit or wait reason are in the detail lines under it.
+"""
 
 from __future__ import annotations
 
@@ -15,21 +19,9 @@ from textual.widgets import DataTable, Static
 
 from tui import data
 from tui.screens.base import VIM_LIST_BINDINGS, DeckScreen
+from tui.screens.queue_columns import fit, plan_columns
 from tui.theme import FINISHED_STATES, state_badge
-
-COLUMNS = (
-    ("id", "#"),
-    ("state", "state"),
-    ("name", "name"),
-    ("gpus", "GPUs"),
-    ("progress", "progress"),
-    ("epoch", "epoch"),
-    ("loss", "loss"),
-    ("sps", "smp/s"),
-    ("eta", "ETA"),
-    ("elapsed", "elapsed"),
-    ("reason", "exit reason"),
-)
+from tui.widgets.quiet import set_content
 
 
 def duration(seconds: float | None) -> str:
@@ -56,7 +48,7 @@ def job_cells(job: Any, now: float | None = None) -> dict[str, Text | str]:
     now = time.time() if now is None else now
     g = lambda name: getattr(job, name, None)  # noqa: E731 - JobView fields may land one by one
     step, total = g("step"), g("total_steps")
-    progress = f"{step}/{total} {100 * step / total:.0f}%" if step is not None and total else "-"
+    progress = f"{step}/{total} {100 * step // total}%" if step is not None and total else "-"
     started, ended = _ts(g("started_at")), _ts(g("ended_at"))
     elapsed = (ended or now) - started if started else None
     loss = g("loss")
@@ -88,6 +80,31 @@ class JobsLoaded(Message):
         self.error = error
 
 
+def detail_text(job: Any, cells: dict[str, Text | str]) -> str:
+    """Two lines on the highlighted job: every figure (some columns drop out at 80 columns), then its reason."""
+    figures = [
+        f"job {cells['id']} {cells['name']}",
+        str(cells["state"]),
+        *(
+            text.format(cells[key])
+            for key, text in (
+                ("gpus", "GPUs {}"),
+                ("progress", "step {}"),
+                ("epoch", "epoch {}"),
+                ("loss", "loss {}"),
+                ("sps", "{} smp/s"),
+                ("eta", "ETA {}"),
+                ("elapsed", "elapsed {}"),
+            )
+            if str(cells[key]) != "-"  # a figure the job does not have yet
+        ),
+    ]
+    reason = str(getattr(job, "exit_reason", None) or "")
+    wait = str(getattr(job, "wait_reason", None) or "")
+    why = f"exit: {reason}" if reason else (f"waiting: {wait}" if wait else "")
+    return " · ".join(figures) + "\n" + why
+
+
 class QueueScreen(DeckScreen):
     TITLE_TEXT = "Queue"
     POLL_SECONDS = 1.0
@@ -108,18 +125,62 @@ class QueueScreen(DeckScreen):
         self.jobs: dict[str, Any] = {}
         self.paused: bool | None = None
         self.shown: dict[str, dict[str, str]] = {}  # key -> the cell texts on screen
+        self.columns: tuple[tuple[str, str, int], ...] = ()  # (key, label, width) shown now
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="queue-status", markup=False)
         yield DataTable(id="queue-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="queue-detail", markup=False)
         yield Static("", id="queue-empty", markup=False)
 
     def on_mount(self) -> None:
-        table = self.query_one("#queue-table", DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        table.focus()
+        self.query_one("#queue-table", DataTable).focus()
         super().on_mount()
+
+    def on_resize(self) -> None:
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """Choose the columns for the table's width; rebuild the table only when the choice changed."""
+        table = self.query_one("#queue-table", DataTable)
+        # Room for the focus border and a vertical scrollbar always, so neither appearing reflows the columns.
+        avail = self.size.width - 2 - table.styles.scrollbar_size_vertical
+        if avail <= 0:
+            return
+        digits = max((len(k) for k in self.jobs), default=1)
+        columns = plan_columns(avail, digits)
+        if columns == self.columns:
+            return
+        self.columns = columns
+        cursor_key = self._cursor_key()
+        table.clear(columns=True)
+        self.shown.clear()
+        for key, label, width in columns:
+            table.add_column(label, key=key, width=width)
+        now = time.time()
+        for key, job in self.jobs.items():
+            cells = self._cells(job, now)
+            table.add_row(*cells.values(), key=key)
+            self.shown[key] = {col: str(value) for col, value in cells.items()}
+        if cursor_key is not None and cursor_key in table.rows:
+            table.move_cursor(row=table.get_row_index(cursor_key))
+
+    def _cells(self, job: Any, now: float) -> dict[str, Text | str]:
+        """The shown columns' cells, cut to their widths."""
+        every = job_cells(job, now)
+        out: dict[str, Text | str] = {}
+        for key, _, width in self.columns:
+            value = every[key]
+            if key == "progress" and isinstance(value, str) and len(value) > width:
+                value = value.rsplit(" ", 1)[-1]  # "24%" when "12000/50000 24%" does not fit
+            out[key] = fit(value, width)
+        return out
+
+    def _cursor_key(self) -> str | None:
+        table = self.query_one("#queue-table", DataTable)
+        if not table.row_count or table.cursor_row is None:
+            return None
+        return str(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value)
 
     def poll(self) -> None:
         self.load()
@@ -139,39 +200,55 @@ class QueueScreen(DeckScreen):
         empty = self.query_one("#queue-empty", Static)
         status = self.query_one("#queue-status", Static)
         if message.error:
-            status.update(f"✗ {message.error}")
+            set_content(status, f"✗ {message.error}")
         else:
             self.paused = message.paused
-            status.update("‖ queue PAUSED (p resumes)" if message.paused else "▶ queue running (p pauses)")
+            # The table's own Enter hides the screen's in the footer: say here what it does.
+            state = "‖ queue PAUSED (p resumes)" if message.paused else "▶ queue running (p pauses)"
+            set_content(status, f"{state} · Enter opens the highlighted job's Run view (3)")
         fresh = {str(getattr(j, "id", "?")): j for j in message.jobs}
+        self.jobs = fresh
+        self._fit_columns()  # a first answer, or ids grown a digit
         now = time.time()
         for key, job in fresh.items():
-            cells = job_cells(job, now)
+            cells = self._cells(job, now)
             shown = {col: str(value) for col, value in cells.items()}
             if key in table.rows:
                 old = self.shown.get(key, {})
                 for col, value in cells.items():
                     if old.get(col) != shown[col]:  # touch only the cells that changed
-                        table.update_cell(key, col, value, update_width=True)
+                        table.update_cell(key, col, value)
             else:
                 table.add_row(*cells.values(), key=key)
             self.shown[key] = shown
         for key in [k.value for k in table.rows if k.value not in fresh]:
             table.remove_row(key)
             self.shown.pop(str(key), None)
-        self.jobs = fresh
-        empty.display = not fresh
+        self._show_detail()
+        if empty.display != (not fresh):
+            empty.display = not fresh
         if not fresh and not message.error:
-            empty.update("No jobs yet. Press 1 for Profiles, select a profile and press q to enqueue it.")
+            set_content(
+                empty, "No jobs yet. Press 1 for Profiles, highlight a profile and press q to enqueue it."
+            )
         elif not fresh:
-            empty.update("The queue cannot be read right now; it refreshes every second.")
+            set_content(empty, "The queue cannot be read right now; it refreshes every second.")
+
+    def _show_detail(self) -> None:
+        job = self.selected_job()
+        box = self.query_one("#queue-detail", Static)
+        if box.display != (job is not None):
+            box.display = job is not None
+        if job is not None:
+            set_content(box, detail_text(job, job_cells(job)))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self._show_detail()
 
     def selected_job(self) -> Any | None:
-        table = self.query_one("#queue-table", DataTable)
-        if not table.row_count or table.cursor_row is None:
-            return None
-        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        return self.jobs.get(str(key))
+        key = self._cursor_key()
+        return None if key is None else self.jobs.get(key)
 
     def action_cursor_down(self) -> None:
         self.query_one("#queue-table", DataTable).action_cursor_down()

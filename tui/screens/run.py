@@ -10,9 +10,9 @@ from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import ProgressBar, Static
+from textual.widgets import Input, Static
 
 from tui import data
 from tui.screens.base import DeckScreen
@@ -21,8 +21,11 @@ from tui.screens.system import stats_text
 from tui.theme import FINISHED_STATES, state_badge
 from tui.widgets.log_pane import LogPane
 from tui.widgets.loss_plot import CurvePlot
+from tui.widgets.quiet import set_content
 
-PLOT_EVERY_S = 10.0  # while points stream in; a chart build is ~50 ms, so this keeps the deck under 3% CPU
+PLOT_EVERY_S = 10.0  # while points stream in (the first points and the final curve are drawn at once)
+BAR_WIDTH = 30
+NO_JOB = "No job selected: open one from the Queue (key 2, then Enter)."
 
 
 class RunLoaded(Message):
@@ -30,13 +33,15 @@ class RunLoaded(Message):
         self,
         job_id: int | None,
         job: Any,
-        metrics: list[dict[str, Any]],
-        saves: list[dict[str, Any]],
+        metrics: list[dict[str, Any]] | None,
+        saves: list[dict[str, Any]] | None,
         stats: dict[str, Any],
         compare: list[tuple[str, list[dict[str, Any]]]],
         error: str | None,
         log_path: str | None = None,
+        seen: tuple[object, object] = (None, None),
     ) -> None:
+        """`metrics`/`saves` are None when unchanged since the poll that saw `seen` (step, run folder)."""
         super().__init__()
         self.log_path = log_path
         self.job_id = job_id
@@ -46,6 +51,32 @@ class RunLoaded(Message):
         self.stats = stats
         self.compare = compare
         self.error = error
+        self.seen = seen
+
+
+def progress_line(step: int, total: int | None, sps: object) -> str:
+    """A text bar (no timer, unlike an indeterminate ProgressBar) plus percent and throughput."""
+    rate = f"  {sps:.2f} samples/s" if isinstance(sps, int | float) else ""
+    if not total:
+        return "waiting for the first step…" + rate
+    done = min(BAR_WIDTH, BAR_WIDTH * step // total)
+    return f"[$accent]{'━' * done}[/][$panel-lighten-2]{'━' * (BAR_WIDTH - done)}[/] {100 * step // total:3d}%{rate}"
+
+
+def header_text(job_id: int, job: Any) -> str:
+    g = lambda name: getattr(job, name, None)  # noqa: E731
+    state = str(g("state") or "?")
+    step, total = g("step") or 0, g("total_steps")
+    eta = duration(g("eta_s")) if state not in FINISHED_STATES else "-"
+    line1 = (
+        f"job {job_id} [b]{escape(str(g('name') or g('profile')))}[/b]  {state_badge(state).markup}"
+        f"  step {step}/{total or '?'}  epoch {g('epoch') or '-'}/{g('total_epochs') or '?'}  ETA {eta}"
+    )
+    if state == "queued":
+        return line1 + "\n" + escape(f"queued: {g('wait_reason') or 'waiting for a free GPU'}")
+    if state in FINISHED_STATES and not total:
+        return line1 + "\nended before its first step (the log and the evidence say why)"
+    return line1 + "\n" + progress_line(step, total, g("samples_per_s"))
 
 
 class RunScreen(DeckScreen):
@@ -53,7 +84,9 @@ class RunScreen(DeckScreen):
     POLL_SECONDS = 2.0  # step, loss and log arrive continuously; 2 s keeps the deck light beside a job
     BINDINGS = [
         Binding("f", "toggle_follow", "Follow log", id="run.follow"),
-        Binding("slash", "search", "Search log", id="run.search", key_display="/"),
+        # priority: it runs before the next key is read, so `/error` typed in one burst lands in the field
+        Binding("slash", "search", "Search log", id="run.search", key_display="/", priority=True),
+        Binding("escape", "close_search", "Close search", id="run.search_close", show=False),
         Binding("n", "search_next", "Next match", id="run.search_next"),
         Binding("e", "next_error", "Next error", id="run.next_error"),
         Binding("left_square_bracket", "rank(-1)", "Prev rank", id="run.rank_prev", key_display="["),
@@ -61,6 +94,8 @@ class RunScreen(DeckScreen):
         Binding("c", "compare", "Compare", id="run.compare"),
         Binding("C", "clear_compare", "Clear compare", id="run.clear_compare", show=False),
     ]
+
+    FIELD_ACTIONS = frozenset({"search"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,16 +109,26 @@ class RunScreen(DeckScreen):
         self._last_job: Any = None
         self.polls = 0
         self.last_plot = 0.0
+        self.seen: tuple[object, object] = (None, None)  # (metrics key, saves key) of the last read
+        self.metrics: list[dict[str, Any]] = []
+        self.compare: list[tuple[str, list[dict[str, Any]]]] = []
 
     def compose_body(self) -> ComposeResult:
-        yield Static("No job selected: open one from the Queue (key 2, then Enter).", id="run-header")
-        # Hidden until the total is known: an indeterminate bar animates at full frame rate (CPU when idle).
-        yield ProgressBar(id="run-progress", show_eta=False, classes="hidden")
+        # Two fixed lines (a text progress bar, not ProgressBar: its indeterminate state animates at 15 Hz):
+        # a fixed height lets a new step repaint the header alone, without laying out the screen.
+        yield Static(NO_JOB, id="run-header")
         with Horizontal(id="run-charts"):
             yield CurvePlot("loss", "loss", smoothed=True, id="loss-plot", classes="plot")
             yield CurvePlot("LR", "lr", smoothed=False, id="lr-plot", classes="plot")
         with Horizontal(id="run-lower"):
-            yield LogPane(id="run-log")
+            with Vertical(id="run-logcol"):
+                yield LogPane(id="run-log")
+                yield Input(
+                    placeholder="search the log: Enter finds (empty repeats), Esc closes",
+                    id="run-search",
+                    compact=True,
+                    classes="hidden",
+                )
             with VerticalScroll(id="run-side"):
                 # saves and the exit evidence first: at 80x24 they matter more than host figures
                 yield Static("", id="run-saves")
@@ -104,6 +149,8 @@ class RunScreen(DeckScreen):
             self.rank = None
             self.following_path = None
             self.last_metrics_len = -1
+            self.seen = (None, None)
+            self.metrics = []
         self.poll()
 
     def poll(self) -> None:
@@ -112,11 +159,19 @@ class RunScreen(DeckScreen):
         ended = str(getattr(self._last_job, "state", "")) in FINISHED_STATES
         if (self.job_id is None or ended) and self.polls % 3 != 1:
             return  # nothing live to follow: refresh every 6 s only
-        self.load(self.job_id, list(self.compare_ids), self.rank, self.polls % 3 == 1)
+        # The curve is read only when it may be redrawn (see _plot): reads cost as much as the rows stored.
+        want_curve = self.last_metrics_len <= 0 or time.monotonic() - self.last_plot >= PLOT_EVERY_S
+        self.load(self.job_id, list(self.compare_ids), self.rank, self.polls % 3 == 1, self.seen, want_curve)
 
     @work(thread=True, exclusive=True, group="run-load")
     def load(
-        self, job_id: int | None, compare_ids: list[int], rank: int | None = None, with_stats: bool = True
+        self,
+        job_id: int | None,
+        compare_ids: list[int],
+        rank: int | None = None,
+        with_stats: bool = True,
+        seen: tuple[object, object] = (None, None),
+        want_curve: bool = True,
     ) -> None:
         stats: dict[str, Any] = {}
         if with_stats:
@@ -127,9 +182,25 @@ class RunScreen(DeckScreen):
             return
         try:
             job = data.get_job(job_id)
-            metrics = data.job_metrics(job_id)
-            saves = data.job_saves(job_id)
-            compare = [(f"job {c}", data.job_metrics(c)) for c in compare_ids]
+            # Read the curve again only when the job moved on (its row carries the last step) and the chart may
+            # be redrawn (or the job ended), the saves only when the run folder or the step changed. The key
+            # holds the last step read from the curve, so a curve that lagged the job row is read again.
+            state, step, run_dir = (getattr(job, k, None) for k in ("state", "step", "run_dir"))
+            metrics_key: object = (job_id, step, state, tuple(compare_ids))
+            metrics, compare = None, []
+            if metrics_key != seen[0] and (want_curve or state in FINISHED_STATES):
+                metrics = data.job_metrics(job_id)
+                compare = [(f"job {c}", data.job_metrics(c)) for c in compare_ids]
+                metrics_key = (
+                    job_id,
+                    metrics[-1].get("step") if metrics else None,
+                    state,
+                    tuple(compare_ids),
+                )
+            else:
+                metrics_key = seen[0]
+            saves_key = (job_id, state, step, _mtime(run_dir))
+            saves = data.job_saves(job_id) if saves_key != seen[1] else None
         except Exception as exc:
             self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc)))
             return
@@ -137,72 +208,77 @@ class RunScreen(DeckScreen):
             log_path: str | None = str(data.job_log_path(job_id, rank=rank))
         except Exception:  # no log yet (or no such rank): the pane stays as it is
             log_path = None
-        self.post_message(RunLoaded(job_id, job, metrics, saves, stats, compare, None, log_path))
+        self.post_message(
+            RunLoaded(job_id, job, metrics, saves, stats, compare, None, log_path, (metrics_key, saves_key))
+        )
 
     def on_run_loaded(self, msg: RunLoaded) -> None:
+        # Every widget is touched only when its content changed: a repaint per 2 s poll is most of the
+        # deck's CPU while it follows a job.
         header = self.query_one("#run-header", Static)
         if msg.stats:
-            self.query_one("#run-stats", Static).update(
-                "\n" + stats_text(msg.stats) + "\n" + self._gpu_text(msg)
+            set_content(
+                self.query_one("#run-stats", Static),
+                "\n" + stats_text(msg.stats) + "\n" + self._gpu_text(msg),
             )
-        if msg.job_id is None:
-            header.update("No job selected: open one from the Queue (key 2, then Enter).")
-            return
+        if msg.job_id is None or msg.job_id != self.job_id:
+            if self.job_id is None:
+                set_content(header, NO_JOB)
+            return  # (an answer for the job shown before a switch is dropped)
         if msg.error or msg.job is None:
-            header.update(escape(f"job {msg.job_id}: {msg.error}"))
+            set_content(header, escape(f"job {msg.job_id}: {msg.error}"))
             return
         job = msg.job
         self._last_job = job
+        self.seen = msg.seen
         g = lambda name: getattr(job, name, None)  # noqa: E731
         state = str(g("state") or "?")
-        step, total = g("step") or 0, g("total_steps")
-        bar = self.query_one("#run-progress", ProgressBar)
-        bar.set_class(not total, "hidden")
-        if total:
-            bar.update(total=total, progress=step)
-        sps = g("samples_per_s")
-        eta = duration(g("eta_s")) if state not in FINISHED_STATES else "-"
-        badge = state_badge(state)
-        header.update(
-            f"job {msg.job_id} [b]{escape(str(g('name') or g('profile')))}[/b]  {badge.markup}  step {step}/{total or '?'}"
-            f"  epoch {g('epoch') or '-'}/{g('total_epochs') or '?'}  ETA {eta}"
-            f"  {f'{sps:.2f} samples/s' if isinstance(sps, int | float) else ''}"
-        )
-        # Plots are the costly part of a redraw: only on new points, and at most every PLOT_EVERY_S while they stream
-        # (a finished job's final curve is drawn at once). A plotext draw of both plots costs ~100 ms
-        # on this box.
-        now = time.monotonic()
-        fresh = len(msg.metrics) != self.last_metrics_len or self.last_metrics_len < 0
-        if fresh and (
-            now - self.last_plot >= PLOT_EVERY_S or state in FINISHED_STATES or self.last_metrics_len < 0
-        ):
-            self.last_plot = now
-            self.last_metrics_len = len(msg.metrics)
-            runs = [(f"job {msg.job_id}", msg.metrics), *msg.compare]
-            self.query_one("#loss-plot", CurvePlot).show(runs)
-            self.query_one("#lr-plot", CurvePlot).show(runs[:1])
-        saves = msg.saves
-        run_dir = g("run_dir")
-        lines = [
-            escape(
-                f"{'✓' if sv.get('complete', True) else '…'} {sv.get('kind')} {Path(str(sv.get('path'))).name}"
+        set_content(header, header_text(msg.job_id, job))
+        if msg.metrics is not None:
+            self.metrics, self.compare = msg.metrics, msg.compare
+        self._plot(state)
+        if msg.saves is not None:
+            run_dir = g("run_dir")
+            lines = [
+                escape(
+                    f"{'✓' if sv.get('complete', True) else '…'} {sv.get('kind')} {Path(str(sv.get('path'))).name}"
+                )
+                for sv in msg.saves
+            ]
+            set_content(
+                self.query_one("#run-saves", Static),
+                "[b]Saves[/b]"
+                + (escape(f" in {run_dir}") if run_dir else "")
+                + "\n"
+                + ("\n".join(lines) or "none yet"),
             )
-            for sv in saves
-        ]
-        self.query_one("#run-saves", Static).update(
-            "[b]Saves[/b]"
-            + (escape(f" in {run_dir}") if run_dir else "")
-            + "\n"
-            + ("\n".join(lines) or "none yet")
-        )
         if state in FINISHED_STATES:
             evidence = "\n".join(str(e) for e in (g("evidence") or []))
-            self.query_one("#run-evidence", Static).update(
-                f"[b]Ended:[/b] {state}  {escape(str(g('exit_reason') or ''))}\n{escape(evidence)}"
+            reason = str(g("exit_reason") or "")
+            set_content(
+                self.query_one("#run-evidence", Static),
+                f"[b]Ended:[/b] {state}"
+                + (escape(f"  {reason}") if reason and reason != state else "")
+                + f"\n{escape(evidence)}",
             )
         if msg.log_path and msg.log_path != self.following_path:
             self.following_path = msg.log_path
             self.query_one("#run-log", LogPane).follow(Path(msg.log_path))
+
+    def _plot(self, state: str) -> None:
+        # Plots are the costly part of a redraw: only on new points, and at most every PLOT_EVERY_S while they
+        # stream (a finished job's final curve is drawn at once). A plotext build of both costs ~100 ms here.
+        now = time.monotonic()
+        fresh = len(self.metrics) != self.last_metrics_len or self.last_metrics_len < 0
+        # The first points are drawn at once: "no data yet" must not linger for PLOT_EVERY_S.
+        if fresh and (
+            now - self.last_plot >= PLOT_EVERY_S or state in FINISHED_STATES or self.last_metrics_len <= 0
+        ):
+            self.last_plot = now
+            self.last_metrics_len = len(self.metrics)
+            runs = [(f"job {self.job_id}", self.metrics), *self.compare]
+            self.query_one("#loss-plot", CurvePlot).show(runs)
+            self.query_one("#lr-plot", CurvePlot).show(runs[:1])
 
     def _gpu_text(self, msg: RunLoaded) -> str:
         gpus = msg.stats.get("gpus") or []
@@ -224,15 +300,34 @@ class RunScreen(DeckScreen):
         self.notify("following the log" if log.auto_scroll else "log paused (f follows again)")
 
     def action_search(self) -> None:
-        from tui.screens.dialogs import PromptDialog
+        box = self.query_one("#run-search", Input)
+        box.value = ""
+        if self.search_text:
+            box.placeholder = f"search the log: Enter finds (empty: {self.search_text!r} again), Esc closes"
+        self.open_field(box)
 
-        def go(text: str | None) -> None:
-            if text:
-                self.search_text = text
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "run-search":
+            return
+        event.stop()
+        text = event.value or self.search_text
+        self.action_close_search()
+        if text:
+            if text != self.search_text:
                 self.search_at = -1
-                self.action_search_next()
+            self.search_text = text
+            self.action_search_next()
 
-        self.app.push_screen(PromptDialog("Search the log for:", self.search_text), go)
+    def action_close_search(self) -> None:
+        box = self.query_one("#run-search", Input)
+        if box.display:
+            box.display = False
+            self.set_focus(self.query_one("#run-log", LogPane))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "close_search":
+            return bool(self.query_one("#run-search", Input).display)
+        return super().check_action(action, parameters)
 
     def action_search_next(self) -> None:
         if not self.search_text:
@@ -274,6 +369,7 @@ class RunScreen(DeckScreen):
             if text:
                 self.compare_ids.append(int(text))
                 self.last_metrics_len = -1
+                self.seen = (None, self.seen[1])
                 self.poll()
 
         self.app.push_screen(PromptDialog("Overlay the loss curve of job number:", "", check), go)
@@ -281,4 +377,13 @@ class RunScreen(DeckScreen):
     def action_clear_compare(self) -> None:
         self.compare_ids.clear()
         self.last_metrics_len = -1
+        self.seen = (None, self.seen[1])
         self.poll()
+
+
+def _mtime(path: object) -> int | None:
+    """A folder's mtime changes when a save or checkpoint folder appears in it."""
+    try:
+        return Path(str(path)).stat().st_mtime_ns if path else None
+    except OSError:
+        return None

@@ -1,0 +1,125 @@
+"""Which folders a dataset target means and which files in a folder count, by diffusion-pipe's rules.
+
+A target is a folder, or a dataset TOML whose `[[directory]]` entries name folders (relative paths resolve
+against the TOML's folder, as everywhere in dpdeck). Folders are read non-recursively. Scan, duplicate search,
+caption ops and image ops all list folders through here so they can never disagree about what an image is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS
+
+# diffusion-pipe takes its video extensions from imageio's list (dozens, most of them exotic); these are the ones a
+# training set realistically holds. Matching is case-insensitive.
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".ogv", ".3gp"}
+)
+# Files diffusion-pipe itself skips in a dataset folder (besides sub-folders).
+SIDECAR_EXTENSIONS = frozenset({".txt", ".npz", ".json", ".parquet", ".bak", ".db"})
+
+
+@dataclass(frozen=True)
+class DirSpec:
+    """One dataset folder and its optional mask folder (diffusion-pipe's per-directory `mask_path`)."""
+
+    path: Path
+    mask_path: Path | None = None
+
+
+@dataclass
+class Listing:
+    """The plain files of one folder, sorted by name and split by role."""
+
+    directory: Path
+    images: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    # Every *.txt name (a caption when an image shares its stem).
+    captions: set[str] = field(default_factory=set)
+    # Files diffusion-pipe would try to load as media but dpdeck does not know.
+    others: list[str] = field(default_factory=list)
+    links_outside: list[str] = field(default_factory=list)  # symlinks whose target lies outside the folder
+    has_captions_json: bool = False
+
+
+class DatasetTargetError(ValueError):
+    """The target is neither a folder nor a dataset TOML with folders; the message says which."""
+
+
+def _resolve(raw: str, base_dir: Path) -> Path:
+    p = Path(raw).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def dataset_dirs(toml_data: Mapping[str, Any], base_dir: Path) -> list[DirSpec]:
+    out = []
+    for entry in toml_data.get("directory") or []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("path"), str):
+            mask = entry.get("mask_path")
+            out.append(
+                DirSpec(
+                    _resolve(entry["path"], base_dir),
+                    _resolve(mask, base_dir) if isinstance(mask, str) else None,
+                )
+            )
+    return out
+
+
+def target_dirs(target: Path | str) -> list[DirSpec]:
+    """The folders of a dataset target (a folder, or a dataset TOML's `[[directory]]` entries)."""
+    target = Path(target)
+    if target.is_dir():
+        return [DirSpec(target)]
+    if target.is_file() and target.suffix.lower() == ".toml":
+        from profiles.document import TomlFile
+
+        dirs = dataset_dirs(TomlFile.load(target).data(), target.parent)
+        if not dirs:
+            raise DatasetTargetError(f"{target}: no [[directory]] entry with a path")
+        return dirs
+    raise DatasetTargetError(f"{target}: not a folder or a dataset .toml file")
+
+
+def is_outside(directory: Path, name: str) -> bool:
+    """True when `directory/name` is a symlink whose final target is not inside `directory`."""
+    path = directory / name
+    if not path.is_symlink():
+        return False
+    try:
+        real = path.resolve(strict=False)
+        return not real.is_relative_to(directory.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return True
+
+
+def list_dir(directory: Path) -> Listing:
+    """Non-recursive listing; raises OSError when the folder cannot be read."""
+    out = Listing(directory)
+    with os.scandir(directory) as it:
+        entries = sorted((e for e in it if e.is_file()), key=lambda e: e.name)
+    for entry in entries:
+        name = entry.name
+        if entry.is_symlink() and is_outside(directory, name):
+            out.links_outside.append(name)
+        ext = os.path.splitext(name)[1].lower()
+        if ext in IMAGE_EXTENSIONS:
+            out.images.append(name)
+        elif ext in VIDEO_EXTENSIONS:
+            out.videos.append(name)
+        elif ext == ".txt":
+            out.captions.add(name)
+        elif name == CAPTIONS_JSON:
+            out.has_captions_json = True
+        elif ext not in SIDECAR_EXTENSIONS and not name.startswith("."):
+            out.others.append(name)
+    return out
+
+
+def image_paths(target: Path | str) -> list[Path]:
+    """Every image file of a dataset target, folder by folder."""
+    return [spec.path / n for spec in target_dirs(target) for n in list_dir(spec.path).images]
