@@ -4,13 +4,14 @@ its dry-run diff, undo (byte for byte), buckets from the trainer's own plan, and
 from __future__ import annotations
 
 import random
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from textual.pilot import Pilot
-from textual.widgets import DataTable, TextArea
+from textual.widgets import DataTable, OptionList, TextArea
 
 from engine.datasets.buckets import plan_buckets
 from profiles.document import TomlFile
@@ -184,6 +185,10 @@ async def test_missing_filter_fix_and_add_trigger_with_diff(tmp_path: Path) -> N
         await wait_note(pilot, f"undone {op_id}")
         assert snapshot(folder) == after_fix
         assert snapshot(folder) != before  # the caption saved earlier is its own op, still there
+        # The folder was listed again after each op: its label shows its counts once, not once per listing.
+        dirs = app.screen.query_one("#ds-dirs", OptionList)
+        label = str(dirs.get_option_at_index(0).prompt)
+        assert re.fullmatch(rf"{re.escape(folder.name)} {len(IMAGES)}( ✗\d+)?", label), label
 
 
 async def test_bad_regex_and_bad_path_refused_tag_filter_and_stats(tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ class DatasetsScreen(DeckScreen):
         self.bucket_profile: str | None = None
         self.folder: Path | None = None  # the folder the file list shows
         self.entries: dict[Path, list[dm.Entry]] = {}
+        self.dir_labels: dict[str, str] = {}  # folder -> its name in the list, before the counts
         self.shown: list[dm.Entry] = []
         self.filters = dm.Filters()
         self.drafts: dict[Path, str] = {}
@@ -183,6 +184,7 @@ class DatasetsScreen(DeckScreen):
         self.folder = message.source.directories[0]
         dirs = self.query_one("#ds-dirs", OptionList)
         dirs.clear_options()
+        self.dir_labels.clear()
         base = message.source.target if message.source.kind == "folder" else None
         for d in message.source.directories:
             label = d.name or str(d)
@@ -191,6 +193,7 @@ class DatasetsScreen(DeckScreen):
                     label = str(d.relative_to(base))
                 except ValueError:
                     pass
+            self.dir_labels[str(d)] = label
             dirs.add_option(Option(Text(f"{label} …"), id=str(d)))
         dirs.highlighted = 0
         self._fill()
@@ -202,7 +205,8 @@ class DatasetsScreen(DeckScreen):
         dirs = self.query_one("#ds-dirs", OptionList)
         for i in range(dirs.option_count):
             if dirs.get_option_at_index(i).id == str(message.folder):
-                label = str(dirs.get_option_at_index(i).prompt).removesuffix(" …")
+                # from the stored name: a folder is listed again after every batch op and undo
+                label = self.dir_labels.get(str(message.folder), message.folder.name)
                 missing = sum(1 for e in message.entries if e.state != "ok")
                 dirs.replace_option_prompt_at_index(
                     i, Text(f"{label} {len(message.entries)}" + (f" ✗{missing}" if missing else ""))
