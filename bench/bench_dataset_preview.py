@@ -1,6 +1,6 @@
 """Datasets preview speed: a 4096x4096 JPEG (and a PNG for contrast) turned into the half-block cell grid.
 
-Usage: python bench/bench_dataset_preview.py [-n 15] [--no-pilot]
+Usage: python bench/bench_dataset_preview.py [-n 15] [--no-pilot] [--protocol halfblock|kitty|sixel]
 Target: preview of the next image <= 100 ms for a 4096x4096 JPEG.
 
 Prints, per file and preview size, the median of N runs of the preview path (tui.widgets.image_preview.
@@ -8,7 +8,9 @@ render_cells: reduced-scale decode + fit + strips) against a full-decode referen
 (decode every pixel, then resize: what a preview without `Image.draft` costs). Then, in a real DeckApp driven by
 Pilot (headless), the time from pressing `j` until the compositor draws the preview's cells of the next image
 (the last line of the pane; writing the frame to a real terminal comes on top), cold (cache and prefetch off)
-and as used (the neighbour was prefetched while the previous one was shown).
+and as used (the neighbour was prefetched while the previous one was shown). `--protocol` forces the protocol
+for that part. The table also gives the kitty (PNG for ssh, raw RGB for a local terminal) and sixel paths
+(decode + encode, 10x20-pixel cells): these run on the preview thread too, and prefetch hides them.
 """
 
 from __future__ import annotations
@@ -61,17 +63,29 @@ def full_decode(path: Path, cols: int, rows: int) -> Image.Image:
 
 
 def bench_paths(folder: Path, n: int) -> None:
-    from tui.widgets.image_preview import render_cells
+    from tui.widgets.image_preview import Mode, render_cells, render_kitty, render_sixel
 
-    print(f"{'file':<14}{'preview size':<22}{'preview ms':>11}{'full decode ms':>16}{'speed-up':>10}  target")
+    kitty_png, kitty_raw, sixel = Mode("kitty"), Mode("kitty", raw=True), Mode("sixel")
+    print(
+        f"{'file':<14}{'preview size':<22}{'preview ms':>11}{'full decode ms':>16}{'speed-up':>10}  target"
+        f"{'kitty png':>11}{'kitty raw':>11}{'sixel':>9}"
+    )
     for name in ("big.jpg", "big.png"):
         path = folder / name
         for label, cols, rows in SIZES:
             ours = median_ms(lambda p=path, c=cols, r=rows: render_cells(p, c, r), n)
             ref = median_ms(lambda p=path, c=cols, r=rows: full_decode(p, c, r), max(3, n // 3))
+            png = median_ms(
+                lambda p=path, c=cols, r=rows: render_kitty(p, c, r, kitty_png, 1), max(3, n // 3)
+            )
+            raw = median_ms(
+                lambda p=path, c=cols, r=rows: render_kitty(p, c, r, kitty_raw, 1), max(3, n // 3)
+            )
+            six = median_ms(lambda p=path, c=cols, r=rows: render_sixel(p, c, r, sixel), max(3, n // 5))
             verdict = ("ok" if ours <= TARGET_MS else "MISSED") if name.endswith(".jpg") else "(contrast)"
             print(
-                f"{name:<14}{f'{label} {cols}x{rows}':<22}{ours:>11.1f}{ref:>16.1f}{ref / ours:>9.1f}x  {verdict}"
+                f"{name:<14}{f'{label} {cols}x{rows}':<22}{ours:>11.1f}{ref:>16.1f}{ref / ours:>9.1f}x  {verdict:<10}"
+                f"{png:>9.1f}{raw:>11.1f}{six:>9.1f}"
             )
 
 
@@ -123,7 +137,10 @@ def bench_pilot(folder: Path, presses: int) -> None:
     cwd = os.getcwd()
     os.chdir(folder / "set")  # the deck opens the folder it starts in
     try:
-        print("\nkey `j` to the next 4096x4096 JPEG's preview on screen (Pilot, headless DeckApp):")
+        protocol = os.environ.get("DPDECK_IMAGE_PROTOCOL", "halfblock (headless)")
+        print(
+            f"\nkey `j` to the next 4096x4096 JPEG's preview on screen (Pilot, headless DeckApp, {protocol}):"
+        )
         for size in ((80, 24), (200, 60)):
             for prefetch in (False, True):
                 times = asyncio.run(key_to_paint(folder / "set", size, prefetch, presses))
@@ -142,7 +159,10 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=15, help="runs per measurement (median reported)")
     ap.add_argument("--presses", type=int, default=5, help="key presses per Pilot measurement")
     ap.add_argument("--no-pilot", action="store_true", help="skip the in-app key-to-paint measurement")
+    ap.add_argument("--protocol", choices=("halfblock", "kitty", "sixel"), help="force it for the Pilot part")
     args = ap.parse_args()
+    if args.protocol:
+        os.environ["DPDECK_IMAGE_PROTOCOL"] = args.protocol
     with tempfile.TemporaryDirectory(prefix="dpdeck-bench-preview-") as tmp:
         folder = Path(tmp)
         print(f"generating {SIDE}x{SIDE} test images…", flush=True)

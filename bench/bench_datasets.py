@@ -7,6 +7,12 @@ Generates N tiny images (PNG/JPEG/WebP, 8 sizes and aspects) with a caption each
 Each figure is printed with a reference measured in the same run: the bare cost of opening and reading every file
 the step must read (os.scandir + os.open/os.read), so a slow disk or a loaded machine shows up in both.
 
+The trigger op is also compared with the disk's floor: creating as many new small files plus one sync, measured
+right after it. Run the bench on a filesystem that has not deleted ~100,000 files in the last few minutes (e.g.
+right after an earlier run): ext4 skips inodes freed in the last minutes when it allocates new ones (the kernel's
+`recently_deleted` check, seen with perf), which made every file creation, and so the op and the floor alike, up
+to 10x slower in our runs.
+
 Usage: python bench/bench_datasets.py [--n 100000] [--keep]
 """
 
@@ -67,7 +73,8 @@ def read_everything(d: Path) -> float:
 
 def create_floor(root: Path, n: int) -> float:
     """Reference for the batch op: the bare cost of making n new small files durable on this disk (no rename, no
-    journal, no Python caption work). On a cloud disk with an IOPS cap this, not the op's code, sets the time."""
+    journal, no Python caption work), one thread. The files are left in place (removed with the rest at the end):
+    deleting 100,000 files would slow the creates that follow (see the module notes)."""
     d = root / "floor"
     d.mkdir()
     data = b"ohwx, tag1, scenery, tag1, detailed"
@@ -77,9 +84,7 @@ def create_floor(root: Path, n: int) -> float:
         os.write(fd, data)
         os.close(fd)
     os.sync()
-    took = time.perf_counter() - t
-    shutil.rmtree(d, ignore_errors=True)
-    return took
+    return time.perf_counter() - t
 
 
 def timed(fn, repeat: int = 2) -> float:  # noqa: ANN001 - any zero-arg callable
@@ -153,15 +158,14 @@ def main() -> None:
         assert len(changes) == args.n and op_id
         line("trigger op (plan + undo record + write)", total, 10 * scale, ref)
         print(f"  of which plan {planned:.2f} s, journal + writes + sync {total - planned:.2f} s")
+        # After the op and before its undo: the undo frees 100,000 inodes, which would slow the floor's creates.
+        floor = create_floor(root, args.n)
+        print(f"disk floor: create {args.n} new caption-sized files + one sync (one thread): {floor:.2f} s")
+        print(f"the trigger op took {total / floor:.1f}x the disk floor (any atomic replace needs a new inode per file)")
         t = time.perf_counter()
         undo(op_id)
         print(f"undo of the trigger op (not a target): {time.perf_counter() - t:.2f} s")
         assert (d / "000000.txt").read_bytes().startswith(b"tag0,")
-        floor = create_floor(root, args.n)
-        print(
-            f"disk floor: create {args.n} new caption-sized files beside the dataset + one sync: {floor:.2f} s; "
-            f"the trigger op took {total / floor:.1f}x that (any atomic replace needs a new inode per file)"
-        )
     finally:
         if args.keep:
             print(f"kept: {root}")

@@ -21,6 +21,12 @@ KNOWN: dict[str, tuple[type, Any, str]] = {
     "ports.high": (int, 29999, "last master port dpdeck leases (kept below the ephemeral range)"),
     "models.max_downloads": (int, 3, "model downloads the daemon runs at once (the rest wait, queued)"),
     "models.download_retries": (int, 3, "automatic restarts of a download whose worker died (kill, OOM)"),
+    "datasets.undo_keep": (int, 50, "dataset batch ops kept for undo (older records are deleted; 0 keeps all)"),
+    "tui.image_protocol": (str, "auto", "Datasets image preview: auto, halfblock, kitty or sixel"),
+}
+# Settings that take one of a few words: `config set` refuses anything else.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "tui.image_protocol": ("auto", "halfblock", "kitty", "sixel"),
 }
 
 
@@ -48,6 +54,8 @@ def set_value(key: str, raw: str) -> Any:
         value = kind(raw)
     except ValueError as exc:
         raise ValueError(f"{key}: expected {kind.__name__}, found {raw!r}") from exc
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError(f"{key}: expected one of {', '.join(CHOICES[key])}, found {raw!r}")
     doc = _load()
     doc.set(key, value)
     atomic_write_text(paths.config_path(), doc.dumps())

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -214,11 +215,161 @@ def test_undo_journal_without_hardlinks(
     def no_link(*args: object, **kwargs: object) -> None:
         raise OSError(18, "Invalid cross-device link")
 
+    from engine.datasets import swap
+
     with monkeypatch.context() as m:
         m.setattr(os, "link", no_link)
+        m.setattr(swap, "supported", lambda folder: False)  # as on a filesystem without RENAME_EXCHANGE
         op_id = c.apply(c.plan(d, c.add_trigger("ohwx")), "t")
     assert (d / "0.txt").read_bytes() == b"ohwx, tag0, x\r\n"
     manifest = json.loads((dpdeck_home / "datasets" / "undo" / str(op_id) / "manifest.json").read_text())
     assert all("link" not in f for f in manifest["files"])  # the packed-bytes path really ran
     undo(op_id)
     assert {p.name: (p.read_bytes(), p.stat().st_mode) for p in d.iterdir()} == before
+
+
+def test_apply_refuses_same_size_edit_after_batch_plan(tmp_path: Path) -> None:
+    # A batch plan keeps each file's (inode, size, mtime) instead of re-reading it at apply: an edit that keeps
+    # the size, or a save-by-rename, must still be caught.
+    d = tmp_path / "d"
+    d.mkdir()
+    for stem in ("a", "b"):
+        Image.new("RGB", (8, 8)).save(d / f"{stem}.png")
+        (d / f"{stem}.txt").write_text("cat, dog", encoding="utf-8")
+    changes = c.plan(d, c.add_trigger("ohwx"))
+    assert all(ch.stamp is not None for ch in changes)
+    time.sleep(0.01)
+    (d / "b.txt").write_text("cow, dog", encoding="utf-8")  # same size, new text
+    with pytest.raises(c.CaptionError, match=f"{d / 'b.txt'}: changed on disk"):
+        c.apply(changes, "stale")
+    assert (d / "a.txt").read_text(encoding="utf-8") == "cat, dog" and list_ops() == []
+    # same text rewritten (new mtime, same bytes) is not a conflict
+    changes = c.plan(d, c.add_trigger("ohwx"))
+    (d / "a.txt").write_text("cat, dog", encoding="utf-8")
+    assert c.apply(changes, "ok") is not None
+    assert (d / "a.txt").read_text(encoding="utf-8") == "ohwx, cat, dog"
+
+
+def test_failure_before_renames_changes_nothing_and_leaves_no_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fallback path (no RENAME_EXCHANGE, or the journal on another filesystem) writes all temp files before the
+    # first rename: when one folder cannot stage (here its staging name is taken by a file), no caption anywhere
+    # changes, no temp file stays behind and there is nothing to undo.
+    from engine.datasets import swap
+
+    monkeypatch.setattr(swap, "supported", lambda folder: False)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for d in (good, bad):
+        d.mkdir()
+        for i in range(300):
+            Image.new("RGB", (2, 2)).save(d / f"{i:03d}.png")
+            (d / f"{i:03d}.txt").write_text(f"tag{i}", encoding="utf-8")
+    (bad / ".dpdeck-staging").write_text("in the way", encoding="utf-8")
+    before = {p: p.read_bytes() for d in (good, bad) for p in sorted(d.glob("*.txt"))}
+    changes = c.plan(good, c.add_trigger("ohwx")) + c.plan(bad, c.add_trigger("ohwx"))
+    with pytest.raises(OSError):
+        c.apply(changes, "fails")
+    assert {p: p.read_bytes() for p in before} == before
+    assert list_ops() == []
+    assert not (good / ".dpdeck-staging").exists()
+
+
+def test_prune_keeps_newest_records_and_cli_prunes_after_an_op(tmp_path: Path) -> None:
+    from engine.config import set_value
+    from engine.datasets.undo import prune
+
+    d = tmp_path / "d"
+    d.mkdir()
+    Image.new("RGB", (8, 8)).save(d / "a.png")
+    (d / "a.txt").write_text("v0", encoding="utf-8")
+    ids = [c.apply(c.plan_set(d / "a.png", f"v{i}"), f"edit {i}") for i in range(1, 5)]
+    assert [o["id"] for o in list_ops()] == ids[::-1]
+    assert prune(0) == [] and len(list_ops()) == 4  # 0 keeps every record
+    assert prune(3) == [ids[0]]
+    assert [o["id"] for o in list_ops()] == ids[:0:-1]
+    undo()  # the newest records still restore
+    assert (d / "a.txt").read_text(encoding="utf-8") == "v3"
+    set_value("datasets.undo_keep", "2")
+    r = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "dataset", "caption", "--add-trigger", "ohwx", str(d)],
+        cwd=REPO, env=os.environ, capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    ops = list_ops()
+    assert len(ops) == 2 and ops[0]["description"].startswith("add trigger"), ops
+
+
+
+def _captioned(d: Path, n: int) -> dict[str, bytes]:
+    d.mkdir()
+    for i in range(n):
+        Image.new("RGB", (2, 2)).save(d / f"{i:03d}.png")
+        (d / f"{i:03d}.txt").write_bytes(f"tag{i}, x".encode())
+    os.chmod(d / "001.txt", 0o600)
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_swap_path_journal_holds_old_inodes_and_undo_is_exact(tmp_path: Path, dpdeck_home: Path) -> None:
+    d = tmp_path / "d"
+    before = _captioned(d, 300)
+    inode_before = (d / "000.txt").stat().st_ino
+    mode_before = (d / "001.txt").stat().st_mode
+    op_id = c.apply(c.plan(d, c.add_trigger("ohwx")), "t")
+    manifest = json.loads((dpdeck_home / "datasets" / "undo" / str(op_id) / "manifest.json").read_text())
+    assert all("swap" in f for f in manifest["files"]), "this filesystem supports RENAME_EXCHANGE: the swap path"
+    assert (d / "000.txt").read_bytes() == b"ohwx, tag0, x" and (d / "000.txt").stat().st_ino != inode_before
+    assert (d / "001.txt").stat().st_mode == mode_before  # the new file keeps the old mode
+    assert not (d / ".dpdeck-staging").exists()
+    undo(op_id)
+    assert {p.name: p.read_bytes() for p in sorted(d.iterdir())} == before
+    assert (d / "000.txt").stat().st_ino == inode_before and (d / "001.txt").stat().st_mode == mode_before
+
+
+def test_swap_path_failure_mid_exchange_is_named_and_undo_restores_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Exchanges 0..99 happen, the 101st fails: the error names the record, and undo must tell exchanged entries
+    # (record holds the old file) from the rest (record holds the unused new one) by inode.
+    from engine.datasets import swap
+
+    d = tmp_path / "d"
+    before = _captioned(d, 300)
+    real = swap.exchange
+    calls = {"n": 0}
+
+    def flaky(a: str, b: str) -> None:
+        calls["n"] += b.startswith(str(d))  # not the support probe
+        if calls["n"] > 100:
+            raise OSError(5, "Input/output error", b)
+        real(a, b)
+
+    monkeypatch.setattr(swap, "exchange", flaky)
+    changes = c.plan(d, c.add_trigger("ohwx"))
+    with pytest.raises(c.CaptionError, match=r"100\.txt: Input/output error; .*dpdeck dataset undo"):
+        c.apply(changes, "t")
+    now = {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+    assert sum(v.startswith(b"ohwx") for v in now.values()) == 100
+    undo()
+    assert {p.name: p.read_bytes() for p in sorted(d.iterdir())} == before
+
+
+def test_swap_path_failure_while_writing_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.datasets import swap
+
+    d = tmp_path / "d"
+    before = _captioned(d, 300)
+    real = swap.write_temp
+    calls = {"n": 0}
+
+    def disk_full(*args: object, **kwargs: object) -> str:
+        calls["n"] += 1
+        if calls["n"] > 150:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(swap, "write_temp", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        c.apply(c.plan(d, c.add_trigger("ohwx")), "t")
+    assert {p.name: p.read_bytes() for p in sorted(d.iterdir())} == before
+    assert list_ops() == []

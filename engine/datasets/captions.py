@@ -9,6 +9,7 @@ edited (it is listed in `skipped`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -29,6 +30,9 @@ class Change:
     old: str | None  # None: the caption file does not exist yet
     new: str
     warning: str | None = None
+    # (inode, size, mtime_ns) of the file `old` was read from: apply checks it is unchanged with one stat instead
+    # of reading and decoding it again. None: apply reads and compares the text.
+    stamp: tuple[int, int, int] | None = None
 
 
 def decode_caption(data: bytes) -> tuple[str, str | None]:
@@ -150,9 +154,9 @@ def caption_files(target: Path | Iterable[Path], skipped: list[str] | None = Non
 
         listing = list_dir(target)
         outside = set(listing.links_outside)
-        out = []
+        names = []
         for image in listing.images:
-            name = os.path.splitext(image)[0] + ".txt"
+            name = image[: image.rfind(".")] + ".txt"  # an image name always has its extension
             if name not in listing.captions:
                 continue
             if name in outside:
@@ -161,8 +165,9 @@ def caption_files(target: Path | Iterable[Path], skipped: list[str] | None = Non
                         f"{target / name}: symlink pointing outside the dataset folder; not edited"
                     )
                 continue
-            out.append(target / name)
-        return list(dict.fromkeys(out))
+            names.append(name)
+        # a.png and a.jpg share a.txt: keep its first appearance only
+        return [target / name for name in dict.fromkeys(names)]
     else:
         candidates = [_caption_of(Path(p)) for p in ([target] if isinstance(target, Path) else target)]
     out = []
@@ -181,15 +186,16 @@ def plan(
     target: Path | Iterable[Path], op: Callable[[str], str], skipped: list[str] | None = None
 ) -> list[Change]:
     """Changes `op` would make; files it leaves equal are not listed."""
-    from engine.datasets.fastio import read_bytes
+    from engine.datasets.fastio import read_stamped
 
     changes = []
     for path in caption_files(target, skipped):
-        text, warning = decode_caption(read_bytes(path))
+        data, stamp = read_stamped(path)
+        text, warning = decode_caption(data)
         body, tail = _split_newline(text)
         new = op(body) + tail
         if new != text:
-            changes.append(Change(path, text, new, warning))
+            changes.append(Change(path, text, new, warning, stamp))
     return changes
 
 
@@ -268,15 +274,21 @@ def _current(path: Path | str) -> bytes | None:
 
 
 def apply(changes: list[Change], description: str) -> str | None:
-    """Journal the old bytes, then replace each caption atomically; returns the undo op id (None if no-op).
+    """Journal the old state, then replace each caption atomically; returns the undo op id (None if no-op).
 
     Refuses (changing nothing) when a folder is not writable or a file changed since it was planned (e.g. edited
-    elsewhere between a dry run and its apply). Each file is replaced via temp file + rename, so a crash leaves it
-    old or new; durability is two syncs for the whole batch instead of an fsync per file
-    (engine.datasets.fastio.replace_all), because the journal is durable before the first write.
+    elsewhere between a dry run and its apply). Where the journal shares the captions' filesystem, each new
+    caption is written into the undo record and atomically exchanged with the old one, which stays in the record
+    (engine.datasets.swap). Elsewhere the journal hard-links or copies the old files while the new ones are
+    written to a staging folder, then one sync and a rename each (engine.datasets.fastio). Either way a crash
+    leaves every caption old or new, the journal restores them all, and a failure before the first replacement
+    (disk full) changes nothing and leaves no record.
     """
-    from engine.datasets.fastio import replace_all
-    from engine.datasets.undo import record
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.datasets.fastio import stage_all, stamp_of
+    from engine.datasets.undo import SwapError, record, record_swapped, undo_root
 
     if not changes:
         return None
@@ -285,12 +297,37 @@ def apply(changes: list[Change], description: str) -> str | None:
     for folder in sorted({os.path.dirname(p) for p in paths}):
         if not os.access(folder or ".", os.W_OK):
             raise CaptionError(f"{folder}: folder is not writable; nothing was changed")
-    olds = []
+    modes: list[int | None] = []
     for c, path in zip(changes, paths, strict=True):
-        data = _current(path)
-        if (None if data is None else decode_caption(data)[0]) != c.old:
-            raise CaptionError(f"{path}: changed on disk since the edit was planned; nothing was changed")
-        olds.append(data)
-    op_id = record(description, paths, olds)
-    replace_all((path, c.new.encode("utf-8")) for c, path in zip(changes, paths, strict=True))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if c.stamp is None or st is None or stamp_of(st) != c.stamp:  # no stamp, or it moved: compare the text
+            data = _current(path)
+            if (None if data is None else decode_caption(data)[0]) != c.old:
+                raise CaptionError(f"{path}: changed on disk since the edit was planned; nothing was changed")
+        modes.append(None if st is None else st.st_mode & 0o7777)
+    items = [(path, c.new.encode("utf-8"), mode) for c, path, mode in zip(changes, paths, modes, strict=True)]
+    try:
+        op_id = record_swapped(description, items)
+    except SwapError as exc:
+        raise CaptionError(str(exc)) from exc
+    if op_id is not None:
+        return op_id
+    # Another filesystem than the journal's (or no RENAME_EXCHANGE): hard links or packed bytes + staged renames.
+    with ThreadPoolExecutor(1, thread_name_prefix="dpdeck-stage") as pool:
+        staging = pool.submit(stage_all, items)
+        try:
+            op_id = record(description, paths)  # links each file as it is (checked above); absent ones noted
+        except BaseException:
+            with contextlib.suppress(Exception):  # staging failed too: it removed its own temp files
+                staging.result().discard()
+            raise
+        try:
+            staged = staging.result()
+        except BaseException:
+            shutil.rmtree(undo_root() / op_id, ignore_errors=True)  # nothing changed: no op to undo
+            raise
+    staged.commit()
     return op_id

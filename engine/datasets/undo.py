@@ -1,7 +1,7 @@
 """Undo journal for dataset batch operations.
 
-Layout: $DPDECK_HOME/datasets/undo/<op-id>/ with manifest.json (one entry per file), links/<i> and data.bin.
-A file on the same filesystem as the journal is kept as a hard link to its original inode (links/<i>): no copy,
+Layout: $DPDECK_HOME/datasets/undo/<op-id>/ with manifest.json (one entry per file), links/<w>/<i> and data.bin.
+A file on the same filesystem as the journal is kept as a hard link to its original inode (links/<w>/<i>): no copy,
 and undo renames that very inode back, so bytes, mode and mtime return exactly. The link also matters for speed:
 ops replace files by rename, and a rename over a file whose inode is still linked elsewhere does not free its data
 blocks, which on ext4 is most of a replace's cost (~5x). Files on another filesystem, or that may not be linked,
@@ -35,6 +35,10 @@ class UndoError(RuntimeError):
     pass
 
 
+class SwapError(UndoError):
+    """A batch replace failed part way; the message names the undo record that restores it."""
+
+
 def undo_root() -> Path:
     root = subdir("datasets") / "undo"
     root.mkdir(parents=True, exist_ok=True)
@@ -51,12 +55,41 @@ def _read_or_none(path: str) -> bytes | None:
 def record(
     description: str, paths: Sequence[Path | str], contents: Sequence[bytes | None] | None = None
 ) -> str:
-    """Journal each file's current bytes (None: absent, so undo deletes it) and return the new op id.
+    """Journal each file's current state and return the new op id.
 
-    `contents` passes bytes the caller has just read (and checked), saving a second read of every file.
+    `contents`, when given, says which files are absent (None: undo deletes what the op creates) and passes bytes
+    the caller has just read, used only for a file that cannot be hard-linked; without it every file is linked
+    (or read, when linking fails) as it is now.
     """
     if contents is not None and len(contents) != len(paths):
         raise ValueError("record: contents must match paths one to one")
+    op_id, op_dir = _new_op()
+    absolute = [os.path.abspath(p) for p in paths]  # strings, not pathlib: this may be 100,000 paths
+    files = _link_all(op_dir, absolute, contents)
+    offset = 0
+    with open(op_dir / DATA_FILE, "wb") as fh:
+        for i, entry in enumerate(files):
+            if entry is not None:
+                continue
+            path = absolute[i]
+            data = contents[i] if contents is not None else _read_or_none(path)
+            if data is None:
+                files[i] = {"path": path, "offset": None, "length": 0}
+                continue
+            fh.write(data)
+            try:
+                mode: int | None = os.stat(path).st_mode & 0o7777
+            except OSError:
+                mode = None
+            files[i] = {"path": path, "offset": offset, "length": len(data), "mode": mode}
+            offset += len(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _write_manifest(op_dir, op_id, description, files)  # type: ignore[arg-type]  # all slots filled above
+    return op_id
+
+
+def _new_op() -> tuple[str, Path]:
     # Time-sortable id so "the last op" is the greatest name; microseconds order ops of the same second (a TUI
     # edit and a batch op can be that close) and the uuid part keeps simultaneous ops apart.
     now = time.time_ns()
@@ -64,70 +97,110 @@ def record(
     op_id = f"{stamp}.{now // 1000 % 10**6:06d}-{uuid.uuid4().hex[:6]}"
     op_dir = undo_root() / op_id
     op_dir.mkdir()
-    files = []
-    offset = 0
-    linker = _Linker(op_dir)
-    with open(op_dir / DATA_FILE, "wb") as fh:
-        for i, path in enumerate(paths):
-            path = os.path.abspath(path)  # strings, not pathlib: this loop may run 100,000 times
-            data = contents[i] if contents is not None else _read_or_none(path)
-            if data is None:
-                files.append({"path": path, "offset": None, "length": 0})
-                continue
-            entry = linker.link(path, i)
-            if entry is None:
-                fh.write(data)
-                try:
-                    mode: int | None = os.stat(path).st_mode & 0o7777
-                except OSError:
-                    mode = None
-                entry = {"path": path, "offset": offset, "length": len(data), "mode": mode}
-                offset += len(data)
-            files.append(entry)
-        fh.flush()
-        os.fsync(fh.fileno())
-    linker.sync()
+    return op_id, op_dir
+
+
+def _write_manifest(op_dir: Path, op_id: str, description: str, files: list[dict[str, Any]]) -> None:
     manifest = {"id": op_id, "description": description, "created": time.time(), "files": files}
     # The manifest appears last (atomically): a record without one is a crash before any dataset file changed.
     atomic_write_text(op_dir / "manifest.json", json.dumps(manifest, separators=(",", ":")))
     # A small summary so listing ops never parses a 100k-entry manifest.
     atomic_write_text(op_dir / SUMMARY_FILE, json.dumps(_summary(manifest)))
     fsync_dir(op_dir.parent)
+
+
+def record_swapped(description: str, items: Sequence[tuple[str, bytes, int | None]]) -> str | None:
+    """Replace each (path, data, mode) and journal it in one pass (engine.datasets.swap); the op id, or None when
+    this filesystem cannot do it (then nothing was written and the caller takes the links + rename path).
+
+    Raises SwapError when it fails after files started changing; the record then restores every file.
+    """
+    from engine.datasets import swap
+
+    root = undo_root()
+    dev = os.stat(root).st_dev
+    try:
+        if any(os.stat(folder).st_dev != dev for folder in {os.path.dirname(i[0]) or "." for i in items}):
+            return None
+    except OSError:
+        return None
+    op_id, op_dir = _new_op()
+    try:
+        if not swap.supported(op_dir):
+            shutil.rmtree(op_dir, ignore_errors=True)
+            return None
+        entries = swap.write_new(op_dir, items)
+        _write_manifest(op_dir, op_id, description, entries)
+    except BaseException:
+        shutil.rmtree(op_dir, ignore_errors=True)  # no dataset file changed: no op to undo
+        raise
+    try:
+        swap.commit(op_dir, entries)
+    except OSError as exc:
+        raise SwapError(
+            f"{exc.filename or exc}: {exc.strerror or exc}; the files before it were changed: "
+            f"`dpdeck dataset undo {op_id}` restores them all"
+        ) from exc
     return op_id
 
 
-class _Linker:
-    """Hard-links journalled files into the record when they share its filesystem."""
+# Threads that hard-link journalled files; each links into its own folder (links/<worker>/), since ext4 serialises
+# the creation of names in one folder.
+LINK_WORKERS = 2
 
-    def __init__(self, op_dir: Path) -> None:
-        self.op_dir = op_dir
-        self.dir = op_dir / LINKS_DIR
-        self.prefix = os.fspath(self.dir) + os.sep
-        self.dev = os.stat(op_dir).st_dev
-        self.usable: dict[str, bool] = {}  # per dataset folder: same filesystem and linking allowed
 
-    def link(self, path: str, i: int) -> dict[str, Any] | None:
+def _link_all(op_dir: Path, paths: list[str], contents: Sequence[bytes | None] | None) -> list[dict[str, Any] | None]:
+    """Hard-link each file that shares the journal's filesystem into op_dir/links/<w>/<i> (no copy: undo renames
+    that very inode back, so bytes, mode and mtime return exactly). The entry of a file that is absent is marked
+    so; None marks a file whose bytes must be kept instead (another filesystem, or linking refused, e.g.
+    fs.protected_hardlinks on another user's file)."""
+    files: list[dict[str, Any] | None] = [None] * len(paths)
+    dev = os.stat(op_dir).st_dev
+    usable: dict[str, bool] = {}  # per dataset folder: same filesystem and linking allowed
+    for path in paths:
         folder = os.path.dirname(path)
-        if folder not in self.usable:
+        if folder not in usable:
             try:
-                self.usable[folder] = os.stat(folder).st_dev == self.dev
+                usable[folder] = os.stat(folder).st_dev == dev
             except OSError:
-                self.usable[folder] = False
-            if self.usable[folder]:
-                self.dir.mkdir(exist_ok=True)
-        if not self.usable[folder]:
-            return None
-        try:
-            # A symlink is linked as itself (not its target), so undo puts the symlink back.
-            os.link(path, f"{self.prefix}{i}", follow_symlinks=False)
-        except OSError:  # e.g. fs.protected_hardlinks on a file of another user: keep its bytes instead
-            self.usable[folder] = False
-            return None
-        return {"path": path, "link": f"{LINKS_DIR}/{i}"}
+                usable[folder] = False
+    if not any(usable.values()):
+        return files
+    workers = max(1, min(LINK_WORKERS, len(paths) // 256 or 1))
+    dirs = [op_dir / LINKS_DIR / str(w) for w in range(workers)]
+    for d in dirs:
+        d.mkdir(parents=True)
 
-    def sync(self) -> None:
-        if self.dir.exists():
-            fsync_dir(self.dir)
+    def work(w: int) -> None:
+        prefix = f"{dirs[w]}{os.sep}"
+        for i in range(w, len(paths), workers):
+            path = paths[i]
+            folder = os.path.dirname(path)
+            if not usable[folder] or (contents is not None and contents[i] is None):
+                continue
+            try:
+                # A symlink is linked as itself (not its target), so undo puts the symlink back.
+                os.link(path, f"{prefix}{i}", follow_symlinks=False)
+            except FileNotFoundError:
+                if contents is None:
+                    files[i] = {"path": path, "offset": None, "length": 0}
+                continue
+            except OSError:
+                usable[folder] = False  # a racy write is harmless: at worst one more refused link
+                continue
+            files[i] = {"path": path, "link": f"{LINKS_DIR}/{w}/{i}"}
+
+    if workers == 1:
+        work(0)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="dpdeck-undo") as pool:
+            for future in [pool.submit(work, w) for w in range(workers)]:
+                future.result()
+    for d in dirs:
+        fsync_dir(d)
+    return files
 
 
 def list_ops() -> list[dict[str, Any]]:
@@ -145,6 +218,24 @@ def list_ops() -> list[dict[str, Any]]:
             continue  # an op that crashed before its manifest existed changed nothing
         out.append(_summary(m))
     return out
+
+
+def prune(keep: int | None = None) -> list[str]:
+    """Delete every record but the newest `keep` (default: the `datasets.undo_keep` setting; 0 keeps them all) and
+    return the deleted ids. Records pin their files' old inodes (hard links), so an unbounded journal would hold
+    every old version of a dataset on disk. Callers run this after an op has been reported, not inside it: deleting
+    a 100,000-file record takes a second or two."""
+    if keep is None:
+        from engine.config import get
+
+        keep = get("datasets.undo_keep")
+    if not keep or keep < 0:
+        return []
+    root = undo_root()
+    ids = sorted((d.name for d in root.iterdir() if d.is_dir()), reverse=True)
+    for op_id in ids[keep:]:
+        shutil.rmtree(root / op_id, ignore_errors=True)
+    return ids[keep:]
 
 
 def _summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -167,13 +258,19 @@ def undo(op_id: str | None = None) -> dict[str, Any]:
         manifest = json.loads((op_dir / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UndoError(f"no undo record {op_id!r}") from exc
+    from engine.datasets import swap
+
     restored = []
     data = _journal_bytes(op_dir)
     for entry in manifest["files"]:
         path = Path(entry["path"])
+        if "swap" in entry:
+            swap.restore(op_dir, entry)
+            restored.append(str(path))
+            continue
         if "link" in entry:
             link = op_dir / entry["link"]
-            if link.exists():  # else an interrupted undo already moved it back
+            if os.path.lexists(link):  # else an interrupted undo already moved it back
                 os.replace(link, path)
             restored.append(str(path))
             continue

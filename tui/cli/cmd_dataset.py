@@ -317,6 +317,8 @@ def _caption(args: argparse.Namespace) -> int:
                 "diff": c.diff(changes),
             }
         )
+        if op_id:
+            _prune_journal()
         return 0
     if args.dry_run:
         print(c.diff(changes), end="")
@@ -324,8 +326,11 @@ def _caption(args: argparse.Namespace) -> int:
     else:
         print(
             f"{what}: {len(changes)} file(s) changed"
-            + (f"; undo with `dpdeck dataset undo {op_id}`" if op_id else "")
+            + (f"; undo with `dpdeck dataset undo {op_id}`" if op_id else ""),
+            flush=True,
         )
+        if op_id:
+            _prune_journal()
     return 0
 
 
@@ -362,6 +367,8 @@ def _image(args: argparse.Namespace) -> int:
                 "skipped": plan.skipped,
             }
         )
+        if op_id:
+            _prune_journal()
         return 0
     for ch in plan.changes:
         print(ch.describe())
@@ -370,9 +377,22 @@ def _image(args: argparse.Namespace) -> int:
     verb = "would change" if args.dry_run else "changed"
     print(
         f"{'dry run: ' if args.dry_run else ''}{what}: {len(plan.changes)} image(s) {verb}, {len(plan.skipped)} skipped"
-        + (f"; undo with `dpdeck dataset undo {op_id}`" if op_id else "")
+        + (f"; undo with `dpdeck dataset undo {op_id}`" if op_id else ""),
+        flush=True,
     )
+    if op_id:
+        _prune_journal()
     return 0
+
+
+def _prune_journal() -> None:
+    """Drop undo records beyond `datasets.undo_keep`, after the result is on screen (it can take a second)."""
+    from engine.datasets.undo import prune
+
+    try:
+        prune()
+    except OSError as exc:
+        warn(f"could not prune old undo records: {exc}")
 
 
 def _undo(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Datasets: folders, images with their caption state, a half-block preview, the caption editor, filters,
+"""Datasets: folders, images with their caption state, an image preview, the caption editor, filters,
 statistics, the trainer's bucket plan, batch caption operations (dry-run diff first) and undo.
 
 Unsaved caption edits are kept, never dropped: moving to another image keeps the edit as a draft (marked `*` in
@@ -9,6 +9,7 @@ thread (tui.widgets.image_preview).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,8 @@ class DatasetsScreen(DeckScreen):
             self.app.call_from_thread(self.notify, f"not saved: {exc}", severity="error", timeout=10)
             return
         self.app.call_from_thread(self._saved, drafts, op_id)
+        if op_id:
+            _prune_journal()
 
     def _saved(self, drafts: dict[Path, str], op_id: str | None) -> None:
         for image, text in drafts.items():
@@ -765,6 +768,7 @@ class DatasetsScreen(DeckScreen):
             self.app.call_from_thread(self.notify, f"not applied: {exc}", severity="error", timeout=10)
             return
         self.app.call_from_thread(self._applied, op_id, len(changes), {ch.path.parent for ch in changes})
+        _prune_journal()
 
     def _applied(self, op_id: str | None, count: int, folders: set[Path]) -> None:
         self.notify(f"changed {count} caption(s): op {op_id} (u to undo)", timeout=8)
@@ -857,3 +861,11 @@ class DatasetsScreen(DeckScreen):
                 parts.append(self.source.label)  # last: a long path may be cut at the right edge
             text = " · ".join(parts) or "o: open a folder or a dataset TOML · p: a profile's dataset"
         self.query_one("#ds-status", Static).update(text)
+
+
+def _prune_journal() -> None:
+    """Drop undo records beyond `datasets.undo_keep` (on the worker thread, after the result is shown)."""
+    from engine.datasets.undo import prune
+
+    with contextlib.suppress(OSError):
+        prune()

@@ -1,13 +1,20 @@
-"""Image preview in any terminal: half-block cells (`▀`, foreground = top pixel, background = bottom pixel).
+"""Image preview in any terminal: kitty graphics or sixel where the terminal draws them, half blocks elsewhere.
 
-Half blocks work everywhere Textual works (tmux over ssh included), so they are the only renderer; kitty/sixel
-graphics are not used. Decoding runs on one background thread with "latest request wins": holding `j` over a
-folder of 4096x4096 JPEGs decodes only the image the cursor stops on, never a backlog. JPEGs decode at 1/2..1/8
-scale (`Image.draft`), a small LRU keeps the last previews, and the neighbours are prefetched into it.
+Half-block cells (`▀`, foreground = top pixel, background = bottom pixel) work everywhere Textual works, tmux
+over ssh included, and stay the fallback. Kitty graphics show the image through Unicode placeholder cells
+(plain text to Textual); sixel is drawn over blank cells right after each frame that repainted them. Which one
+is used: tui.widgets.term_graphics.choose (docs/datasets.md, "Image preview").
+
+Decoding and encoding run on one background thread with "latest request wins": holding `j` over a folder of
+4096x4096 JPEGs decodes only the image the cursor stops on, never a backlog. JPEGs decode at 1/2..1/8 scale
+(`Image.draft`), a small LRU keeps the last previews, and the neighbours are prefetched into it.
 """
 
 from __future__ import annotations
 
+import os
+import random
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -19,12 +26,19 @@ from PIL import Image, ImageOps
 from rich.color import Color, ColorTriplet, ColorType
 from rich.segment import Segment
 from rich.style import Style
+from textual.app import App
+from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
+from tui.widgets import term_graphics as tg
+
 HALF = "▀"
 CACHE_SIZE = 16
+# Kitty and sixel previews carry their escape (raw RGB for a 200x60 screen is ~10 MB of base64): the cache
+# also stops at this many bytes of them.
+CACHE_BYTES = 64 * 2**20
 BACKGROUND = (30, 30, 30)  # behind transparent pixels, and around the image
 ORIENTATION_TAG = 0x0112
 # EXIF orientations that rotate by 90 degrees: the stored width is the shown height.
@@ -33,7 +47,22 @@ ROTATED = {5, 6, 7, 8}
 # the slow part of building a big preview). The +2 keeps each level at the middle of its 4-value band.
 QUANTIZE = [(v & 0xFC) | 0x02 for v in range(256)] * 3
 
-Key = tuple[str, int, int, int, int]  # path, mtime_ns, file size, cols, rows
+KITTY_KEEP = 8  # kitty images left in the terminal: the one shown and the last few, for going back
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How previews are drawn; part of the cache key, so a changed protocol or font size renders anew."""
+
+    protocol: str = tg.HALFBLOCK
+    cell: tuple[int, int] = tg.DEFAULT_CELL  # pixels per cell, to size kitty and sixel images
+    tmux: bool = False  # kitty escapes go through tmux passthrough
+    # kitty: raw RGB for a local terminal (no encode time), PNG over ssh (fewer bytes)
+    raw: bool = False
+
+
+HALFBLOCK_MODE = Mode()
+Key = tuple[str, int, int, int, int, Mode]  # path, mtime_ns, file size, cols, rows, mode
 
 
 class PreviewError(Exception):
@@ -42,16 +71,26 @@ class PreviewError(Exception):
 
 def decode_for_cells(path: Path, cols: int, rows: int) -> Image.Image:
     """The image as RGB fitted (aspect kept) into cols x 2*rows pixels: one pixel per half cell."""
-    box_w, box_h = max(1, cols), max(1, rows * 2)
+    return decode_fitted(path, (max(1, cols), max(1, rows * 2)), upscale=False)
+
+
+def decode_fitted(path: Path, box: tuple[int, int], *, upscale: bool) -> Image.Image:
+    """The image as RGB fitted (aspect kept) into `box` pixels; `upscale` also enlarges small images."""
     try:
         with Image.open(path) as im:
             orientation = im.getexif().get(ORIENTATION_TAG, 1)
+            rotated = orientation in ROTATED
             # Fit against the size as shown: a portrait phone photo is stored landscape + rotate tag.
-            fit = (box_h, box_w) if orientation in ROTATED else (box_w, box_h)
+            fit = (box[1], box[0]) if rotated else box
+            if upscale:
+                fit = tg.fit_pixels(im.size, fit)
             if im.format == "JPEG":
                 # libjpeg scales by 1/2..1/8 while decoding: a 4096^2 JPEG decodes as 512^2 for a small box.
                 im.draft("RGB", fit)
-            im.thumbnail(fit, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            if upscale:
+                im = im.resize(fit, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            else:
+                im.thumbnail(fit, Image.Resampling.BILINEAR, reducing_gap=2.0)
             shown = ImageOps.exif_transpose(im) if orientation != 1 else im
             return _flatten(shown)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -133,9 +172,67 @@ def render_cells(path: Path, cols: int, rows: int) -> list[Strip]:
     return cells_to_strips(decode_for_cells(path, cols, rows), cols, rows)
 
 
-def cache_key(path: Path, cols: int, rows: int) -> Key:
+@dataclass
+class Graphic:
+    """A kitty or sixel preview: the cells Textual draws, and the escape the terminal gets out of band."""
+
+    strips: list[Strip]
+    escape: str  # kitty: the transmission; sixel: the image
+    image_id: int = 0  # kitty: the id the placeholder cells name
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # the image's cells in the widget: x, y, cols, rows
+
+
+def _graphic_box(path: Path, cols: int, rows: int, mode: Mode) -> tuple[Image.Image, int, int, int, int]:
+    """Decode for `mode`: the image fitted to the widget's pixels, and its cell box centred in the widget."""
+    cols, rows = min(cols, tg.MAX_CELLS), min(rows, tg.MAX_CELLS)
+    im = decode_fitted(path, (cols * mode.cell[0], rows * mode.cell[1]), upscale=True)
+    img_cols, img_rows = tg.cells_for(im.size, mode.cell)
+    img_cols, img_rows = min(img_cols, cols), min(img_rows, rows)
+    return im, (cols - img_cols) // 2, (rows - img_rows) // 2, img_cols, img_rows
+
+
+def _framed(inner: list[Strip], x: int, y: int, cols: int, rows: int) -> list[Strip]:
+    """`inner` (strips of equal width) placed at x, y on a background of cols x rows."""
+    back = Style.from_color(bgcolor=Color.from_triplet(ColorTriplet(*BACKGROUND)))
+    blank_line = Strip([Segment(" " * cols, back)], cols)
+    strips = [blank_line] * y
+    for strip in inner:
+        right = cols - x - strip.cell_length
+        segments = [Segment(" " * x, back)] if x else []
+        segments.extend(strip)
+        if right > 0:
+            segments.append(Segment(" " * right, back))
+        strips.append(Strip(segments, cols))
+    strips.extend([blank_line] * (rows - len(strips)))
+    return strips
+
+
+def render_kitty(path: Path, cols: int, rows: int, mode: Mode, image_id: int) -> Graphic:
+    """Placeholder cells naming `image_id`, and the transmission that gives the terminal that image."""
+    im, x, y, img_cols, img_rows = _graphic_box(path, cols, rows, mode)
+    if mode.raw:
+        escape = tg.kitty_transmit(im.tobytes(), image_id, img_cols, img_rows, size=im.size, tmux=mode.tmux)
+    else:
+        escape = tg.kitty_transmit(tg.png_bytes(im), image_id, img_cols, img_rows, tmux=mode.tmux)
+    r, g, b = tg.id_rgb(image_id)
+    # The id travels as the exact foreground colour, so this is a truecolour Color built directly.
+    style = Style.from_color(
+        Color(f"#{r:02x}{g:02x}{b:02x}", ColorType.TRUECOLOR, None, ColorTriplet(r, g, b)),
+        Color.from_triplet(ColorTriplet(*BACKGROUND)),
+    )
+    inner = [Strip([Segment(tg.placeholder_row(row, img_cols), style)], img_cols) for row in range(img_rows)]
+    return Graphic(_framed(inner, x, y, cols, rows), escape, image_id, (x, y, img_cols, img_rows))
+
+
+def render_sixel(path: Path, cols: int, rows: int, mode: Mode) -> Graphic:
+    """Blank cells, and the sixel image drawn over the box in their middle."""
+    im, x, y, img_cols, img_rows = _graphic_box(path, cols, rows, mode)
+    return Graphic(_framed([], 0, 0, cols, rows), tg.sixel_image(im), 0, (x, y, img_cols, img_rows))
+
+
+def cache_key(path: Path, cols: int, rows: int, mode: Mode = HALFBLOCK_MODE) -> Key:
     st = path.stat()
-    return (str(path), st.st_mtime_ns, st.st_size, cols, rows)
+    return (str(path), st.st_mtime_ns, st.st_size, cols, rows, mode)
 
 
 @dataclass
@@ -143,6 +240,10 @@ class Rendered:
     key: Key
     strips: list[Strip] | None
     error: str | None = None
+    graphic: Graphic | None = None  # kitty / sixel: what goes to the terminal besides the cells
+
+
+Job = tuple[Path, int, int, Mode]
 
 
 class PreviewRenderer:
@@ -153,14 +254,17 @@ class PreviewRenderer:
         self._cache: OrderedDict[Key, Rendered] = OrderedDict()
         self._cache_size = cache_size
         self._cond = threading.Condition()
-        self._want: tuple[Path, int, int] | None = None
-        self._prefetch: list[tuple[Path, int, int]] = []
+        self._want: Job | None = None
+        self._prefetch: list[Job] = []
         self._stopped = False
         self._thread: threading.Thread | None = None
+        # Kitty image ids are global to the terminal window: start somewhere random so two decks in one
+        # window (tmux panes) are unlikely to reuse each other's ids.
+        self._next_id = random.randrange(1, tg.MAX_IMAGE_ID)
 
-    def cached(self, path: Path, cols: int, rows: int) -> Rendered | None:
+    def cached(self, path: Path, cols: int, rows: int, mode: Mode = HALFBLOCK_MODE) -> Rendered | None:
         try:
-            key = cache_key(path, cols, rows)
+            key = cache_key(path, cols, rows, mode)
         except OSError:
             return None
         with self._cond:
@@ -169,15 +273,15 @@ class PreviewRenderer:
                 self._cache.move_to_end(key)
             return hit
 
-    def want(self, path: Path, cols: int, rows: int) -> None:
+    def want(self, path: Path, cols: int, rows: int, mode: Mode = HALFBLOCK_MODE) -> None:
         with self._cond:
-            self._want = (path, cols, rows)
+            self._want = (path, cols, rows, mode)
             self._start()
             self._cond.notify()
 
-    def prefetch(self, paths: list[Path], cols: int, rows: int) -> None:
+    def prefetch(self, paths: list[Path], cols: int, rows: int, mode: Mode = HALFBLOCK_MODE) -> None:
         with self._cond:
-            self._prefetch = [(p, cols, rows) for p in paths]
+            self._prefetch = [(p, cols, rows, mode) for p in paths]
             self._start()
             self._cond.notify()
 
@@ -207,25 +311,100 @@ class PreviewRenderer:
             if wanted:
                 self._deliver(done)
 
-    def _render(self, path: Path, cols: int, rows: int) -> Rendered:
+    def _image_id(self) -> int:
+        with self._cond:
+            image_id = self._next_id
+            self._next_id = self._next_id % tg.MAX_IMAGE_ID + 1  # 1..2^24-1: 0 names no image
+        return image_id
+
+    def _render(self, path: Path, cols: int, rows: int, mode: Mode) -> Rendered:
         try:
-            key = cache_key(path, cols, rows)
+            key = cache_key(path, cols, rows, mode)
         except OSError as exc:
-            return Rendered((str(path), 0, 0, cols, rows), None, f"cannot preview {path.name}: {exc}")
+            return Rendered((str(path), 0, 0, cols, rows, mode), None, f"cannot preview {path.name}: {exc}")
         try:
-            out = Rendered(key, render_cells(path, cols, rows))
+            if mode.protocol == tg.KITTY:
+                graphic = render_kitty(path, cols, rows, mode, self._image_id())
+                out = Rendered(key, graphic.strips, graphic=graphic)
+            elif mode.protocol == tg.SIXEL:
+                graphic = render_sixel(path, cols, rows, mode)
+                out = Rendered(key, graphic.strips, graphic=graphic)
+            else:
+                out = Rendered(key, render_cells(path, cols, rows))
         except PreviewError as exc:
             out = Rendered(key, None, str(exc))
         with self._cond:
             self._cache[key] = out
             self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
+            while len(self._cache) > self._cache_size or (
+                len(self._cache) > 1 and self._cache_bytes() > CACHE_BYTES
+            ):
                 self._cache.popitem(last=False)
         return out
 
+    def _cache_bytes(self) -> int:
+        return sum(len(r.graphic.escape) for r in self._cache.values() if r.graphic is not None)
+
+
+FrameListener = Callable[[object], None]
+
+
+def add_frame_listener(app: App[object], listener: FrameListener) -> bool:
+    """Call `listener(update)` right after `app` has handed a frame to its driver; False where it cannot.
+
+    Sixel is drawn over cells, so it must follow every frame that repainted them. Textual has no public
+    after-frame hook, so this wraps the app's `_display` once (checked: Textual 8).
+    """
+    listeners: list[FrameListener] | None = app.__dict__.get("_dpdeck_frame_listeners")
+    if listeners is None:
+        display = getattr(app, "_display", None)
+        if not callable(display):
+            return False
+        listeners = []
+
+        def display_then_notify(screen: object, renderable: object) -> None:
+            display(screen, renderable)
+            for notify in tuple(listeners):
+                notify(renderable)
+
+        app._display = display_then_notify  # type: ignore[method-assign]
+        app.__dict__["_dpdeck_frame_listeners"] = listeners
+    listeners.append(listener)
+    return True
+
+
+def remove_frame_listener(app: App[object], listener: FrameListener) -> None:
+    listeners = app.__dict__.get("_dpdeck_frame_listeners") or []
+    if listener in listeners:
+        listeners.remove(listener)
+
+
+def repaints(update: object, region: Region) -> bool:
+    """Whether writing this compositor update to the terminal rewrites any cell of `region`."""
+    spans = getattr(update, "spans", None)
+    if spans is not None:  # a partial update: (y, x1, x2) runs of rewritten cells
+        return any(
+            region.y <= y < region.bottom and x1 < region.right and x2 > region.x for y, x1, x2 in spans
+        )
+    whole = getattr(update, "region", None)  # a full update rewrites its whole region
+    return isinstance(whole, Region) and whole.overlaps(region)
+
+
+def _terminal_cell_pixels() -> tuple[int, int] | None:
+    """The cell size the terminal reports on the stream Textual writes to (stderr), else on stdout."""
+    for stream in (sys.__stderr__, sys.__stdout__):
+        try:
+            fd = stream.fileno() if stream is not None else None
+        except (OSError, ValueError):
+            continue  # not a real file (captured by a test runner)
+        cell = tg.cell_pixels(fd) if fd is not None else None
+        if cell is not None:
+            return cell
+    return None
+
 
 class ImagePreview(Widget):
-    """Shows one image (`show(path)`) as half blocks; redraws for the new size when resized."""
+    """Shows one image (`show(path)`) with the terminal's best protocol; redraws for the new size."""
 
     class Painted(Message):
         """The preview of `path` is on screen (tests and the benchmark wait for it)."""
@@ -247,11 +426,58 @@ class ImagePreview(Widget):
         self.painted_path: Path | None = None
         self.painted_at = 0.0  # time.perf_counter() when painted_path's cells were handed to the screen
         self.error: str | None = None
+        self.choice = tg.Choice(tg.HALFBLOCK, False, False, "not mounted yet")
         self._strips: list[Strip] = []
+        self._graphic: Rendered | None = None  # the kitty / sixel preview on screen
+        self._mode = HALFBLOCK_MODE  # the mode of the latest request
+        self._kitty_sent: OrderedDict[int, None] = OrderedDict()  # image ids the terminal holds
         self._renderer = PreviewRenderer(self._from_thread)
+
+    @property
+    def protocol(self) -> str:
+        return self.choice.protocol
+
+    def on_mount(self) -> None:
+        self.choice = self._choose()
+        if self.choice.protocol == tg.SIXEL and not add_frame_listener(self.app, self._after_frame):
+            self.choice = tg.Choice(tg.HALFBLOCK, False, self.choice.tmux, "sixel: no after-frame hook")
+        self.log.info(f"image preview: {self.choice.protocol} ({self.choice.reason})")
 
     def on_unmount(self) -> None:
         self._renderer.stop()
+        remove_frame_listener(self.app, self._after_frame)
+        for image_id in self._kitty_sent:  # leave no image memory behind in the terminal
+            self._write(tg.kitty_delete(image_id, tmux=self.choice.tmux))
+        self._kitty_sent.clear()
+
+    def _choose(self) -> tg.Choice:
+        from engine import config
+
+        try:
+            setting = config.get(tg.SETTING)
+        except Exception:  # a broken settings file must not take the preview down: detect instead
+            setting = None
+        choice = tg.choose(setting, os.environ)
+        if choice.forced or choice.protocol == tg.HALFBLOCK:
+            return choice
+        if self.app.is_headless:
+            return tg.Choice(tg.HALFBLOCK, False, choice.tmux, "headless: no terminal to draw graphics")
+        if choice.protocol == tg.KITTY and self.app.console.color_system != "truecolor":
+            # The image id is the placeholders' exact 24-bit colour; a downgraded palette colour names no image.
+            return tg.Choice(tg.HALFBLOCK, False, choice.tmux, "kitty: output is not truecolour (COLORTERM)")
+        if choice.protocol == tg.SIXEL and _terminal_cell_pixels() is None:
+            # Sized from a guessed cell, a sixel could spill over the editor below or scroll the screen.
+            return tg.Choice(
+                tg.HALFBLOCK, False, choice.tmux, "sixel: the terminal reports no cell pixel size"
+            )
+        return choice
+
+    def _current_mode(self) -> Mode:
+        protocol = self.choice.protocol
+        if protocol == tg.HALFBLOCK:
+            return HALFBLOCK_MODE
+        cell = _terminal_cell_pixels() or tg.DEFAULT_CELL
+        return Mode(protocol, cell, self.choice.tmux, raw=not tg.remote(os.environ))
 
     def show(self, path: Path | None) -> None:
         self.path = path
@@ -260,7 +486,7 @@ class ImagePreview(Widget):
     def prefetch(self, paths: list[Path]) -> None:
         cols, rows = self.size
         if cols > 0 and rows > 0:
-            self._renderer.prefetch(paths, cols, rows)
+            self._renderer.prefetch(paths, cols, rows, self._mode)
 
     def on_resize(self) -> None:
         self._request()
@@ -272,11 +498,12 @@ class ImagePreview(Widget):
             return
         if cols <= 0 or rows <= 0:
             return  # not laid out yet: on_resize asks again
-        hit = self._renderer.cached(self.path, cols, rows)
+        self._mode = self._current_mode()
+        hit = self._renderer.cached(self.path, cols, rows, self._mode)
         if hit is not None:
             self._apply(hit)  # a prefetched neighbour shows in the same frame as the key press
         else:
-            self._renderer.want(self.path, cols, rows)
+            self._renderer.want(self.path, cols, rows, self._mode)
 
     def _from_thread(self, done: Rendered) -> None:
         # post_message is thread-safe and never blocks the decode thread on a busy (or closing) app.
@@ -287,18 +514,94 @@ class ImagePreview(Widget):
         self._apply(message.done)
 
     def _apply(self, done: Rendered) -> None:
-        if self.path is None or done.key[0] != str(self.path) or done.key[3:] != tuple(self.size):
-            return  # stale: the cursor or the size moved on while this one decoded
-        self._set(done.strips or [], self.path, done.error)
+        key = done.key
+        if (
+            self.path is None
+            or key[0] != str(self.path)
+            or key[3:5] != tuple(self.size)
+            or key[5] != self._mode
+        ):
+            return  # stale: the cursor, the size or the mode moved on while this one decoded
+        self._set(done.strips or [], self.path, done.error, done if done.graphic else None)
 
-    def _set(self, strips: list[Strip], path: Path | None, error: str | None) -> None:
+    def _set(
+        self, strips: list[Strip], path: Path | None, error: str | None, shown: Rendered | None = None
+    ) -> None:
+        if shown is not None and shown.graphic is not None and self.choice.protocol == tg.KITTY:
+            self._transmit(shown.graphic)
         self._strips = strips
+        self._graphic = shown
         self.error = error
         self.painted_path = path
         self.painted_at = time.perf_counter()
-        self.refresh()
+        self.refresh()  # sixel: the frame that blanks the cells draws the image after them (_after_frame)
         if path is not None:
             self.post_message(self.Painted(path))
+
+    def _write(self, data: str) -> bool:
+        """Out-of-band bytes to the terminal, in order with the frames (the driver's single writer)."""
+        driver = getattr(self.app, "_driver", None)
+        if driver is None:
+            return False
+        try:
+            driver.write(data)
+        except Exception:  # the driver is shutting down (or gone): the image is simply not shown
+            return False
+        return True
+
+    def _transmit(self, graphic: Graphic) -> None:
+        """Give the terminal this kitty image unless it still holds it; forget (delete) the oldest."""
+        if graphic.image_id in self._kitty_sent:
+            self._kitty_sent.move_to_end(graphic.image_id)
+            return
+        if not self._write(graphic.escape):
+            return
+        self._kitty_sent[graphic.image_id] = None
+        while len(self._kitty_sent) > KITTY_KEEP:
+            old, _ = self._kitty_sent.popitem(last=False)
+            self._write(tg.kitty_delete(old, tmux=self.choice.tmux))
+
+    def _sixel_region(self, graphic: Graphic) -> Region:
+        x, y, cols, rows = graphic.box
+        content = self.content_region
+        return Region(content.x + x, content.y + y, cols, rows)
+
+    def _after_frame(self, update: object) -> None:
+        """Draw the sixel again after a frame that rewrote (blanked) any of its cells."""
+        shown = self._graphic
+        if shown is None or shown.graphic is None or self.choice.protocol != tg.SIXEL:
+            return
+        if not self.is_attached or shown.key[3:5] != tuple(self.size) or getattr(self.app, "_batch_count", 0):
+            return
+        region = self._sixel_region(shown.graphic)
+        if region.area and repaints(update, region) and self._uncovered(region):
+            # Save the cursor, draw at the box's top-left cell (1-based), restore: Textual's cursor is untouched.
+            self._write(f"\x1b7\x1b[{region.y + 1};{region.x + 1}H{shown.graphic.escape}\x1b8")
+
+    def _uncovered(self, region: Region) -> bool:
+        """Whether nothing is in front of `region` (a toast, a menu): sixel would paint over it.
+
+        Also false when the region touches the last screen line (the cursor after a sixel could scroll the
+        screen) or is not all on screen.
+        """
+        screen = self.screen
+        if screen is not self.app.screen or region.bottom >= screen.size.height:
+            return False
+        try:
+            lines = screen._compositor.layers_visible  # per line: visible widgets, front to back
+        except AttributeError:
+            return False
+        for y in range(region.y, region.bottom):
+            for widget, cropped, _ in lines[y]:
+                if widget is self:
+                    if cropped.x > region.x or cropped.right < region.right:
+                        return False  # clipped by a container
+                    break
+                if widget.visible and cropped.x < region.right and cropped.right > region.x:
+                    return False
+            else:
+                return False  # this line of the box shows no part of the preview
+        return True
 
     def render_line(self, y: int) -> Strip:
         cols = self.size.width
