@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 _CHUNK = 1 << 16
@@ -137,7 +137,7 @@ def stage_all(items: Sequence[tuple[str, bytes, int | None]], workers: int = STA
     filesystem). `mode` None keeps the existing file's mode (0644 for a new file).
     """
     pid = os.getpid()
-    workers = max(1, min(workers, len(items) // 256 or 1))
+    workers = worker_count(len(items), workers)
     staging: dict[str, str] = {}
     temps: list[tuple[str, str] | None] = [None] * len(items)
     mine: list[str] = []
@@ -156,19 +156,31 @@ def stage_all(items: Sequence[tuple[str, bytes, int | None]], workers: int = STA
                 for w in range(workers):
                     os.mkdir(f"{staging[folder]}/{pid}.{w}")
                     mine.append(f"{staging[folder]}/{pid}.{w}")
-        if workers == 1:
-            work(0)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers, thread_name_prefix="dpdeck-stage") as pool:
-                for future in [pool.submit(work, w) for w in range(workers)]:
-                    future.result()
+        run_workers(work, workers, "dpdeck-stage")
     except BaseException:
         Staged([t for t in temps if t is not None], mine + list(staging.values())).discard()
         raise
     # every slot is filled once no worker raised
     return Staged(temps, mine + list(staging.values()))  # type: ignore[arg-type]
+
+
+def worker_count(n: int, most: int) -> int:
+    """Threads for a batch of n files: one for a small batch, where a thread costs more than it saves."""
+    return max(1, min(most, n // 256 or 1))
+
+
+def run_workers(work: Callable[[int], None], workers: int, name: str) -> None:
+    """Run work(0) .. work(workers - 1), on threads when more than one; the first failure is raised once all
+    have stopped (each worker stops at its own failure)."""
+    if workers == 1:
+        work(0)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
+        futures = [pool.submit(work, w) for w in range(workers)]
+    for future in futures:
+        future.result()
 
 
 def replace_all(items: Iterable[tuple[str, bytes]]) -> None:

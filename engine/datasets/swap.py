@@ -24,11 +24,10 @@ import ctypes
 import ctypes.util
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from engine.datasets.fastio import flush, write_temp
+from engine.datasets.fastio import flush, run_workers, worker_count, write_temp
 
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
@@ -85,7 +84,7 @@ def write_new(op_dir: Path, items: Sequence[tuple[str, bytes, int | None]]) -> l
     A file that does not exist yet gets a plain entry (`offset: null`: undo deletes it) and is renamed into
     place in step 3 instead of exchanged.
     """
-    workers = max(1, min(WORKERS, len(items) // 256 or 1))
+    workers = worker_count(len(items), WORKERS)
     dirs = [op_dir / "links" / str(w) for w in range(workers)]
     for d in dirs:
         d.mkdir(parents=True)
@@ -102,12 +101,7 @@ def write_new(op_dir: Path, items: Sequence[tuple[str, bytes, int | None]]) -> l
             else:
                 entries[i] = {"path": path, "link": link, "swap": os.lstat(tmp).st_ino}
 
-    if workers == 1:
-        work(0)
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="dpdeck-swap") as pool:
-            for future in [pool.submit(work, w) for w in range(workers)]:
-                future.result()
+    run_workers(work, workers, "dpdeck-swap")
     return entries  # type: ignore[return-value]  # every slot is filled once no worker raised
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.datasets.fastio import flush, read_bytes, replace_bytes
+from engine.datasets.fastio import flush, read_bytes, replace_bytes, run_workers, worker_count
 from profiles.atomic import atomic_write_text, fsync_dir
 from profiles.paths import subdir
 
@@ -166,7 +166,7 @@ def _link_all(op_dir: Path, paths: list[str], contents: Sequence[bytes | None] |
                 usable[folder] = False
     if not any(usable.values()):
         return files
-    workers = max(1, min(LINK_WORKERS, len(paths) // 256 or 1))
+    workers = worker_count(len(paths), LINK_WORKERS)
     dirs = [op_dir / LINKS_DIR / str(w) for w in range(workers)]
     for d in dirs:
         d.mkdir(parents=True)
@@ -190,14 +190,7 @@ def _link_all(op_dir: Path, paths: list[str], contents: Sequence[bytes | None] |
                 continue
             files[i] = {"path": path, "link": f"{LINKS_DIR}/{w}/{i}"}
 
-    if workers == 1:
-        work(0)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers, thread_name_prefix="dpdeck-undo") as pool:
-            for future in [pool.submit(work, w) for w in range(workers)]:
-                future.result()
+    run_workers(work, workers, "dpdeck-undo")
     for d in dirs:
         fsync_dir(d)
     return files
