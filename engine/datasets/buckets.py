@@ -1,9 +1,18 @@
-"""Aspect-ratio buckets exactly as diffusion-pipe computes them.
+"""Aspect-ratio and frame buckets exactly as diffusion-pipe computes them.
 
 ars = round(geomspace(min_ar, max_ar, n), 3), deduplicated and sorted (or the explicit ar_buckets); an image
 goes to the bucket whose ar is closest in log space; for each resolution r the bucket size is
 w = sqrt(r*r*ar), h = r*r/w, each rounded to a multiple of 16. Every image is trained at every resolution.
-Each bucket is truncated to a multiple of the global batch so every step sees one full batch of one size.
+Each bucket is truncated to a multiple of the global batch so every step sees one full batch of one size
+(image_micro_batch_size_per_gpu, when set, gives the batch of the frames = 1 buckets).
+
+Frame buckets (diffusion-pipe utils/dataset.py, DirectoryDataset and _find_closest_ar_bucket, checked against
+tdrussell/diffusion-pipe): frame_buckets comes from the [[directory]], else the dataset, else [1]; 1 is added
+when missing and the list is sorted. An image has 1 frame. A video's frame count is taken at the model's frame
+rate (engine.datasets.framerate): int(source frames * framerate / source fps). The item goes to the largest frame
+bucket <= its frame count; a video (more than 1 frame) that would land in the 1 bucket, i.e. is shorter than
+the smallest video bucket, is skipped ("too short"), as is one with 0 frames; a 1-frame video counts as an image.
+A bucket is (width, height, frames); one clip per video is trained (video_clip_mode picks which).
 """
 
 from __future__ import annotations
@@ -72,10 +81,19 @@ class BucketPlan:
     skipped_broken: int = 0
     skipped_no_caption: int = 0
     directories: list[Path] = field(default_factory=list)
+    global_batch_image: int | None = None  # batch of the frames = 1 buckets when it differs (mixed image/video)
+    videos_ignored: int = 0  # no frame rate given: an image-only model, whose videos diffusion-pipe skips
+    videos_too_short: int = 0  # fewer frames than the smallest video frame bucket
+    videos_unknown_frames: int = 0  # the header gives no frame count
+
+    def batch_for(self, bucket: Bucket) -> int:
+        if bucket.frames == 1 and self.global_batch_image:
+            return self.global_batch_image
+        return self.global_batch
 
     @property
     def steps_per_epoch(self) -> int:
-        return sum(b.count // self.global_batch for b in self.buckets)
+        return sum(b.count // self.batch_for(b) for b in self.buckets)
 
     @property
     def num_examples(self) -> int:
@@ -93,9 +111,10 @@ class BucketPlan:
         lines = []
         for b in self.buckets:
             if b.dropped:
+                size = f"{b.width}x{b.height}" + (f"x{b.frames} frames" if b.frames != 1 else "")
                 lines.append(
-                    f"bucket {b.width}x{b.height} (ar {b.ar}): {b.dropped + b.count} examples after repeats, "
-                    f"{b.dropped} dropped to make a multiple of the global batch {self.global_batch}"
+                    f"bucket {size} (ar {b.ar}): {b.dropped + b.count} examples after repeats, "
+                    f"{b.dropped} dropped to make a multiple of the global batch {self.batch_for(b)}"
                 )
         if self.skipped_broken:
             lines.append(f"{self.skipped_broken} unreadable image(s) skipped")
@@ -190,6 +209,24 @@ def ar_bucket_list(cfg: Mapping[str, Any], where: str) -> list[float]:
     return sorted(set(ars))
 
 
+def frame_bucket_list(cfg: Mapping[str, Any], where: str) -> list[int]:
+    """The sorted frame buckets of one directory's settings, 1 included (diffusion-pipe always adds it)."""
+    raw = cfg.get("frame_buckets", [1])
+    if not isinstance(raw, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in raw):
+        raise DatasetConfigError(
+            f"{where}: frame_buckets: expected a list of whole numbers >= 1 (e.g. [1, 33]), found {raw!r}"
+        )
+    return sorted(set(raw) | {1})
+
+
+def frame_bucket_for(frames: int, frame_buckets: Sequence[int]) -> int | None:
+    """The largest frame bucket <= frames; None when there is none, or a video would fall to the image bucket."""
+    fitting = [fb for fb in frame_buckets if fb <= frames]
+    if not fitting or (frames > 1 and max(fitting) == 1):
+        return None
+    return max(fitting)
+
+
 def bucket_size(resolution: float, ar: float) -> tuple[int, int]:
     w = math.sqrt(resolution * resolution * ar)
     h = resolution * resolution / w
@@ -221,20 +258,33 @@ def _directory_configs(data: Mapping[str, Any], base_dir: Path) -> list[tuple[Pa
     return out
 
 
-def plan_buckets(dataset_toml_data: Mapping[str, Any], base_dir: Path | str, global_batch: int) -> BucketPlan:
+def plan_buckets(
+    dataset_toml_data: Mapping[str, Any],
+    base_dir: Path | str,
+    global_batch: int,
+    *,
+    framerate: float | None = None,
+    global_batch_image: int | None = None,
+) -> BucketPlan:
     """Scan every directory and sort its examples into size buckets, truncated to the global batch.
 
-    global_batch = micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel world size.
+    global_batch = micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel world size;
+    global_batch_image the same with image_micro_batch_size_per_gpu (None: global_batch). Videos are bucketed
+    only with the model's `framerate` (engine.datasets.framerate.model_framerate); without one they are counted
+    in videos_ignored, as diffusion-pipe skips the videos of image-only models.
     """
     if global_batch < 1:
         raise DatasetConfigError(f"global batch must be >= 1, found {global_batch}")
+    if global_batch_image is not None and global_batch_image < 1:
+        raise DatasetConfigError(f"image global batch must be >= 1, found {global_batch_image}")
     resolution_list(dataset_toml_data, "dataset")  # top-level resolutions are required even with overrides
-    plan = BucketPlan(buckets=[], global_batch=global_batch)
+    plan = BucketPlan(buckets=[], global_batch=global_batch, global_batch_image=global_batch_image)
     by_size: dict[tuple[int, int, int], Bucket] = {}
     for directory, cfg, where in _directory_configs(dataset_toml_data, Path(base_dir)):
         plan.directories.append(directory)
         resolutions = resolution_list(cfg, where)
         ars = ar_bucket_list(cfg, where)
+        frame_buckets = frame_bucket_list(cfg, where)
         repeats = cfg.get("num_repeats", 1)
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise DatasetConfigError(f"{where}: num_repeats: expected a positive integer, found {repeats!r}")
@@ -242,31 +292,50 @@ def plan_buckets(dataset_toml_data: Mapping[str, Any], base_dir: Path | str, glo
         if not isinstance(prefix, str):
             raise DatasetConfigError(f"{where}: caption_prefix: expected a string, found {prefix!r}")
         scan = scan_directory(
-            directory, caption_prefix=prefix, skip_empty_caption=bool(cfg.get("skip_empty_caption", True))
+            directory,
+            caption_prefix=prefix,
+            skip_empty_caption=bool(cfg.get("skip_empty_caption", True)),
+            framerate=framerate,
         )
         plan.warnings.extend(scan.warnings)
         plan.skipped_broken += scan.skipped_broken
         plan.skipped_no_caption += scan.skipped_no_caption
+        plan.videos_unknown_frames += scan.videos_unknown_frames
+        if scan.videos_ignored:
+            plan.videos_ignored += scan.videos_ignored
+            plan.warnings.append(
+                f"{directory}: {scan.videos_ignored} video(s) not bucketed: no model frame rate given "
+                "(diffusion-pipe skips the videos of image-only model types)"
+            )
         shuffle = bool(cfg.get("shuffle_tags", False))
         # Most images of a set share a handful of sizes, so each size's buckets are worked out once.
-        buckets_of: dict[tuple[int, int], list[Bucket]] = {}
+        buckets_of: dict[tuple[int, int, int], list[Bucket]] = {}
         for item in scan.items:
-            wh = (item.width, item.height)
-            targets = buckets_of.get(wh)
+            frames = 1 if item.frames == 1 else frame_bucket_for(item.frames, frame_buckets)
+            if frames is None:
+                plan.videos_too_short += 1
+                plan.warnings.append(
+                    f"{item.path}: {item.frames} frames at {framerate:g} fps is shorter than the smallest video "
+                    f"frame bucket {frame_buckets[1] if len(frame_buckets) > 1 else '(none: frame_buckets = [1])'}"
+                    "; skipped, as diffusion-pipe does"
+                )
+                continue
+            key = (item.width, item.height, frames)
+            targets = buckets_of.get(key)
             if targets is None:
                 ar = closest_ar(item.width, item.height, ars)
-                targets = buckets_of[wh] = []
+                targets = buckets_of[key] = []
                 for res in resolutions:
                     w, h = bucket_size(res, ar)
-                    if (w, h, 1) not in by_size:
-                        by_size[(w, h, 1)] = Bucket(ar=ar, width=w, height=h, frames=1)
-                    targets.append(by_size[(w, h, 1)])
+                    if (w, h, frames) not in by_size:
+                        by_size[(w, h, frames)] = Bucket(ar=ar, width=w, height=h, frames=frames)
+                    targets.append(by_size[(w, h, frames)])
             entry = [BucketItem(item, shuffle, directory)] * repeats
             for bucket in targets:
                 bucket.items.extend(entry)
     for size in sorted(by_size):
         bucket = by_size[size]
-        keep = bucket.count - bucket.count % global_batch
+        keep = bucket.count - bucket.count % plan.batch_for(bucket)
         bucket.dropped = bucket.count - keep
         del bucket.items[keep:]
         plan.buckets.append(bucket)

@@ -2,8 +2,9 @@
 
 Uses the same file rules as the trainer (engine.datasets.layout / items: non-recursive, its image extensions,
 `<stem>.txt` first, then captions.json) so the report never disagrees with training. Image sizes come from file
-headers only (engine.datasets.headers); the default scan decodes no pixels and reads each caption once, which is
-what keeps 100,000 images within a few seconds. Duplicate detection reads every byte and decodes thumbnails, so it
+headers only (engine.datasets.headers), and so do video sizes, frame counts and durations
+(engine.datasets.video_headers); the default scan decodes no pixels and reads each caption once, which is what
+keeps 100,000 images within a few seconds. Duplicate detection reads every byte and decodes thumbnails, so it
 only runs when asked (`scan(..., dupes=True)`).
 """
 
@@ -24,6 +25,7 @@ from engine.datasets.fastio import read_bytes
 from engine.datasets.headers import EmptyImageError, read_image_size
 from engine.datasets.items import CAPTIONS_JSON
 from engine.datasets.layout import DirSpec, Listing, list_dir, target_dirs
+from engine.datasets.video_headers import EmptyVideoError, VideoHeaderError, read_video_info
 
 _BROKEN = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -40,8 +42,13 @@ class DirReport:
     zero_byte: list[str] = field(default_factory=list)
     # Captions that are not valid UTF-8: the trainer cannot read them and skips the image.
     bad_encoding: list[str] = field(default_factory=list)
-    # Frame count and size of videos are not read: that needs a video decoder, far from header-only.
     video_files: list[str] = field(default_factory=list)
+    # Per readable video, from its container header: name, stored width/height, frames and fps at the file's own
+    # rate, duration (s), frames_estimated (Matroska), rotation and a note on what is unknown.
+    video_meta: list[dict[str, Any]] = field(default_factory=list)
+    video_frames: int = 0  # sum of the known frame counts (at each file's own rate)
+    video_seconds: float = 0.0  # sum of the known durations
+    video_unknown_frames: list[str] = field(default_factory=list)  # readable, but the header has no frame count
     links_outside: list[str] = field(default_factory=list)  # symlinks leaving the folder; batch ops skip them
     other_files: list[str] = field(default_factory=list)  # diffusion-pipe would try to load these as media
     mask_path: str | None = None
@@ -61,10 +68,12 @@ class ScanReport:
     duplicates: list[dict[str, Any]] | None = None  # only with scan(..., dupes=True)
 
     @property
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> dict[str, int | float]:
         d = self.directories
-        out = {"images": sum(r.images for r in d), "videos": sum(r.videos for r in d)}
+        out: dict[str, int | float] = {"images": sum(r.images for r in d), "videos": sum(r.videos for r in d)}
         out["captioned"] = sum(r.captioned for r in d)
+        out["video_frames"] = sum(r.video_frames for r in d)
+        out["video_seconds"] = round(sum(r.video_seconds for r in d), 3)
         for key in (
             "missing_captions",
             "empty_captions",
@@ -76,6 +85,7 @@ class ScanReport:
             "missing_masks",
             "orphan_masks",
             "mask_size_mismatch",
+            "video_unknown_frames",
         ):
             out[key] = sum(len(getattr(r, key)) for r in d)
         if self.duplicates is not None:
@@ -211,6 +221,8 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
             else:
                 acc.res[f"{size[0]}x{size[1]}"] += 1
                 acc.asp[_aspect_label(*size)] += 1
+        else:
+            size = _probe_video(name, path, rep, acc)
         if masks is not None:
             _check_mask(name, size, masks, rep)
         stem = os.path.splitext(name)[0]
@@ -233,6 +245,40 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
         for cap in nonempty:
             acc.lengths.append(len(cap))
             acc.tags.update(split_tags(cap))
+
+
+def _probe_video(name: str, path: str, rep: DirReport, acc: _Totals) -> tuple[int, int] | None:
+    """Record one video's header facts in the report; its stored frame size, or None when unreadable."""
+    try:
+        info = read_video_info(path)
+    except EmptyVideoError:
+        rep.zero_byte.append(name)
+        return None
+    except VideoHeaderError as exc:
+        rep.unreadable.append(name)
+        rep.warnings.append(f"{path}: unreadable video ({exc.reason})")
+        return None
+    except OSError as exc:
+        rep.unreadable.append(name)
+        rep.warnings.append(f"{path}: unreadable video ({exc.__class__.__name__})")
+        return None
+    rep.video_meta.append({"name": name, **info.to_dict()})
+    if info.frames is None:
+        rep.video_unknown_frames.append(name)
+    else:
+        rep.video_frames += info.frames
+    if info.duration is not None:
+        rep.video_seconds += info.duration
+    if info.width is None or info.height is None:
+        return None
+    if info.rotation in (90, 270):
+        rep.warnings.append(
+            f"{path}: players show it rotated {info.rotation}°, but frames are decoded as stored: diffusion-pipe "
+            f"buckets it as {info.width}x{info.height}; re-encode with the rotation applied if that is wrong"
+        )
+    acc.res[f"{info.width}x{info.height}"] += 1
+    acc.asp[_aspect_label(info.width, info.height)] += 1
+    return info.width, info.height
 
 
 def scan(target: Path | str, *, dupes: bool = False, max_distance: int | None = None) -> ScanReport:

@@ -116,7 +116,7 @@ def _scan(args: argparse.Namespace) -> int:
         base = Path(d.path)
         for label, names in (
             ("missing caption", d.missing_captions),
-            ("broken image", d.unreadable + d.zero_byte),
+            ("broken file", d.unreadable + d.zero_byte),
             ("caption not UTF-8 (training skips its image)", d.bad_encoding),
             ("symlink outside the dataset (batch ops skip it)", d.links_outside),
             ("not an image or video dpdeck knows (diffusion-pipe would try to load it)", d.other_files),
@@ -128,10 +128,14 @@ def _scan(args: argparse.Namespace) -> int:
             print(f"mask without an image: {Path(d.mask_path or '') / name}")
         for line in d.mask_size_mismatch:
             print(f"mask size differs: {base / line}")
-        if d.videos:
-            print(f"{base}: {d.videos} video(s); frame counts and sizes unknown (not decoded)")
+        for meta in d.video_meta:
+            print(f"video: {base / meta['name']}: {_video_line(meta)}")
         for w in d.warnings:
             warn(w)
+    if t["videos"]:
+        n_unknown = t["video_unknown_frames"]
+        unknown = f" ({n_unknown} with no frame count in the header)" if n_unknown else ""
+        print(f"videos: {t['videos']}, {t['video_frames']} frames, {t['video_seconds']:.1f} s in total{unknown}")
     if report.resolutions:
         print("resolutions: " + ", ".join(f"{k} x{v}" for k, v in list(report.resolutions.items())[:10]))
         print("aspects: " + ", ".join(f"{k} x{v}" for k, v in report.aspects.items()))
@@ -142,6 +146,16 @@ def _scan(args: argparse.Namespace) -> int:
     if report.duplicates is not None:
         _print_groups(report.duplicates)
     return 0
+
+
+def _video_line(meta: dict[str, Any]) -> str:
+    size = f"{meta['width']}x{meta['height']}" if meta["width"] and meta["height"] else "size unknown"
+    if meta["frames"] is None:
+        return f"{size}; {meta['note'] or 'frame count unknown'}"
+    frames = f"{'~' if meta['frames_estimated'] else ''}{meta['frames']} frame{'' if meta['frames'] == 1 else 's'}"
+    fps = f" at {meta['fps']:.3f} fps" if meta["fps"] else ""
+    seconds = f", {meta['duration']:.2f} s" if meta["duration"] is not None else ""
+    return f"{size}, {frames}{fps}{seconds}"
 
 
 def _dir_counts(d: Any, cols: list[str]) -> list[int]:
@@ -179,18 +193,36 @@ def _dupes(args: argparse.Namespace) -> int:
 
 
 def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
-    """The trainer's own plan_buckets on the dataset TOML with the profile's global batch, as plain data."""
+    """The trainer's own plan_buckets on the dataset TOML with the profile's global batch, as plain data.
+
+    Videos are bucketed at the frame rate diffusion-pipe trains the profile's model type at (none for image
+    models, whose videos it skips); image_micro_batch_size_per_gpu, when a number, batches the frames = 1 buckets.
+    """
     from engine.datasets.buckets import plan_buckets
+    from engine.datasets.framerate import model_framerate
     from profiles.document import TomlFile
     from profiles.store import resolve
 
-    main = resolve(profile).main.data()
+    prof = resolve(profile)
+    main = prof.main.data()
     micro = int(main.get("micro_batch_size_per_gpu", 1))
     accum = int(main.get("gradient_accumulation_steps", 1))
     global_batch = micro * accum * num_gpus
-    plan = plan_buckets(TomlFile.load(toml).data(), toml.parent, global_batch)
+    image_micro = main.get("image_micro_batch_size_per_gpu")
+    global_batch_image = image_micro * accum * num_gpus if type(image_micro) is int else None
+    base = prof.main.path.parent if prof.main.path is not None else None
+    framerate = model_framerate(main.get("model"), base)
+    plan = plan_buckets(
+        TomlFile.load(toml).data(),
+        toml.parent,
+        global_batch,
+        framerate=framerate,
+        global_batch_image=global_batch_image,
+    )
     return {
         "global_batch": global_batch,
+        "global_batch_image": global_batch_image,
+        "framerate": framerate,
         "buckets": [
             {
                 "ar": b.ar,
@@ -207,6 +239,9 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
         "steps_per_epoch": plan.steps_per_epoch,
         "skipped_broken": plan.skipped_broken,
         "skipped_no_caption": plan.skipped_no_caption,
+        "videos_ignored": plan.videos_ignored,
+        "videos_too_short": plan.videos_too_short,
+        "videos_unknown_frames": plan.videos_unknown_frames,
         "warnings": plan.warnings,
     }
 
@@ -231,10 +266,17 @@ def _buckets(args: argparse.Namespace) -> int:
         for b in data["buckets"]
     ]
     print(table(rows, ["ar", "size", "frames", "items", "dropped"]))
+    image_batch = f" (images {data['global_batch_image']})" if data["global_batch_image"] else ""
     print(
-        f"global batch {data['global_batch']}: {data['items']} items, {data['dropped']} dropped, "
+        f"global batch {data['global_batch']}{image_batch}: {data['items']} items, {data['dropped']} dropped, "
         f"{data['steps_per_epoch']} steps per epoch"
     )
+    if data["framerate"]:
+        videos = sum(b["items"] for b in data["buckets"] if b["frames"] > 1)
+        print(
+            f"videos: frames counted at {data['framerate']} fps (the model's rate); {videos} video items bucketed, "
+            f"{data['videos_too_short']} too short, {data['videos_unknown_frames']} with unknown frame count"
+        )
     for w in data["warnings"]:
         warn(w)
     return 0

@@ -26,6 +26,14 @@ def _names(title: str, names: list[str]) -> str:
     return f"[b]{title}[/b]: " + escape(", ".join(names[:LIST_NAMES])) + more
 
 
+def _video_summary(t: dict[str, Any]) -> str:
+    """A second head line with the videos' frames and seconds (from their headers), when there are videos."""
+    if not t.get("videos"):
+        return ""
+    unknown = f" · {t['video_unknown_frames']} frame count unknown" if t.get("video_unknown_frames") else ""
+    return f"\n{t['videos']} videos · {t['video_frames']} frames · {t['video_seconds']:.1f} s{unknown}"
+
+
 def stats_renderable(report: Any, folder: Path) -> Group:
     """Counts, caption problems, top tags and the resolution / aspect histograms of one scanned folder."""
     t = report.totals
@@ -34,6 +42,7 @@ def stats_renderable(report: Any, folder: Path) -> Group:
         f"{t['images']} images · {t['captioned']} captioned · [b]{t['missing_captions']}[/b] missing · "
         f"[b]{t['empty_captions']}[/b] empty · {t['unreadable'] + t['zero_byte']} broken"
         + (f" · {t['bad_encoding']} not UTF-8" if t.get("bad_encoding") else "")
+        + _video_summary(t)
     )
     parts: list[Any] = [head]
     for d in report.directories:
