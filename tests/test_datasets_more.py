@@ -373,3 +373,23 @@ def test_swap_path_failure_while_writing_changes_nothing(tmp_path: Path, monkeyp
         c.apply(c.plan(d, c.add_trigger("ohwx")), "t")
     assert {p.name: p.read_bytes() for p in sorted(d.iterdir())} == before
     assert list_ops() == []
+
+
+def test_bind_mount_of_the_same_filesystem_takes_the_safe_path(tmp_path: Path, dpdeck_home: Path) -> None:
+    # Same st_dev, but renames across a bind mount fail with EXDEV: the op must notice before changing anything
+    # and take the staged-rename path instead of failing part way.
+    real, bound = tmp_path / "real", tmp_path / "bound"
+    before = _captioned(real, 300)
+    bound.mkdir()
+    if subprocess.run(["mount", "--bind", str(real), str(bound)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root in a mount namespace)")
+    try:
+        assert os.stat(bound).st_dev == os.stat(dpdeck_home).st_dev
+        op_id = c.apply(c.plan(bound, c.add_trigger("ohwx")), "t")
+        assert (real / "000.txt").read_bytes() == b"ohwx, tag0, x"
+        manifest = json.loads((dpdeck_home / "datasets" / "undo" / str(op_id) / "manifest.json").read_text())
+        assert not any("swap" in f for f in manifest["files"])
+        undo(op_id)
+        assert {p.name: p.read_bytes() for p in sorted(real.iterdir())} == before
+    finally:
+        subprocess.run(["umount", str(bound)], check=False)

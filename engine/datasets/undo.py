@@ -35,6 +35,27 @@ class UndoError(RuntimeError):
     pass
 
 
+def _same_mount(op_dir: Path, items: Sequence[tuple[str, bytes, int | None]]) -> bool:
+    """Whether names can move between the record and every folder of `items`. Equal st_dev is not enough: a bind
+    mount of the same filesystem refuses renames across it (EXDEV), so one existing file per folder is
+    hard-linked into the record as a probe (nothing is written in the dataset folder)."""
+    probed: set[str] = set()
+    folders: set[str] = set()
+    probe = op_dir / ".mount-probe"
+    for path, _, _ in items:
+        folder = os.path.dirname(path) or "."
+        folders.add(folder)
+        if folder in probed or not os.path.lexists(path):
+            continue
+        try:
+            os.link(path, probe, follow_symlinks=False)
+        except OSError:
+            return False
+        probe.unlink()
+        probed.add(folder)
+    return probed == folders  # a folder of only new files cannot be probed this way: take the safe path
+
+
 class SwapError(UndoError):
     """A batch replace failed part way; the message names the undo record that restores it."""
 
@@ -126,7 +147,7 @@ def record_swapped(description: str, items: Sequence[tuple[str, bytes, int | Non
         return None
     op_id, op_dir = _new_op()
     try:
-        if not swap.supported(op_dir):
+        if not swap.supported(op_dir) or not _same_mount(op_dir, items):
             shutil.rmtree(op_dir, ignore_errors=True)
             return None
         entries = swap.write_new(op_dir, items)
