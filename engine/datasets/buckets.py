@@ -2,7 +2,11 @@
 
 ars = round(geomspace(min_ar, max_ar, n), 3), deduplicated and sorted (or the explicit ar_buckets); an image
 goes to the bucket whose ar is closest in log space; for each resolution r the bucket size is
-w = sqrt(r*r*ar), h = r*r/w, each rounded to a multiple of 16. Every image is trained at every resolution.
+w = sqrt(r*r*ar), h = r*r/w, each rounded to the nearest multiple of `round_to` (Python round(), so an exact
+half goes to the even multiple, as utils/common.py round_to_nearest_multiple does): 16 for the built-in trainer and
+most diffusion-pipe models, the model's own multiple otherwise (engine.datasets.framerate.pixel_multiple). Every
+image is trained at every resolution. A bucket is one (ar, width, height, frames), pooled across directories, as
+diffusion-pipe's Dataset groups its SizeBucketDatasets: two aspect ratios that round to the same size stay apart.
 Each bucket is truncated to a multiple of the global batch so every step sees one full batch of one size
 (image_micro_batch_size_per_gpu, when set, gives the batch of the frames = 1 buckets).
 
@@ -12,7 +16,7 @@ when missing and the list is sorted. An image has 1 frame. A video's frame count
 rate (engine.datasets.framerate): int(source frames * framerate / source fps). The item goes to the largest frame
 bucket <= its frame count; a video (more than 1 frame) that would land in the 1 bucket, i.e. is shorter than
 the smallest video bucket, is skipped ("too short"), as is one with 0 frames; a 1-frame video counts as an image.
-A bucket is (width, height, frames); one clip per video is trained (video_clip_mode picks which).
+One clip per video is trained (video_clip_mode picks which).
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class BucketPlan:
     videos_ignored: int = 0  # no frame rate given: an image-only model, whose videos diffusion-pipe skips
     videos_too_short: int = 0  # fewer frames than the smallest video frame bucket
     videos_unknown_frames: int = 0  # the header gives no frame count
+    round_to: int = SIZE_ROUND_TO  # the pixel multiple bucket sizes were rounded to
 
     def batch_for(self, bucket: Bucket) -> int:
         if bucket.frames == 1 and self.global_batch_image:
@@ -227,10 +232,10 @@ def frame_bucket_for(frames: int, frame_buckets: Sequence[int]) -> int | None:
     return max(fitting)
 
 
-def bucket_size(resolution: float, ar: float) -> tuple[int, int]:
+def bucket_size(resolution: float, ar: float, round_to: int = SIZE_ROUND_TO) -> tuple[int, int]:
     w = math.sqrt(resolution * resolution * ar)
     h = resolution * resolution / w
-    return round_to_multiple(w), round_to_multiple(h)
+    return round_to_multiple(w, round_to), round_to_multiple(h, round_to)
 
 
 def closest_ar(width: int, height: int, ars: Sequence[float]) -> float:
@@ -265,21 +270,27 @@ def plan_buckets(
     *,
     framerate: float | None = None,
     global_batch_image: int | None = None,
+    round_to: int = SIZE_ROUND_TO,
 ) -> BucketPlan:
     """Scan every directory and sort its examples into size buckets, truncated to the global batch.
 
     global_batch = micro_batch_size_per_gpu * gradient_accumulation_steps * data-parallel world size;
     global_batch_image the same with image_micro_batch_size_per_gpu (None: global_batch). Videos are bucketed
     only with the model's `framerate` (engine.datasets.framerate.model_framerate); without one they are counted
-    in videos_ignored, as diffusion-pipe skips the videos of image-only models.
+    in videos_ignored, as diffusion-pipe skips the videos of image-only models. round_to is the pixel multiple
+    (engine.datasets.framerate.pixel_multiple; 16, the default, for the built-in trainer).
     """
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise DatasetConfigError(f"size multiple must be a whole number >= 1, found {round_to!r}")
     if global_batch < 1:
         raise DatasetConfigError(f"global batch must be >= 1, found {global_batch}")
     if global_batch_image is not None and global_batch_image < 1:
         raise DatasetConfigError(f"image global batch must be >= 1, found {global_batch_image}")
     resolution_list(dataset_toml_data, "dataset")  # top-level resolutions are required even with overrides
-    plan = BucketPlan(buckets=[], global_batch=global_batch, global_batch_image=global_batch_image)
-    by_size: dict[tuple[int, int, int], Bucket] = {}
+    plan = BucketPlan(
+        buckets=[], global_batch=global_batch, global_batch_image=global_batch_image, round_to=round_to
+    )
+    by_size: dict[tuple[float, int, int, int], Bucket] = {}
     for directory, cfg, where in _directory_configs(dataset_toml_data, Path(base_dir)):
         plan.directories.append(directory)
         resolutions = resolution_list(cfg, where)
@@ -326,15 +337,16 @@ def plan_buckets(
                 ar = closest_ar(item.width, item.height, ars)
                 targets = buckets_of[key] = []
                 for res in resolutions:
-                    w, h = bucket_size(res, ar)
-                    if (w, h, frames) not in by_size:
-                        by_size[(w, h, frames)] = Bucket(ar=ar, width=w, height=h, frames=frames)
-                    targets.append(by_size[(w, h, frames)])
+                    w, h = bucket_size(res, ar, round_to)
+                    if (ar, w, h, frames) not in by_size:
+                        by_size[(ar, w, h, frames)] = Bucket(ar=ar, width=w, height=h, frames=frames)
+                    targets.append(by_size[(ar, w, h, frames)])
             entry = [BucketItem(item, shuffle, directory)] * repeats
             for bucket in targets:
                 bucket.items.extend(entry)
-    for size in sorted(by_size):
-        bucket = by_size[size]
+    # Listed by size first, so the order is the one the preview always showed.
+    for key in sorted(by_size, key=lambda k: (k[1], k[2], k[3], k[0])):
+        bucket = by_size[key]
         keep = bucket.count - bucket.count % plan.batch_for(bucket)
         bucket.dropped = bucket.count - keep
         del bucket.items[keep:]

@@ -5,6 +5,12 @@ source fps)), so the frame bucket a clip lands in depends on the model. Values f
 ltx-video 25; hunyuan-video, hunyuan_video_15, cosmos, ltx2 and minimax_h3 24; wan 16, except SkyReels-V2
 checkpoints (folder name contains "skyreels") and Wan2.2 TI2V-5B (config.json model_type "ti2v"), which are 24.
 Image-only model types have none: diffusion-pipe skips their videos.
+
+The pixel multiple bucket sizes are rounded to is the pipeline's `pixels_round_to_multiple` (models/base.py
+CommonPipeline: 16; utils/dataset.py passes it to DirectoryDataset, whose own default of 32 is then unused). Only
+Wan2.2 TI2V-5B (config.json model_type "ti2v") raises it, to 32 (models/wan/wan.py). Old diffusion-pipe versions,
+before the attribute existed, used IMAGE_SIZE_ROUND_TO_MULTIPLE = 32 for every model. dpdeck's built-in trainer
+uses 16 (engine.datasets.buckets.SIZE_ROUND_TO).
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ VIDEO_FRAMERATES: dict[str, int] = {
     "wan": 16,
 }
 WAN_24FPS = 24
+DEFAULT_PIXEL_MULTIPLE = 16
+# Variants whose pipeline sets its own pixels_round_to_multiple, by wan config.json model_type.
+WAN_PIXEL_MULTIPLES: dict[str, int] = {"ti2v": 32}
+BUILTIN_BACKEND = "builtin"
 
 
 def model_framerate(model: Mapping[str, Any] | None, base_dir: Path | None = None) -> int | None:
@@ -41,14 +51,29 @@ def model_framerate(model: Mapping[str, Any] | None, base_dir: Path | None = Non
 
 
 def _wan_framerate(model: Mapping[str, Any], base_dir: Path | None) -> int:
+    ckpt_dir = _wan_ckpt_dir(model, base_dir)
+    if ckpt_dir is None:
+        return VIDEO_FRAMERATES["wan"]
+    if "skyreels" in ckpt_dir.name.lower():
+        return WAN_24FPS
+    return WAN_24FPS if _wan_config_type(model, base_dir) == "ti2v" else VIDEO_FRAMERATES["wan"]
+
+
+def _wan_ckpt_dir(model: Mapping[str, Any], base_dir: Path | None) -> Path | None:
     ckpt = model.get("ckpt_path")
     if not isinstance(ckpt, str):
-        return VIDEO_FRAMERATES["wan"]
+        return None
     ckpt_dir = Path(ckpt).expanduser()
     if not ckpt_dir.is_absolute() and base_dir is not None:
         ckpt_dir = base_dir / ckpt_dir
-    if "skyreels" in ckpt_dir.name.lower():
-        return WAN_24FPS
+    return ckpt_dir
+
+
+def _wan_config_type(model: Mapping[str, Any], base_dir: Path | None) -> str | None:
+    """The model_type of the config.json diffusion-pipe reads the Wan variant from; None when unreadable."""
+    ckpt_dir = _wan_ckpt_dir(model, base_dir)
+    if ckpt_dir is None:
+        return None
     # Where diffusion-pipe reads the variant: beside the transformer when transformer_path is a folder, else in
     # the checkpoint folder (Wan2.2 keeps it in low_noise_model/).
     transformer = model.get("transformer_path")
@@ -63,7 +88,35 @@ def _wan_framerate(model: Mapping[str, Any], base_dir: Path | None) -> int:
             config = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(config, dict) and config.get("model_type") == "ti2v":
-            return WAN_24FPS
-        return VIDEO_FRAMERATES["wan"]
-    return VIDEO_FRAMERATES["wan"]
+        # The first readable file decides, as diffusion-pipe opens exactly one.
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        return model_type if isinstance(model_type, str) else None
+    return None
+
+
+def pixel_multiple(model: Mapping[str, Any] | None, backend: str, base_dir: Path | None = None) -> int:
+    """The multiple bucket widths and heights are rounded to when `backend` trains this `[model]` table."""
+    if backend == BUILTIN_BACKEND or not isinstance(model, Mapping):
+        return DEFAULT_PIXEL_MULTIPLE
+    if model.get("type") == "wan":
+        variant = _wan_config_type(model, base_dir)
+        return WAN_PIXEL_MULTIPLES.get(variant or "", DEFAULT_PIXEL_MULTIPLE)
+    return DEFAULT_PIXEL_MULTIPLE
+
+
+def preview_backend(profile: Any) -> str:
+    """The backend `dpdeck queue` (backend auto) would pick; diffusion-pipe when auto cannot pick one yet."""
+    from engine.launch import EnqueueError, pick_backend
+
+    try:
+        return pick_backend(profile, "auto")
+    except EnqueueError:
+        return "diffusion-pipe"
+
+
+def bucket_rules(profile: Any) -> tuple[int | None, int]:
+    """(frame rate, pixel multiple) a profile's training buckets use; shared by the CLI and the TUI previews."""
+    main = profile.main.data()
+    base = profile.main.path.parent if profile.main.path is not None else None
+    model = main.get("model")
+    return model_framerate(model, base), pixel_multiple(model, preview_backend(profile), base)

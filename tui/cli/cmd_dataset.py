@@ -196,10 +196,11 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
     """The trainer's own plan_buckets on the dataset TOML with the profile's global batch, as plain data.
 
     Videos are bucketed at the frame rate diffusion-pipe trains the profile's model type at (none for image
-    models, whose videos it skips); image_micro_batch_size_per_gpu, when a number, batches the frames = 1 buckets.
+    models, whose videos it skips), sizes rounded to the pixel multiple of the backend that would train it
+    (engine.datasets.framerate.bucket_rules); image_micro_batch_size_per_gpu, when a number, batches the frames = 1 buckets.
     """
     from engine.datasets.buckets import plan_buckets
-    from engine.datasets.framerate import model_framerate
+    from engine.datasets.framerate import bucket_rules
     from profiles.document import TomlFile
     from profiles.store import resolve
 
@@ -210,19 +211,20 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
     global_batch = micro * accum * num_gpus
     image_micro = main.get("image_micro_batch_size_per_gpu")
     global_batch_image = image_micro * accum * num_gpus if type(image_micro) is int else None
-    base = prof.main.path.parent if prof.main.path is not None else None
-    framerate = model_framerate(main.get("model"), base)
+    framerate, round_to = bucket_rules(prof)
     plan = plan_buckets(
         TomlFile.load(toml).data(),
         toml.parent,
         global_batch,
         framerate=framerate,
         global_batch_image=global_batch_image,
+        round_to=round_to,
     )
     return {
         "global_batch": global_batch,
         "global_batch_image": global_batch_image,
         "framerate": framerate,
+        "round_to": round_to,
         "buckets": [
             {
                 "ar": b.ar,
@@ -269,7 +271,7 @@ def _buckets(args: argparse.Namespace) -> int:
     image_batch = f" (images {data['global_batch_image']})" if data["global_batch_image"] else ""
     print(
         f"global batch {data['global_batch']}{image_batch}: {data['items']} items, {data['dropped']} dropped, "
-        f"{data['steps_per_epoch']} steps per epoch"
+        f"{data['steps_per_epoch']} steps per epoch; sizes rounded to multiples of {data['round_to']}"
     )
     if data["framerate"]:
         videos = sum(b["items"] for b in data["buckets"] if b["frames"] > 1)

@@ -377,6 +377,9 @@ class BucketSettings:
     micro: int
     accum: int
     gpus: int = 1
+    # From the same profile, as `dpdeck dataset buckets` resolves them (engine.datasets.framerate.bucket_rules).
+    framerate: int | None = None
+    round_to: int = 16
 
     @property
     def global_batch(self) -> int:
@@ -399,6 +402,7 @@ def bucket_settings(source: DatasetSource, profile: str | None) -> BucketSetting
     A dataset TOML keeps its own resolutions and buckets; a plain folder borrows them from the profile's dataset
     TOML, with the folder(s) in place of its [[directory]] entries (keeping the first entry's repeats etc.).
     """
+    from engine.datasets.framerate import bucket_rules
     from profiles import store, templates
     from profiles.errors import ProfileError
 
@@ -412,15 +416,16 @@ def bucket_settings(source: DatasetSource, profile: str | None) -> BucketSetting
     except ProfileError as exc:
         raise OpenError(str(exc)) from exc
     micro, accum = _batch_numbers(prof.main.data(), label)
+    framerate, round_to = bucket_rules(prof)
     if source.toml_data is not None and source.toml_base is not None:
-        return BucketSettings(label, source.toml_data, source.toml_base, micro, accum)
+        return BucketSettings(label, source.toml_data, source.toml_base, micro, accum, framerate=framerate, round_to=round_to)
     if prof.dataset is None:
         raise OpenError(f"{label}: has no dataset TOML to take resolutions and buckets from")
     data = dict(prof.dataset.data())
     first = (data.get("directory") or [{}])[0]
     keep = {k: v for k, v in first.items() if k != "path"} if isinstance(first, Mapping) else {}
     data["directory"] = [{**keep, "path": str(d)} for d in source.directories]
-    return BucketSettings(label, data, source.target, micro, accum)
+    return BucketSettings(label, data, source.target, micro, accum, framerate=framerate, round_to=round_to)
 
 
 @dataclass
@@ -435,7 +440,13 @@ def bucket_view(settings: BucketSettings, entries: Mapping[Path, list[Entry]]) -
     from engine.datasets import buckets as b
     from engine.datasets.layout import dataset_dirs
 
-    plan = b.plan_buckets(settings.toml_data, settings.base_dir, settings.global_batch)
+    plan = b.plan_buckets(
+        settings.toml_data,
+        settings.base_dir,
+        settings.global_batch,
+        framerate=settings.framerate,
+        round_to=settings.round_to,
+    )
     ar_of: dict[Path, float] = {}
     for index, (spec, raw) in enumerate(
         zip(

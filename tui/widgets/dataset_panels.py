@@ -82,7 +82,7 @@ def buckets_renderable(view: BucketView) -> Group:
         f"[b]{plan.steps_per_epoch}[/b] steps per epoch · {plan.num_examples} examples after repeats · "
         f"{sum(b.dropped for b in plan.buckets)} dropped\n"
         f"global batch {s.global_batch} = micro {s.micro} × accumulation {s.accum} × {s.gpus} GPU "
-        f"· from {escape(s.label)}"
+        f"· from {escape(s.label)} · sizes in multiples of {plan.round_to}"
     )
     table = Table(box=None, padding=(0, 1), header_style="bold")
     for name, justify in (
