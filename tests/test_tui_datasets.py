@@ -359,3 +359,40 @@ def test_half_block_cells_fit_centre_rotate_and_flatten(tmp_path: Path) -> None:
 
     with pytest.raises(PreviewError, match="broken.jpg"):
         render_cells(tmp_path / "broken.jpg", 10, 5)
+
+
+async def test_big_folder_fills_in_chunks_while_keys_work_and_tag_filter(tmp_path: Path) -> None:
+    # 2,500 images: more rows than the first fill, so the rest arrive in chunks between events. Keys work before
+    # the table is full, G reaches the real last image at once, and a tag filter refill replaces a pending one.
+    from tui.screens import datasets as ds
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    png = tmp_path / "tiny.png"
+    Image.new("RGB", (4, 4), (90, 90, 90)).save(png)
+    data = png.read_bytes()
+    n = 2500
+    assert n > ds.FILL_FIRST + 2 * ds.FILL_CHUNK
+    for i in range(n):
+        (folder / f"{i:05d}.png").write_bytes(data)
+        (folder / f"{i:05d}.txt").write_text(f"cat, tag{i % 50}" + (", rare" if i % 500 == 7 else ""))
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: screen(app).source is not None, what="first dataset open")
+        send_burst(app, "o" + str(folder.relative_to(Path.cwd())))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(screen(app).shown) == n, what="big folder listed")
+        screen(app)._fill()  # a refill, as any filter change does: the first rows go in at once, no more
+        assert table(app).row_count == ds.FILL_FIRST
+        await pilot.press("j", "j")
+        assert highlighted(app) == "00002.png"
+        await pilot.press("G")
+        assert highlighted(app) == f"{n - 1:05d}.png" and table(app).row_count == n
+        await wait_until(pilot, lambda: screen(app).filled == n, what="fill finished")
+        # tag filter: "rare" is in 5 captions; a filter without a comma matches inside one tag only
+        send_burst(app, "/rare")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: table(app).row_count == 5, what="5 rare images")
+        assert [e.path.name for e in screen(app).shown] == [f"{i:05d}.png" for i in range(7, n, 500)]
+        await pilot.press("c")
+        await wait_until(pilot, lambda: table(app).row_count == n, what="filter cleared, every row back")

@@ -245,7 +245,11 @@ def filter_entries(
     for e in entries:
         if filters.missing and e.state == "ok":
             continue
-        if needle and not any(needle in t.lower() for t in e.tags()):
+        if needle and not (
+            needle in (e.caption or "").lower()  # a tag holds it: without a comma it cannot span two tags
+            if "," not in needle
+            else any(needle in t.lower() for t in e.tags())
+        ):
             continue
         if filters.bucket is not None and ar_of.get(e.path) != filters.bucket:
             continue
