@@ -9,7 +9,6 @@ edited (it is listed in `skipped`).
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import re
@@ -277,18 +276,12 @@ def apply(changes: list[Change], description: str) -> str | None:
     """Journal the old state, then replace each caption atomically; returns the undo op id (None if no-op).
 
     Refuses (changing nothing) when a folder is not writable or a file changed since it was planned (e.g. edited
-    elsewhere between a dry run and its apply). Where the journal shares the captions' filesystem, each new
-    caption is written into the undo record and atomically exchanged with the old one, which stays in the record
-    (engine.datasets.swap). Elsewhere the journal hard-links or copies the old files while the new ones are
-    written to a staging folder, then one sync and a rename each (engine.datasets.fastio). Either way a crash
+    elsewhere between a dry run and its apply). The writes are engine.datasets.undo.replace_journalled: a crash
     leaves every caption old or new, the journal restores them all, and a failure before the first replacement
     (disk full) changes nothing and leaves no record.
     """
-    import shutil
-    from concurrent.futures import ThreadPoolExecutor
-
-    from engine.datasets.fastio import stage_all, stamp_of
-    from engine.datasets.undo import SwapError, record, record_swapped, undo_root
+    from engine.datasets.fastio import stamp_of
+    from engine.datasets.undo import SwapError, replace_journalled
 
     if not changes:
         return None
@@ -310,24 +303,6 @@ def apply(changes: list[Change], description: str) -> str | None:
         modes.append(None if st is None else st.st_mode & 0o7777)
     items = [(path, c.new.encode("utf-8"), mode) for c, path, mode in zip(changes, paths, modes, strict=True)]
     try:
-        op_id = record_swapped(description, items)
+        return replace_journalled(description, items)
     except SwapError as exc:
         raise CaptionError(str(exc)) from exc
-    if op_id is not None:
-        return op_id
-    # Another filesystem than the journal's (or no RENAME_EXCHANGE): hard links or packed bytes + staged renames.
-    with ThreadPoolExecutor(1, thread_name_prefix="dpdeck-stage") as pool:
-        staging = pool.submit(stage_all, items)
-        try:
-            op_id = record(description, paths)  # links each file as it is (checked above); absent ones noted
-        except BaseException:
-            with contextlib.suppress(Exception):  # staging failed too: it removed its own temp files
-                staging.result().discard()
-            raise
-        try:
-            staged = staging.result()
-        except BaseException:
-            shutil.rmtree(undo_root() / op_id, ignore_errors=True)  # nothing changed: no op to undo
-            raise
-    staged.commit()
-    return op_id

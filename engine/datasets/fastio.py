@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _CHUNK = 1 << 16
@@ -25,15 +25,19 @@ _CHUNK = 1 << 16
 def read_bytes(path: Path | str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
-        first = os.read(fd, _CHUNK)
-        if len(first) < _CHUNK:  # a short read of a regular file is its end: one read for a small file
-            return first
-        chunks = [first]
-        while chunk := os.read(fd, _CHUNK):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _read_all(fd)
     finally:
         os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    first = os.read(fd, _CHUNK)
+    if len(first) < _CHUNK:  # a short read of a regular file is its end: one read for a small file
+        return first
+    chunks = [first]
+    while chunk := os.read(fd, _CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def write_temp(path: Path | str, data: bytes, mode: int | None = None, tmp: str | None = None) -> str:
@@ -75,19 +79,13 @@ Stamp = tuple[int, int, int]  # inode, size, mtime_ns
 
 
 def read_stamped(path: Path | str) -> tuple[bytes, Stamp]:
-    """The file's bytes and its stamp (inode, size, mtime), both from one open: `changed_since` later tells whether
-    the file was replaced or edited in between without reading it again."""
+    """The file's bytes and its stamp, both from one open: comparing the stamp with a later `stat` tells whether
+    the file was replaced or edited in between, without reading it again."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        st = os.fstat(fd)
-        first = os.read(fd, _CHUNK)
-        chunks = [first]
-        if len(first) == _CHUNK:
-            while chunk := os.read(fd, _CHUNK):
-                chunks.append(chunk)
+        return _read_all(fd), stamp_of(os.fstat(fd))
     finally:
         os.close(fd)
-    return (first if len(chunks) == 1 else b"".join(chunks)), (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def stamp_of(st: os.stat_result) -> Stamp:
@@ -181,11 +179,6 @@ def run_workers(work: Callable[[int], None], workers: int, name: str) -> None:
         futures = [pool.submit(work, w) for w in range(workers)]
     for future in futures:
         future.result()
-
-
-def replace_all(items: Iterable[tuple[str, bytes]]) -> None:
-    """Replace every (path, data) atomically and durably: all temp files, one sync, then the renames."""
-    stage_all([(path, data, None) for path, data in items]).commit()
 
 
 def _open_staging(folder: str) -> str:

@@ -13,6 +13,7 @@ versions (one `<i>.blob` per file) still restore.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -130,7 +131,40 @@ def _write_manifest(op_dir: Path, op_id: str, description: str, files: list[dict
     fsync_dir(op_dir.parent)
 
 
-def record_swapped(description: str, items: Sequence[tuple[str, bytes, int | None]]) -> str | None:
+def replace_journalled(description: str, items: Sequence[tuple[str, bytes, int | None]]) -> str:
+    """Replace each (path, data, mode) atomically, journalled for undo; returns the op id.
+
+    Where the journal shares the files' filesystem (and mount) and it supports RENAME_EXCHANGE, each new file is
+    written into the record and exchanged with the old one (engine.datasets.swap). Elsewhere the old files are
+    hard-linked or packed into the record while the new ones are staged beside them (engine.datasets.fastio),
+    then one sync and a rename each. A failure before the first replacement changes nothing and leaves no
+    record; SwapError means a failure part way, and the record restores every file.
+    """
+    op_id = _record_swapped(description, items)
+    if op_id is not None:
+        return op_id
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.datasets.fastio import stage_all
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dpdeck-stage") as pool:
+        staging = pool.submit(stage_all, items)  # the journal and the temp files are written at the same time
+        try:
+            op_id = record(description, [path for path, _, _ in items])  # each file as it is; absent ones noted
+        except BaseException:
+            with contextlib.suppress(Exception):  # staging failed too: it removed its own temp files
+                staging.result().discard()
+            raise
+        try:
+            staged = staging.result()
+        except BaseException:
+            shutil.rmtree(undo_root() / op_id, ignore_errors=True)  # nothing changed: no op to undo
+            raise
+    staged.commit()
+    return op_id
+
+
+def _record_swapped(description: str, items: Sequence[tuple[str, bytes, int | None]]) -> str | None:
     """Replace each (path, data, mode) and journal it in one pass (engine.datasets.swap); the op id, or None when
     this filesystem cannot do it (then nothing was written and the caller takes the links + rename path).
 
