@@ -35,7 +35,7 @@ def fresh_home() -> str:
 
 
 def bench_ls() -> None:
-    from engine import store
+    from engine.jobs import store
 
     home = fresh_home()
     conn = store.connect()
@@ -84,7 +84,7 @@ def _samples_per_s(text: str) -> float:
 def bench_overhead(steps: int = 30) -> None:
     from engine_helpers import FAKE_DP, make_profile, setup_engine, teardown_engine, wait_state
 
-    from engine import client
+    from engine.jobs import client
 
     fresh_home()
     setup_engine()
@@ -113,7 +113,7 @@ def bench_overhead(steps: int = 30) -> None:
 def bench_recovery() -> None:
     from engine_helpers import find_proc, make_profile, setup_engine, teardown_engine, wait_state, wait_step
 
-    from engine import client
+    from engine.jobs import client
 
     fresh_home()
     setup_engine()
@@ -145,7 +145,7 @@ def bench_idle() -> None:
     import psutil
     from engine_helpers import make_profile, setup_engine, teardown_engine, wait_step
 
-    from engine import client
+    from engine.jobs import client
 
     fresh_home()
     setup_engine()

@@ -60,7 +60,7 @@ def bench_download(work: Path, size_mb: int, rounds: int) -> None:
           f"on {os.cpu_count()} CPUs")
     digest = sha256_of(src)
     rows: list[tuple[float, float, float, float]] = []  # curl s, dpdeck end-to-end s, startup s, transfer s
-    from engine import client
+    from engine.jobs import client
 
     t = time.perf_counter()
     client.ensure_daemon()  # a long-lived service on a real box (the TUI or any command started it)

@@ -45,8 +45,8 @@ def run_view_cpu(env: dict[str, str], home: Path, seconds: float) -> tuple[float
     keep emitting steps through the whole window: the figure is the deck following a job at work.
     """
     os.environ["DPDECK_HOME"] = str(home)
-    from engine import client
     from engine.demo import prepare
+    from engine.jobs import client
     from profiles.document import TomlFile
 
     main_toml = prepare(home / "demo")

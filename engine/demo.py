@@ -312,11 +312,11 @@ def run_demo(timeout: float = 600.0, direct: bool = False, log: Any = print) -> 
     client = None
     if not direct:
         try:
-            from engine import client as client_mod
+            from engine.jobs import client as client_mod
 
             client = client_mod
         except ImportError:
-            log("engine.client is not available; launching the trainer directly")
+            log("engine.jobs.client is not available; launching the trainer directly")
     if client is not None:
         client.ensure_daemon()
         # backend "auto" picks the built-in trainer for sd15 (docs/CONTRACTS.md).
@@ -379,7 +379,7 @@ def _launch_direct(main_toml: Path, timeout: float) -> tuple[int, Path | None, s
     import subprocess
     import sys
 
-    from engine.ports import pick_port
+    from engine.jobs.ports import pick_port
 
     port = pick_port(set())
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))

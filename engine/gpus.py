@@ -35,7 +35,7 @@ def gpu_report() -> list[dict[str, Any]]:
 
     A process is `ours` when it carries our marker for this state dir; only the pids NVML lists are checked.
     """
-    from engine.procs import marker_of_pid
+    from engine.jobs.procs import marker_of_pid
 
     nv = _nvml()
     if nv is None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import psutil
 
-from engine import client, config
+from engine import config
+from engine.jobs import client
 
 FAKE_DP = Path(__file__).resolve().parent / "fake_diffusion_pipe"
 
@@ -73,7 +74,7 @@ def wait_step(job_id: int, step: int, timeout: float = 180.0) -> client.JobView:
 
 
 def job_processes(job_id: int) -> list[psutil.Process]:
-    from engine import procs
+    from engine.jobs import procs
 
     return [psutil.Process(m.pid) for m in procs.marked_processes(job_id) if psutil.pid_exists(m.pid)]
 
@@ -92,7 +93,7 @@ def find_proc(job_id: int, needle: str) -> psutil.Process:
 
 
 def teardown_engine() -> None:
-    from engine import procs
+    from engine.jobs import procs
 
     client.stop_daemon(kill_jobs=True, timeout=60)
     procs.kill_marked(procs.marked_processes(), grace_s=3)

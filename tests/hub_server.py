@@ -299,7 +299,7 @@ def stop_downloads() -> None:
     download worker still alive, so no test leaves a process behind."""
     import signal as _signal
 
-    from engine import client
+    from engine.jobs import client
     from engine.models import downloads
 
     client.stop_daemon()

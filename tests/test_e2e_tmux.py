@@ -192,7 +192,7 @@ def test_slash_and_letters_in_one_send_keys_reach_the_filter(tmux: Tmux, dpdeck_
 def test_deck_in_tmux_runs_the_demo_job_and_survives_a_closed_deck(tmux: Tmux, dpdeck_home: Path) -> None:
     """Enqueue the tiny demo profile from the deck, close the deck (kill tmux) while it trains, open a new
     deck and watch the job complete in the Run screen with its loss curve and saves."""
-    pytest.importorskip("engine.client")
+    pytest.importorskip("engine.jobs.client")
     pytest.importorskip("deepspeed")
     from engine.demo import prepare
     from profiles import store

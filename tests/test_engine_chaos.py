@@ -26,7 +26,7 @@ from engine_helpers import (
     wait_step,
 )
 
-from engine import client, procs
+from engine.jobs import client, procs
 
 pytestmark = pytest.mark.slow
 FINAL = ("completed", "failed", "cancelled", "oom", "hung", "interrupted")
@@ -43,7 +43,7 @@ def _assert_clean(job_id: int) -> None:
     job = client.get_job(job_id)
     assert procs.marked_processes(job_id) == [], f"orphans of job {job_id} survived"
     if job.port:
-        from engine.ports import listening_ports
+        from engine.jobs.ports import listening_ports
 
         assert job.port not in listening_ports(), f"master port {job.port} still listening"
 
@@ -89,7 +89,7 @@ def test_sigkill_part_of_a_running_job(engine: Path, victim: str) -> None:
 def test_sigkill_shim_marks_interrupted_and_reclaims(engine: Path) -> None:
     job_id = _long_job(engine, "shim")
     shim = psutil.Process(client.get_job(job_id).pid)
-    assert "engine.shim" in " ".join(shim.cmdline())
+    assert "engine.jobs.shim" in " ".join(shim.cmdline())
     shim.send_signal(signal.SIGKILL)
     job = wait_state(job_id, FINAL, timeout=120)
     assert job.state == "interrupted" and job.exit_reason == "interrupted", job
@@ -121,7 +121,7 @@ def test_kill_daemon_reattach_and_finish(engine: Path) -> None:
 
 def test_foreign_listener_and_unmarked_process_survive(engine: Path) -> None:
     from engine import config
-    from engine.ports import pick_port
+    from engine.jobs.ports import pick_port
 
     low = pick_port(taken=set(), configured=(int(config.get("ports.low")), int(config.get("ports.high"))))
     foreign = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from engine_helpers import make_profile, setup_engine
 
-from engine import classify, client, launch, ports, store
-from engine.progress import LogFollower, Progress, eta_seconds, feed_line
+from engine.jobs import classify, client, launch, ports, store
+from engine.jobs.progress import LogFollower, Progress, eta_seconds, feed_line
 
 
 def test_store_schema_version_and_wal(dpdeck_home: Path) -> None:
@@ -181,7 +181,7 @@ def test_port_reservation_is_machine_wide(tmp_path: Path) -> None:
 
 
 def test_job_fields_match_the_model() -> None:
-    from engine.jobview import FINAL_STATES, JobView
+    from engine.jobs.view import FINAL_STATES, JobView
 
     assert client.JOB_FIELDS == tuple(JobView.model_fields)
     assert FINAL_STATES == store.FINAL_STATES

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import client
+from engine.jobs import client
 from engine.models import downloads
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -46,7 +46,7 @@ def test_demo_direct(dpdeck_home: Path) -> None:
     _check(_demo(dpdeck_home, "--direct"), dpdeck_home)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("engine.client") is None, reason="engine.client not built yet")
+@pytest.mark.skipif(importlib.util.find_spec("engine.jobs.client") is None, reason="engine.jobs.client not built yet")
 def test_demo_through_the_queue(dpdeck_home: Path) -> None:
     result = _demo(dpdeck_home)
     assert result["via"] == "queue" and isinstance(result["job_id"], int)

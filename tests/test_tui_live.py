@@ -47,7 +47,7 @@ class Job:
 
 
 class FakeEngine:
-    """Stand-in for engine.client (absent in this tree): jobs in a dict, requests recorded."""
+    """Stand-in for engine.jobs.client (absent in this tree): jobs in a dict, requests recorded."""
 
     def __init__(self, log: Path | None = None) -> None:
         self.jobs: dict[int, Job] = {}
@@ -59,7 +59,7 @@ class FakeEngine:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         def call(name: str, *args: Any, **kwargs: Any) -> Any:
             if not hasattr(self, name):
-                raise data.EngineUnavailable(f"engine.client.{name} is not available yet")
+                raise data.EngineUnavailable(f"engine.jobs.client.{name} is not available yet")
             return getattr(self, name)(*args, **kwargs)
 
         monkeypatch.setattr(data, "engine_call", call)

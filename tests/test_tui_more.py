@@ -162,7 +162,7 @@ async def test_a_profile_from_the_demo_template_enqueues_as_it_is(dpdeck_home: P
     """The demo template's paths are placeholders only `dpdeck demo` filled: the deck points them at the demo
     folders and builds the tiny model and dataset when the profile is first enqueued."""
     pytest.importorskip("diffusers")
-    engine_client = pytest.importorskip("engine.client")
+    engine_client = pytest.importorskip("engine.jobs.client")
     app = DeckApp()
     try:
         async with app.run_test(size=(80, 24)) as pilot:

@@ -137,7 +137,7 @@ def launch_trainer(
     import subprocess
     import sys
 
-    from engine import ports
+    from engine.jobs import ports
 
     # The engine's picker, reservation held for the run: no clash with a daemon's job on this machine.
     port, reservation = ports.pick_and_reserve(set())

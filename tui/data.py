@@ -21,14 +21,14 @@ class EngineUnavailable(Exception):
 
 def _client_attr(name: str) -> Any:
     try:
-        client = importlib.import_module("engine.client")
+        client = importlib.import_module("engine.jobs.client")
     except ModuleNotFoundError as exc:
-        if exc.name in ("engine.client", "engine"):
-            raise EngineUnavailable("engine not available (engine.client is not installed)") from exc
+        if exc.name in ("engine.jobs.client", "engine"):
+            raise EngineUnavailable("engine not available (engine.jobs.client is not installed)") from exc
         raise
     func = getattr(client, name, None)
     if func is None:
-        raise EngineUnavailable(f"engine.client.{name} is not available yet")
+        raise EngineUnavailable(f"engine.jobs.client.{name} is not available yet")
     return func
 
 

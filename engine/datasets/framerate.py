@@ -106,7 +106,7 @@ def pixel_multiple(model: Mapping[str, Any] | None, backend: str, base_dir: Path
 
 def preview_backend(profile: Any) -> str:
     """The backend `dpdeck queue` (backend auto) would pick; diffusion-pipe when auto cannot pick one yet."""
-    from engine.launch import EnqueueError, pick_backend
+    from engine.jobs.launch import EnqueueError, pick_backend
 
     try:
         return pick_backend(profile, "auto")

@@ -267,7 +267,7 @@ def plan_folder(comp: Component, dest: Path | None = None) -> tuple[Path, list[F
 
 def _daemon() -> None:
     """Make sure a daemon runs and looks at the downloads now."""
-    from engine.client import ensure_daemon
+    from engine.jobs.client import ensure_daemon
     from engine.models.wake import poke
 
     ensure_daemon()
@@ -384,7 +384,7 @@ def settled(dl: Download, daemon_running: bool) -> bool:
 
 
 def wait(download_id: str, timeout: float | None = None, poll: float = 0.2) -> Download:
-    from engine.client import daemon_pid
+    from engine.jobs.client import daemon_pid
 
     end = None if timeout is None else time.monotonic() + timeout
     while True:

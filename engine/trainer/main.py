@@ -496,7 +496,7 @@ class Trainer:
 
 
 def _single_process_env() -> None:
-    from engine.ports import pick_port
+    from engine.jobs.ports import pick_port
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -49,10 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _start(args: argparse.Namespace) -> int:
     if args.foreground:
-        from engine import daemon
+        from engine.jobs import daemon
 
         return daemon.main([])
-    from engine import client
+    from engine.jobs import client
 
     pid = client.ensure_daemon()
     print(f"daemon running (pid {pid})")
@@ -60,7 +60,7 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     if client.stop_daemon(kill_jobs=args.kill_jobs):
         print("daemon stopped" + (" (jobs cancelled)" if args.kill_jobs else " (running jobs keep running)"))
@@ -70,7 +70,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     status = client.daemon_status()
     if args.json:
@@ -86,7 +86,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _reclaim(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     result = client.reclaim(dry_run=args.dry_run)
     if args.json:
@@ -105,7 +105,7 @@ def _reclaim(args: argparse.Namespace) -> int:
 
 
 def _gpus(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     report = client.gpu_report()
     if args.json:

@@ -205,7 +205,7 @@ def _line(dl: Any) -> str:
 
 def _watch(ids: list[str]) -> list[Any]:
     """Redraw one line per download until all end. Ctrl-C stops watching, not downloading."""
-    from engine.client import daemon_pid
+    from engine.jobs.client import daemon_pid
     from engine.models import downloads
 
     tty = sys.stdout.isatty()
@@ -286,7 +286,7 @@ def _downloads(args: argparse.Namespace) -> int:
 
     dls = downloads.list_downloads(include_finished=not args.active)
     if any(d.state in ("queued", "interrupted") for d in dls):
-        from engine.client import ensure_daemon
+        from engine.jobs.client import ensure_daemon
 
         ensure_daemon()  # after a reboot nobody else may have started it: the daemon resumes them
     if args.json:

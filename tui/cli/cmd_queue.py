@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from engine import client, launch
+    from engine.jobs import client, launch
     from profiles.errors import ProfileError
 
     gpus = None
@@ -124,7 +124,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _pause(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     client.set_queue_paused(args.paused)
     print("queue paused" if args.paused else "queue unpaused")
@@ -163,7 +163,7 @@ HEADERS = ["ID", "NAME", "STATE", "GPUS", "STEP", "EPOCH", "LOSS", "SAMPLES/S", 
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     if args.json:
         # Compact, one C-encoder call: stores with thousands of jobs list in a blink.
@@ -180,7 +180,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     try:
         job = client.get_job(args.job)
@@ -208,7 +208,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     try:
         path = client.job_log_path(args.job, args.rank)
@@ -235,7 +235,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     try:
         result = client.send_request(args.job, args.action, getattr(args, "where", None))
@@ -253,7 +253,7 @@ def _request(args: argparse.Namespace) -> int:
 
 
 def _wait(args: argparse.Namespace) -> int:
-    from engine import client
+    from engine.jobs import client
 
     try:
         job = client.wait(args.job, timeout=args.timeout)

@@ -1,6 +1,6 @@
 """The daemon: one per state dir (flock), the only writer of job state.
 
-`python -m engine.daemon [--foreground]`. Each tick it applies client requests, supervises live jobs (progress,
+`python -m engine.jobs.daemon [--foreground]`. Each tick it applies client requests, supervises live jobs (progress,
 exits, hang watchdog, graceful-stop deadlines) and starts queued jobs whose resources are free. Before every
 launch, after every job and at start it sweeps orphans that carry our marker.
 """
@@ -8,7 +8,6 @@ launch, after every job and at start it sweeps orphans that carry our marker.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -19,22 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import classify, config, gpus, launch, ports, procs, store
-from engine.progress import LogFollower, Progress, eta_seconds, feed_line
+from engine import config, gpus
+from engine.jobs import classify, create, launch, ports, procs, store
+from engine.jobs.lock import acquire_lock
+from engine.jobs.progress import LogFollower, Progress, eta_seconds, feed_line
 from profiles import paths
 from profiles.atomic import atomic_write_text
 from profiles.document import TomlFile
 
 TICK_S = 0.5
-LOCK_NAME = "daemon.lock"
-
-
-def lock_path() -> Path:
-    return paths.state_dir() / LOCK_NAME
-
-
-def log_path() -> Path:
-    return paths.state_dir() / "daemon.log"
 
 
 @dataclass
@@ -210,10 +202,8 @@ class Daemon:
         return {"ok": True, "message": f"job {job['id']} moved {where}"}
 
     def clone_job(self, job: dict[str, Any], resume_from: str | None) -> int:
-        from engine.client import _insert_job  # one place creates job rows
-
         src = Path(job["job_dir"])
-        return _insert_job(
+        return create.insert_job(
             conn=self.conn,
             name=job["name"],
             profile=job["profile"],
@@ -554,7 +544,7 @@ class Daemon:
         shim_env.update(env)
         with open(job_dir / "shim.log", "ab") as shim_log:
             shim = subprocess.Popen(
-                [sys.executable, "-m", "engine.shim", str(job_dir)],
+                [sys.executable, "-m", "engine.jobs.shim", str(job_dir)],
                 cwd=cwd, env=shim_env, stdin=subprocess.DEVNULL, stdout=shim_log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -630,19 +620,6 @@ def _preflight(job_dir: Path) -> tuple[str, str] | None:
             if isinstance(p, str) and not Path(p).expanduser().is_dir():
                 return "missing_file", f"dataset directory[{i}].path {p} does not exist"
     return None
-
-
-def acquire_lock() -> int | None:
-    """The daemon lock (held for the daemon's life); None when another daemon holds it."""
-    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
 
 
 def main(argv: list[str] | None = None) -> int:

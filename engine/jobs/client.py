@@ -7,10 +7,8 @@ request, and the daemon applies it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,13 +17,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import launch, store
+from engine.jobs import create, launch, store
+from engine.jobs.lock import daemon_pid, log_path
 from profiles import paths
-from profiles.atomic import atomic_write_text
 from profiles.document import TomlFile
 
 if TYPE_CHECKING:
-    from engine.jobview import JobView
+    from engine.jobs.view import JobView
 
 # The JobView fields, spelled out so `ls --json` over thousands of jobs never pays for importing pydantic
 # (tests/test_engine_units.py checks they match the model).
@@ -39,7 +37,7 @@ JOB_FIELDS = (
 
 def __getattr__(name: str) -> Any:
     if name == "JobView":  # `client.JobView` without importing pydantic for every client
-        from engine.jobview import JobView
+        from engine.jobs.view import JobView
 
         return JobView
     raise AttributeError(name)
@@ -70,69 +68,13 @@ def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _view(row: sqlite3.Row) -> JobView:
-    from engine.jobview import JobView
+    from engine.jobs.view import JobView
 
     # Rows come from our own store, written through the same schema: no need to re-validate each one.
     return JobView.model_construct(**_job_dict(row))
 
 
 # ----- jobs ------------------------------------------------------------------------------------------
-
-
-def _insert_job(
-    *,
-    conn: sqlite3.Connection,
-    name: str,
-    profile: str,
-    backend: str,
-    gpus: list[int] | None,
-    num_gpus: int | None,
-    priority: int,
-    after: int | None,
-    frozen_from: Path | None = None,
-    profile_obj: Any = None,
-    resume_from: str | None = None,
-    parent_id: int | None = None,
-    hang_timeout_s: float | None = None,
-    launcher_args: list[str] | None = None,
-) -> int:
-    """Create a queued job and freeze its TOMLs into jobs/<id>/ in one transaction."""
-    now = time.time()
-    with store.transaction(conn):
-        pos = conn.execute("SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM jobs").fetchone()[0]
-        cur = conn.execute(
-            "INSERT INTO jobs(name, state, profile, backend, gpus, num_gpus, priority, after_id, queue_pos,"
-            " resume_from, parent_id, hang_timeout_s, launcher_args, job_dir, created_at)"
-            " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
-            (name, profile, backend, json.dumps(gpus) if gpus else None, num_gpus, priority, after, pos,
-             resume_from, parent_id, hang_timeout_s, json.dumps(launcher_args) if launcher_args else None, now),
-        )
-        job_id = int(cur.lastrowid or 0)
-        job_dir = paths.jobs_dir() / str(job_id)
-        if job_dir.exists():  # a leftover from a store that was deleted: never mix two jobs' files
-            shutil.rmtree(job_dir)
-        job_dir.mkdir(parents=True)
-        if frozen_from is not None:
-            _copy_frozen(frozen_from, job_dir)
-        else:
-            launch.freeze(profile_obj, job_dir)
-        conn.execute("UPDATE jobs SET job_dir=? WHERE id=?", (str(job_dir), job_id))
-        store.add_event(conn, job_id, "enqueue", f"queued {name} ({backend})")
-    return job_id
-
-
-def _copy_frozen(src: Path, dst: Path) -> None:
-    for f in src.glob("*.toml"):
-        shutil.copy2(f, dst / f.name)
-    main = TomlFile.load(dst / "main.toml")
-    if (dst / "dataset.toml").exists():
-        main.set("dataset", str(dst / "dataset.toml"))
-    evals = main.get("eval_datasets")
-    if isinstance(evals, list):
-        for i, entry in enumerate(evals):
-            if isinstance(entry, dict) and (dst / f"eval-{i}.toml").exists():
-                main.set(f"eval_datasets[{i}].config", str(dst / f"eval-{i}.toml"))
-    atomic_write_text(dst / "main.toml", main.dumps())
 
 
 def enqueue(
@@ -164,7 +106,7 @@ def enqueue(
     if after is not None and conn.execute("SELECT 1 FROM jobs WHERE id=?", (after,)).fetchone() is None:
         raise launch.EnqueueError(f"--after {after}: no such job")
     label = name or (prof.name or Path(profile).stem)
-    job_id = _insert_job(
+    job_id = create.insert_job(
         conn=conn, name=label, profile=str(profile), backend=chosen, gpus=gpus, num_gpus=num_gpus,
         priority=priority, after=after, profile_obj=prof, hang_timeout_s=hang_timeout_s,
         launcher_args=launcher_args,
@@ -336,7 +278,7 @@ def system_stats() -> dict[str, Any]:
 
 def reclaim(dry_run: bool = False) -> dict[str, Any]:
     """Marked processes whose job is not live: listed (dry run) or killed (by the daemon when one runs)."""
-    from engine import procs
+    from engine.jobs import procs
 
     conn = _db()
     live = {
@@ -365,34 +307,11 @@ def reclaim(dry_run: bool = False) -> dict[str, Any]:
 # ----- daemon ----------------------------------------------------------------------------------------
 
 
-def daemon_pid() -> int | None:
-    """The pid of the daemon holding this state dir's lock, or None."""
-    from engine.daemon import lock_path
-
-    path = lock_path()
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            with contextlib.suppress(ValueError, OSError):
-                return int(Path(path).read_text().strip() or 0) or None
-            return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def ensure_daemon(timeout: float = 20.0) -> int:
     """Start the daemon (detached: new session, stdio to daemon.log) unless one runs; returns its pid."""
     pid = daemon_pid()
     if pid:
         return pid
-    from engine.daemon import log_path
-
     env = dict(os.environ)
     for key in ("DPDECK_JOB",):
         env.pop(key, None)
@@ -400,7 +319,7 @@ def ensure_daemon(timeout: float = 20.0) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     with open(log_path(), "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "engine.daemon"],
+            [sys.executable, "-m", "engine.jobs.daemon"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             cwd=str(paths.state_dir()),
         )

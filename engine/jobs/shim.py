@@ -1,4 +1,4 @@
-"""Per-job shim: `python -m engine.shim JOB_DIR`.
+"""Per-job shim: `python -m engine.jobs.shim JOB_DIR`.
 
 Started by the daemon in a new session. It becomes a child subreaper (so ranks orphaned by a dying launcher
 re-parent to it, not to init), runs the launcher with output to the job's log file, and when the launcher

@@ -131,7 +131,7 @@ def build_command(
 
 
 def job_env(job_id: int, has_nvidia: bool) -> dict[str, str]:
-    from engine.procs import marker_env
+    from engine.jobs.procs import marker_env
 
     env = marker_env(job_id)
     env["PYTHONUNBUFFERED"] = "1"
