@@ -67,9 +67,7 @@ def run_checks() -> list[Check]:
     ds = shutil.which("deepspeed") or (Path(sys.executable).parent / "deepspeed").exists()
     checks.append(Check("deepspeed launcher", "ok" if ds else "warn", "found" if ds else "`deepspeed` not on PATH",
                         "" if ds else "pip install deepspeed"))
-    ext = Path.home() / ".cache" / "torch_extensions"
-    checks.append(Check("deepspeed ops cache", "info",
-                        f"{ext} {'exists' if ext.exists() else 'is empty: the first launch compiles ops (~1 min)'}"))
+    checks += tracking_checks()
     dp = config.get("diffusion_pipe.path")
     if dp:
         ok = (Path(dp) / "train.py").is_file()
@@ -88,3 +86,57 @@ def run_checks() -> list[Check]:
                             "enabled" if linger.exists() else "disabled: logind may kill the daemon at logout",
                             "" if linger.exists() else "loginctl enable-linger $USER (see docs/daemon.md)"))
     return checks
+
+
+def tracking_checks() -> list[Check]:
+    """How job processes are tracked, the private runtime dir, and the state of deepspeed's op build cache."""
+    from engine.jobs import cgroup, ports
+
+    base, why = cgroup.status()
+    checks = [
+        Check("process tracking", "ok", f"cgroup at {base} (one per job: no descendant escapes)")
+        if base is not None
+        else Check("process tracking", "info", f"env markers only: {why}",
+                   "" if cgroup.ENV in os.environ else "a process that clears its environment and setsid()s can "
+                   "escape the sweep; cgroup v2 with a writable subtree (e.g. systemd --user) closes that")
+    ]
+    runtime = ports.runtime_dir()
+    problems = ports.runtime_problems()
+    checks.append(Check("runtime dir", "warn" if problems else "ok",
+                        f"{runtime} (port reservations, build lock)" + (f"; {'; '.join(problems)}" if problems else ""),
+                        "remove the refused folder(s) named above" if problems else ""))
+    checks.append(_op_cache_check())
+    return checks
+
+
+def _op_cache_check() -> Check:
+    from engine.jobs import oplock as ol
+
+    state = ol.op_state()
+    stale = ol.stale_locks()
+    others = [p for p in ol.baton_locks() if p not in stale and str(p) != state["lock"]]
+    detail = f"{ol.SHM_OP} {state['state']} in {state['dir']}"
+    if stale:
+        detail += "; stale lock(s), every job that builds the op would wait on them forever: " + \
+            ", ".join(str(p) for p in stale)
+    elif others:
+        detail += f"; being built now: {', '.join(str(p) for p in others)}"
+    if stale:
+        return Check("deepspeed ops cache", "fail", detail, "dpdeck doctor --fix (clears them and builds the op once)")
+    if state["state"] == "not built" and not gpus.gpu_report():
+        return Check("deepspeed ops cache", "info", detail + ": the first launch compiles it (1-2 min)",
+                     "dpdeck doctor --fix (builds it now)")
+    return Check("deepspeed ops cache", "ok" if state["state"] == "built" else "info", detail)
+
+
+def fix(build: bool = True) -> list[str]:
+    """`dpdeck doctor --fix`: clear stale torch extension build locks, then build deepspeed's init-time op once
+    (under dpdeck's own flock, in a child). Returns what was done, one line each."""
+    from engine.jobs import oplock
+
+    done = [f"cleared the stale torch extension build lock {p} (no process was building)"
+            for p in oplock.clear_stale()]
+    if build:
+        ok, message = oplock.prebuild(has_nvidia=bool(gpus.gpu_report()))
+        done.append(("built: " if ok else "op build FAILED: ") + message)
+    return done

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from profiles import paths
+
 
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -21,16 +23,19 @@ def atomic_write_bytes(path: Path | str, data: bytes, mode: int | None = None) -
     """Write via temp file in the same folder + fsync + rename (+ fsync of the folder).
 
     `mode` sets the permissions before any byte is written, so a secret is never readable by others.
-    When `mode` is None an existing file's permissions are kept.
+    When `mode` is None an existing file's permissions are kept; a new file is 0600 inside the state dir
+    (store, job folders, config: private) and 0644 elsewhere (captions, exports: the user's files).
     """
     path = Path(path)
     parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    if not parent.is_dir():
+        mode_dir = paths.DIR_MODE if paths.is_state_path(parent) else 0o777
+        parent.mkdir(mode=mode_dir, parents=True, exist_ok=True)
     if mode is None:
         try:
             mode = path.stat().st_mode & 0o7777
         except FileNotFoundError:
-            mode = 0o644
+            mode = paths.FILE_MODE if paths.is_state_path(parent) else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         os.fchmod(fd, mode)

@@ -1,8 +1,11 @@
 """Version history of one stored profile: every save is a numbered snapshot of all its files.
 
-Layout inside a profile folder: `history/v000001/{main.toml,dataset.toml,...,meta.json}`. The snapshot's
-files are written first and `meta.json` last, so a version without `meta.json` (a crash mid-record) is
-simply not a version. Rolling back saves the old content as a new version, so a rollback can itself be
+Layout inside a profile folder: `history/v000001/{main.toml,dataset.toml,...,meta.json}`. A version is
+written whole into a hidden temp folder (`history/.staging-v000001-<pid>`, `meta.json` last) and renamed
+into place, so a version folder is complete or absent, even on a full disk; a version without `meta.json`
+(only from older versions of dpdeck) is simply not a version. `profiles.store.save` stages the version,
+replaces the live files, and only then commits the version, so the history never claims content the live
+files do not have. Rolling back saves the old content as a new version, so a rollback can itself be
 undone. These functions work on a profile folder; `profiles.store` wraps them by profile name.
 """
 
@@ -11,16 +14,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from profiles.atomic import atomic_write_text
+from profiles.atomic import atomic_write_text, fsync_dir
 from profiles.errors import ProfileError, ProfileNotFound
 
 HISTORY_DIR = "history"
 META = "meta.json"
+STAGING_PREFIX = ".staging-"
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 
 
@@ -91,13 +97,32 @@ def _next_version(pdir: Path) -> int:
     return highest + 1
 
 
-def record_version(pdir: Path, files: dict[str, str], message: str) -> VersionInfo:
-    """Snapshot `files` as the next version. The caller holds the profile's lock."""
+@dataclass(frozen=True)
+class StagedVersion:
+    """A complete version written to a temp folder, not yet part of the history."""
+
+    folder: Path
+    target: Path
+    info: VersionInfo
+
+
+def _remove_stale_staging(root: Path) -> None:
+    # The caller holds the store lock, so no other save is staging now: anything left is from a crash.
+    for entry in root.iterdir():
+        if entry.name.startswith(STAGING_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def stage_version(pdir: Path, files: dict[str, str], message: str) -> StagedVersion:
+    """Write `files` as the next version into a temp folder (meta.json last). The caller holds the lock.
+
+    A failure (disk full) removes the temp folder and raises the OSError; the history is unchanged.
+    """
+    root = _history_root(pdir)
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(root)
     version = _next_version(pdir)
-    vdir = _version_dir(pdir, version)
-    vdir.mkdir(parents=True, exist_ok=False)
-    for name, text in files.items():
-        atomic_write_text(vdir / name, text, mode=0o600)
+    folder = root / f"{STAGING_PREFIX}v{version:06d}-{os.getpid()}"
     info = VersionInfo(
         version=version,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -105,8 +130,36 @@ def record_version(pdir: Path, files: dict[str, str], message: str) -> VersionIn
         files=sorted(files),
         sha256=files_digest(files),
     )
-    atomic_write_text(vdir / META, json.dumps(info.to_dict(), indent=2) + "\n", mode=0o600)
-    return info
+    try:
+        folder.mkdir()
+        for name, text in files.items():
+            atomic_write_text(folder / name, text, mode=0o600)
+        atomic_write_text(folder / META, json.dumps(info.to_dict(), indent=2) + "\n", mode=0o600)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return StagedVersion(folder, _version_dir(pdir, version), info)
+
+
+def commit_version(staged: StagedVersion) -> VersionInfo:
+    """Make a staged version part of the history (one rename: it appears whole or not at all)."""
+    os.rename(staged.folder, staged.target)
+    fsync_dir(staged.target.parent)
+    return staged.info
+
+
+def discard_version(staged: StagedVersion) -> None:
+    shutil.rmtree(staged.folder, ignore_errors=True)
+
+
+def record_version(pdir: Path, files: dict[str, str], message: str) -> VersionInfo:
+    """Snapshot `files` as the next version. The caller holds the profile's lock."""
+    staged = stage_version(pdir, files, message)
+    try:
+        return commit_version(staged)
+    except BaseException:
+        discard_version(staged)
+        raise
 
 
 def get_version(pdir: Path, version: int) -> VersionInfo:

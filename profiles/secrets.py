@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,11 @@ PROFILE_SECRET_KEYS: dict[str, str] = {
     "hf_api_token": "hf_token",
     "hub_token": "hf_token",
 }
+
+# Environment variables that look like credentials: never copied from a client's environment into a job's.
+_SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY", re.IGNORECASE)
+# Names that match the pattern but configure a library (HF tokenizers), not a credential.
+_NOT_SECRET_ENV = frozenset({"TOKENIZERS_PARALLELISM"})
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MASK = "***"
@@ -95,9 +101,10 @@ def _write_file(values: dict[str, str], path: Path | None = None) -> None:
     atomic_write_text(path, tomlkit.dumps(doc), mode=0o600)
 
 
-def _from_env(name: str) -> tuple[str, str] | None:
+def _from_env(name: str, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    environ = os.environ if environ is None else environ
     for var in ENV_VARS.get(name, (name.upper(),)):
-        value = os.environ.get(var)
+        value = environ.get(var)
         if value:
             return var, value
     return None
@@ -245,3 +252,74 @@ def move_to_store(found: list[FoundSecret]) -> list[str]:
             f"{item.file}: {item.keypath}: secrets never stay in profiles; removed the key and {note}"
         )
     return warnings
+
+
+# ----- secrets of a job -----------------------------------------------------------------------------------
+
+
+def env_var_for(name: str) -> str:
+    """The environment variable a job receives the secret in (WANDB_API_KEY, HF_TOKEN, ...)."""
+    return ENV_VARS.get(name, (name.upper(),))[0]
+
+
+def is_secret_env_name(name: str) -> bool:
+    if name in _NOT_SECRET_ENV:
+        return False
+    return any(name in names for names in ENV_VARS.values()) or bool(_SECRET_ENV_NAME.search(name))
+
+
+def scrub_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of an environment without the variables that look like credentials."""
+    return {k: v for k, v in environ.items() if not is_secret_env_name(k)}
+
+
+def secrets_asked(docs: Iterable[Mapping[str, object]]) -> dict[str, str | None]:
+    """The secrets a profile's TOMLs (main first, then dataset/eval) ask for -> the value written in them.
+
+    A profile asks for a secret by carrying its key anywhere (the value itself is stripped before the job is
+    frozen) and for the W&B key by `[monitoring] enable_wandb = true`. The value is None unless the profile
+    held a real one.
+    """
+    asked: dict[str, str | None] = {}
+    for index, data in enumerate(docs):
+        monitoring = data.get("monitoring") if index == 0 else None
+        if isinstance(monitoring, Mapping) and monitoring.get("enable_wandb") is True:
+            asked.setdefault("wandb_api_key", None)
+        for parts, secret in _secret_keypaths(dict(data), []):
+            value = _value_at(data, parts)
+            asked.setdefault(secret, None)
+            if asked[secret] is None and looks_like_real_value(value):
+                asked[secret] = str(value).strip()
+    return asked
+
+
+def _value_at(data: object, parts: list[str | int]) -> object:
+    for part in parts:
+        if isinstance(data, Mapping):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def secret_env(asked: Mapping[str, str | None], environ: Mapping[str, str]) -> dict[str, str]:
+    """{ENV VAR: value} for the secrets a job asks for.
+
+    Each comes from `environ` (the enqueuing client's environment), else the 0600 secrets file, else the value
+    the profile itself held; a secret found nowhere is left out (the trainer then says W&B is off).
+    Raises SecretsError when the secrets file is unsafe.
+    """
+    out: dict[str, str] = {}
+    stored: dict[str, str] | None = None
+    for name in sorted(asked):
+        env = _from_env(name, environ)
+        value = env[1] if env else None
+        if value is None:
+            if stored is None:
+                stored = _read_file()
+            value = stored.get(name) or asked[name]
+        if value:
+            out[env_var_for(name)] = value
+    return out

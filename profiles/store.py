@@ -1,9 +1,11 @@
 """Stored profiles: `$DPDECK_HOME/profiles/<name>/main.toml` + `dataset.toml` (+ `eval-*.toml`).
 
 A stored profile is self-contained: its main TOML's `dataset` key is `dataset.toml`, next to it. Every save
-goes through `save()`: secrets are stripped (and moved to the secrets store), a history version is recorded,
-then each file is replaced atomically. Deleting moves the folder to `$DPDECK_HOME/trash/`, so it can be
-brought back. All mutations hold one store-wide lock: saves are rare, and one lock cannot deadlock.
+goes through `save()`: secrets are stripped (and moved to the secrets store), the history version and every
+new file are written to temp files, then the files are renamed into place and the version last, so a failed
+save (disk full) changes nothing and the history never runs ahead of the live files. Deleting moves the
+folder to `$DPDECK_HOME/trash/`, so it can be brought back. All mutations hold one store-wide lock: saves
+are rare, and one lock cannot deadlock.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from profiles.atomic import atomic_write_text, fsync_dir
+from profiles.atomic import fsync_dir
 from profiles.document import Profile, TomlFile, load_profile
 from profiles.errors import ProfileError, ProfileNotFound
 from profiles.paths import profiles_dir, state_dir
@@ -251,15 +255,63 @@ def _strip_all(files: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return clean, move_to_store(found) + notes
 
 
-def _write_live(pdir: Path, files: dict[str, str]) -> None:
-    pdir.mkdir(parents=True, exist_ok=True)
+def _stage_file(pdir: Path, fname: str, text: str) -> str:
+    """Write `text` to a fsynced temp file beside `fname` (keeping the live file's mode); returns its path."""
+    try:
+        mode = (pdir / fname).stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=pdir)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _stage_live(pdir: Path, files: dict[str, str]) -> list[tuple[str, str]]:
+    """(temp, file name) for every new file, written and fsynced, in replacement order; a failure (disk full)
+    removes the temps written so far, so no live file changed."""
     # Dataset first, main last: main is what readers open, and it should never point at a missing file.
-    for fname in sorted(files, key=lambda f: f == MAIN):
-        atomic_write_text(pdir / fname, files[fname])
+    staged: list[tuple[str, str]] = []
+    try:
+        for fname in sorted(files, key=lambda f: f == MAIN):
+            staged.append((_stage_file(pdir, fname, files[fname]), fname))
+    except BaseException:
+        _remove_temps(staged)
+        raise
+    return staged
+
+
+def _remove_temps(staged: list[tuple[str, str]]) -> None:
+    for tmp, _ in staged:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _replace_live(pdir: Path, files: dict[str, str], staged: list[tuple[str, str]]) -> None:
+    for done, (tmp, fname) in enumerate(staged):
+        try:
+            os.replace(tmp, pdir / fname)
+        except BaseException:
+            _remove_temps(staged[done:])
+            raise
     for entry in pdir.iterdir():
         if entry.is_file() and _FILE.match(entry.name) and entry.name not in files:
             entry.unlink()
     fsync_dir(pdir)
+
+
+def _write_live(pdir: Path, files: dict[str, str]) -> None:
+    """Replace the live files; all new ones are written first, so a full disk fails before any is replaced."""
+    pdir.mkdir(parents=True, exist_ok=True)
+    _replace_live(pdir, files, _stage_live(pdir, files))
 
 
 def save(name: str, files: dict[str, str], message: str = "save", *, create: bool = False) -> SaveResult:
@@ -267,6 +319,7 @@ def save(name: str, files: dict[str, str], message: str = "save", *, create: boo
 
     `create=True` requires that the profile does not exist yet; otherwise it must exist.
     Secret keys are stripped first (their values go to the secrets store) and reported as warnings.
+    A write that fails (disk full, read-only) raises ProfileError and leaves the profile as it was.
     """
     check_name(name)
     _check_files(files)
@@ -278,10 +331,51 @@ def save(name: str, files: dict[str, str], message: str = "save", *, create: boo
             raise ProfileExists(f"a profile named {name!r} already exists ({pdir})")
         if not create and not present:
             raise ProfileNotFound(_not_found_message(name))
-        pdir.mkdir(parents=True, exist_ok=True)
-        info = _history().record_version(pdir, clean, message)
-        _write_live(pdir, clean)
+        info = _save_locked(name, pdir, clean, message, present)
     return SaveResult(name, info, warnings)
+
+
+def _save_locked(name: str, pdir: Path, files: dict[str, str], message: str, present: bool) -> VersionInfo:
+    """Stage the version and every live file, replace the live files, then commit the version."""
+    history = _history()
+    made_dir = not pdir.exists()
+    staged = None
+    try:
+        pdir.mkdir(parents=True, exist_ok=True)
+        staged = history.stage_version(pdir, files, message)
+        live = _stage_live(pdir, files)
+    except OSError as exc:
+        if staged is not None:
+            history.discard_version(staged)
+        if made_dir and not present:
+            shutil.rmtree(pdir, ignore_errors=True)  # a new profile that could not be written is none
+        raise ProfileError(
+            f"cannot save profile {name!r}: {_where(exc, pdir)}; nothing was changed "
+            f"(free space or fix the permissions of {pdir.parent}, then save again)"
+        ) from exc
+    try:
+        _replace_live(pdir, files, live)
+    except OSError as exc:
+        history.discard_version(staged)
+        versions = history.list_versions(pdir)
+        previous = versions[-1].version if versions else None
+        hint = f": `dpdeck profile rollback {name} {previous}` restores v{previous}" if previous else ""
+        raise ProfileError(
+            f"cannot save profile {name!r}: {_where(exc, pdir)}; some of its files may already hold the new "
+            f"content{hint}"
+        ) from exc
+    try:
+        return history.commit_version(staged)
+    except OSError as exc:
+        history.discard_version(staged)
+        raise ProfileError(
+            f"profile {name!r}: the files were saved, but history version {staged.info.version} could not be "
+            f"recorded ({_where(exc, pdir)})"
+        ) from exc
+
+
+def _where(exc: OSError, default: Path) -> str:
+    return f"{exc.filename or default}: {exc.strerror or exc}"
 
 
 def save_profile(name: str, profile: Profile, message: str = "save", *, create: bool = False) -> SaveResult:
@@ -385,6 +479,13 @@ def _label_line(problem: object, staged: dict[str, str]) -> str:
     return text
 
 
+def _staging_failed(stage_root: Path, exc: OSError) -> str:
+    return (
+        f"cannot stage the profile for validation in {stage_root}: {exc.filename or stage_root}: "
+        f"{exc.strerror or exc}; nothing was changed (free space there, or fix its permissions)"
+    )
+
+
 def validate_files(
     files: dict[str, str],
     *,
@@ -397,8 +498,6 @@ def validate_files(
 
     `labels` maps a file name to what messages should call it (the user's file, an archive member).
     """
-    import tempfile
-
     from profiles.errors import ProfileParseError
     from profiles.secrets import strip_secrets
     from profiles.validate import validate_profile
@@ -412,11 +511,18 @@ def validate_files(
             where = f"{labels.get(fname, fname)}:{exc.line}" if exc.line else labels.get(fname, fname)
             return Checked([exc], [f"{where}: {exc.detail}"], [])
     stage_root = state_dir() / "tmp"
-    stage_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="check-", dir=stage_root) as tmp:
+    try:
+        stage_root.mkdir(parents=True, exist_ok=True)
+        tmp_dir = tempfile.TemporaryDirectory(prefix="check-", dir=stage_root)
+    except OSError as exc:
+        raise ProfileError(_staging_failed(stage_root, exc)) from exc
+    with tmp_dir as tmp:
         stage = Path(tmp)
-        for fname, text in clean.items():
-            (stage / fname).write_text(text, encoding="utf-8")
+        try:
+            for fname, text in clean.items():
+                (stage / fname).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(_staging_failed(stage_root, exc)) from exc
         staged = {str(stage / fname): labels.get(fname, fname) for fname in clean}
         try:
             profile = load_profile(stage / MAIN)

@@ -263,6 +263,15 @@ def build_demo_data_if_used(profile: str) -> bool:
 # Engine.
 
 
+def check_daemon() -> str | None:
+    """Start the daemon when jobs wait on it and none runs (it died); the sentence to show, else None."""
+    try:
+        note = engine_call("check_daemon")
+    except EngineUnavailable:
+        return None
+    return str(note) if note else None
+
+
 def jobs(include_finished: bool = True) -> list[Any]:
     return list(engine_call("list_jobs", include_finished=include_finished))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS
+from engine.datasets.names import escape, quote_name
 
 
 class CaptionError(ValueError):
@@ -249,14 +250,31 @@ def plan_create_missing(target: Path | Iterable[Path]) -> list[Change]:
     ]
 
 
+def _diff_lines(text: str) -> list[str]:
+    """Lines for the diff, split at "\n" only (str.splitlines also splits at \x0b, \x1c, U+2028, ...), each with
+    its control characters escaped so a caption cannot move the cursor or forge a line; a line end is kept."""
+    out = []
+    for line in text.split("\n"):
+        end = "\r" if line.endswith("\r") else ""
+        out.append(escape(line[: len(line) - len(end)], keep_tab=True) + end + "\n")
+    if text.endswith("\n") or not text:
+        out.pop()  # text.split gives an empty last part after a final newline
+    else:
+        out[-1] = out[-1][:-1]
+    return out
+
+
 def diff(changes: list[Change]) -> str:
+    """Unified diff of the changes; file names are quoted and escaped when they hold control characters (a
+    newline in a name forged diff lines), caption text has its control characters escaped."""
     out = []
     for c in changes:
-        old = [] if c.old is None else c.old.splitlines(keepends=True)
-        fromfile = "/dev/null" if c.old is None else str(c.path)
-        lines = list(difflib.unified_diff(old, c.new.splitlines(keepends=True), fromfile, str(c.path)))
+        old = [] if c.old is None else _diff_lines(c.old)
+        tofile = quote_name(str(c.path))
+        fromfile = "/dev/null" if c.old is None else tofile
+        lines = list(difflib.unified_diff(old, _diff_lines(c.new), fromfile, tofile))
         if not lines:  # a created empty file has no content lines; still show that it appears
-            lines = [f"--- {fromfile}\n", f"+++ {c.path}\n", "(new empty file)\n"]
+            lines = [f"--- {fromfile}\n", f"+++ {tofile}\n", "(new empty file)\n"]
         out.extend(
             line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
         )

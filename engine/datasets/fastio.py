@@ -92,6 +92,15 @@ def stamp_of(st: os.stat_result) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+class CommitError(Exception):
+    """Replacing files failed after `done` of them were replaced (0: none changed); `cause` is the OSError."""
+
+    def __init__(self, done: int, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.done = done
+        self.cause = cause
+
+
 STAGING = ".dpdeck-staging"
 # Threads that create temp files. File creation is kernel work that releases the GIL, and each thread writes into
 # its own sub-folder (ext4 serialises creates per parent folder), so 2 threads on 2 cores overlap well.
@@ -106,10 +115,17 @@ class Staged:
         self.dirs = dirs  # our per-worker folders, then the staging folders
 
     def commit(self) -> None:
-        """Make the new data durable (one sync for all of it), then rename each temp over its file, in order."""
+        """Make the new data durable (one sync for all of it), then rename each temp over its file, in order.
+
+        Raises CommitError (how many were replaced, and the OSError) when a rename fails; the temps not yet
+        renamed are left for `discard()`.
+        """
         flush()  # data first, then the names: a crash never leaves a name pointing at unwritten data
-        for tmp, path in self.temps:
-            os.replace(tmp, path)
+        for done, (tmp, path) in enumerate(self.temps):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise CommitError(done, exc) from exc
         self._remove_dirs()
         flush()
 

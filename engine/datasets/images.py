@@ -313,17 +313,24 @@ def apply(changes: list[ImageChange], description: str) -> str | None:
     created = [c.target for c in changes if c.target != c.source]
     op_id = record(description, [c.source for c in changes] + created + list(json_updates))
     done = 0
+    touched = False  # whether any dataset file changed yet (a failed atomic write changes none)
     try:
         for c in changes:
             data = _encode(c)
             mode = c.source.stat().st_mode & 0o7777
             atomic_write_bytes(c.target, data, mode=mode)
+            touched = True
             if c.target != c.source:
                 c.source.unlink()
             done += 1
         for path, text in json_updates.items():
             atomic_write_text(path, text)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        if not touched:
+            from engine.datasets.undo import drop_record
+
+            drop_record(op_id)  # nothing changed: no op to undo
+            raise ImageOpError(f"{c.source}: {exc.__class__.__name__}: {exc}; nothing was changed") from exc
         raise ImageOpError(
             f"{c.source}: {exc.__class__.__name__}: {exc}; {done} image(s) were already written - "
             f"`dpdeck dataset undo {op_id}` restores every original"

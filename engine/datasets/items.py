@@ -7,9 +7,11 @@ halfway.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import stat as stat_mod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +52,38 @@ class ScanResult:
     skipped_no_caption: int = 0
     videos_ignored: int = 0  # videos seen while scanning for an image-only model (no frame rate)
     videos_unknown_frames: int = 0  # videos whose header gives no frame count (left out)
+
+
+def entry_is_file(entry: os.DirEntry[str]) -> bool:
+    """entry.is_file(), but False for a symlink that cannot be followed: for a loop is_file() raises ELOOP,
+    which took the whole folder's listing down with it."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def entry_is_dir(entry: os.DirEntry[str]) -> bool:
+    """entry.is_dir(), False for a symlink that cannot be followed (a loop raises ELOOP there too)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def symlink_problem(path: str) -> str | None:
+    """Why the symlink `path` does not lead to a file or folder (loop, missing target), else None."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if exc.errno == errno.ENOENT:
+            return "dangling symlink (its target does not exist)"
+        return f"symlink that cannot be followed ({exc.strerror})"
+    if stat_mod.S_ISREG(st.st_mode) or stat_mod.S_ISDIR(st.st_mode):
+        return None
+    return "symlink to something that is not a regular file"
 
 
 def shuffle_tags(caption: str, seed: int, delimiter: str = ",") -> str:
@@ -119,10 +153,16 @@ def scan_directory(
     try:
         # One scandir instead of iterdir + is_file per entry: the listing alone is most of a 100k-file scan.
         with os.scandir(directory) as it:
-            names = sorted(e.name for e in it if e.is_file())
+            entries = list(it)
     except OSError as exc:
         result.warnings.append(f"{directory}: cannot list directory ({exc})")
         return result
+    names = sorted(e.name for e in entries if entry_is_file(e))
+    for entry in entries:
+        if entry.is_symlink() and _is_media(entry.name) and not entry_is_file(entry):
+            problem = symlink_problem(entry.path)
+            if problem:
+                result.warnings.append(f"{entry.path}: {problem}; skipped")
     present = set(names)
     videos: list[str] = []
     # Plain strings in this loop: pathlib joins cost more than the reads they would name (100k-image folders).
@@ -186,6 +226,13 @@ def scan_directory(
             item = DatasetItem(directory / name, width, height, full, stat.st_size, stat.st_mtime_ns, frames)
             result.items.append(item)
     return result
+
+
+def _is_media(name: str) -> bool:
+    from engine.datasets.layout import VIDEO_EXTENSIONS
+
+    ext = os.path.splitext(name)[1].lower()
+    return ext in IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS
 
 
 def _captions_of(

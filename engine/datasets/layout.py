@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS
+from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS, entry_is_file, symlink_problem
 
 # diffusion-pipe takes its video extensions from imageio's list (dozens, most of them exotic); these are the ones a
 # training set realistically holds. Matching is case-insensitive.
@@ -44,6 +44,8 @@ class Listing:
     # Files diffusion-pipe would try to load as media but dpdeck does not know.
     others: list[str] = field(default_factory=list)
     links_outside: list[str] = field(default_factory=list)  # symlinks whose target lies outside the folder
+    # Symlinks leading to no file or folder (a loop, a missing target): name -> why; training skips them.
+    broken_links: dict[str, str] = field(default_factory=dict)
     has_captions_json: bool = False
 
 
@@ -82,7 +84,18 @@ def target_dirs(target: Path | str) -> list[DirSpec]:
         if not dirs:
             raise DatasetTargetError(f"{target}: no [[directory]] entry with a path")
         return dirs
-    raise DatasetTargetError(f"{target}: not a folder or a dataset .toml file")
+    problem = symlink_problem(str(target)) if target.is_symlink() else None
+    why = f"{problem}; " if problem else ""
+    raise DatasetTargetError(f"{target}: {why}not a folder or a dataset .toml file")
+
+
+def folder_problem(path: Path) -> str:
+    """Why `path` is not a folder that can be scanned: a symlink loop, missing, or something else."""
+    if path.is_symlink():
+        problem = symlink_problem(str(path))
+        if problem:
+            return problem
+    return "does not exist" if not os.path.lexists(path) else "not a directory"
 
 
 def is_outside(directory: Path, name: str) -> bool:
@@ -104,10 +117,14 @@ def list_dir(directory: Path) -> Listing:
     links = []
     with os.scandir(directory) as it:  # d_type answers is_file/is_symlink: no stat per entry
         for entry in it:
-            if entry.is_file():
+            if entry_is_file(entry):
                 names.append(entry.name)
                 if entry.is_symlink():
                     links.append(entry.name)
+            elif entry.is_symlink():
+                problem = symlink_problem(entry.path)
+                if problem:
+                    out.broken_links[entry.name] = problem
     names.sort()
     out.links_outside = sorted(n for n in links if is_outside(directory, n))
     for name in names:

@@ -23,8 +23,8 @@ from PIL import Image
 from engine.datasets.captions import decode_caption, split_tags
 from engine.datasets.fastio import read_bytes
 from engine.datasets.headers import EmptyImageError, read_image_size
-from engine.datasets.items import CAPTIONS_JSON
-from engine.datasets.layout import DirSpec, Listing, list_dir, target_dirs
+from engine.datasets.items import CAPTIONS_JSON, entry_is_file
+from engine.datasets.layout import DirSpec, Listing, folder_problem, list_dir, target_dirs
 from engine.datasets.video_headers import EmptyVideoError, VideoHeaderError, read_video_info
 
 _BROKEN = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -50,12 +50,16 @@ class DirReport:
     video_seconds: float = 0.0  # sum of the known durations
     video_unknown_frames: list[str] = field(default_factory=list)  # readable, but the header has no frame count
     links_outside: list[str] = field(default_factory=list)  # symlinks leaving the folder; batch ops skip them
+    broken_links: list[str] = field(default_factory=list)  # symlinks that lead nowhere (loop, missing target)
     other_files: list[str] = field(default_factory=list)  # diffusion-pipe would try to load these as media
     mask_path: str | None = None
     missing_masks: list[str] = field(default_factory=list)  # media without a mask of the same stem
     orphan_masks: list[str] = field(default_factory=list)  # masks whose stem matches no image
     mask_size_mismatch: list[str] = field(default_factory=list)  # "name: image WxH, mask WxH"
     warnings: list[str] = field(default_factory=list)
+    # What could not be read at all (the folder, a symlink loop), each naming the path; with no image or video
+    # readable anywhere, `dataset scan` exits 1.
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class ScanReport:
             "zero_byte",
             "bad_encoding",
             "links_outside",
+            "broken_links",
             "other_files",
             "missing_masks",
             "orphan_masks",
@@ -92,9 +97,14 @@ class ScanReport:
             out["duplicate_groups"] = len(self.duplicates)
         return out
 
+    @property
+    def errors(self) -> list[str]:
+        return [e for d in self.directories for e in d.errors]
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["totals"] = self.totals
+        out["errors"] = self.errors
         return out
 
 
@@ -162,7 +172,7 @@ def _masks(spec: DirSpec, listing: Listing, rep: DirReport) -> dict[str, Path] |
     rep.mask_path = str(spec.mask_path)
     try:
         with os.scandir(spec.mask_path) as it:
-            masks = {os.path.splitext(e.name)[0]: Path(e.path) for e in it if e.is_file()}
+            masks = {os.path.splitext(e.name)[0]: Path(e.path) for e in it if entry_is_file(e)}
     except OSError as exc:
         rep.warnings.append(f"{spec.mask_path}: mask folder cannot be read ({exc.__class__.__name__})")
         return None
@@ -194,16 +204,23 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
     try:
         listing = list_dir(directory)
     except OSError as exc:
-        rep.warnings.append(f"{directory}: cannot list directory ({exc})")
+        rep.errors.append(f"{directory}: cannot list directory ({exc})")
         return
-    json_caps = _captions_json(directory, rep.warnings) if listing.has_captions_json else {}
+    outside = set(listing.links_outside)
+    json_caps: dict[str, list[str]] = {}
+    if listing.has_captions_json and CAPTIONS_JSON not in outside:
+        json_caps = _captions_json(directory, rep.warnings)
     masks = _masks(spec, listing, rep)
     rep.images, rep.videos = len(listing.images), len(listing.videos)
     rep.video_files = listing.videos
     rep.other_files = listing.others
     rep.links_outside = listing.links_outside
     for name in listing.links_outside:
-        rep.warnings.append(f"{directory / name}: symlink pointing outside the dataset folder")
+        rep.warnings.append(f"{directory / name}: {_outside_note(name)}")
+    rep.broken_links = sorted(listing.broken_links)
+    for name in rep.broken_links:
+        why = listing.broken_links[name]
+        rep.errors.append(f"{directory / name}: {why}; it cannot be read (training skips it)")
     video_set = set(listing.videos)
     # Plain strings in this loop: pathlib joins cost more than the header reads themselves at 100k files.
     prefix = os.path.join(os.fspath(directory), "")
@@ -227,6 +244,9 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
             _check_mask(name, size, masks, rep)
         stem = os.path.splitext(name)[0]
         captions: list[str] | None = None
+        if f"{stem}.txt" in outside:
+            rep.captioned += 1  # diffusion-pipe reads it; the scan does not read through such a link
+            continue
         if f"{stem}.txt" in listing.captions:
             text = _read_caption(f"{prefix}{stem}.txt", rep)
             if text is None:
@@ -245,6 +265,20 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
         for cap in nonempty:
             acc.lengths.append(len(cap))
             acc.tags.update(split_tags(cap))
+
+
+def _outside_note(name: str) -> str:
+    if name == CAPTIONS_JSON:
+        return (
+            "symlink pointing outside the dataset folder; not read, so captions only it gives are reported "
+            "missing"
+        )
+    if name.lower().endswith(".txt"):
+        return (
+            "caption is a symlink pointing outside the dataset folder; not read for the tag statistics, "
+            "batch ops skip it"
+        )
+    return "symlink pointing outside the dataset folder"
 
 
 def _probe_video(name: str, path: str, rep: DirReport, acc: _Totals) -> tuple[int, int] | None:
@@ -288,9 +322,8 @@ def scan(target: Path | str, *, dupes: bool = False, max_distance: int | None = 
     specs = target_dirs(target)
     for spec in specs:
         if not spec.path.is_dir():
-            report.directories.append(
-                DirReport(path=str(spec.path), warnings=[f"{spec.path}: not a directory"])
-            )
+            problem = f"{spec.path}: {folder_problem(spec.path)}"
+            report.directories.append(DirReport(path=str(spec.path), errors=[problem]))
             continue
         _scan_dir(spec, report, acc)
     report.resolutions = dict(acc.res.most_common())

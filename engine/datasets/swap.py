@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.datasets.fastio import flush, run_workers, worker_count, write_temp
+from engine.datasets.fastio import CommitError, flush, run_workers, worker_count, write_temp
 
 RENAME_EXCHANGE = 2
 AT_FDCWD = -100
@@ -106,13 +106,19 @@ def write_new(op_dir: Path, items: Sequence[tuple[str, bytes, int | None]]) -> l
 
 
 def commit(op_dir: Path, entries: list[dict[str, Any]]) -> None:
-    """Step 3 (after the manifest is durable): one sync for the new data, the exchanges in order, a final sync."""
+    """Step 3 (after the manifest is durable): one sync for the new data, the exchanges in order, a last sync.
+
+    Raises CommitError (how many files were replaced, and the OSError) when an exchange or rename fails.
+    """
     flush()
-    for entry in entries:
-        if "swap" in entry:
-            exchange(f"{op_dir}{os.sep}{entry['link']}", entry["path"])
-        else:
-            os.replace(op_dir / entry["new"], entry["path"])
+    for done, entry in enumerate(entries):
+        try:
+            if "swap" in entry:
+                exchange(f"{op_dir}{os.sep}{entry['link']}", entry["path"])
+            else:
+                os.replace(op_dir / entry["new"], entry["path"])
+        except OSError as exc:
+            raise CommitError(done, exc) from exc
     flush()
 
 

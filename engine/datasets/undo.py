@@ -21,9 +21,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from engine.datasets.fastio import flush, read_bytes, replace_bytes, run_workers, worker_count
+from engine.datasets.fastio import CommitError, flush, read_bytes, replace_bytes, run_workers, worker_count
 from profiles.atomic import atomic_write_text, fsync_dir
 from profiles.paths import subdir
 
@@ -86,6 +86,22 @@ def record(
     if contents is not None and len(contents) != len(paths):
         raise ValueError("record: contents must match paths one to one")
     op_id, op_dir = _new_op()
+    try:
+        _record_into(op_dir, op_id, description, paths, contents)
+    except BaseException:
+        # Half a record restores nothing and would be listed as an op: a failure (disk full) leaves none.
+        shutil.rmtree(op_dir, ignore_errors=True)
+        raise
+    return op_id
+
+
+def _record_into(
+    op_dir: Path,
+    op_id: str,
+    description: str,
+    paths: Sequence[Path | str],
+    contents: Sequence[bytes | None] | None,
+) -> None:
     absolute = [os.path.abspath(p) for p in paths]  # strings, not pathlib: this may be 100,000 paths
     files = _link_all(op_dir, absolute, contents)
     offset = 0
@@ -108,7 +124,11 @@ def record(
         fh.flush()
         os.fsync(fh.fileno())
     _write_manifest(op_dir, op_id, description, files)  # type: ignore[arg-type]  # all slots filled above
-    return op_id
+
+
+def drop_record(op_id: str) -> None:
+    """Delete a record whose op changed nothing (it failed before its first write)."""
+    shutil.rmtree(undo_root() / op_id, ignore_errors=True)
 
 
 def _new_op() -> tuple[str, Path]:
@@ -160,8 +180,26 @@ def replace_journalled(description: str, items: Sequence[tuple[str, bytes, int |
         except BaseException:
             shutil.rmtree(undo_root() / op_id, ignore_errors=True)  # nothing changed: no op to undo
             raise
-    staged.commit()
+    try:
+        staged.commit()
+    except CommitError as err:
+        staged.discard()  # the temp files not renamed yet
+        _raise_commit_failure(op_id, err)
     return op_id
+
+
+def _raise_commit_failure(op_id: str, err: CommitError) -> NoReturn:
+    """Before the first replacement nothing changed: drop the record, raise the plain OSError. Part way: the
+    (complete) record restores every file, and the SwapError says so."""
+    exc = err.cause
+    if err.done == 0:
+        drop_record(op_id)
+        raise exc from None  # the OSError as it was raised, without the CommitError wrapped around it
+    where = exc.filename2 or exc.filename or exc  # a rename names the temp file first, the caption second
+    raise SwapError(
+        f"{where}: {exc.strerror or exc}; {err.done} file(s) before it were changed: "
+        f"`dpdeck dataset undo {op_id}` restores them all"
+    ) from exc
 
 
 def _record_swapped(description: str, items: Sequence[tuple[str, bytes, int | None]]) -> str | None:
@@ -191,11 +229,8 @@ def _record_swapped(description: str, items: Sequence[tuple[str, bytes, int | No
         raise
     try:
         swap.commit(op_dir, entries)
-    except OSError as exc:
-        raise SwapError(
-            f"{exc.filename or exc}: {exc.strerror or exc}; the files before it were changed: "
-            f"`dpdeck dataset undo {op_id}` restores them all"
-        ) from exc
+    except CommitError as err:
+        _raise_commit_failure(op_id, err)
     return op_id
 
 

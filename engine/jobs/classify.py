@@ -1,4 +1,4 @@
-"""Why did a job end? From the runner's exit code and the last lines of its log."""
+"""Why did a job end? From the runner's exit code, the last lines of its log and the kernel's OOM records."""
 
 from __future__ import annotations
 
@@ -9,44 +9,60 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("port_in_use", re.compile(r"EADDRINUSE|address already in use|DistNetworkError", re.I)),
     ("cuda_oom", re.compile(r"CUDA out of memory|torch\.OutOfMemoryError|OutOfMemoryError: CUDA", re.I)),
     ("nccl_timeout", re.compile(r"NCCL.*(timeout|Watchdog caught collective operation timeout)|ProcessGroupNCCL.*timed out", re.I)),
+    ("disk_full", re.compile(r"No space left on device|ENOSPC|database or disk is full", re.I)),
     ("missing_file", re.compile(r"FileNotFoundError|No such file or directory", re.I)),
     ("config_error", re.compile(r"KeyError|tomllib\.TOMLDecodeError|TOMLDecodeError|ValueError: .*config|ConfigError|ValidationError", re.I)),
-    ("host_oom", re.compile(r"Killed|MemoryError|oom-kill", re.I)),
+    ("host_oom", re.compile(r"\bMemoryError\b|oom-kill|Out of memory: Killed process", re.I)),
 ]
+
+# Exit codes that mean "a process of the job died of SIGKILL": the runner's own -9/137, or 247 from launch.py
+# when a rank was SIGKILLed. The kernel OOM killer is one cause, a person or another tool the other: only an
+# OOM record (kernel log, the job's cgroup) makes it an OOM.
+SIGKILL_CODES = (247, -9, 137)
+
+# Reason -> final state; anything not listed is `failed`.
+STATES: dict[str, str] = {
+    "completed": "completed",
+    "cuda_oom": "oom",
+    "host_oom": "oom",
+    "cancelled": "cancelled",
+    "hung": "hung",
+    "interrupted": "interrupted",
+}
 
 EVIDENCE_LINES = 20
 
 
-def classify(returncode: int | None, tail: list[str], *, complete_seen: bool = False) -> str:
-    """One of: completed, cuda_oom, host_oom, nccl_timeout, port_in_use, config_error, missing_file, crashed."""
-    text = "\n".join(tail)
+def classify(returncode: int | None, tail: list[str], *, complete_seen: bool = False,
+             oom_evidence: list[str] | None = None) -> str:
+    """One of: completed, cuda_oom, host_oom, nccl_timeout, port_in_use, disk_full, config_error, missing_file,
+    killed, crashed."""
     if returncode == 0 and complete_seen:
         return "completed"
+    text = "\n".join(tail)
     for reason, pattern in PATTERNS:
         if pattern.search(text):
-            if reason == "host_oom" and returncode not in (247, -9, 137) and "MemoryError" not in text:
-                continue
             return reason
-    if returncode in (247, -9, 137):
-        return "host_oom"  # a rank was SIGKILLed: usually the kernel OOM killer
+    if returncode in SIGKILL_CODES:
+        return "host_oom" if oom_evidence else "killed"
     if returncode == 250:
         return "nccl_timeout"
-    if returncode == 0:
-        # 0 without the completion line: launch.py itself was killed, or train.py quit early (>3 resolutions).
-        return "crashed"
+    # 0 without the completion line: launch.py itself was killed, or train.py quit early (>3 resolutions).
     return "crashed"
 
 
 def state_for(reason: str) -> str:
-    if reason == "completed":
-        return "completed"
-    if reason in ("cuda_oom", "host_oom"):
-        return "oom"
-    if reason == "cancelled":
-        return "cancelled"
-    if reason == "hung":
-        return "hung"
-    return "failed"
+    return STATES.get(reason, "failed")
+
+
+def kill_note(returncode: int | None, oom_evidence: list[str]) -> list[str]:
+    """The line that says how a SIGKILLed job died, for its evidence."""
+    if returncode not in SIGKILL_CODES:
+        return []
+    if oom_evidence:
+        return oom_evidence[-3:]
+    who = "the launcher" if returncode in (-9, 137) else "a rank"
+    return [f"{who} was killed by signal 9 (SIGKILL); no out-of-memory record in the kernel log or the job's cgroup"]
 
 
 def evidence(tail: list[str]) -> list[str]:

@@ -48,16 +48,20 @@ class RequestError(Exception):
 
 
 _conn: sqlite3.Connection | None = None
-_conn_home: str | None = None
+_conn_key: tuple[str, tuple[int, int] | None] | None = None
 
 
 def _db() -> sqlite3.Connection:
-    # One connection per state dir per process; tests switch DPDECK_HOME between cases.
-    global _conn, _conn_home
-    home = str(paths.state_dir())
-    if _conn is None or _conn_home != home:
+    # One connection per state dir per process (tests switch DPDECK_HOME between cases), re-opened when the
+    # store file was deleted or replaced: a long-lived client (the TUI) must not keep showing a dead file.
+    global _conn, _conn_key
+    key = (str(paths.state_dir()), store.file_identity())
+    if _conn is None or _conn_key != key:
+        if _conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                _conn.close()
         _conn = store.connect()
-        _conn_home = home
+        _conn_key = (key[0], store.file_identity())
     return _conn
 
 
@@ -109,7 +113,7 @@ def enqueue(
     job_id = create.insert_job(
         conn=conn, name=label, profile=str(profile), backend=chosen, gpus=gpus, num_gpus=num_gpus,
         priority=priority, after=after, profile_obj=prof, hang_timeout_s=hang_timeout_s,
-        launcher_args=launcher_args,
+        launcher_args=launcher_args, client_env=dict(os.environ),  # the job runs in the enqueuer's environment
     )
     ensure_daemon()  # a queued job needs someone to run it
     return job_id
@@ -209,14 +213,13 @@ def job_metrics(job_id: int) -> list[dict[str, Any]]:
 
 def job_log_path(job_id: int, rank: int | None = None) -> Path:
     """The job's log: rank N's own file when asked (and it exists), else the launcher's combined output."""
+    from engine.jobs.progress import rank_log
+
     job_dir = Path(get_job(job_id).job_dir)
-    if rank is not None:
-        found = sorted((job_dir / "ranks").glob(f"*_rank{rank}.log")) if (job_dir / "ranks").is_dir() else []
-        if found:
-            return found[0]
+    found = rank_log(job_dir, 0 if rank is None else rank)
+    if found is None and rank is not None:
         raise KeyError(f"job {job_id} has no log for rank {rank} (yet)")
-    ranks = sorted((job_dir / "ranks").glob("*_rank0.log")) if (job_dir / "ranks").is_dir() else []
-    return ranks[0] if ranks else job_dir / "output.log"
+    return found or job_dir / "output.log"
 
 
 def job_saves(job_id: int) -> list[dict[str, Any]]:
@@ -312,12 +315,15 @@ def ensure_daemon(timeout: float = 20.0) -> int:
     pid = daemon_pid()
     if pid:
         return pid
-    env = dict(os.environ)
-    for key in ("DPDECK_JOB",):
-        env.pop(key, None)
-    root = str(Path(__file__).resolve().parent.parent)
+    from profiles.secrets import scrub_env
+
+    # Jobs run with their own client's environment; the daemon needs no credentials of whoever started it.
+    env = scrub_env(os.environ)
+    env.pop("DPDECK_JOB", None)
+    root = str(Path(__file__).resolve().parents[2])  # the tree holding this engine, so the daemon runs this code
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    with open(log_path(), "ab") as log:
+    fd = os.open(log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "engine.jobs.daemon"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
@@ -333,6 +339,8 @@ def ensure_daemon(timeout: float = 20.0) -> int:
 
 
 def daemon_status() -> dict[str, Any]:
+    from engine.jobs import health
+
     pid = daemon_pid()
     conn = _db()
     counts = {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
@@ -342,25 +350,68 @@ def daemon_status() -> dict[str, Any]:
         "state_dir": str(paths.state_dir()),
         "paused": queue_paused(),
         "jobs": counts,
+        "problems": health.problems() if pid is not None else [],
     }
 
 
+def check_daemon() -> str | None:
+    """Start the daemon when jobs wait on it and none runs; a sentence saying so (or why it failed), else None.
+
+    A daemon that died (killed, out of memory, a bug) leaves live and queued jobs that nobody supervises; every
+    client that looks at the queue notices it and brings one back, so the truth shown is never frozen.
+    """
+    if daemon_pid() is not None:
+        return None
+    waiting = _db().execute(
+        f"SELECT COUNT(*) FROM jobs WHERE state='queued' OR {store.LIVE_IN}", store.LIVE_STATES
+    ).fetchone()[0]
+    if not waiting:
+        return None
+    try:
+        pid = ensure_daemon()
+    except RuntimeError as exc:
+        return f"the daemon was not running and could not be started: {exc}"
+    return f"the daemon was not running ({waiting} job(s) waiting on it): started it (pid {pid})"
+
+
 def stop_daemon(kill_jobs: bool = False, timeout: float = 30.0) -> bool:
-    """Stop the daemon; running jobs keep running unless kill_jobs. True when it was running."""
+    """Stop the daemon; running jobs keep running unless kill_jobs. True when it was running.
+
+    Needs only the daemon lock; with kill_jobs and an unreadable store, the jobs are found by their markers.
+    """
     pid = daemon_pid()
     if pid is None:
         return False
     if kill_jobs:
-        for job in list_jobs():
-            if job.state in store.LIVE_STATES or job.state == "queued":
-                with contextlib.suppress(RequestError):
-                    send_request(job.id, "cancel")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(j.state in store.LIVE_STATES for j in list_jobs()):
-            time.sleep(0.2)
+        try:
+            _cancel_all(timeout)
+        except sqlite3.DatabaseError:  # StoreCorrupt included: stop the daemon first, then kill by marker
+            _terminate_daemon(pid, timeout)
+            _kill_marked_jobs()
+            return True
+    _terminate_daemon(pid, timeout)
+    return True
+
+
+def _cancel_all(timeout: float) -> None:
+    for job in list_jobs():
+        if job.state in store.LIVE_STATES or job.state == "queued":
+            with contextlib.suppress(RequestError):
+                send_request(job.id, "cancel")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(j.state in store.LIVE_STATES for j in list_jobs()):
+        time.sleep(0.2)
+
+
+def _terminate_daemon(pid: int, timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and daemon_pid() is not None:
         time.sleep(0.05)
-    return True
+
+
+def _kill_marked_jobs() -> None:
+    from engine.jobs import procs
+
+    procs.kill_marked(procs.marked_processes(), grace_s=5.0)

@@ -11,22 +11,36 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine import config, gpus
-from engine.jobs import classify, create, launch, ports, procs, store
+from engine.jobs import cgroup, classify, create, launch, lock, oomlog, oplock, ports, procs, record, store
+from engine.jobs.health import Health
 from engine.jobs.lock import acquire_lock
-from engine.jobs.progress import LogFollower, Progress, eta_seconds, feed_line
+from engine.jobs.progress import (
+    LogFollower,
+    Progress,
+    eta_seconds,
+    feed_line,
+    open_regular,
+    rank_log,
+    read_regular,
+)
 from profiles import paths
 from profiles.atomic import atomic_write_text
 from profiles.document import TomlFile
 
 TICK_S = 0.5
+UNWATCHED_GAP_S = 5.0  # a tick gap beyond this was the daemon not watching (stopped, down, swapped out)
+LAUNCH_S = 60.0  # a claimed job gets this long to show its shim's pid
+PID_SCAN_S = 5.0  # how often each job's process list is refreshed (for OOM records after it ends)
 
 
 @dataclass
@@ -39,11 +53,22 @@ class Watch:
     global_batch: int | None = None
     tail: list[str] = field(default_factory=list)
     cancel_requested: bool = False
+    # Seconds without progress, counted only while this daemon watched (a daemon that was down or stopped
+    # never counts against a job); reset by each new step.
+    silent_s: float = 0.0
+    seen_at: float = field(default_factory=time.monotonic)
+    # Every pid seen in the job, so the kernel's OOM records can be matched to it after the job is gone.
+    pids: set[int] = field(default_factory=set)
+    pids_at: float = 0.0
+    error: str | None = None  # the last supervision error reported for this job (each reported once)
 
 
 class Daemon:
-    def __init__(self) -> None:
+    def __init__(self, lock_fd: int | None = None) -> None:
+        self.lock_fd = lock_fd
+        self.health = Health()
         self.conn = store.connect()
+        self.store_id = store.file_identity()
         self.watches: dict[int, Watch] = {}
         self.running = True
         self.has_nvidia = bool(gpus.gpu_report())
@@ -63,25 +88,72 @@ class Daemon:
         from engine.models.wake import Wake
 
         wake = Wake()  # clients poke it so a new download or request is handled now, not a tick later
-        self.reattach()
+        self.guarded(self.reattach)
         while self.running:
             started = time.monotonic()
-            try:
-                self.tick()
-            except Exception as exc:  # one bad tick must not stop supervision of every other job
-                self.event(None, "error", f"daemon tick failed: {exc!r}")
+            if self.lock_fd is not None and not lock.still_holds(self.lock_fd):
+                # Someone deleted or replaced daemon.lock and another daemon may own this state dir now: two
+                # daemons would launch the same jobs, so this one leaves (jobs keep running, the other adopts them).
+                self.log(f"lost the daemon lock {lock.lock_path()} (deleted or replaced): leaving")
+                self.event(None, "daemon", f"daemon {os.getpid()} lost its lock file and left")
+                break
+            delay = self.guarded(self.tick)
             procs._reap_children()
-            wake.wait(max(0.05, TICK_S - (time.monotonic() - started)))
+            wake.wait(max(0.05, TICK_S - (time.monotonic() - started)) + delay)
         wake.close()
         self.event(None, "daemon", "daemon stopped (jobs left running)")
+
+    def guarded(self, step: Callable[[], None]) -> float:
+        """Run one step; an error (a locked, full or broken store) is logged and retried with backoff, never
+        allowed to end the daemon. Returns the extra wait before the next tick."""
+        try:
+            step()
+        except Exception as exc:  # one bad tick must not stop supervision of every job for good
+            delay = self.health.failed(exc)
+            if self.health.should_log():
+                self.log(f"{self.health.summary()}; retrying in {delay:.0f}s")
+            self.health.save()
+            return delay
+        if self.health.failures:
+            self.log(f"recovered after {self.health.failures} failed tick(s)")
+            self.health.recovered()
+            self.health.save()
+            self.event(None, "daemon", "store writes work again")
+        return 0.0
+
+    def log(self, message: str) -> None:
+        # stderr is daemon.log: the one place that still works when the store does not.
+        with contextlib.suppress(OSError, ValueError):
+            print(time.strftime("%Y-%m-%d %H:%M:%S"), message, file=sys.stderr, flush=True)
 
     def _on_term(self, _signum: int, _frame: object) -> None:
         self.running = False
 
+    def check_store(self) -> None:
+        """Re-open the store when its file was deleted or replaced under us, and bring back (from their folders)
+        the jobs the new file lacks: otherwise this daemon would supervise a dead file while clients queue into
+        the new one, and its sweep would take the running jobs for orphans."""
+        if store.file_identity() == self.store_id:
+            return
+        from engine.jobs import repair
+
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+        self.conn = store.connect()
+        self.store_id = store.file_identity()
+        report = repair.RepairReport()
+        repair.recover_folders(self.conn, report)
+        self.log(f"the store {paths.store_path()} was deleted or replaced: re-opened it; " + "; ".join(report.lines()))
+        self.event(None, "daemon", f"store file replaced under the daemon: re-opened, {len(report.recovered)} job(s)"
+                   " recovered from their folders")
+
     def tick(self) -> None:
+        self.check_store()
         self.tick_downloads()  # first: a worker that died since the last tick is still unreaped, so its exit is known
         self.apply_requests()
         self.supervise()
+        if self.need_sweep:  # a job ended: reclaim now, not only at the next launch
+            self.sweep()
         self.schedule()
 
     def tick_downloads(self) -> None:
@@ -94,8 +166,12 @@ class Daemon:
                 self.event(None, "error", f"download supervision failed: {exc!r}")
 
     def event(self, job_id: int | None, kind: str, message: str) -> None:
-        with store.transaction(self.conn):
-            store.add_event(self.conn, job_id, kind, message)
+        """Record an event; best effort (an event that cannot be written goes to daemon.log instead)."""
+        try:
+            with store.transaction(self.conn):
+                store.add_event(self.conn, job_id, kind, message)
+        except sqlite3.Error as exc:
+            self.log(f"could not record event ({exc}): job {job_id} {kind}: {message}")
 
     def set_job(self, job_id: int, **fields: Any) -> None:
         with store.transaction(self.conn):
@@ -149,6 +225,7 @@ class Daemon:
         if action == "cancel":
             if state == "queued":
                 self.set_job(job_id, state="cancelled", exit_reason="cancelled", ended_at=time.time())
+                self.record_end(job_id)
                 self.event(job_id, "cancel", "cancelled while queued")
                 return {"ok": True, "message": f"job {job_id} cancelled"}
             if state in store.LIVE_STATES:
@@ -261,41 +338,60 @@ class Daemon:
         for row in live:
             job = store.row_to_dict(row)
             watch = self.watches.get(job["id"]) or self.watches.setdefault(job["id"], self._new_watch(job))
-            self.follow_logs(job, watch)
-            job_dir = Path(job["job_dir"])
-            exit_file = job_dir / "exit.json"
-            if exit_file.exists():
-                self.follow_logs(job, watch)
-                self.finish(job["id"])
-                continue
-            if not procs.is_same_process(job["pid"], job["pid_ctime"]):
-                # The shim died without recording an exit (SIGKILL, OOM killer).
-                self.finish(job["id"], forced_reason="cancelled" if watch.cancel_requested else "interrupted")
-                continue
-            now = time.time()
-            if job["state"] == "starting" and (job_dir / "child.json").exists():
-                self.set_job(job["id"], state="running")
-            if job["state"] == "stopping" and job["stop_deadline"] and now > job["stop_deadline"]:
-                self.event(job["id"], "stop", "graceful stop timed out: cancelling")
-                self.kill_job(job)
-            hang = job["hang_timeout_s"] or float(config.get("scheduler.hang_timeout_s") or 1800)
-            since = job["last_progress_at"] or job["started_at"] or now
-            if job["state"] == "running" and now - since > hang:
-                self.event(job["id"], "hung", f"no progress for {now - since:.0f}s (timeout {hang:.0f}s)")
-                self.dump_stacks(job)
-                self.set_job(job["id"], state="stopping", exit_reason="hung")
-                self.kill_job(job)
+            try:
+                self.supervise_job(job, watch)
+            except sqlite3.Error:
+                raise  # the store itself failed: the whole tick backs off
+            except Exception as exc:  # one job's bad data must not stall the others' supervision
+                if repr(exc) != watch.error:
+                    watch.error = repr(exc)
+                    self.event(job["id"], "error", f"supervising job {job['id']} failed: {exc!r}")
 
-    def follow_logs(self, job: dict[str, Any], watch: Watch) -> None:
+    def supervise_job(self, job: dict[str, Any], watch: Watch) -> None:
+        now_mono = time.monotonic()
+        # A gap far longer than a tick is time this daemon did not watch (stopped, suspended, a long sweep):
+        # it never counts toward the hang timeout.
+        watch.silent_s += min(now_mono - watch.seen_at, UNWATCHED_GAP_S)
+        watch.seen_at = now_mono
+        if self.follow_logs(job, watch):
+            watch.silent_s = 0.0
+        if now_mono - watch.pids_at > PID_SCAN_S:
+            watch.pids_at = now_mono
+            watch.pids.update(m.pid for m in procs.marked_processes(job["id"]))
         job_dir = Path(job["job_dir"])
-        rank0 = sorted((job_dir / "ranks").glob("*_rank0.log")) if (job_dir / "ranks").is_dir() else []
-        if rank0 and all(f.path != rank0[0] for f in watch.followers):
-            watch.followers.append(LogFollower(rank0[0]))
+        if (job_dir / "exit.json").exists():
+            self.finish(job["id"])
+            return
+        if job["pid"] is None and job["state"] == "starting" and time.time() - (job["started_at"] or 0) < LAUNCH_S:
+            return  # claimed and being launched (by this daemon in this tick, or by one that lost its lock)
+        if not procs.is_same_process(job["pid"], job["pid_ctime"]):
+            # The shim died without recording an exit (SIGKILL, OOM killer).
+            self.finish(job["id"], forced_reason="cancelled" if watch.cancel_requested else "interrupted")
+            return
+        now = time.time()
+        if job["state"] == "starting" and (job_dir / "child.json").exists():
+            self.set_job(job["id"], state="running")
+        if job["state"] == "stopping" and job["stop_deadline"] and now > job["stop_deadline"]:
+            self.event(job["id"], "stop", "graceful stop timed out: cancelling")
+            self.kill_job(job)
+        hang = job["hang_timeout_s"] or float(config.get("scheduler.hang_timeout_s"))
+        if job["state"] in ("starting", "running") and watch.silent_s > hang:
+            self.event(job["id"], "hung", f"no progress for {watch.silent_s:.0f}s while watched (timeout {hang:.0f}s)")
+            self.dump_stacks(job)
+            self.set_job(job["id"], state="stopping", exit_reason="hung")
+            self.kill_job(job)
+
+    def follow_logs(self, job: dict[str, Any], watch: Watch, *, to_end: bool = False) -> bool:
+        """Read what the job's logs gained since the last tick into the store; True when the job progressed."""
+        job_dir = Path(job["job_dir"])
+        rank0 = rank_log(job_dir, 0)
+        if rank0 and all(f.path != rank0 for f in watch.followers):
+            watch.followers.append(LogFollower(rank0))
         lines: list[str] = []
         for follower in watch.followers:
-            lines.extend(follower.read_lines())
+            lines.extend(follower.read_to_end() if to_end else follower.read_lines())
         if not lines:
-            return
+            return False
         watch.tail = (watch.tail + lines)[-200:]
         prog = watch.progress
         before = prog.step
@@ -333,6 +429,9 @@ class Daemon:
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (job["id"], m["step"], m["epoch"], m["loss"], m["lr"], m["samples_per_s"], m["t"]),
                 )
+        # Before the first step any output is progress (loading weights, caching latents print bars for
+        # minutes); after it, only a new step is.
+        return prog.step is None or prog.step != before
 
     def dump_stacks(self, job: dict[str, Any]) -> None:
         import shutil
@@ -356,7 +455,7 @@ class Daemon:
         if job is None:
             return
         watch = self.watches.pop(job_id, None) or self._new_watch(job)
-        self.follow_logs(job, watch)
+        self.follow_logs(job, watch, to_end=True)  # the end of the run decides how it is classified
         self.set_job(job_id, state="cleanup")
         survivors = procs.kill_marked(procs.marked_processes(job_id), grace_s=5.0)
         port_busy = bool(job["port"]) and job["port"] in ports.listening_ports()
@@ -366,10 +465,16 @@ class Daemon:
                 time.sleep(0.2)
             port_busy = job["port"] in ports.listening_ports()
         exit_info: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):
-            exit_info = json.loads((Path(job["job_dir"]) / "exit.json").read_text())
+        with contextlib.suppress(ValueError, TypeError):
+            exit_info = json.loads(read_regular(Path(job["job_dir"]) / "exit.json") or b"{}")
         returncode = exit_info.get("returncode")
         tail = watch.tail or _tail_of_logs(Path(job["job_dir"]))
+        oom: list[str] = []
+        if returncode in classify.SIGKILL_CODES:
+            oom = oomlog.oom_kills(watch.pids | _pids_of(Path(job["job_dir"]), job), job["started_at"] or 0.0)
+            kills = cgroup.oom_kills(job_id, Path(job["job_dir"]))
+            if kills:
+                oom.append(f"the job's cgroup counted {kills} OOM kill(s) (memory.events oom_kill)")
         if job["exit_reason"] == "hung":
             reason = "hung"
         elif forced_reason == "interrupted" and returncode is None:
@@ -377,13 +482,13 @@ class Daemon:
         elif watch.cancel_requested or forced_reason == "cancelled":
             reason = "completed" if (returncode == 0 and watch.progress.complete) else "cancelled"
         else:
-            reason = classify.classify(returncode, tail, complete_seen=watch.progress.complete)
-        state = "interrupted" if reason == "interrupted" else classify.state_for(reason)
+            reason = classify.classify(returncode, tail, complete_seen=watch.progress.complete, oom_evidence=oom)
+        state = classify.state_for(reason)
         fields: dict[str, Any] = {
             "state": state,
             "exit_reason": reason,
             "ended_at": exit_info.get("ended_at") or time.time(),
-            "evidence": classify.evidence(tail) if reason != "completed" else [],
+            "evidence": classify.evidence(tail) + classify.kill_note(returncode, oom) if reason != "completed" else [],
         }
         if reason == "completed" and job["total_steps"]:
             fields["eta_s"] = 0.0
@@ -398,6 +503,7 @@ class Daemon:
                 + (f"; {len(survivors)} process(es) survived the sweep" if survivors else "")
                 + ("; master port still listening" if port_busy else ""),
             )
+        record.write_state(Path(job["job_dir"]), self.job(job_id) or {**job, **fields})  # the folder's truth
         self.need_sweep = True
 
     def sweep(self) -> list[procs.Marked]:
@@ -412,6 +518,10 @@ class Daemon:
         if orphans:
             procs.kill_marked(orphans)
             self.event(None, "reclaim", f"killed {len(orphans)} orphan process(es): {[m.pid for m in orphans]}")
+        procs.drop_job_cgroups(live)
+        # After the orphans: a builder killed above leaves its baton, which every later job would wait on.
+        for baton in oplock.clear_stale():
+            self.event(None, "reclaim", f"cleared a stale torch extension build lock {baton} (no process was building)")
         # Leases of jobs that are no longer live and whose processes are gone are released.
         for job_id in [j for j in self.port_reservations if j not in live]:
             ports.release(self.port_reservations.pop(job_id))
@@ -443,6 +553,11 @@ class Daemon:
                 self.sweep()
             try:
                 self.start(job)
+            except ports.NoFreePort as exc:
+                # Someone else holds every port right now: wait and try again next tick, never fail for it.
+                ports.release(self.port_reservations.pop(job["id"], None))
+                if str(exc) != job["wait_reason"]:
+                    self.set_job(job["id"], wait_reason=str(exc))
             except Exception as exc:
                 ports.release(self.port_reservations.pop(job["id"], None))
                 self.fail_fast(job, "crashed", f"could not start: {exc}")
@@ -502,7 +617,26 @@ class Daemon:
             job["id"], state=classify.state_for(reason), exit_reason=reason, ended_at=now, started_at=now,
             evidence=[message], wait_reason=None,
         )
+        self.record_end(job["id"])
         self.event(job["id"], "end", message)
+
+    def record_end(self, job_id: int) -> None:
+        """The job folder's own record of how it ended (and its unused secrets dropped): see record.py."""
+        job = self.job(job_id)
+        if job is not None:
+            record.write_state(Path(job["job_dir"]), job)
+
+    def claim(self, job_id: int) -> bool:
+        """Take a queued job for launching, atomically: a second daemon (its lock file deleted under the first)
+        must never launch the same job. False when the job is no longer queued or this daemon lost its lock."""
+        if self.lock_fd is not None and not lock.still_holds(self.lock_fd):
+            self.running = False
+            return False
+        with store.transaction(self.conn):
+            cur = self.conn.execute(
+                "UPDATE jobs SET state='starting', started_at=? WHERE id=? AND state='queued'", (time.time(), job_id)
+            )
+        return cur.rowcount == 1
 
     def start(self, job: dict[str, Any]) -> None:
         job_dir = Path(job["job_dir"])
@@ -535,13 +669,15 @@ class Daemon:
             if isinstance(out_dir, str):
                 with contextlib.suppress(OSError):
                     (Path(out_dir) / job["resume_from"] / "save_quit").unlink(missing_ok=True)
-        env = launch.job_env(job["id"], self.has_nvidia)
+        base_env = launch.captured_env(job_dir)  # the enqueuing client's environment, never the daemon's
+        env = launch.job_env(job["id"], self.has_nvidia, base_env)
         for stale in ("exit.json", "child.json"):
             with contextlib.suppress(FileNotFoundError):
                 (job_dir / stale).unlink()
         launch.write_launch_spec(job_dir, job_dir, argv, cwd, env, job_dir / "output.log")
-        shim_env = dict(os.environ)
-        shim_env.update(env)
+        shim_env = launch.shim_env(base_env, env)
+        if not self.claim(job["id"]):
+            return
         with open(job_dir / "shim.log", "ab") as shim_log:
             shim = subprocess.Popen(
                 [sys.executable, "-m", "engine.jobs.shim", str(job_dir)],
@@ -585,11 +721,24 @@ def _tail_of_logs(job_dir: Path, lines: int = 200) -> list[str]:
     if (job_dir / "ranks").is_dir():
         files += sorted((job_dir / "ranks").glob("*.log"))
     for f in files:
-        with contextlib.suppress(OSError):
-            with open(f, "rb") as fh:
-                fh.seek(max(0, f.stat().st_size - 64 * 1024))
-                out += fh.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()[-lines:]
+        fd = open_regular(f)  # never a FIFO: an open() on one would block the daemon
+        if fd is None:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, 64 * 1024, max(0, size - 64 * 1024))
+        finally:
+            os.close(fd)
+        out += data.decode("utf-8", "replace").replace("\r", "\n").splitlines()[-lines:]
     return out[-lines:]
+
+
+def _pids_of(job_dir: Path, job: dict[str, Any]) -> set[int]:
+    """The pids a job's own files name (the shim, the launcher), for matching kernel OOM records."""
+    pids = {job["pid"]} if job["pid"] else set()
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        pids.add(int(json.loads(read_regular(job_dir / "child.json") or b"{}")["pid"]))
+    return pids
 
 
 def _preflight(job_dir: Path) -> tuple[str, str] | None:
@@ -629,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpdeck: a daemon already runs for {paths.state_dir()}", file=sys.stderr)
         return 1
     atomic_write_text(paths.state_dir() / "daemon.pid", str(os.getpid()))
-    Daemon().run()
+    Daemon(lock_fd=fd).run()
     return 0
 
 

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,16 @@ def validate_for_queue(profile: Profile, backend: str, num_gpus: int | None) -> 
 
 
 def freeze(profile: Profile, job_dir: Path) -> Path:
-    """Copy main + dataset (+ eval) TOMLs into the job folder; only the frozen `dataset` key is rewritten."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    main = TomlFile.from_text(profile.main.dumps(), source=str(job_dir / "main.toml"))
+    """Copy main + dataset (+ eval) TOMLs into the job folder, without their secrets.
+
+    Only the frozen `dataset` / eval `config` keys are rewritten (to the frozen files), secret keys removed;
+    the job gets the secrets it asks for in its environment at launch (see secrets_asked_by / record).
+    """
+    job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    main = TomlFile.from_text(_stripped(profile.main.dumps(), "main.toml"), source=str(job_dir / "main.toml"))
     if profile.dataset is not None:
         frozen_ds = job_dir / "dataset.toml"
-        atomic_write_text(frozen_ds, profile.dataset.dumps())
+        atomic_write_text(frozen_ds, _stripped(profile.dataset.dumps(), "dataset.toml"))
         main.set("dataset", str(frozen_ds))
     evals = main.get("eval_datasets")
     if isinstance(evals, list):
@@ -70,12 +75,48 @@ def freeze(profile: Profile, job_dir: Path) -> Path:
         for i, entry in enumerate(evals):
             if i < len(frozen):
                 target = job_dir / f"eval-{i}.toml"
-                atomic_write_text(target, frozen[i].dumps())
+                atomic_write_text(target, _stripped(frozen[i].dumps(), target.name))
                 if isinstance(entry, dict):
                     main.set(f"eval_datasets[{i}].config", str(target))
+    _blank_wandb_key(main)
     frozen_main = job_dir / "main.toml"
     atomic_write_text(frozen_main, main.dumps())
     return frozen_main
+
+
+def _stripped(text: str, file: str) -> str:
+    from profiles.secrets import strip_secrets
+
+    return strip_secrets(text, file)[0]
+
+
+def _blank_wandb_key(main: TomlFile) -> None:
+    # diffusion-pipe reads config['monitoring']['wandb_api_key'] (a KeyError when absent) and passes it to
+    # wandb.login, which falls back to WANDB_API_KEY (set at launch) for an empty key.
+    if main.get("monitoring.enable_wandb") is True:
+        main.set("monitoring.wandb_api_key", "")
+
+
+def frozen_text(text: str, name: str) -> str:
+    """A TOML's text as a job folder may hold it: secrets removed (and the W&B key blanked in main.toml)."""
+    clean = _stripped(text, name)
+    if name == "main.toml":
+        doc = TomlFile.from_text(clean, source=name)
+        if doc.get("monitoring.enable_wandb") is True and doc.get("monitoring.wandb_api_key") != "":
+            _blank_wandb_key(doc)
+            clean = doc.dumps()
+    return clean
+
+
+def secrets_asked_by(tomls: list[TomlFile | None]) -> dict[str, str | None]:
+    """The secrets a profile (main TOML first) asks for, and the value it held; see profiles.secrets."""
+    from profiles.secrets import secrets_asked
+
+    return secrets_asked([t.data() for t in tomls if t is not None])
+
+
+def profile_tomls(profile: Profile) -> list[TomlFile | None]:
+    return [profile.main, profile.dataset, *profile.eval_datasets.values()]
 
 
 def _deepspeed_exe(python: str) -> list[str]:
@@ -130,17 +171,47 @@ def build_command(
     return argv, str(checkout)
 
 
-def job_env(job_id: int, has_nvidia: bool) -> dict[str, str]:
+def job_env(job_id: int, has_nvidia: bool, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """dpdeck's own variables for a job (its marker first); `base` is the job's captured environment."""
     from engine.jobs.procs import marker_env
 
+    base = os.environ if base is None else base
     env = marker_env(job_id)
     env["PYTHONUNBUFFERED"] = "1"
     # The built-in trainer is imported by module name: make this checkout importable wherever it runs.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, base.get("PYTHONPATH", "")) if p)
     if not has_nvidia:
-        env.setdefault("DS_ACCELERATOR", os.environ.get("DS_ACCELERATOR", "cpu"))
+        env["DS_ACCELERATOR"] = base.get("DS_ACCELERATOR", "cpu")
     return env
+
+
+def capture_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a job keeps of the enqueuing client's environment: everything but credentials and our markers."""
+    from engine.jobs.procs import MARKER
+    from profiles.secrets import scrub_env
+
+    env = scrub_env(environ)
+    env.pop(MARKER, None)  # a client running inside a job must not mark the new job as that one
+    return env
+
+
+def captured_env(job_dir: Path) -> dict[str, str]:
+    """The job's base environment: the enqueuing client's (env.json), never the daemon's.
+
+    A job queued before env.json existed falls back to the daemon's environment without its credentials.
+    """
+    from engine.jobs import record
+
+    env = record.read_env(job_dir)
+    return env if env is not None else capture_env(os.environ)
+
+
+def shim_env(base: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """The shim's environment: the captured one plus dpdeck's variables (and a PATH to find the launcher)."""
+    out = {**base, **env}
+    out.setdefault("PATH", os.environ.get("PATH") or os.defpath)
+    return out
 
 
 def write_launch_spec(job_dir: Path, attempt_dir: Path, argv: list[str], cwd: str, env: dict[str, str],

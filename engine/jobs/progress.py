@@ -6,9 +6,13 @@ Understands both backends: the built-in trainer's `[dpdeck] {json}` lines and di
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import stat
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +52,46 @@ def _float(text: str) -> float | None:
         return None
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What each progress key must hold: a trainer bug printing a string or a list there must change nothing
+# (one bad value used to make every daemon tick fail).
+PROGRESS_KEYS: dict[str, Callable[[object], bool]] = {
+    "step": _is_int,
+    "total_steps": _is_int,
+    "epoch": _is_int,
+    "total_epochs": _is_int,
+    "loss": _is_number,
+    "lr": _is_number,
+    "samples_per_s": _is_number,
+}
+
+
+def _feed_event(progress: Progress, obj: dict, now: float) -> None:
+    event = obj.get("event")
+    if event == "progress":
+        for key, valid in PROGRESS_KEYS.items():
+            value = obj.get(key)
+            if value is not None and valid(value):
+                setattr(progress, key, value)
+        _record(progress, now)
+    elif event == "run_dir":
+        if isinstance(obj.get("path"), str):
+            progress.run_dir = obj["path"]
+    elif event == "save":
+        if isinstance(obj.get("path"), str):
+            kind = obj.get("kind")
+            progress.saves.append({"kind": kind if isinstance(kind, str) else "save", "path": obj["path"]})
+    elif event == "complete":
+        progress.complete = True
+
+
 def feed_line(progress: Progress, line: str, now: float | None = None) -> None:
     now = time.time() if now is None else now
     idx = line.find(DPDECK_PREFIX)
@@ -57,18 +101,7 @@ def feed_line(progress: Progress, line: str, now: float | None = None) -> None:
         except ValueError:
             obj = None
         if isinstance(obj, dict):
-            event = obj.get("event")
-            if event == "progress":
-                for key in ("step", "total_steps", "epoch", "total_epochs", "loss", "lr", "samples_per_s"):
-                    if obj.get(key) is not None:
-                        setattr(progress, key, obj[key])
-                _record(progress, now)
-            elif event == "run_dir":
-                progress.run_dir = obj.get("path")
-            elif event == "save":
-                progress.saves.append({"kind": obj.get("kind"), "path": obj.get("path")})
-            elif event == "complete":
-                progress.complete = True
+            _feed_event(progress, obj, now)
             return
     m = STEP_LINE.search(line)
     if m:
@@ -114,27 +147,105 @@ def _record(progress: Progress, now: float) -> None:
 
 
 class LogFollower:
-    """Reads new complete lines from a growing log file (handles `\\r` progress bars as line ends)."""
+    """Reads new complete lines from a growing log file (handles `\\r` progress bars as line ends).
+
+    Never blocks and never grows without bound: a FIFO or device in place of the log is not read (an open()
+    on a FIFO would stall the whole daemon), and a line longer than MAX_LINE is cut there.
+    """
+
+    MAX_LINE = 64 * 1024
+    CHUNK = 4 * 1024 * 1024
+    # At a job's end at most this much unread log is parsed: the end of a run (last step, completion line)
+    # is what classifies it, and a job that printed gigabytes at the end must not stall the daemon.
+    END_TAIL = 8 * 1024 * 1024
 
     def __init__(self, path: Path):
         self.path = path
         self.offset = 0
         self._partial = b""
 
-    def read_lines(self, max_bytes: int = 4 * 1024 * 1024) -> list[str]:
+    def _read(self, max_bytes: int, *, tail_only: bool = False) -> bytes:
+        fd = open_regular(self.path)
+        if fd is None:
+            return b""
         try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read(max_bytes)
-        except FileNotFoundError:
-            return []
-        if not data:
-            return []
+            if tail_only:
+                size = os.fstat(fd).st_size
+                if size - self.offset > self.END_TAIL:
+                    self.offset = size - self.END_TAIL
+                    self._partial = b""
+                    self._skip_to_newline = True
+            data = os.pread(fd, max_bytes, self.offset)
+        finally:
+            os.close(fd)
         self.offset += len(data)
+        return data
+
+    _skip_to_newline = False
+
+    def _split(self, data: bytes) -> list[str]:
         data = self._partial + data
         parts = re.split(rb"\r\n|\n|\r", data)
         self._partial = parts.pop()
-        return [p.decode("utf-8", "replace") for p in parts]
+        if self._skip_to_newline and parts:
+            parts.pop(0)  # the cut line before the tail we jumped to
+            self._skip_to_newline = False
+        if len(self._partial) > self.MAX_LINE:
+            parts.append(self._partial[: self.MAX_LINE])
+            self._partial = b""
+        return [p[: self.MAX_LINE].decode("utf-8", "replace") for p in parts]
+
+    def read_lines(self, max_bytes: int = CHUNK) -> list[str]:
+        data = self._read(max_bytes)
+        return self._split(data) if data else []
+
+    def read_to_end(self) -> Iterator[str]:
+        """Every line up to the end of the file (at most END_TAIL of it): for the final read at a job's end."""
+        first = True
+        while True:
+            data = self._read(self.CHUNK, tail_only=first)
+            first = False
+            if not data:
+                break
+            yield from self._split(data)
+        if self._partial:
+            yield self._partial[: self.MAX_LINE].decode("utf-8", "replace")
+            self._partial = b""
+
+
+def open_regular(path: Path) -> int | None:
+    """A read-only fd on `path` when it is a regular file (not a FIFO, device or symlink), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def rank_log(job_dir: Path, rank: int) -> Path | None:
+    """Rank N's log in the job folder: the newest regular `*_rankN.log` (never a FIFO or link planted there)."""
+    found: list[tuple[float, Path]] = []
+    with contextlib.suppress(OSError):
+        for path in (job_dir / "ranks").glob(f"*_rank{rank}.log"):
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                if stat.S_ISREG(st.st_mode):
+                    found.append((st.st_mtime, path))
+    return max(found)[1] if found else None
+
+
+def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
+    """The first `limit` bytes of a small regular file (exit.json, child.json), or None."""
+    fd = open_regular(path)
+    if fd is None:
+        return None
+    try:
+        return os.pread(fd, limit, 0)
+    finally:
+        os.close(fd)
 
 
 def estimate_total_steps(steps_per_epoch: int | None, epochs: int | None) -> int | None:

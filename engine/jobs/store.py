@@ -6,8 +6,11 @@ Every write runs in `BEGIN IMMEDIATE` so concurrent writers queue on the lock in
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,17 +107,69 @@ LIVE_IN = f"state IN ({','.join('?' * len(LIVE_STATES))})"
 FINAL_IN = f"state IN ({','.join('?' * len(FINAL_STATES))})"
 
 
+REPAIR_HINT = "dpdeck daemon stop && dpdeck doctor --repair"
+
+
+class StoreCorrupt(RuntimeError, sqlite3.DatabaseError):
+    """The store file is not a readable SQLite database; the message names it and the repair command."""
+
+
+def corrupt_message(path: Path, exc: BaseException) -> str:
+    return (
+        f"{path}: the job store is damaged ({exc}); rebuild it from the job folders "
+        f"(the damaged file is kept aside): {REPAIR_HINT}"
+    )
+
+
 def connect(path: Path | None = None) -> sqlite3.Connection:
+    """Open (creating when missing, 0600) the store and bring its schema up to date.
+
+    Raises StoreCorrupt when the file is not a SQLite database or is damaged.
+    """
     path = path or paths.store_path()
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    # FULL: a job row must survive power loss once the daemon says it changed.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    _migrate(conn)
+    _private_file(path)
+    try:
+        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        # FULL: a job row must survive power loss once the daemon says it changed.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        if not is_corruption(exc):
+            raise
+        raise StoreCorrupt(corrupt_message(path, exc)) from exc
     return conn
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """A damaged or foreign file; not a busy or read-only one (OperationalError: not ours to fix)."""
+    return isinstance(exc, StoreCorrupt) or type(exc) is sqlite3.DatabaseError
+
+
+def _private_file(path: Path) -> None:
+    """The store is 0600 before SQLite writes a byte; its -wal and -shm files take the same mode."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    except OSError:
+        return  # a read-only state dir: SQLite reports what it can or cannot do
+    for suffix in ("", "-wal", "-shm"):
+        target = Path(f"{path}{suffix}")
+        with contextlib.suppress(OSError):
+            if stat.S_IMODE(target.stat().st_mode) & 0o077:
+                os.chmod(target, 0o600)
+
+
+def file_identity(path: Path | None = None) -> tuple[int, int] | None:
+    """(device, inode) of the store file, None when it is missing: a change means it was deleted or replaced
+    under an open connection, which would go on reading and writing the unlinked old file."""
+    try:
+        st = os.stat(path or paths.store_path())
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

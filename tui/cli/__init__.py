@@ -47,6 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store_errors() -> tuple[type[BaseException], ...]:
+    # Evaluated only when a command raised: sqlite3 is loaded by then if the store was touched at all.
+    sqlite3 = sys.modules.get("sqlite3")
+    return (sqlite3.DatabaseError,) if sqlite3 is not None else ()
+
+
+def _store_message(exc: BaseException) -> str | None:
+    """One line for a damaged job store (file + repair command); None for other database errors."""
+    from engine.jobs import store
+    from profiles import paths
+
+    if isinstance(exc, store.StoreCorrupt):
+        return str(exc)
+    return store.corrupt_message(paths.store_path(), exc) if store.is_corruption(exc) else None
+
+
+def _state_write_errors() -> tuple[type[BaseException], ...]:
+    # sqlite3.OperationalError too ("unable to open database file" for a read-only state dir), when loaded.
+    sqlite3 = sys.modules.get("sqlite3")
+    return (OSError, sqlite3.OperationalError) if sqlite3 is not None else (OSError,)
+
+
 def _run_tui(args: argparse.Namespace) -> int:
     from tui.app import run_app
 
@@ -66,6 +88,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(args) or 0)
     except UsageError as exc:
         print(f"dpdeck: error: {exc}", file=sys.stderr)
+        return 2
+    except _state_write_errors() as exc:  # a read-only or foreign state dir: one line, not a traceback
+        from tui.cli.output import state_write_error
+
+        message = state_write_error(exc)
+        if message is None:
+            raise
+        print(f"dpdeck: error: {message}", file=sys.stderr)
+        return 2
+    except _store_errors() as exc:
+        message = _store_message(exc)
+        if message is None:
+            raise
+        print(f"dpdeck: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

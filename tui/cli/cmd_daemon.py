@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     doc = sub.add_parser("doctor", help="check python, torch/CUDA, deepspeed, diffusion-pipe, disk, lingering")
     doc.add_argument("--json", action="store_true")
+    doc.add_argument("--fix", action="store_true",
+                     help="clear stale torch extension build locks and build deepspeed's op once, then check")
+    doc.add_argument("--repair", action="store_true",
+                     help="rebuild the job store from the job folders (a damaged one is kept aside)")
     doc.set_defaults(func=_doctor)
 
     c = sub.add_parser("config", help="dpdeck settings (diffusion_pipe.path, scheduler.cpu_slots, ...)")
@@ -82,7 +86,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"daemon not running for {status['state_dir']} (it starts on demand)")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(status["jobs"].items())) or "no jobs"
     print(f"jobs: {counts}" + ("; queue paused" if status["paused"] else ""))
-    return 0
+    for problem in status["problems"]:
+        print(f"problem: {problem}")
+    return 1 if status["problems"] else 0
 
 
 def _reclaim(args: argparse.Namespace) -> int:
@@ -165,6 +171,13 @@ def _doctor(args: argparse.Namespace) -> int:
 
     from engine import doctor
 
+    if getattr(args, "repair", False):
+        return _repair()
+    if getattr(args, "fix", False):
+        import sys
+
+        for line in doctor.fix():
+            print(f"fix: {line}", file=sys.stderr if args.json else sys.stdout)  # --json stays parseable
     checks = doctor.run_checks()
     if args.json:
         print_json([asdict(c) for c in checks])
@@ -175,3 +188,16 @@ def _doctor(args: argparse.Namespace) -> int:
             if c.fix:
                 print(f"       fix: {c.fix}")
     return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def _repair() -> int:
+    from engine.jobs import repair
+
+    try:
+        report = repair.repair()
+    except repair.RepairError as exc:
+        error(str(exc))
+        return 2
+    for line in report.lines():
+        print(line)
+    return 0

@@ -10,6 +10,24 @@ from typing import Any
 from tui.cli.output import error, print_json, table, warn
 
 
+def _esc(text: object) -> str:
+    """One output line with control characters in it escaped: a file name may hold a newline or an escape
+    sequence, and must never print as a second line or reach the terminal as a command."""
+    from engine.datasets.names import printable
+
+    return printable(str(text))
+
+
+def _failed(exc: Exception) -> int:
+    """Exit status and message for a failed op: 2 and the state-dir line when the undo journal under
+    $DPDECK_HOME could not be written, else 1 and the error."""
+    from tui.cli.output import state_write_error
+
+    state = state_write_error(exc)
+    error(state or _esc(exc))
+    return 2 if state else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dataset", help="datasets: scan, bucket preview, caption batch ops, undo")
     sub = p.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND")
@@ -97,14 +115,14 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         report = scan(args.target, dupes=args.dupes, max_distance=args.max_distance)
     except (ValueError, OSError) as exc:
-        error(str(exc))
+        error(_esc(exc))
         return 1
     if args.json:
         print_json(report.to_dict())
-        return 0
+        return _scan_status(report)
     t = report.totals
     cols = ["images", "videos", "captioned", "missing_captions", "empty_captions", "unreadable", "zero_byte"]
-    rows = [[d.path, *(str(t_d) for t_d in _dir_counts(d, cols))] for d in report.directories]
+    rows = [[_esc(d.path), *(str(t_d) for t_d in _dir_counts(d, cols))] for d in report.directories]
     rows.append(["TOTAL", *(str(t[k]) for k in cols)])
     print(
         table(
@@ -123,15 +141,17 @@ def _scan(args: argparse.Namespace) -> int:
             ("no mask", d.missing_masks),
         ):
             for name in names:
-                print(f"{label}: {base / name}")
+                print(_esc(f"{label}: {base / name}"))
         for name in d.orphan_masks:
-            print(f"mask without an image: {Path(d.mask_path or '') / name}")
+            print(_esc(f"mask without an image: {Path(d.mask_path or '') / name}"))
         for line in d.mask_size_mismatch:
-            print(f"mask size differs: {base / line}")
+            print(_esc(f"mask size differs: {base / line}"))
         for meta in d.video_meta:
-            print(f"video: {base / meta['name']}: {_video_line(meta)}")
+            print(_esc(f"video: {base / meta['name']}: {_video_line(meta)}"))
         for w in d.warnings:
-            warn(w)
+            warn(_esc(w))
+        for e in d.errors:
+            error(_esc(e))
     if t["videos"]:
         n_unknown = t["video_unknown_frames"]
         unknown = f" ({n_unknown} with no frame count in the header)" if n_unknown else ""
@@ -140,12 +160,19 @@ def _scan(args: argparse.Namespace) -> int:
         print("resolutions: " + ", ".join(f"{k} x{v}" for k, v in list(report.resolutions.items())[:10]))
         print("aspects: " + ", ".join(f"{k} x{v}" for k, v in report.aspects.items()))
     if report.tags:
-        print("top tags: " + ", ".join(f"{k} ({v})" for k, v in list(report.tags.items())[:20]))
+        print(_esc("top tags: " + ", ".join(f"{k} ({v})" for k, v in list(report.tags.items())[:20])))
     if report.caption_length:
         print("caption length: " + ", ".join(f"{k} {v}" for k, v in report.caption_length.items()))
     if report.duplicates is not None:
         _print_groups(report.duplicates)
-    return 0
+    return _scan_status(report)
+
+
+def _scan_status(report: Any) -> int:
+    """1 when something could not be read (a folder, a symlink loop) and no image or video could: a scan that
+    read nothing must not look like an empty, healthy dataset."""
+    t = report.totals
+    return 1 if report.errors and not (t["images"] or t["videos"]) else 0
 
 
 def _video_line(meta: dict[str, Any]) -> str:
@@ -169,7 +196,7 @@ def _print_groups(groups: list[dict[str, Any]]) -> None:
         extra = "" if g["kind"] == "exact" else f" (distance {g['distance']})"
         print(f"{g['kind']} duplicates{extra}:")
         for p in g["paths"]:
-            print(f"  {p}")
+            print(_esc(f"  {p}"))
 
 
 def _dupes(args: argparse.Namespace) -> int:
@@ -182,7 +209,7 @@ def _dupes(args: argparse.Namespace) -> int:
             max_distance=DEFAULT_MAX_DISTANCE if args.max_distance is None else args.max_distance,
         )
     except (ValueError, OSError) as exc:
-        error(str(exc))
+        error(_esc(exc))
         return 1
     data = [g.to_dict() for g in groups]
     if args.json:
@@ -258,7 +285,7 @@ def _buckets(args: argparse.Namespace) -> int:
     try:
         data = bucket_preview(args.toml, args.profile, args.num_gpus)
     except (DatasetConfigError, ProfileError, OSError, ValueError, TypeError) as exc:
-        error(str(exc))
+        error(_esc(exc))
         return 1
     if args.json:
         print_json(data)
@@ -280,7 +307,7 @@ def _buckets(args: argparse.Namespace) -> int:
             f"{data['videos_too_short']} too short, {data['videos_unknown_frames']} with unknown frame count"
         )
     for w in data["warnings"]:
-        warn(w)
+        warn(_esc(w))
     return 0
 
 
@@ -343,13 +370,12 @@ def _caption(args: argparse.Namespace) -> int:
             changes = c.plan(target, op, skipped)
         for ch in changes:
             if ch.warning:
-                warn(f"{ch.path}: {ch.warning}")
+                warn(_esc(f"{ch.path}: {ch.warning}"))
         for line in skipped:
-            warn(line)
+            warn(_esc(line))
         op_id = None if args.dry_run else c.apply(changes, f"{what} in {where}")
     except (c.CaptionError, OSError) as exc:
-        error(str(exc))
-        return 1
+        return _failed(exc)
     if args.json:
         print_json(
             {
@@ -366,10 +392,10 @@ def _caption(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         print(c.diff(changes), end="")
-        print(f"dry run: {what}: {len(changes)} file(s) would change")
+        print(_esc(f"dry run: {what}: {len(changes)} file(s) would change"))
     else:
         print(
-            f"{what}: {len(changes)} file(s) changed"
+            _esc(f"{what}: {len(changes)} file(s) changed")
             + (f"; undo with `dpdeck dataset undo {op_id}`" if op_id else ""),
             flush=True,
         )
@@ -399,8 +425,7 @@ def _image(args: argparse.Namespace) -> int:
         where = str(target) if isinstance(target, Path) else f"{len(target)} selected file(s)"
         op_id = None if args.dry_run else im.apply(plan.changes, f"{what} in {where}")
     except (im.ImageOpError, OSError) as exc:
-        error(str(exc))
-        return 1
+        return _failed(exc)
     if args.json:
         print_json(
             {
@@ -415,9 +440,9 @@ def _image(args: argparse.Namespace) -> int:
             _prune_journal()
         return 0
     for ch in plan.changes:
-        print(ch.describe())
+        print(_esc(ch.describe()))
     for line in plan.skipped:
-        print(f"skipped: {line}")
+        print(_esc(f"skipped: {line}"))
     verb = "would change" if args.dry_run else "changed"
     print(
         f"{'dry run: ' if args.dry_run else ''}{what}: {len(plan.changes)} image(s) {verb}, {len(plan.skipped)} skipped"
@@ -449,17 +474,17 @@ def _undo(args: argparse.Namespace) -> int:
         else:
             print(
                 table(
-                    [[o["id"], str(o["files"]), o["description"]] for o in ops], ["id", "files", "operation"]
+                    [[o["id"], str(o["files"]), _esc(o["description"])] for o in ops],
+                    ["id", "files", "operation"],
                 )
             )
         return 0
     try:
         result = undo(args.op_id)
     except (UndoError, OSError) as exc:
-        error(str(exc))
-        return 1
+        return _failed(exc)
     if args.json:
         print_json(result)
     else:
-        print(f"undone {result['id']} ({result['description']}): {len(result['restored'])} file(s) restored")
+        print(_esc(f"undone {result['id']} ({result['description']}): {len(result['restored'])} file(s) restored"))
     return 0

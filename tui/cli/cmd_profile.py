@@ -39,6 +39,12 @@ def _guard(handler: Handler) -> Handler:
             error(redact(str(exc)))
             return 1
         except OSError as exc:  # e.g. exporting into a folder we cannot write
+            from tui.cli.output import state_write_error
+
+            state = state_write_error(exc)
+            if state:
+                error(state)  # the state dir itself: what main says for every command
+                return 2
             where = f"{exc.filename}: " if exc.filename else ""
             error(redact(f"{where}{exc.strerror or exc}"))
             return 1

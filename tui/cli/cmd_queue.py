@@ -165,6 +165,9 @@ HEADERS = ["ID", "NAME", "STATE", "GPUS", "STEP", "EPOCH", "LOSS", "SAMPLES/S", 
 def _ls(args: argparse.Namespace) -> int:
     from engine.jobs import client
 
+    note = client.check_daemon()
+    if note:
+        print(f"dpdeck: {note}", file=sys.stderr)
     if args.json:
         # Compact, one C-encoder call: stores with thousands of jobs list in a blink.
         sys.stdout.write(json.dumps(client.list_job_dicts(include_finished=args.all)) + "\n")

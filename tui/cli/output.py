@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from typing import Any
 
@@ -31,3 +33,68 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return "\n".join(lines)
+
+
+# A state dir dpdeck cannot write.
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _state_root() -> str:
+    """The state dir as the profiles layer spells it, without creating it."""
+    from profiles import paths
+
+    root = getattr(paths, "state_root", None)
+    if root is not None:
+        return str(root())
+    env = os.environ.get(paths.ENV_HOME)
+    if env:
+        return os.path.realpath(os.path.expanduser(env))
+    import platformdirs
+
+    return os.path.realpath(platformdirs.user_data_dir("dpdeck", appauthor=False))
+
+
+def _existing(path: str) -> str:
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _writable(path: str) -> bool:
+    """Whether `path`, or the nearest folder above it that exists, can be written (a read-only mount cannot)."""
+    return os.access(_existing(path), os.W_OK)
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(_existing(path)).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def state_write_error(exc: BaseException) -> str | None:
+    """One line for a write dpdeck's state dir refused (read-only mount, no permission): the path, what dpdeck
+    needs and the fix. None when `exc` is something else (another path, another error), for the caller to
+    handle or re-raise."""
+    state = _state_root()
+    sqlite3 = sys.modules.get("sqlite3")
+    if isinstance(exc, OSError):
+        if exc.errno not in _UNWRITABLE:
+            return None
+        where = os.fsdecode(exc.filename) if exc.filename else state
+        reason = exc.strerror or str(exc)
+        if not any(
+            w == state or w.startswith(state.rstrip("/") + "/") for w in (where, os.path.realpath(where))
+        ):
+            return None  # not the state dir: the command's own handling (or a traceback) says more
+    elif sqlite3 is not None and isinstance(exc, sqlite3.OperationalError) and not _writable(state):
+        # SQLite says only "unable to open database file": name the store and why.
+        where = os.path.join(state, "dpdeck.db")
+        reason = f"{exc}: " + ("Read-only file system" if _read_only(state) else "Permission denied")
+    else:
+        return None
+    return (
+        f"{where}: {reason}; dpdeck keeps its state in {state} and must be able to write there: make it "
+        "writable, or point DPDECK_HOME at a writable folder (export DPDECK_HOME=~/dpdeck-state)"
+    )

@@ -775,7 +775,12 @@ class DatasetsScreen(DeckScreen):
         except (c.CaptionError, OSError) as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
             return
-        warnings = [f"{ch.path.name}: {ch.warning}" for ch in changes if ch.warning] + skipped
+        from engine.datasets.names import printable
+
+        # A name may hold a newline or an escape sequence: printed raw it could forge lines of this summary.
+        warnings = [printable(f"{ch.path.name}: {ch.warning}") for ch in changes if ch.warning] + [
+            printable(s) for s in skipped
+        ]
         summary = f"{len(changes)} of {len(scope)} caption(s) would change (dry run; nothing written yet)."
         if warnings:
             summary += (

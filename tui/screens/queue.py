@@ -188,11 +188,14 @@ class QueueScreen(DeckScreen):
     @work(thread=True, exclusive=True, group="queue-load")
     def load(self) -> None:
         try:
+            note = data.check_daemon()
             jobs = data.jobs(include_finished=True)
             paused = data.queue_paused()
         except Exception as exc:
             self.post_message(JobsLoaded([], None, str(exc)))
             return
+        if note:  # a dead daemon was noticed and brought back: the user should know it had stopped
+            self.app.call_from_thread(self.notify, note, severity="warning", timeout=10)
         self.post_message(JobsLoaded(jobs, paused, None))
 
     def on_jobs_loaded(self, message: JobsLoaded) -> None:

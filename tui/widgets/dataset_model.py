@@ -46,21 +46,23 @@ class DatasetSource:
 
 
 def _has_images(folder: Path) -> bool:
-    from engine.datasets.items import IMAGE_EXTENSIONS
+    from engine.datasets.items import IMAGE_EXTENSIONS, entry_is_file
 
     try:
         with os.scandir(folder) as it:
-            return any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS for e in it if e.is_file())
+            return any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS for e in it if entry_is_file(e))
     except OSError:
         return False
 
 
 def image_folders(folder: Path, depth: int = SUBDIR_DEPTH) -> list[Path]:
     """The folder (when it holds images) and its sub-folders holding images, `depth` levels down."""
+    from engine.datasets.items import entry_is_dir
+
     found: list[Path] = [folder] if _has_images(folder) else []
     if depth > 0:
         try:
-            subs = sorted(e.path for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+            subs = sorted(e.path for e in os.scandir(folder) if entry_is_dir(e) and not e.name.startswith("."))
         except OSError:
             subs = []
         for sub in subs:

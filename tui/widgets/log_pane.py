@@ -19,6 +19,8 @@ from textual.reactive import Reactive
 from textual.strip import Strip
 from textual.widgets import Log
 
+from engine.jobs.progress import open_regular
+
 ERROR_RE = re.compile(r"Traceback|Error|error:|OutOfMemory|CUDA out of memory|Killed|FAILED|EADDRINUSE")
 MAX_BATCH = 2000  # lines per drain: a flood shows its tail rather than stalling the UI
 BUSY_S, TRICKLE_S = 0.1, 0.5  # drain intervals under a flood and otherwise: a trickle repaints 2x a second
@@ -34,6 +36,8 @@ def clean_line(line: str) -> str:
 
 class LogFollower:
     """Tails one file from a thread into a bounded deque; survives the file appearing late."""
+
+    MAX_LINE = 64 * 1024
 
     def __init__(self, path: Path, keep: int) -> None:
         self.path = path
@@ -58,11 +62,11 @@ class LogFollower:
         partial = ""
         while not self._stop.is_set():
             if handle is None:
-                try:
-                    handle = self.path.open("r", encoding="utf-8", errors="replace", newline="")
-                except OSError:
+                fd = open_regular(self.path)  # never a FIFO: an open() on one would hang this thread for good
+                if fd is None:
                     self._stop.wait(0.25)
                     continue
+                handle = open(fd, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed below
             chunk = handle.read(1 << 16)
             if not chunk:
                 # A quiet file is re-read 4x a second; a busy one is read back to back.
@@ -71,6 +75,9 @@ class LogFollower:
             text = partial + chunk
             parts = text.split("\n")
             partial = parts.pop()
+            if len(partial) > LogFollower.MAX_LINE:  # a line without end must not grow without bound
+                parts.append(partial[: LogFollower.MAX_LINE])
+                partial = ""
             with self.lock:
                 overflow = len(self.lines) + len(parts) - (self.lines.maxlen or 0)
                 self.lines.extend(clean_line(p) for p in parts)
