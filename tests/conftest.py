@@ -52,3 +52,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos matrix's phase x target table (tests/test_chaos_matrix.py), when any of its cells ran."""
+    import sys
+
+    matrix = sys.modules.get("test_chaos_matrix")
+    lines = matrix.matrix_table() if matrix is not None and hasattr(matrix, "matrix_table") else []
+    if lines:
+        terminalreporter.section("chaos matrix (phase x SIGKILL target)")
+        for line in lines:
+            terminalreporter.write_line(line)

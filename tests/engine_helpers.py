@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -97,3 +98,105 @@ def teardown_engine() -> None:
 
     client.stop_daemon(kill_jobs=True, timeout=60)
     procs.kill_marked(procs.marked_processes(), grace_s=3)
+
+
+# ----- chaos helpers (tests/test_chaos_matrix.py) ----------------------------------------------------------
+
+
+def read_phase(job_id: int) -> dict[str, str] | None:
+    """The fake trainer's phase marker (`fake-phase` in the job folder): phase, rank, pid; None before any."""
+    try:
+        lines = (Path(client.get_job(job_id).job_dir) / "fake-phase").read_text().splitlines()
+    except OSError:
+        return None
+    if not lines:
+        return None
+    fields = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+    return {"phase": lines[0], **fields}
+
+
+def process_tree(pid: int | None) -> list[tuple[int, float, str]]:
+    """(pid, create_time, cmdline) of a process and all its descendants, for checking later that none survived."""
+    if not pid:
+        return []
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    out = []
+    for p in members:
+        try:
+            out.append((p.pid, p.create_time(), " ".join(p.cmdline())[:160]))
+        except psutil.Error:
+            continue
+    return out
+
+
+def still_alive(tree: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
+    """The members of a process_tree snapshot that are still the same live (non-zombie) process."""
+    from engine.jobs import procs
+
+    return [m for m in tree if procs.is_same_process(m[0], m[1])]
+
+
+def port_listeners(port: int) -> list[str]:
+    """'pid name' of every socket listening on the port (IPv4 or IPv6)."""
+    found = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            name = "?"
+            with contextlib.suppress(psutil.Error, TypeError):
+                name = psutil.Process(conn.pid).name()
+            found.append(f"pid {conn.pid} {name}")
+    return found
+
+
+def open_holders(path: Path) -> list[int]:
+    """Pids of the processes that hold the file open (torch's FileBaton keeps its fd open while it builds)."""
+    target = str(path)
+    holders = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == target:
+                        holders.append(int(entry.name))
+                        break
+    return holders
+
+
+def port_reservation_holders(port: int) -> list[int]:
+    """Pids holding the machine-wide reservation of a master port (engine.jobs.ports.reserve), if any."""
+    from engine.jobs import ports
+
+    fd = ports.reserve(port)
+    if fd is not None:
+        ports.release(fd)
+        return []
+    return open_holders(ports._reservation_dir() / f"{port}.lock") or [-1]
+
+
+def job_report(job_id: int, lines: int = 8) -> str:
+    """Everything a reader of a failed chaos test needs about one job: state, reason, evidence, events, logs."""
+    job = client.get_job(job_id)
+    out = [
+        f"job {job_id} ({job.name}): state={job.state} exit_reason={job.exit_reason} step={job.step} "
+        f"port={job.port} pid={job.pid} phase-marker={read_phase(job_id)}",
+    ]
+    out += [f"  evidence: {e}" for e in (job.evidence or [])[-lines:]]
+    out += [f"  event {e['kind']}: {e['message'][:200]}" for e in client.job_events(job_id)]
+    job_dir = Path(job.job_dir)
+    logs = [job_dir / "output.log", job_dir / "shim.log"]
+    if (job_dir / "ranks").is_dir():
+        logs += sorted((job_dir / "ranks").glob("*.log"))
+    for log in logs:
+        with contextlib.suppress(OSError):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out += [f"  {log.name}: {t[:200]}" for t in tail]
+    for proc in job_processes(job_id):
+        with contextlib.suppress(psutil.Error):
+            out.append(f"  still running: pid {proc.pid} {' '.join(proc.cmdline())[:160]}")
+    return "\n".join(out)

@@ -202,19 +202,46 @@ def test_malformed_event_from_a_job_does_not_stall_others(engine: Path, tmp_path
 
 @pytest.mark.slow
 def test_completion_after_a_flood_at_the_end_is_completed(engine: Path) -> None:
-    job_id = _long(engine, "flood", steps=6, sleep_s=0.2)
+    # 24 MB printed right before `TRAINING COMPLETE!`: the daemon used to read 4 MB of it at the exit and call
+    # a job that completed and exited 0 `failed (crashed)`.
+    main = make_profile(engine, name="flood", epochs=1, steps_per_epoch=6, sleep_s=0.2, flood_before_end_mb=24)
+    job_id = client.enqueue(str(main), name="flood")
     wait_step(job_id, 2)
-    # The daemon stops watching (paused) while 20 MB land at the end of the log, then the job completes.
     pid = client.daemon_pid()
-    os.kill(pid, signal.SIGSTOP)
+    os.kill(pid, signal.SIGSTOP)  # the daemon is busy elsewhere while the end lands: it finds all of it at once
     try:
-        with open(Path(client.get_job(job_id).job_dir) / "output.log", "ab") as fh:
-            fh.write((b"spam " * 30 + b"\n") * 140_000)
-        wait_for(lambda: (Path(client.get_job(job_id).job_dir) / "exit.json").exists(), 60, what="exit.json")
+        wait_for(lambda: (Path(client.get_job(job_id).job_dir) / "exit.json").exists(), 120, what="exit.json")
     finally:
         os.kill(pid, signal.SIGCONT)
-    job = wait_state(job_id, FINAL, timeout=120)
+    job = wait_state(job_id, FINAL, timeout=180)
     assert job.state == "completed", (job.state, job.exit_reason, job.evidence)
+
+
+@pytest.mark.slow
+def test_a_stale_build_lock_met_during_startup_is_cleared_for_that_job(engine: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A builder killed after this job's launch (so no sweep ran since) leaves torch's baton; the job, waiting on
+    it before its first step, is freed and told why."""
+    ext = tmp_path / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(ext))
+    main = make_profile(engine, name="waiter", epochs=1, steps_per_epoch=3, sleep_s=0.1, startup_s=4, op_build_s=1)
+    job_id = client.enqueue(str(main), name="waiter")
+    wait_for(lambda: client.get_job(job_id).state in ("starting", "running"), 60, what="job launched")
+    # A real torch FileBaton taken by a process that is then SIGKILLed: the baton stays behind.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from torch.utils.cpp_extension import _get_build_directory;"
+        "from torch.utils.file_baton import FileBaton;"
+        "d = _get_build_directory('deepspeed_shm_comm', verbose=False);"
+        "assert FileBaton(d + '/lock').try_acquire(); print(d, flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    lock_file = Path(holder.stdout.readline().strip()) / "lock"
+    holder.kill()
+    holder.wait()
+    assert lock_file.exists()
+    job = wait_state(job_id, FINAL, timeout=180)
+    assert job.state == "completed", (job.state, job.exit_reason, job.evidence)
+    assert any("stale torch extension build lock" in e["message"] for e in client.job_events(job_id)), \
+        [e["message"] for e in client.job_events(job_id)]
 
 
 @pytest.mark.slow

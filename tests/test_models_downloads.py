@@ -156,6 +156,7 @@ def test_gated_repo_with_good_token_downloads(hub: HubServer, monkeypatch: pytes
     assert Path(final.dest).read_bytes() == b"y" * 5000
     assert all(r["auth"] == "yes" for r in hub.requests if "/resolve/" in r["path"])
     assert "hf_goodtoken" not in Path(downloads.state_path(final.id)).read_text()
+    assert not downloads.token_path(final.id).exists()  # the handed-over token went with the download
 
 
 def test_concurrent_downloads_overlap(hub: HubServer, models_root: Path) -> None:

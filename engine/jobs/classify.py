@@ -37,7 +37,9 @@ def classify(returncode: int | None, tail: list[str], *, complete_seen: bool = F
              oom_evidence: list[str] | None = None) -> str:
     """One of: completed, cuda_oom, host_oom, nccl_timeout, port_in_use, disk_full, config_error, missing_file,
     killed, crashed."""
-    if returncode == 0 and complete_seen:
+    if complete_seen:
+        # Training finished and its last save is on disk: a launcher killed or failing in the cleanup after
+        # `TRAINING COMPLETE!` does not undo that (the daemon records how the exit went as an event).
         return "completed"
     text = "\n".join(tail)
     for reason, pattern in PATTERNS:

@@ -40,7 +40,8 @@ from profiles.document import TomlFile
 TICK_S = 0.5
 UNWATCHED_GAP_S = 5.0  # a tick gap beyond this was the daemon not watching (stopped, down, swapped out)
 LAUNCH_S = 60.0  # a claimed job gets this long to show its shim's pid
-PID_SCAN_S = 5.0  # how often each job's process list is refreshed (for OOM records after it ends)
+PID_SCAN_S = 5.0
+LOCK_CHECK_S = 10.0  # a job silent this long before its first step is checked for stale build locks  # how often each job's process list is refreshed (for OOM records after it ends)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Watch:
     pids: set[int] = field(default_factory=set)
     pids_at: float = 0.0
     error: str | None = None  # the last supervision error reported for this job (each reported once)
+    locks_at: float = 0.0  # when this job's start-up was last checked for stale build locks
 
 
 class Daemon:
@@ -355,6 +357,12 @@ class Daemon:
         watch.seen_at = now_mono
         if self.follow_logs(job, watch):
             watch.silent_s = 0.0
+        if watch.progress.step is None and watch.silent_s > LOCK_CHECK_S and now_mono - watch.locks_at > LOCK_CHECK_S:
+            # Quiet before its first step: it may wait on a build lock a killed builder left behind.
+            watch.locks_at = now_mono
+            for baton in oplock.clear_stale():
+                self.event(job["id"], "reclaim", f"cleared a stale torch extension build lock {baton} this job was"
+                           " waiting on (no process was building)")
         if now_mono - watch.pids_at > PID_SCAN_S:
             watch.pids_at = now_mono
             watch.pids.update(m.pid for m in procs.marked_processes(job["id"]))
@@ -475,12 +483,16 @@ class Daemon:
             kills = cgroup.oom_kills(job_id, Path(job["job_dir"]))
             if kills:
                 oom.append(f"the job's cgroup counted {kills} OOM kill(s) (memory.events oom_kill)")
-        if job["exit_reason"] == "hung":
+        if watch.progress.complete:
+            # `TRAINING COMPLETE!` came after the last save: whatever died in the cleanup after it (the shim, the
+            # launcher, a rank, a watchdog's kill), the training itself is done.
+            reason = "completed"
+        elif job["exit_reason"] == "hung":
             reason = "hung"
         elif forced_reason == "interrupted" and returncode is None:
             reason = "interrupted"
         elif watch.cancel_requested or forced_reason == "cancelled":
-            reason = "completed" if (returncode == 0 and watch.progress.complete) else "cancelled"
+            reason = "cancelled"
         else:
             reason = classify.classify(returncode, tail, complete_seen=watch.progress.complete, oom_evidence=oom)
         state = classify.state_for(reason)
@@ -492,6 +504,9 @@ class Daemon:
         }
         if reason == "completed" and job["total_steps"]:
             fields["eta_s"] = 0.0
+        if reason == "completed" and returncode != 0:
+            how = "the shim vanished" if returncode is None else f"the launcher exited with {returncode}"
+            self.event(job_id, "end", f"training completed; {how} during the cleanup after it")
         with store.transaction(self.conn):
             store.update_job(self.conn, job_id, **fields)
             if not survivors and not port_busy:

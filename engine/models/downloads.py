@@ -107,6 +107,12 @@ def state_path(download_id: str) -> Path:
     return downloads_dir() / f"{download_id}.json"
 
 
+def token_path(download_id: str) -> Path:
+    """The HF token of the client that asked for the download (0600, removed when it ends): the daemon that
+    runs the worker holds no credentials of its own (engine/jobs/client.ensure_daemon)."""
+    return downloads_dir() / f"{download_id}.token"
+
+
 def save(dl: Download, durable: bool = True) -> None:
     """Replace the state file atomically. Progress updates skip fsync: an fsync while gigabytes of dirty
     download pages are pending stalls on their writeback (measured: it halved throughput), and a lost
@@ -116,6 +122,8 @@ def save(dl: Download, durable: bool = True) -> None:
     text = dl.model_dump_json(indent=1)
     if durable:
         atomic_write_text(path, text)
+        if dl.state not in LIVE:
+            token_path(dl.id).unlink(missing_ok=True)  # done with the Hub: the client's token goes
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -294,6 +302,9 @@ def start(repo: str, files: list[FileState], dest: Path, *, revision: str = "mai
                   revision=revision, commit=commit, dest=str(dest), entry=entry, key=key, files=files,
                   bytes_total=total, created_at=now_iso(), queued_t=time.time(), endpoint=hub_endpoint(),
                   quarantine_dir=str(models_dir() / ".quarantine"))
+    client_token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if client_token:
+        atomic_write_text(token_path(dl.id), client_token, mode=0o600)
     save(dl)
     _daemon()
     return dl

@@ -17,10 +17,21 @@ REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$
 
 
 def hf_token() -> str | None:
-    """The HF token: dpdeck's secrets store first (it also reads HF_TOKEN), else the environment.
+    """The HF token: in a download worker the token its client handed over, then dpdeck's secrets store
+    (it also reads HF_TOKEN), else the environment.
 
     Never logged or printed; passed only to huggingface_hub for the Authorization header.
     """
+    serving = os.environ.get("DPDECK_DOWNLOAD")
+    if serving:
+        from engine.models.downloads import token_path
+
+        try:
+            handed = token_path(serving).read_text(encoding="utf-8").strip()
+        except (OSError, ValueError):
+            handed = ""
+        if handed:
+            return handed
     try:
         from profiles.secrets import get_secret
     except ImportError:
