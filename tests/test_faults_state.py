@@ -488,3 +488,15 @@ def test_repair_brings_a_running_job_back_to_the_daemon(tmp_path: Path,
 def test_cli_doctor_repair_on_an_empty_state_dir(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["doctor", "--repair"]) == 0
     assert "0 job(s)" in capsys.readouterr().out
+
+
+def test_output_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`dpdeck ls | head` used to end in a BrokenPipeError traceback (and `profile ...` in an error line)."""
+    import shutil
+
+    exe = shutil.which("dpdeck")
+    assert exe
+    for command in ("ls --all", "profile templates", "daemon status"):
+        proc = subprocess.run(f"{exe} {command} | true", shell=True, executable="/bin/bash",
+                              capture_output=True, text=True, timeout=60)
+        assert proc.stderr.strip() == "", (command, proc.stderr)

@@ -29,7 +29,7 @@ from engine.jobs.progress import (
     Progress,
     eta_seconds,
     feed_line,
-    open_regular,
+    log_tail,
     rank_log,
     read_regular,
 )
@@ -476,7 +476,7 @@ class Daemon:
         with contextlib.suppress(ValueError, TypeError):
             exit_info = json.loads(read_regular(Path(job["job_dir"]) / "exit.json") or b"{}")
         returncode = exit_info.get("returncode")
-        tail = watch.tail or _tail_of_logs(Path(job["job_dir"]))
+        tail = watch.tail or log_tail(Path(job["job_dir"]))
         oom: list[str] = []
         if returncode in classify.SIGKILL_CODES:
             oom = oomlog.oom_kills(watch.pids | _pids_of(Path(job["job_dir"]), job), job["started_at"] or 0.0)
@@ -728,24 +728,6 @@ def _global_batch(main_toml: Path, job: dict[str, Any]) -> int | None:
         return int(mbs) * int(gas) * max(1, int(world) // int(stages))
     except (TypeError, ValueError):
         return None
-
-
-def _tail_of_logs(job_dir: Path, lines: int = 200) -> list[str]:
-    out: list[str] = []
-    files = [job_dir / "output.log"]
-    if (job_dir / "ranks").is_dir():
-        files += sorted((job_dir / "ranks").glob("*.log"))
-    for f in files:
-        fd = open_regular(f)  # never a FIFO: an open() on one would block the daemon
-        if fd is None:
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, 64 * 1024, max(0, size - 64 * 1024))
-        finally:
-            os.close(fd)
-        out += data.decode("utf-8", "replace").replace("\r", "\n").splitlines()[-lines:]
-    return out[-lines:]
 
 
 def _pids_of(job_dir: Path, job: dict[str, Any]) -> set[int]:

@@ -237,6 +237,25 @@ def rank_log(job_dir: Path, rank: int) -> Path | None:
     return max(found)[1] if found else None
 
 
+def log_tail(job_dir: Path, lines: int = 200) -> list[str]:
+    """The last lines of a job's logs (launcher, then each rank's), from at most 64 KiB of each."""
+    out: list[str] = []
+    files = [job_dir / "output.log"]
+    if (job_dir / "ranks").is_dir():
+        files += sorted((job_dir / "ranks").glob("*.log"))
+    for f in files:
+        fd = open_regular(f)  # never a FIFO: an open() on one would block the daemon
+        if fd is None:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, 64 * 1024, max(0, size - 64 * 1024))
+        finally:
+            os.close(fd)
+        out += data.decode("utf-8", "replace").replace("\r", "\n").splitlines()[-lines:]
+    return out[-lines:]
+
+
 def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
     """The first `limit` bytes of a small regular file (exit.json, child.json), or None."""
     fd = open_regular(path)

@@ -21,6 +21,7 @@ from typing import Any
 
 from engine.jobs import classify, procs, record, store
 from engine.jobs.lock import acquire_lock, daemon_pid
+from engine.jobs.progress import log_tail
 from profiles import paths
 
 NO_RECORD = "recovered by dpdeck doctor --repair: no record of how this job ended (rerun: dpdeck retry {id})"
@@ -229,7 +230,7 @@ def _from_exit(folder: Path) -> dict[str, Any] | None:
     if not isinstance(exit_info, dict):
         return None
     returncode = exit_info.get("returncode")
-    tail = _log_tail(folder)
+    tail = log_tail(folder)
     complete = any("TRAINING COMPLETE" in line for line in tail)
     reason = classify.classify(returncode, tail, complete_seen=complete)
     return {
@@ -238,18 +239,6 @@ def _from_exit(folder: Path) -> dict[str, Any] | None:
         "started_at": exit_info.get("started_at"),
         "evidence": classify.evidence(tail) if reason != "completed" else [],
     }
-
-
-def _log_tail(folder: Path, lines: int = 200) -> list[str]:
-    out: list[str] = []
-    files = [folder / "output.log"]
-    if (folder / "ranks").is_dir():
-        files += sorted((folder / "ranks").glob("*.log"))
-    for f in files:
-        with contextlib.suppress(OSError), open(f, "rb") as fh:
-            fh.seek(max(0, f.stat().st_size - 64 * 1024))
-            out += fh.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()[-lines:]
-    return out[-lines:]
 
 
 _COLUMNS = (

@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"dpdeck: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `dpdeck ls | head`: the reader left. Quietly, as git does; stdout goes to /dev/null so the flush
+        # at exit does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except _state_write_errors() as exc:  # a read-only or foreign state dir: one line, not a traceback
         from tui.cli.output import state_write_error
 

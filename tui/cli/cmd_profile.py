@@ -38,6 +38,8 @@ def _guard(handler: Handler) -> Handler:
         except ProfileError as exc:
             error(redact(str(exc)))
             return 1
+        except BrokenPipeError:
+            raise  # the reader of our output left (`| head`): main ends quietly
         except OSError as exc:  # e.g. exporting into a folder we cannot write
             from tui.cli.output import state_write_error
 
