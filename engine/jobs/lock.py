@@ -24,13 +24,22 @@ def log_path() -> Path:
     return paths.state_dir() / "daemon.log"
 
 
-def acquire_lock() -> int | None:
-    """The daemon lock (an fd to hold for the daemon's life); None when another daemon holds it."""
-    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+def try_flock(path: Path) -> int | None:
+    """An exclusive flock on `path` (created 0600, never through a symlink) as an fd to keep open, or None while
+    another process holds it. The kernel drops the lock when its holder dies, so a held lock means a live owner."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
+        return None
+    return fd
+
+
+def acquire_lock() -> int | None:
+    """The daemon lock (an fd to hold for the daemon's life); None when another daemon holds it."""
+    fd = try_flock(lock_path())
+    if fd is None:
         return None
     if not still_holds(fd):
         # Another daemon replaced the file between our open and our flock: the inode we locked is no one's.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import socket
 import stat
@@ -12,6 +11,8 @@ import tempfile
 from pathlib import Path
 
 import psutil
+
+from engine.jobs.lock import try_flock
 
 DEFAULT_RANGE = (29500, 29999)
 
@@ -165,15 +166,9 @@ def reserve(port: int, directory: Path | None = None) -> int | None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(folder, 0o700)
     try:
-        fd = os.open(folder / f"{port}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        return try_flock(folder / f"{port}.lock")
     except OSError:
         return None  # a symlink (ELOOP) or an unreadable file: not a reservation we can hold
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def release(fd: int | None) -> None:

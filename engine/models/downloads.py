@@ -18,7 +18,6 @@ into place only after its size and hash check out, so a half file is never where
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
@@ -154,13 +153,9 @@ def lock_path(download_id: str) -> Path:
 
 def try_lock(download_id: str) -> int | None:
     """The download's lock as an fd, or None while a worker holds it (so: while a worker is alive)."""
-    fd = os.open(lock_path(download_id), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+    from engine.jobs.lock import try_flock
+
+    return try_flock(lock_path(download_id))
 
 
 def _with_liveness(dl: Download) -> Download:

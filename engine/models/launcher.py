@@ -55,7 +55,7 @@ def _fork(download_id: str, lock_fd: int, log: Path) -> int:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
-        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # state files are private
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -82,7 +82,7 @@ def _fork(download_id: str, lock_fd: int, log: Path) -> int:
 
 def _spawn(download_id: str, lock_fd: int, log: Path) -> int:
     os.set_inheritable(lock_fd, True)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         env = dict(os.environ)
         env[MARKER] = download_id

@@ -131,15 +131,16 @@ class DownloadSupervisor:
             self.signalled[dl_id] = dl.pid
 
     def _resume(self, dl: Download) -> None:
+        # The request file goes last: a client waits for it to vanish and then reads the state, which must
+        # already be the new one (removing it first let `models resume` report the old `failed`).
+        if dl.state not in ("completed", "queued"):
+            store.request_path(dl.id, "cancel").unlink(missing_ok=True)
+            dl.state, dl.code, dl.error, dl.ended_at = "queued", None, None, None
+            dl.retries, dl.last_death, dl.pid, dl.pid_ctime = 0, None, None, None
+            dl.queued_t = time.time()
+            store.save(dl)
+            self.log(f"download {dl.id}: resumed on request")
         store.request_path(dl.id, "resume").unlink(missing_ok=True)
-        if dl.state == "completed" or dl.state == "queued":
-            return
-        store.request_path(dl.id, "cancel").unlink(missing_ok=True)
-        dl.state, dl.code, dl.error, dl.ended_at = "queued", None, None, None
-        dl.retries, dl.last_death, dl.pid, dl.pid_ctime = 0, None, None, None
-        dl.queued_t = time.time()
-        store.save(dl)
-        self.log(f"download {dl.id}: resumed on request")
 
     def _cancel(self, dl: Download) -> None:
         if dl.state not in ("completed", "cancelled"):
