@@ -164,7 +164,10 @@ def test_deck_in_tmux_navigates_and_creates_a_profile(tmux: Tmux, dpdeck_home: P
         if "Templates" not in tmux.screen():
             break
     assert "Templates" not in tmux.screen(), "dpdeck did not quit"
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
 
     assert tomllib.loads(main.read_text())["model"]["type"] == "sd15"
 

@@ -5,7 +5,10 @@ Every Binding in the deck has an id, so this file, the footer and the `?` help s
 
 from __future__ import annotations
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): the same parser, as a package
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from profiles.paths import state_dir
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): the same parser, as a package
+    import tomli as tomllib  # type: ignore[no-redef]
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
