@@ -60,7 +60,6 @@ class Watch:
     seen_at: float = field(default_factory=time.monotonic)
     # Every pid seen in the job, so the kernel's OOM records can be matched to it after the job is gone.
     pids: set[int] = field(default_factory=set)
-    pids_at: float = 0.0
     error: str | None = None  # the last supervision error reported for this job (each reported once)
     locks_at: float = 0.0  # when this job's start-up was last checked for stale build locks
 
@@ -71,6 +70,7 @@ class Daemon:
         self.health = Health()
         self.conn = store.connect()
         self.store_id = store.file_identity()
+        self.pids_at = 0.0  # when the live jobs' processes were last noted (one process scan for all jobs)
         self.watches: dict[int, Watch] = {}
         self.running = True
         self.has_nvidia = bool(gpus.gpu_report())
@@ -337,6 +337,7 @@ class Daemon:
         live = self.conn.execute(
             f"SELECT * FROM jobs WHERE {store.LIVE_IN}", store.LIVE_STATES
         ).fetchall()
+        self.note_pids()
         for row in live:
             job = store.row_to_dict(row)
             watch = self.watches.get(job["id"]) or self.watches.setdefault(job["id"], self._new_watch(job))
@@ -348,6 +349,16 @@ class Daemon:
                 if repr(exc) != watch.error:
                     watch.error = repr(exc)
                     self.event(job["id"], "error", f"supervising job {job['id']} failed: {exc!r}")
+
+    def note_pids(self) -> None:
+        """Every few seconds, one scan of the processes notes each watched job's pids (for OOM records)."""
+        now_mono = time.monotonic()
+        if not self.watches or now_mono - self.pids_at < PID_SCAN_S:
+            return
+        self.pids_at = now_mono
+        for m in procs.marked_processes():
+            if m.job_id in self.watches:
+                self.watches[m.job_id].pids.add(m.pid)
 
     def supervise_job(self, job: dict[str, Any], watch: Watch) -> None:
         now_mono = time.monotonic()
@@ -363,9 +374,6 @@ class Daemon:
             for baton in oplock.clear_stale():
                 self.event(job["id"], "reclaim", f"cleared a stale torch extension build lock {baton} this job was"
                            " waiting on (no process was building)")
-        if now_mono - watch.pids_at > PID_SCAN_S:
-            watch.pids_at = now_mono
-            watch.pids.update(m.pid for m in procs.marked_processes(job["id"]))
         job_dir = Path(job["job_dir"])
         if (job_dir / "exit.json").exists():
             self.finish(job["id"])

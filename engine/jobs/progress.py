@@ -163,6 +163,7 @@ class LogFollower:
         self.path = path
         self.offset = 0
         self._partial = b""
+        self._skip_to_newline = False  # after a jump into the tail: its first, cut line is dropped
 
     def _read(self, max_bytes: int, *, tail_only: bool = False) -> bytes:
         fd = open_regular(self.path)
@@ -180,8 +181,6 @@ class LogFollower:
             os.close(fd)
         self.offset += len(data)
         return data
-
-    _skip_to_newline = False
 
     def _split(self, data: bytes) -> list[str]:
         data = self._partial + data
