@@ -92,7 +92,7 @@ def bench_paths(folder: Path, n: int) -> None:
 async def key_to_paint(folder: Path, size: tuple[int, int], prefetch: bool, presses: int) -> list[float]:
     from tests.tui_helpers import wait_until
     from tui.app import DeckApp
-    from tui.screens.datasets import DatasetsScreen
+    from tui.screens.datasets.screen import DatasetsScreen
     from tui.widgets.image_preview import ImagePreview
 
     app = DeckApp(start_mode="datasets")

@@ -150,6 +150,7 @@ def bench_idle() -> None:
     from engine_helpers import make_profile, setup_engine, teardown_engine, wait_step
 
     from engine.jobs import client
+    from engine.jobs.protocol import Action, Request
 
     fresh_home()
     setup_engine()
@@ -162,7 +163,7 @@ def bench_idle() -> None:
     time.sleep(20)
     pct = daemon.cpu_percent(None)
     print(f"daemon CPU with one running job: {pct:.2f}% of one core over 20 s  target < 1%")
-    client.send_request(job, "cancel")
+    client.send(Request(Action.CANCEL, job))
     teardown_engine()
 
 

@@ -47,6 +47,7 @@ def run_view_cpu(env: dict[str, str], home: Path, seconds: float) -> tuple[float
     os.environ["DPDECK_HOME"] = str(home)
     from engine.demo import prepare
     from engine.jobs import client
+    from engine.jobs.protocol import Action, Request
     from profiles.document import TomlFile
 
     main_toml = prepare(home / "demo")
@@ -79,10 +80,7 @@ def run_view_cpu(env: dict[str, str], home: Path, seconds: float) -> tuple[float
         rss = proc.memory_info().rss / 2**20
     finally:
         deck.close()
-        try:
-            client.send_request(job_id, "cancel")
-        except client.RequestError:
-            pass  # already ended
+        client.send(Request(Action.CANCEL, job_id))  # refused when it already ended: fine
         client.wait(job_id, timeout=300)
         client.stop_daemon()
     return cpu, rss, str(job.state), step0, int(job.step or 0)

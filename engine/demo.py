@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from profiles import paths
-from profiles.atomic import atomic_write_text
+from statefiles import paths
+from statefiles.atomic import atomic_write_text
 
 DEMO_TEMPLATE = "demo-tiny"
 DEMO_IMAGE_PX = 32
@@ -325,7 +325,9 @@ def run_demo(timeout: float = 600.0, direct: bool = False, log: Any = print) -> 
         try:
             view = client.wait(job_id, timeout=timeout)
         except TimeoutError:
-            client.send_request(job_id, "cancel")  # never leave a demo job running behind the user's back
+            from engine.jobs.protocol import Action, Request
+
+            client.send(Request(Action.CANCEL, job_id))  # never leave a demo job running behind the user's back
             return DemoResult(
                 False,
                 "queue",

@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import config, gpus
-from profiles import paths
+from engine.jobs import gpus
+from statefiles import paths, settings
 
 
 @dataclass
@@ -68,11 +68,14 @@ def run_checks() -> list[Check]:
     checks.append(Check("deepspeed launcher", "ok" if ds else "warn", "found" if ds else "`deepspeed` not on PATH",
                         "" if ds else "pip install deepspeed"))
     checks += tracking_checks()
-    dp = config.get("diffusion_pipe.path")
+    report = settings.load_report()
+    for problem in report.problems:
+        known = problem.key in settings.KEYS
+        fix = f"dpdeck config set {problem.key} VALUE (or unset it)" if known else f"edit {problem.source}"
+        checks.append(Check("settings", "warn", str(problem), fix))
+    dp = report.settings.diffusion_pipe.path
     if dp:
-        ok = (Path(dp) / "train.py").is_file()
-        checks.append(Check("diffusion-pipe", "ok" if ok else "fail", f"{dp}",
-                            "" if ok else "dpdeck config set diffusion_pipe.path /path/to/diffusion-pipe (the folder with train.py)"))
+        checks += diffusion_pipe_checks(dp)
     else:
         checks.append(Check("diffusion-pipe", "info", "not configured (only sd15/sdxl via the built-in trainer)",
                             "dpdeck config set diffusion_pipe.path ~/diffusion-pipe"))
@@ -86,6 +89,51 @@ def run_checks() -> list[Check]:
                             "enabled" if linger.exists() else "disabled: logind may kill the daemon at logout",
                             "" if linger.exists() else "loginctl enable-linger $USER (see docs/daemon.md)"))
     return checks
+
+
+def diffusion_pipe_checks(dp: str) -> list[Check]:
+    """The configured checkout: is it one, at which commit, and which keys its code reads that dpdeck's
+    built-in knowledge lacks (validation follows the checkout's own scan either way)."""
+    from profiles import dp_keys, dp_scan
+
+    root = Path(dp).expanduser()
+    if not (root / "train.py").is_file():
+        return [Check("diffusion-pipe", "fail", f"{dp}: no train.py there",
+                      "dpdeck config set diffusion_pipe.path /path/to/diffusion-pipe (the folder with train.py)")]
+    commit = dp_scan.git_commit(root)
+    if commit is None:
+        state = "not a git checkout (commit unknown)"
+    else:
+        state = f"commit {commit[:12]}"
+        dirty = _git_dirty(root)
+        if dirty is not None:
+            state += ", local changes" if dirty else ", clean"
+    checks = [Check("diffusion-pipe", "ok", f"{root} ({state})")]
+    own = dp_keys.scan_checkout(root)
+    base = dp_keys.builtin()
+    new = dp_keys.lacking(own, base)
+    pin = base.commit or dp_keys.BUILTIN_COMMIT
+    if new:
+        listed = ", ".join(f"{name} ({where})" for name, where in new)
+        checks.append(Check("diffusion-pipe keys", "info",
+                            f"keys this checkout reads that dpdeck's built-in knowledge ({pin}) lacks: {listed} "
+                            "(validation follows this checkout, so they are known)"))
+    else:
+        checks.append(Check("diffusion-pipe keys", "ok",
+                            f"none: dpdeck's built-in knowledge ({pin}) knows every key this checkout reads"))
+    if own.problem:
+        checks.append(Check("diffusion-pipe scan", "warn", own.problem, "check those files of the checkout"))
+    return checks
+
+
+def _git_dirty(root: Path) -> bool | None:
+    """Tracked files changed (cheap: no untracked walk); None when git cannot tell."""
+    try:
+        proc = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
 
 
 def tracking_checks() -> list[Check]:

@@ -27,12 +27,13 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from profiles import store
-from profiles.atomic import atomic_write_bytes
 from profiles.document import TomlFile, load_profile
 from profiles.errors import ProfileError, ProfileNotFound, ProfileParseError
+from statefiles import __version__
+from statefiles.atomic import atomic_write_bytes
 
 FORMAT = "dpdeck-profile"
 FORMAT_VERSION = 1
@@ -115,14 +116,13 @@ def build_archive(name: str, files: dict[str, str]) -> tuple[bytes, list[str]]:
     """The archive bytes for these profile files (secrets removed) and notes about what was removed."""
     clean, notes = _scrub(files)
     blobs = {fname: text.encode("utf-8") for fname, text in clean.items()}
-    from tui import __version__ as dpdeck_version  # a version string only; tui/__init__ imports nothing
 
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": name,
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dpdeck_version": dpdeck_version,
+        "dpdeck_version": __version__,
         "model_type": TomlFile.from_text(clean[store.MAIN]).get("model.type"),
         "files": {fname: hashlib.sha256(blob).hexdigest() for fname, blob in sorted(blobs.items())},
     }
@@ -259,7 +259,8 @@ def _checked_tarinfo(path: Path, reader: BoundedReader) -> type[tarfile.TarInfo]
                 in_a_row[0] = 0
             if problem:
                 raise ArchiveRejected(f"{path}: {problem}; {_REFUSE}")
-            return super()._proc_member(tar)  # type: ignore[misc]
+            checked: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+            return checked
 
         def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: Any, tar: Any) -> None:
             # Its sparse map is read line by line from the member data, as long as the map's count says.
@@ -275,7 +276,8 @@ def _decompressed(raw: IO[bytes]) -> IO[bytes]:
     magic = raw.read(6)
     raw.seek(0)
     if magic.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        # typeshed has GzipFile as a BufferedIOBase only; it is a readable binary stream like the others
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
     if magic.startswith(b"BZh"):
         return bz2.BZ2File(raw)
     if magic.startswith(b"\xfd7zXZ\x00"):

@@ -239,8 +239,9 @@ def find_line(text: str, keypath: str) -> int | None:
         if as_table is not None:
             return as_table
     element: int | None = None
-    while parts and isinstance(parts[-1], int):
-        element = parts.pop()  # ends as the outermost index: the element of the array value
+    while parts and isinstance(last := parts[-1], int):
+        parts.pop()
+        element = last  # ends as the outermost index: the element of the array value
     found = _find_line(text, parts)
     if found is not None and element is not None:
         return _element_line(text, found, element) or found

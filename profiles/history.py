@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from profiles.atomic import atomic_write_text, fsync_dir
 from profiles.errors import ProfileError, ProfileNotFound
+from statefiles.atomic import atomic_write_text, fsync_dir
 
 HISTORY_DIR = "history"
 META = "meta.json"

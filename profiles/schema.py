@@ -3,7 +3,7 @@
 Strict types (TOML has real types: `epochs = "10"` is a mistake diffusion-pipe would crash on later), but
 an integer is accepted where a float is expected (`lr = 1`). Unknown keys are kept (`extra="allow"`): newer
 diffusion-pipe versions add keys, and validation reports them as warnings instead of dropping them.
-Semantic checks (paths, model types, optimizer names, ...) live in `profiles.validate`.
+Semantic checks (paths, model types, optimizer names, ...) live in `profiles.rules`, run by `profiles.validate`.
 """
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ class ModelConfig(_Section):
     t5_path: str | None = None
     byt5_path: str | None = None
     llama3_path: str | None = None
-    qwen_path: str | None = None
+    llm_adapter_path: str | None = None
     diffusion_model: str | None = None
     vae: str | None = None
     audio_vae: str | None = None
+    text_encoder: str | None = None  # ltx2: one Gemma file (not a text_encoders list)
     text_encoders: list[TextEncoderEntry] | None = None
     merge_adapters: list[str] | None = None
     # Type-specific options.
@@ -88,11 +89,14 @@ class ModelConfig(_Section):
     max_llama3_sequence_length: PositiveInt | None = None
     max_sequence_length: PositiveInt | None = None
     cache_text_embeddings: bool | None = None
-    freeze_llm_adapter: bool | None = None
+    text_encoder_fp8: bool | None = None
+    text_encoder_nf4: bool | None = None
+    multiscale_loss_weight: NonNegFloat | None = None
     llm_adapter_lr: NonNegFloat | None = None
-    load_to_cuda: bool | None = None
-    qwen_nf4: bool | None = None
-    qwen_fp8: bool | None = None
+    self_attn_lr: NonNegFloat | None = None
+    cross_attn_lr: NonNegFloat | None = None
+    mlp_lr: NonNegFloat | None = None
+    mod_lr: NonNegFloat | None = None
     cfg: float | None = None
     image_shift: float | None = None
 
@@ -103,14 +107,16 @@ class FuseAdapter(_Section):
 
 
 class AdapterConfig(_Section):
-    type: Literal["lora", "lokr"] = "lora"
+    # Required by diffusion-pipe (train.py reads adapter['type']); the built-in trainer assumes 'lora'.
+    type: Literal["lora", "lokr"] | None = None
     # diffusion-pipe's LoKr example uses `rank = 1e6` (full-matrix LoKr), hence float too.
     rank: Annotated[int, Field(ge=1)] | Annotated[float, Field(ge=1)]
     dtype: str | None = None  # defaults to [model] dtype
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # lora
+    rank_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # lokr
+    decompose_factor: int = -1  # lokr
+    exclude_modules: list[str] | str | None = None  # peft's exclude_modules: names or one regex
     init_from_existing: str | None = None
-    exclude_linear_modules: list[str] | None = None
-    decompose_factor: int | None = None
     fuse_adapters: list[FuseAdapter] | None = None
 
 
@@ -152,7 +158,7 @@ class MainConfig(_Section):
     gradient_clipping: NonNegFloat = 1.0
     warmup_steps: NonNegInt = 0
     force_constant_lr: NonNegFloat | None = None
-    lr_scheduler: str = "constant"  # diffusion-pipe: constant | linear; the built-in trainer adds cosine
+    lr_scheduler: str = "constant"  # constant | linear | cosine (profiles.lr_schedulers)
     blocks_to_swap: NonNegInt = 0
     pseudo_huber_c: PositiveFloat | None = None
     huber_delta: PositiveFloat | None = None
@@ -187,7 +193,8 @@ class MainConfig(_Section):
     compile: bool = False
     steps_per_print: PositiveInt = 1
     logging_steps: PositiveInt = 1
-    video_clip_mode: Literal["single_beginning", "single_middle", "multiple_overlapping"] = "single_beginning"
+    # models/base.py (8f83dbf): multiple_overlapping is commented out there, a NotImplementedError
+    video_clip_mode: Literal["single_beginning", "single_middle"] = "single_beginning"
     x_axis_examples: bool = False
     resume_from_checkpoint: bool | str | None = None
     regenerate_cache: bool | None = None
@@ -214,19 +221,27 @@ class _BucketKeys(_Section):
     cache_shuffle_num: NonNegInt | None = None
     cache_shuffle_delimiter: str | None = None
     skip_empty_caption: bool | None = None
+    shuffle_metadata: bool | None = None
+    online_captions: bool | None = None
+
+
+# diffusion-pipe 8f83dbf counts int(examples * num_repeats): a fraction is allowed.
+Repeats = PositiveInt | PositiveFloat
 
 
 class DirectoryConfig(_BucketKeys):
     path: str
     mask_path: str | None = None
     control_path: str | None = None
-    num_repeats: PositiveInt = 1
+    default_mask_file: str | None = None  # the mask of every image without its own in mask_path
+    num_repeats: Repeats = 1
 
 
 class DatasetConfig(_BucketKeys):
     # Effective defaults, as diffusion-pipe applies them when a key is absent everywhere.
     enable_ar_bucket: bool | None = None
-    num_repeats: PositiveInt | None = None
+    num_repeats: Repeats | None = None
+    subsample_ratio: PositiveFloat | None = None  # an epoch is int(steps * ratio) steps
     directory: Annotated[list[DirectoryConfig], Field(min_length=1)]
 
 
@@ -239,6 +254,8 @@ DATASET_DEFAULTS: dict[str, Any] = {
     "cache_shuffle_delimiter": ", ",
     "skip_empty_caption": True,
     "num_repeats": 1,
+    "shuffle_metadata": True,
+    "online_captions": False,
 }
 
 

@@ -1,7 +1,7 @@
 """Secrets (W&B API key, Hugging Face token): read from the environment or a 0600 TOML file, never stored
 in profiles, exports, logs or printed output.
 
-The secrets file lives at `profiles.paths.secrets_path()`. It is written atomically with mode 0600 from the
+The secrets file lives at `statefiles.paths.secrets_path()`. It is written atomically with mode 0600 from the
 first byte, and a file that others can read is refused rather than trusted: a leaked key is worse than a
 failed run.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import tomlkit
 
-from profiles.atomic import atomic_write_text
 from profiles.errors import ProfileError
-from profiles.paths import secrets_path
+from statefiles.atomic import atomic_write_text
+from statefiles.paths import secrets_path
 
 # Canonical secret name -> environment variables that provide it (first set wins).
 ENV_VARS: dict[str, tuple[str, ...]] = {

@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
-from profiles.atomic import fsync_dir
 from profiles.document import Profile, TomlFile, load_profile
 from profiles.errors import ProfileError, ProfileNotFound
-from profiles.paths import profiles_dir, state_dir
+from statefiles.atomic import fsync_dir
+from statefiles.paths import profiles_dir, state_dir
 
 if TYPE_CHECKING:
     from profiles.history import VersionInfo
@@ -36,13 +35,6 @@ DATASET = "dataset.toml"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.toml$")
 _LOCK = ".store.lock"
-
-
-def _history() -> ModuleType:
-    # Imported on first use: `dpdeck profile validate NAME` only resolves, and startup time counts.
-    from profiles import history
-
-    return history
 
 
 class InvalidName(ProfileError):
@@ -131,10 +123,13 @@ def _locked() -> Iterator[None]:
 
 
 def list_profiles() -> list[StoredInfo]:
+    # history is imported on first use here and below: `dpdeck profile validate NAME` only resolves
+    from profiles import history
+
     out: list[StoredInfo] = []
     for name in names():
         pdir = profiles_dir() / name
-        versions = _history().list_versions(pdir)
+        versions = history.list_versions(pdir)
         model_type: str | None = None
         try:
             value = TomlFile.load(pdir / MAIN).get("model.type")
@@ -337,7 +332,8 @@ def save(name: str, files: dict[str, str], message: str = "save", *, create: boo
 
 def _save_locked(name: str, pdir: Path, files: dict[str, str], message: str, present: bool) -> VersionInfo:
     """Stage the version and every live file, replace the live files, then commit the version."""
-    history = _history()
+    from profiles import history
+
     made_dir = not pdir.exists()
     staged = None
     try:
@@ -445,15 +441,21 @@ def undelete(name: str) -> Path:
 
 
 def list_versions(name: str) -> list[VersionInfo]:
-    return _history().list_versions(_require(name))
+    from profiles import history
+
+    return history.list_versions(_require(name))
 
 
 def read_version(name: str, version: int) -> dict[str, str]:
-    return _history().read_version(_require(name), version)
+    from profiles import history
+
+    return history.read_version(_require(name), version)
 
 
 def diff_versions(name: str, old: int, new: int) -> str:
-    return _history().diff_versions(_require(name), old, new)
+    from profiles import history
+
+    return history.diff_versions(_require(name), old, new)
 
 
 def rollback(name: str, version: int) -> SaveResult:

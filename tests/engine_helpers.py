@@ -10,15 +10,16 @@ from typing import Any
 
 import psutil
 
-from engine import config
 from engine.jobs import client
+from engine.jobs.job import Job
+from statefiles import settings
 
 FAKE_DP = Path(__file__).resolve().parent / "fake_diffusion_pipe"
 
 
 def setup_engine(cpu_slots: int = 1) -> None:
-    config.set_value("diffusion_pipe.path", str(FAKE_DP))
-    config.set_value("scheduler.cpu_slots", str(cpu_slots))
+    settings.set_value("diffusion_pipe.path", str(FAKE_DP))
+    settings.set_value("scheduler.cpu_slots", str(cpu_slots))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -50,6 +51,17 @@ def make_profile(root: Path, name: str = "job", epochs: int = 2, **fake: Any) ->
     return main
 
 
+FAKE_WANDB = Path(__file__).resolve().parent / "fake_wandb"
+
+
+def use_fake_wandb(monkeypatch: Any, record: Path | None = None) -> None:
+    """Jobs enqueued after this find tests/fake_wandb as `wandb` (the fake train.py imports it when W&B is on,
+    as upstream does; the real package is not installed here). record: where it writes what it was given."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(FAKE_WANDB), os.environ.get("PYTHONPATH")) if p))
+    if record is not None:
+        monkeypatch.setenv("FAKE_WANDB_RECORD", str(record))
+
+
 def wait_for(predicate, timeout: float = 120.0, poll: float = 0.2, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,7 +72,7 @@ def wait_for(predicate, timeout: float = 120.0, poll: float = 0.2, what: str = "
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def wait_state(job_id: int, states: tuple[str, ...], timeout: float = 180.0) -> client.JobView:
+def wait_state(job_id: int, states: tuple[str, ...], timeout: float = 180.0) -> Job:
     return wait_for(
         lambda: (j := client.get_job(job_id)).state in states and j,
         timeout,
@@ -68,7 +80,7 @@ def wait_state(job_id: int, states: tuple[str, ...], timeout: float = 180.0) -> 
     )
 
 
-def wait_step(job_id: int, step: int, timeout: float = 180.0) -> client.JobView:
+def wait_step(job_id: int, step: int, timeout: float = 180.0) -> Job:
     return wait_for(
         lambda: ((j := client.get_job(job_id)).step or 0) >= step and j, timeout, what=f"job {job_id} step {step}"
     )

@@ -90,9 +90,8 @@ def _img(path: Path, w: int, h: int, caption: str | None = "a photo") -> None:
 
 def test_scan_captions_and_bad_files(tmp_path: Path) -> None:
     _img(tmp_path / "a.png", 64, 32, "cat, dog")
-    _img(tmp_path / "b.jpg", 32, 32, None)  # caption from captions.json (a list: two examples)
     _img(tmp_path / "c.png", 32, 64, None)  # no caption at all
-    (tmp_path / "captions.json").write_text(json.dumps({"b.jpg": ["one", "two"]}))
+    _img(tmp_path / "e.png", 32, 32, "")  # an empty caption: trained with it, as diffusion-pipe does
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (tmp_path / "broken.txt").write_text("caption of a broken image")
     sub = tmp_path / "sub"
@@ -100,16 +99,27 @@ def test_scan_captions_and_bad_files(tmp_path: Path) -> None:
     _img(sub / "deep.png", 32, 32)  # non-recursive: never seen
     result = scan_directory(tmp_path, caption_prefix="pfx ")
     got = sorted((i.path.name, i.width, i.height, i.caption) for i in result.items)
-    assert got == [
-        ("a.png", 64, 32, "pfx cat, dog"),
-        ("b.jpg", 32, 32, "pfx one"),
-        ("b.jpg", 32, 32, "pfx two"),
-    ]
+    assert got == [("a.png", 64, 32, "pfx cat, dog"), ("e.png", 32, 32, "pfx ")]
     assert result.skipped_no_caption == 1 and result.skipped_broken == 1
     assert any("broken.png" in w and "unreadable image" in w for w in result.warnings)
     assert any("c.png" in w and "no caption" in w for w in result.warnings)
     kept = scan_directory(tmp_path, skip_empty_caption=False)
     assert ("c.png", "") in {(i.path.name, i.caption) for i in kept.items}
+
+
+def test_captions_json_takes_every_caption_and_txt_is_not_read(tmp_path: Path) -> None:
+    """diffusion-pipe (8f83dbf): with captions.json in the folder, .txt captions are ignored; the lists are used
+    as written (an empty string is an example, an empty list none)."""
+    _img(tmp_path / "a.png", 64, 32, "from the txt")  # no json entry: skipped although its .txt exists
+    _img(tmp_path / "b.jpg", 32, 32, "from the txt")
+    _img(tmp_path / "d.png", 32, 32, None)
+    _img(tmp_path / "z.png", 32, 32, None)
+    (tmp_path / "captions.json").write_text(json.dumps({"b.jpg": ["one", " two "], "d.png": [""], "z.png": []}))
+    result = scan_directory(tmp_path)
+    got = sorted((i.path.name, i.caption) for i in result.items)
+    assert got == [("b.jpg", " two "), ("b.jpg", "one"), ("d.png", "")]
+    assert result.skipped_no_caption == 1
+    assert any("a.png" in w and "captions.json" in w for w in result.warnings)
 
 
 def test_plan_repeats_truncation_and_overrides(tmp_path: Path) -> None:

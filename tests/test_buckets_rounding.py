@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine import config
 from engine.datasets.buckets import plan_buckets
 from engine.datasets.framerate import pixel_multiple
+from statefiles import settings
 from tui.cli.cmd_dataset import bucket_preview
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def test_sdxl_follows_the_backend_auto_would_pick(tmp_path: Path) -> None:
     toml = _dataset(tmp_path)
     main = _main(tmp_path, 'type = "sdxl"\ncheckpoint_path = "x.safetensors"\ndtype = "bfloat16"\n')
     assert bucket_preview(toml, str(main), 1)["round_to"] == 16
-    config.set_value("diffusion_pipe.path", str(tmp_path))
+    settings.set_value("diffusion_pipe.path", str(tmp_path))
     assert bucket_preview(toml, str(main), 1)["round_to"] == 16
 
 

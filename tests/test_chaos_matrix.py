@@ -60,8 +60,9 @@ from engine_helpers import (
     wait_step,
 )
 
-from engine import config
 from engine.jobs import client, procs, store
+from engine.jobs.job import Job
+from statefiles import settings
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +101,8 @@ class Chaos:
 
 def prepare_engine(ports: tuple[int, int]) -> None:
     setup_engine(cpu_slots=1)
-    config.set_value("ports.low", str(ports[0]))
-    config.set_value("ports.high", str(ports[1]))
+    settings.set_value("ports.low", str(ports[0]))
+    settings.set_value("ports.high", str(ports[1]))
 
 
 def lane_ports(lane: int) -> tuple[int, int]:
@@ -149,7 +150,7 @@ def wait_phase(job_id: int, phase: str) -> dict[str, str]:
     raise CellFailure(f"the victim did not reach phase {phase} in {PHASE_TIMEOUT_S:.0f}s:\n{job_report(job_id)}")
 
 
-def wait_final(job_id: int, timeout: float, what: str) -> client.JobView:
+def wait_final(job_id: int, timeout: float, what: str) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get_job(job_id)
@@ -164,7 +165,7 @@ def stale_batons(extensions: Path) -> list[Path]:
     return [lock for lock in extensions.rglob("lock") if not open_holders(lock)]
 
 
-def wait_next(chaos: Chaos, job_id: int) -> client.JobView:
+def wait_next(chaos: Chaos, job_id: int) -> Job:
     """The next job's end; fails early when it would wait forever on a baton a killed builder left behind."""
     deadline = time.monotonic() + NEXT_TIMEOUT_S
     stale_since: float | None = None
@@ -268,13 +269,13 @@ def assert_no_stale_locks(chaos: Chaos, job_ids: list[int]) -> None:
         raise CellFailure("after both jobs: " + "; ".join(problems))
 
 
-def trainer_said_complete(job: client.JobView) -> bool:
+def trainer_said_complete(job: Job) -> bool:
     job_dir = Path(job.job_dir)
     logs = [job_dir / "output.log", *sorted((job_dir / "ranks").glob("*.log"))]
     return any(log.exists() and "TRAINING COMPLETE!" in log.read_text(errors="replace") for log in logs)
 
 
-def check_fate(job: client.JobView, phase: str, target: str) -> None:
+def check_fate(job: Job, phase: str, target: str) -> None:
     said_complete = trainer_said_complete(job)
     if not job.exit_reason:
         raise CellFailure(f"the victim ended {job.state} with no exit_reason:\n{job_report(job.id)}")
@@ -297,7 +298,7 @@ def check_fate(job: client.JobView, phase: str, target: str) -> None:
         )
 
 
-def assert_next_completed(chaos: Chaos, next_id: int) -> client.JobView:
+def assert_next_completed(chaos: Chaos, next_id: int) -> Job:
     job = wait_next(chaos, next_id)
     if job.state != "completed" or job.exit_reason != "completed":
         raise CellFailure(f"the next job ended {job.state} ({job.exit_reason}):\n{job_report(next_id)}")

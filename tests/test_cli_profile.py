@@ -15,14 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): the same parser, as a package
-    import tomli as tomllib  # type: ignore[no-redef]
 from test_profiles_archive import WANDB, make_tar, regular, valid_files
 
-from profiles.paths import profiles_dir, secrets_path
+from statefiles import toml as tomllib
+from statefiles.paths import profiles_dir, secrets_path
 
 EDITOR_SCRIPT = """
 import os, re, sys

@@ -276,8 +276,8 @@ def test_failure_before_renames_changes_nothing_and_leaves_no_record(
 
 
 def test_prune_keeps_newest_records_and_cli_prunes_after_an_op(tmp_path: Path) -> None:
-    from engine.config import set_value
     from engine.datasets.undo import prune
+    from statefiles.settings import set_value
 
     d = tmp_path / "d"
     d.mkdir()

@@ -27,6 +27,8 @@ from engine_helpers import (
 )
 
 from engine.jobs import client, procs
+from engine.jobs.job import Job
+from engine.jobs.protocol import Action, Request, RequestError
 
 pytestmark = pytest.mark.slow
 FINAL = ("completed", "failed", "cancelled", "oom", "hung", "interrupted")
@@ -48,7 +50,7 @@ def _assert_clean(job_id: int) -> None:
         assert job.port not in listening_ports(), f"master port {job.port} still listening"
 
 
-def _next_job_runs_clean(root: Path, tag: str) -> client.JobView:
+def _next_job_runs_clean(root: Path, tag: str) -> Job:
     main = make_profile(root, name=f"next-{tag}", epochs=1, steps_per_epoch=3, sleep_s=0.05)
     job_id = client.enqueue(str(main), name=f"next-{tag}")
     job = wait_state(job_id, FINAL, timeout=240)
@@ -120,10 +122,10 @@ def test_kill_daemon_reattach_and_finish(engine: Path) -> None:
 
 
 def test_foreign_listener_and_unmarked_process_survive(engine: Path) -> None:
-    from engine import config
     from engine.jobs.ports import pick_port
+    from statefiles import settings
 
-    low = pick_port(taken=set(), configured=(int(config.get("ports.low")), int(config.get("ports.high"))))
+    low = pick_port(taken=set(), configured=(settings.get("ports.low"), settings.get("ports.high")))
     foreign = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     foreign.bind(("0.0.0.0", low))
@@ -146,9 +148,9 @@ def test_foreign_listener_and_unmarked_process_survive(engine: Path) -> None:
 
 
 def test_two_concurrent_jobs_on_two_cpu_slots(engine: Path) -> None:
-    from engine import config
+    from statefiles import settings
 
-    config.set_value("scheduler.cpu_slots", "2")
+    settings.set_value("scheduler.cpu_slots", "2")
     a = client.enqueue(str(make_profile(engine, name="a", epochs=1, steps_per_epoch=8, sleep_s=0.3)), name="a")
     b = client.enqueue(str(make_profile(engine, name="b", epochs=1, steps_per_epoch=8, sleep_s=0.3)), name="b")
     client.ensure_daemon()
@@ -168,12 +170,14 @@ def test_cancel_during_startup_then_next_runs(engine: Path) -> None:
     job_id = client.enqueue(str(main), name="early")
     client.ensure_daemon()
     wait_for(lambda: client.get_job(job_id).state in ("starting", "running"), 60, what="job starting")
-    client.send_request(job_id, "cancel")
+    client.send(Request(Action.CANCEL, job_id)).check()
     job = wait_state(job_id, FINAL, timeout=120)
     assert job.state == "cancelled" and job.exit_reason == "cancelled"
     _assert_clean(job_id)
-    with pytest.raises(client.RequestError, match="already ended"):
-        client.send_request(job_id, "cancel")
+    refused = client.send(Request(Action.CANCEL, job_id))
+    assert not refused.ok and "already ended" in refused.message
+    with pytest.raises(RequestError, match="already ended"):
+        refused.check()
     _next_job_runs_clean(engine, "early")
 
 
@@ -183,14 +187,14 @@ def test_graceful_stop_then_resume_continues(engine: Path) -> None:
     client.ensure_daemon()
     wait_step(job_id, 2)
     wait_for(lambda: client.get_job(job_id).run_dir, 60, what="run dir known")
-    client.send_request(job_id, "stop")
+    client.send(Request(Action.STOP, job_id)).check()
     job = wait_state(job_id, FINAL, timeout=120)
     assert job.state == "cancelled", (job.state, job.evidence)
     stopped_at = job.step
     run_dir = Path(job.run_dir)
     assert (run_dir / "latest").read_text() == f"global_step{stopped_at}"
-    result = client.send_request(job_id, "resume")
-    new_id = result["new_job"]
+    new_id = client.send(Request(Action.RESUME, job_id)).check().new_job
+    assert new_id is not None
     resumed = wait_state(new_id, FINAL, timeout=180)
     assert resumed.state == "completed", (resumed.state, resumed.evidence)
     metrics = client.job_metrics(new_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import socket
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 from engine_helpers import make_profile, setup_engine
 
 from engine.jobs import classify, client, launch, ports, store
-from engine.jobs.progress import LogFollower, Progress, eta_seconds, feed_line
+from engine.jobs.progress import Progress, eta_seconds, feed_line
+from statefiles.logtail import LogFollower
 
 
 def test_store_schema_version_and_wal(dpdeck_home: Path) -> None:
@@ -181,12 +183,18 @@ def test_port_reservation_is_machine_wide(tmp_path: Path) -> None:
     ports.release(again)
 
 
-def test_job_fields_match_the_model() -> None:
-    from engine.jobs.view import FINAL_STATES, JobView
+def test_job_is_the_one_record_of_a_job() -> None:
+    """One Job type and one JobState: the public row is derived from Job's fields, the SQL from the sets."""
+    import dataclasses
 
-    assert client.JOB_FIELDS == tuple(JobView.model_fields)
-    assert FINAL_STATES == store.FINAL_STATES
-    assert client.JobView is JobView
+    from engine.jobs.job import FINAL, FINAL_IN, LIVE, LIVE_IN, PUBLIC_FIELDS, Job, JobState
+
+    assert set(PUBLIC_FIELDS) < {f.name for f in dataclasses.fields(Job)}
+    assert PUBLIC_FIELDS[:3] == ("id", "name", "state") and "pid_ctime" not in PUBLIC_FIELDS
+    assert LIVE.isdisjoint(FINAL) and JobState.QUEUED not in LIVE | FINAL
+    assert LIVE | FINAL | {JobState.QUEUED} == set(JobState)
+    assert all(f"'{s.value}'" in FINAL_IN for s in FINAL) and "queued" not in LIVE_IN
+    assert f"{JobState.RUNNING}" == "running"  # never "JobState.RUNNING" in a message
 
 
 def test_fast_job_dicts_equal_the_model_rows(tmp_path: Path) -> None:
@@ -195,9 +203,16 @@ def test_fast_job_dicts_equal_the_model_rows(tmp_path: Path) -> None:
     main = str(make_profile(tmp_path, name="rows"))
     ids = [client.enqueue(main, name=f"r{i}", gpus=[i] if i else None) for i in range(3)]
     fast = client.list_job_dicts(include_finished=True)
-    slow = [j.model_dump() for j in client.list_jobs(include_finished=True)]
+    slow = [j.public() for j in client.list_jobs(include_finished=True)]
     assert [r["id"] for r in fast] == ids
     assert fast == slow
+    assert json.loads(json.dumps(fast)) == fast and fast[0]["state"] == "queued"
+    assert list(fast[0]) == [  # the shape `dpdeck ls --json` has always printed: scripts depend on it
+        "id", "name", "state", "exit_reason", "profile", "backend", "gpus", "num_gpus", "port", "pid", "step",
+        "total_steps", "epoch", "total_epochs", "loss", "lr", "samples_per_s", "eta_s", "created_at",
+        "started_at", "ended_at", "run_dir", "job_dir", "priority", "after_id", "parent_id", "resume_from",
+        "launcher_args", "wait_reason", "evidence",
+    ]
 
 
 def test_fail_fast_missing_gpus_unwritable_output_and_missing_dataset(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ import pytest
 from engine_helpers import make_profile, setup_engine, teardown_engine, wait_for, wait_state, wait_step
 
 from engine.jobs import classify, client, lock
-from engine.jobs.progress import LogFollower, Progress, feed_line
+from engine.jobs.progress import Progress, feed_line
+from statefiles.logtail import LogFollower
 
 FINAL = ("completed", "failed", "cancelled", "oom", "hung", "interrupted")
 
@@ -130,20 +131,20 @@ def _long(root: Path, name: str, steps: int = 30, sleep_s: float = 0.3, **kw) ->
 
 def _hang_timeout_from_now(seconds: int) -> None:
     # Set once the job trains: a start-up slowed by a loaded machine must not be what the test measures.
-    from engine import config
+    from statefiles import settings
 
-    config.set_value("scheduler.hang_timeout_s", str(seconds))
+    settings.set_value("scheduler.hang_timeout_s", str(seconds))
 
 
 def _survives_then_completes(job_id: int) -> None:
     """After the daemon's absence the job keeps training under the short hang timeout (the fault killed it at
     once), then completes (the timeout goes back up first: a 4 s timeout would catch the trainer's slow exit)."""
-    from engine import config
+    from statefiles import settings
 
     resumed_at = client.get_job(job_id).step or 0
     wait_step(job_id, resumed_at + 12, timeout=120)
     assert client.get_job(job_id).state == "running", [e["message"] for e in client.job_events(job_id)]
-    config.set_value("scheduler.hang_timeout_s", "1800")
+    settings.set_value("scheduler.hang_timeout_s", "1800")
     job = wait_state(job_id, FINAL, timeout=120)
     assert job.state == "completed", (job.state, job.exit_reason, [e["message"] for e in client.job_events(job_id)])
 
@@ -281,7 +282,7 @@ def test_deleted_lock_second_daemon_first_leaves(engine: Path, dpdeck_home: Path
     wait_step(job_id, 1)
     first = client.daemon_pid()
     (dpdeck_home / "daemon.lock").unlink()
-    second = subprocess.Popen([sys.executable, "-m", "engine.jobs.daemon"], cwd=str(dpdeck_home),
+    second = subprocess.Popen([sys.executable, "-m", "engine.service"], cwd=str(dpdeck_home),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE,

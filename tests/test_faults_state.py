@@ -20,13 +20,22 @@ from pathlib import Path
 
 import psutil
 import pytest
-from engine_helpers import make_profile, setup_engine, teardown_engine, wait_for, wait_state, wait_step
+from engine_helpers import (
+    make_profile,
+    setup_engine,
+    teardown_engine,
+    use_fake_wandb,
+    wait_for,
+    wait_state,
+    wait_step,
+)
 
 from engine.jobs import client, create, launch, procs, record, repair, store
+from engine.jobs.job import Job
 from engine.jobs.lock import daemon_pid
-from profiles import paths
-from profiles.atomic import atomic_write_text
 from profiles.secrets import set_secret
+from statefiles import paths
+from statefiles.atomic import atomic_write_text
 from tui.cli import main as cli_main
 
 FINAL = ("completed", "failed", "cancelled", "oom", "hung", "interrupted")
@@ -205,6 +214,7 @@ def test_secret_reaches_the_job_and_no_file_keeps_it(tmp_path: Path, monkeypatch
     monkeypatch.setenv("HF_TOKEN", client_h)
     monkeypatch.setenv("GITHUB_TOKEN", client_gh)
     set_secret("wandb_api_key", store_w)
+    use_fake_wandb(monkeypatch)  # the profile turns W&B on: the trainer imports wandb
     main = make_profile(tmp_path, name="live", epochs=1, steps_per_epoch=24, sleep_s=0.15)
     _add_secrets(main, inline_w, inline_h)
     job_id = client.enqueue(str(main), name="live")
@@ -292,7 +302,7 @@ def test_daemon_starts_with_a_relative_state_dir(tmp_path: Path, monkeypatch: py
 def _terminate_daemons_under(root: Path) -> None:
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if "engine.jobs.daemon" in proc.cmdline() and proc.cwd().startswith(str(root)):
+            if "engine.service" in proc.cmdline() and proc.cwd().startswith(str(root)):
                 proc.terminate()
 
 
@@ -433,7 +443,7 @@ def test_repair_rebuilds_the_store_from_the_folders(tmp_path: Path) -> None:
         moved = [p for p in paths.state_dir().iterdir() if p.name.startswith("dpdeck.db.corrupt-")]
         assert len(moved) == 1 and moved[0].read_bytes().startswith(b"corrupted!")
         assert report.moved_aside == moved[0]
-        rows = {r["id"]: store.row_to_dict(r) for r in store.connect().execute("SELECT * FROM jobs")}
+        rows = {r["id"]: Job.from_row(r).as_dict() for r in store.connect().execute("SELECT * FROM jobs")}
         assert rows[done]["state"] == "completed" and rows[done]["step"] == 8
         assert rows[done]["run_dir"] == "/x/run" and rows[done]["name"] == "done"
         assert rows[crashed]["state"] == "failed" and rows[crashed]["exit_reason"] == "crashed"
@@ -470,8 +480,7 @@ def test_repair_brings_a_running_job_back_to_the_daemon(tmp_path: Path,
     assert cli_main(["daemon", "stop"]) == 0  # the job keeps running
     # This process's cached store connection would keep the WAL (a good copy of every page) alive: close it,
     # so the damage below is what a later dpdeck command really finds.
-    client._db().close()
-    client._conn = None
+    client.close_db()
     paths.store_path().write_bytes(b"\0garbage" * 4096)
     assert cli_main(["ls"]) == 2
     assert cli_main(["doctor", "--repair"]) == 0

@@ -20,7 +20,7 @@ def test_ruff_clean() -> None:
 
 def test_cli_and_engine_client_do_not_import_torch() -> None:
     code = (
-        "import sys, tui.cli, tui.app, engine.jobs.client, engine.jobs.daemon, profiles.validate;"
+        "import sys, tui.cli, tui.app, engine.jobs.client, engine.service, profiles.validate;"
         "heavy = [m for m in ('torch', 'diffusers', 'deepspeed', 'peft', 'transformers') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

@@ -74,6 +74,12 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
         stop_downloads()  # daemon first, then any worker: nothing outlives the test
 
 
+def _terminal_signals() -> None:
+    # A shell in a terminal: SIGHUP kills. Under `nohup` (a CI runner, say) pytest ignores it, and an ignored
+    # signal stays ignored across exec, so the "terminal" would shrug off the hang-up.
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def test_chroma_profile_from_empty_box(hub: HubServer, tmp_path: Path) -> None:
     main = tmp_path / "e6ai_512.toml"
     main.write_text(PROFILE)
@@ -86,13 +92,20 @@ def test_chroma_profile_from_empty_box(hub: HubServer, tmp_path: Path) -> None:
     assert [e["status"] for e in listed] == ["missing", "missing"]
 
     # The user pulls in a terminal that then hangs up (ssh drop): the CLI dies, the downloads do not.
-    hub.throttle = 40_000.0
+    hub.throttle = 10_000.0  # the schnell parts (~140 kB) take over 10 s: the hang-up lands mid-download
     term = subprocess.Popen([sys.executable, "-m", "tui.cli", "models", "pull", "chroma-unlocked-v47"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env=dict(os.environ))
+                            env=dict(os.environ), preexec_fn=_terminal_signals)
+
+    def both_queued_one_running() -> bool:
+        # Not "both running at once": on a loaded box the small Chroma header may finish before the other starts.
+        dls = downloads.list_downloads()
+        return len(dls) == 2 and any(d.pid for d in dls)
+
     end = time.monotonic() + 60
-    while time.monotonic() < end and len([d for d in downloads.list_downloads() if d.pid]) < 2:
+    while time.monotonic() < end and not both_queued_one_running():
         time.sleep(0.1)
+    assert term.poll() is None, "the pull ended before the hang-up: nothing left to survive it"
     os.killpg(term.pid, signal.SIGHUP)
     term.wait(timeout=30)
     assert term.returncode != 0  # the terminal's process is gone

@@ -15,6 +15,7 @@ import pytest
 
 from engine.models import downloads
 from engine.models.errors import DownloadError
+from engine.models.hub import token_path
 from engine.models.registry import Component, Entry
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -156,7 +157,7 @@ def test_gated_repo_with_good_token_downloads(hub: HubServer, monkeypatch: pytes
     assert Path(final.dest).read_bytes() == b"y" * 5000
     assert all(r["auth"] == "yes" for r in hub.requests if "/resolve/" in r["path"])
     assert "hf_goodtoken" not in Path(downloads.state_path(final.id)).read_text()
-    assert not downloads.token_path(final.id).exists()  # the handed-over token went with the download
+    assert not token_path(final.id).exists()  # the handed-over token went with the download
 
 
 def test_concurrent_downloads_overlap(hub: HubServer, models_root: Path) -> None:

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from profiles import archive, store
 from profiles.errors import ProfileError
-from profiles.paths import profiles_dir, secrets_path, state_dir
 from profiles.secrets import get_secret
+from statefiles.paths import profiles_dir, secrets_path, state_dir
 
 WANDB = "fedcba9876543210fedcba9876543210fedcba98"
 HF = "hf_ZyXwVuTsRqPoNmLkJiHgFeDcBa987654"

@@ -6,7 +6,7 @@ import pytest
 
 from profiles import store
 from profiles.errors import ProfileNotFound
-from profiles.paths import profiles_dir
+from statefiles.paths import profiles_dir
 
 V1 = {
     "main.toml": "output_dir = '/o'\ndataset = 'dataset.toml'\n\n[adapter]\ntype = 'lora'\nrank = 32\n",

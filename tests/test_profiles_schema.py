@@ -52,11 +52,10 @@ def test_every_type_has_a_coherent_spec(name: str) -> None:
 def test_per_type_keys_from_diffusion_pipe_docs() -> None:
     assert mt.get_spec("chroma").requires == (("diffusers_path", "transformer_path"),)  # type: ignore[union-attr]
     sdxl = mt.get_spec("sdxl")
-    assert (
-        sdxl is not None
-        and sdxl.missing({"checkpoint_path"}) is None
-        and sdxl.missing({"diffusers_path"}) is None
-    )
+    # upstream's models/sdxl.py reads only checkpoint_path; the built-in trainer also loads a diffusers folder.
+    assert sdxl is not None and sdxl.missing({"checkpoint_path"}) is None
+    assert sdxl.missing({"diffusers_path"}) == ("checkpoint_path",)
+    assert sdxl.missing({"diffusers_path"}, "builtin") is None
     assert {"v_pred", "min_snr_gamma", "unet_lr", "text_encoder_1_lr", "text_encoder_2_lr"} <= sdxl.optional
     assert sdxl.paths == {"checkpoint_path": "file", "diffusers_path": "folder"}
     hv = mt.get_spec("hunyuan-video")
@@ -144,3 +143,63 @@ def test_importing_validation_and_templates_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"heavy modules imported: {out.stdout.strip()}"
+
+
+# Which table each name holds in engine/trainer's code (family.cfg / model_cfg are the [model] table).
+_TRAINER_TABLE_NAMES = {
+    "main": "main",
+    "cfg.main": "main",
+    "model": "model",
+    "cfg.model": "model",
+    "model_cfg": "model",
+    "self.cfg": "model",
+    "adapter": "adapter",
+    "cfg.adapter": "adapter",
+}
+
+
+def test_builtin_trainer_keys_cover_what_engine_trainer_reads() -> None:
+    """Every literal key engine/trainer reads from a profile table is known for builtin-backend profiles:
+    in profiles.builtin_keys or among diffusion-pipe's keys (so a new trainer option cannot warn as unknown)."""
+    import re
+    from pathlib import Path
+
+    from profiles import dp_keys
+    from profiles.builtin_keys import BUILTIN_TRAINER_KEYS
+
+    names = "|".join(re.escape(n) for n in sorted(_TRAINER_TABLE_NAMES, key=len, reverse=True))
+    read = re.compile(
+        rf"(?<![\w.])({names})(?:\.get\(|\[)\"(\w+)\"|_(?:int|float)\((main|adapter), \"(\w+)\""
+    )
+    dp = dp_keys.builtin()
+    found: set[tuple[str, str]] = set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "engine/trainer").glob("*.py")):
+        for m in read.finditer(path.read_text(encoding="utf-8")):
+            table = _TRAINER_TABLE_NAMES[m[1]] if m[1] else m[3]
+            found.add((table, m[2] or m[4]))
+    assert ("model", "zero_terminal_snr") in found and ("main", "seed") in found  # the scan sees the code
+    tables = {"main", "model", "adapter", "optimizer", "monitoring", "dataset", "directory", "eval_dataset"}
+    lacking = sorted(
+        f"{t}.{k}"
+        for t, k in found
+        if k not in tables and k not in BUILTIN_TRAINER_KEYS.get(t, frozenset()) and not dp.reads(t, k)
+    )
+    assert lacking == []
+
+
+@pytest.mark.parametrize("name", sorted(mt.MODEL_TYPES))
+def test_required_keys_agree_with_the_scan_of_upstream(name: str) -> None:
+    """Two sources, one answer: the hand-read alternatives of model_types and the static scan of 8f83dbf
+    (profiles/data): a key the scan finds read unguarded for the type is in every alternative, and every key
+    the spec requires in all alternatives is one the type's code reads."""
+    from profiles import dp_keys
+    from profiles.builtin_keys import BUILTIN_TRAINER_KEYS
+
+    keys = dp_keys.builtin().model_keys(name)
+    spec = mt.MODEL_SPECS[name]
+    always = set.intersection(*(set(alt) for alt in spec.requires))
+    scanned = {k for k, info in keys.items() if info.required} - {"type", "dtype"}
+    assert scanned <= always
+    assert {k for alt in spec.requires for k in alt} <= set(keys), "a required key upstream never reads"
+    builtin_only = BUILTIN_TRAINER_KEYS["model"] if spec.builtin else frozenset()
+    assert set(spec.paths) - builtin_only <= set(keys), "a path key upstream never reads"

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from profiles import secrets
-from profiles.paths import secrets_path
+from statefiles.paths import secrets_path
 
 WANDB = "0123456789abcdef0123456789abcdef01234567"
 HF = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345"

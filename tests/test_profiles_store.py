@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from profiles import store
 from profiles.document import load_profile
 from profiles.errors import ProfileNotFound
-from profiles.paths import profiles_dir, secrets_path
+from statefiles.paths import profiles_dir, secrets_path
 
 MAIN = """# my chroma run
 output_dir = '/data/out/e6ai_512'

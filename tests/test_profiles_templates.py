@@ -10,6 +10,7 @@ import pytest
 from profiles import model_types as mt
 from profiles.document import TomlFile, load_profile
 from profiles.errors import ProfileNotFound
+from profiles.rules.placeholders import PLACEHOLDER
 from profiles.templates import (
     TEMPLATES_DIR,
     default_template,
@@ -20,7 +21,7 @@ from profiles.templates import (
     normalize_keypath,
     template_texts,
 )
-from profiles.validate import PLACEHOLDER, has_errors, validate_profile
+from profiles.validate import has_errors, validate_profile
 
 NAMES = [info.name for info in list_templates()]
 IN_TEXT = re.compile(r"<(?:PATH TO|DEMO_)[^<>\n]*>")  # a placeholder inside a TOML line
@@ -57,12 +58,16 @@ def test_default_is_the_chroma_512_profile() -> None:
     assert defaults == ["chroma-e6ai-512"] and default_template().name == "chroma-e6ai-512"
 
 
+BUILTIN_ONLY = {"sdxl-diffusers"}  # a type both backends train, in a shape only the built-in trainer reads
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata_matches_the_files(name: str) -> None:
     info = get_template(name)
     profile = load_template(name)
     assert profile.main.get("model.type") == info.model_type
-    assert info.backend == mt.default_backend(info.model_type)
+    # sdxl-diffusers is the built-in trainer's: diffusion-pipe's sdxl loads only a checkpoint_path file.
+    assert info.backend == ("builtin" if name in BUILTIN_ONLY else mt.default_backend(info.model_type))
     assert info.description and "\n" not in info.description and len(info.description) < 100
     assert profile.dataset is not None and profile.main.get("dataset") == "dataset.toml"
     for key in info.essential_for("main"):
@@ -86,7 +91,7 @@ def test_template_validates_apart_from_placeholders(name: str) -> None:
     # The other backend rejects exactly the types it cannot train.
     other = "builtin" if info.backend == "diffusion-pipe" else "diffusion-pipe"
     cross = validate_profile(load_template(name), backend=other, check_paths="off")
-    assert has_errors(cross) is (not mt.backend_supports(other, info.model_type))
+    assert has_errors(cross) is (not mt.backend_supports(other, info.model_type) or name in BUILTIN_ONLY)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -256,3 +261,15 @@ def test_every_schema_field_and_model_key_has_help() -> None:
         f"model.{k}" for s in mt.MODEL_SPECS.values() for k in s.known_keys if not field_help(f"model.{k}")
     ]
     assert missing == []
+
+
+def test_a_builtin_only_shape_is_queued_on_the_builtin_trainer(tmp_path: Path) -> None:
+    """backend auto: sdxl from a diffusers folder goes to the built-in trainer even when a diffusion-pipe
+    checkout is configured (diffusion-pipe's sdxl would stop without checkpoint_path)."""
+    from engine.jobs.launch import pick_backend
+    from statefiles import settings
+
+    settings.set_value("diffusion_pipe.path", str(tmp_path))
+    assert pick_backend(load_template("sdxl-diffusers"), "auto") == "builtin"
+    assert pick_backend(load_template("sdxl-single-file"), "auto") == "diffusion-pipe"
+    assert pick_backend(load_template("sdxl-diffusers"), "diffusion-pipe") == "diffusion-pipe"

@@ -354,8 +354,12 @@ def test_ar_bucket_per_directory(case: Case) -> None:
         "num_repeats = 1", "num_repeats = 1\nenable_ar_bucket = true\nmin_ar = 2.5\nmax_ar = 2.0"
     )
     problems = case.validate()
-    assert {p.key for p in problems} == {"directory[0].num_ar_buckets", "directory[0].min_ar"}
-    assert only(problems, "directory[0].min_ar").line == line_of(case.dataset_text, r"^min_ar = 2.5")
+    # min_ar and max_ar also need a top-level value: diffusion-pipe (8f83dbf) reads it even when the directory
+    # sets its own.
+    keys = {"directory[0].num_ar_buckets", "directory[0].min_ar", "directory[0].max_ar"}
+    assert {p.key for p in problems} == keys
+    above = [p for p in problems if p.key == "directory[0].min_ar" and "above max_ar" in p.message]
+    assert len(above) == 1 and above[0].line == line_of(case.dataset_text, r"^min_ar = 2.5")
 
 
 def test_backend_support(case: Case) -> None:
@@ -412,9 +416,14 @@ def test_block_swap_needs_one_stage_and_an_adapter(case: Case) -> None:
     assert "pipeline_stages = 1" in problem.message
 
 
-def test_lr_scheduler_per_backend(case: Case) -> None:
+def test_lr_scheduler_is_upstreams_set(case: Case) -> None:
+    # diffusion-pipe's train.py (8f83dbf) implements constant, linear and cosine; so does the built-in trainer.
     case.edit_main("warmup_steps = 100", "warmup_steps = 100\nlr_scheduler = 'cosine'")
-    assert only(case.validate(), "lr_scheduler").severity == "error"
+    assert [p for p in case.validate() if p.key == "lr_scheduler"] == []
+    case.edit_main("lr_scheduler = 'cosine'", "lr_scheduler = 'cosine_with_restarts'")
+    problem = only(case.validate(), "lr_scheduler")
+    assert problem.severity == "error" and problem.expected == "one of constant, linear, cosine"
+    case.edit_main("lr_scheduler = 'cosine_with_restarts'", "lr_scheduler = 'cosine'")
     case.edit_main("type = 'chroma'", "type = 'sdxl'")
     assert [p for p in case.validate(backend="builtin", check_paths="off") if p.key == "lr_scheduler"] == []
 
@@ -470,6 +479,10 @@ def test_eval_dataset_given_as_a_bare_path(case: Case) -> None:
         f"resolutions = [512]\n\n[[directory]]\npath = '{case.box['images']}'\n"
     )
     case.edit_main("epochs = 10", "eval_datasets = ['eval.toml']\nepochs = 10")
+    # upstream reads the bare form but then copies eval_dataset['config'] into the run folder (8f83dbf)
+    bare = only(case.validate(), "eval_datasets[0]")
+    assert bare.severity == "error" and bare.expected == "{name = 'eval0', config = 'eval.toml'}"
+    case.edit_main("eval_datasets = ['eval.toml']", "eval_datasets = [{name = 'e', config = 'eval.toml'}]")
     assert case.validate() == []
     (case.root / "eval.toml").write_text("resolutions = [512]\n")
     problem = only(case.validate(), "directory")
@@ -515,3 +528,90 @@ def test_an_unknown_type_does_not_hide_other_model_errors(case: Case) -> None:
     case.edit_main("dtype = 'bfloat16'\ntransformer_dtype", "dtype = 'bf16'\ntransformer_dtype")
     problems = case.validate()
     assert {p.key for p in problems if p.severity == "error"} == {"model.type", "model.dtype"}
+
+
+def test_keys_upstream_reads_are_known_and_exclude_linear_modules_is_not(case: Case) -> None:
+    """Known keys come from what diffusion-pipe's code reads (profiles.dp_keys), not from a hand list."""
+    case.edit_main("rank = 32", "rank = 32\nexclude_modules = ['img_in']\nexclude_linear_modules = ['x']")
+    case.edit_dataset("frame_buckets = [1]", "frame_buckets = [1]\nsubsample_ratio = 0.5")
+    case.edit_dataset("num_repeats = 1", "num_repeats = 1\nshuffle_metadata = true")
+    problems = case.validate()
+    assert [p.key for p in problems] == ["adapter.exclude_linear_modules"]
+    # upstream never reads exclude_linear_modules: reported, pointing at the key upstream does read
+    assert (
+        "does not read it" in problems[0].message and "did you mean 'exclude_modules'" in problems[0].message
+    )
+    case.edit_main("exclude_linear_modules = ['x']", "exclude_module = ['x']")
+    assert "did you mean 'exclude_modules'" in only(case.validate(), "adapter.exclude_module").message
+
+
+def write_checkout(root: Path) -> Path:
+    """A tiny diffusion-pipe checkout whose chroma code reads a [model] key 8f83dbf does not know."""
+    (root / "models").mkdir(parents=True)
+    (root / "train.py").write_text(
+        "import toml\n"
+        "if __name__ == '__main__':\n"
+        "    with open('config.toml') as f:\n"
+        "        config = toml.load(f)\n"
+        "    model_type = config['model']['type']\n"
+        "    knob = config.get('newer_main_knob', 0)\n"
+        "    if model_type == 'chroma':\n"
+        "        from models import chroma\n"
+        "        model = chroma.ChromaPipeline(config)\n"
+    )
+    (root / "models/chroma.py").write_text(
+        "class ChromaPipeline:\n"
+        "    def __init__(self, config):\n"
+        "        self.config = config\n"
+        "        self.model_config = self.config['model']\n"
+        "        self.knob = self.model_config.get('newer_chroma_knob', 1.0)\n"
+        "        if 'newer_guarded' in self.model_config:\n"
+        "            self.guarded = self.model_config['newer_guarded']\n"
+    )
+    return root
+
+
+def test_a_key_the_checkout_reads_unguarded_is_required(case: Case, tmp_path: Path) -> None:
+    checkout = write_checkout(tmp_path / "dp")
+    chroma = checkout / "models/chroma.py"
+    chroma.write_text(chroma.read_text() + "        self.lr2 = self.model_config['newer_required_knob']\n")
+    problem = only(case.validate(checkout=checkout), "model.newer_required_knob")
+    assert (
+        problem.severity == "error" and problem.code == "required" and "models/chroma.py:" in problem.message
+    )
+    assert problem.line == line_of(case.main_text, r"^\[model\]")
+    # Built-in knowledge never asks for it; a guarded read (`if 'x' in ...`) is never required.
+    assert case.validate(checkout=None) == []
+    case.edit_main("flux_shift = true", "flux_shift = true\nnewer_required_knob = 1")
+    assert case.validate(checkout=checkout) == []
+
+
+def test_unknown_keys_follow_the_configured_checkout(case: Case, tmp_path: Path) -> None:
+    checkout = write_checkout(tmp_path / "dp")
+    case.edit_main("save_every_n_epochs = 1", "save_every_n_epochs = 1\nnewer_main_knob = 2")
+    case.edit_main("flux_shift = true", "flux_shift = true\nnewer_chroma_knob = 0.5")
+    builtin = {p.key for p in case.validate(checkout=None) if p.code == "unknown_key"}
+    assert builtin == {"newer_main_knob", "model.newer_chroma_knob"}
+    # The checkout's code reads them: known. Built-in knowledge still counts (the merge only widens).
+    assert case.validate(checkout=checkout) == []
+    # The default follows the diffusion_pipe.path setting.
+    from statefiles import settings
+
+    settings.set_value("diffusion_pipe.path", str(checkout))
+    assert case.validate() == []
+    # A folder that is not a checkout falls back to the built-in knowledge.
+    assert {p.key for p in case.validate(checkout=tmp_path) if p.code == "unknown_key"} == builtin
+
+
+def test_adapter_type_is_required_by_diffusion_pipe_only(case: Case) -> None:
+    case.edit_main("type = 'lora'\n", "")
+    problem = only(case.validate(), "adapter.type")
+    assert problem.severity == "error" and problem.code == "required" and problem.line is not None
+    case.edit_main("type = 'chroma'", "type = 'sdxl'")
+    assert [p for p in case.validate(backend="builtin", check_paths="off") if p.key == "adapter.type"] == []
+
+
+def test_beta2_half_life_needs_betas(case: Case) -> None:
+    case.edit_main("betas = [0.9, 0.99]\n", "beta2_half_life = 1000\n")
+    problem = only(case.validate(), "optimizer.betas")
+    assert problem.severity == "error" and problem.line == line_of(case.main_text, r"^beta2_half_life")

@@ -244,12 +244,12 @@ def test_forced_protocol_is_honoured_and_the_env_var_wins() -> None:
 
 
 def test_the_setting_takes_only_known_protocols() -> None:
-    from engine import config
+    from statefiles import settings
 
-    assert config.get(tg.SETTING) == "auto"
+    assert settings.get(tg.SETTING) == "auto"
     with pytest.raises(ValueError, match="auto, halfblock, kitty, sixel"):
-        config.set_value(tg.SETTING, "iterm")
-    assert config.set_value(tg.SETTING, "sixel") == "sixel" and config.get(tg.SETTING) == "sixel"
+        settings.set_value(tg.SETTING, "iterm")
+    assert settings.set_value(tg.SETTING, "sixel") == "sixel" and settings.get(tg.SETTING) == "sixel"
 
 
 def test_cell_pixels_from_the_tty_and_none_without() -> None:
@@ -312,11 +312,11 @@ def deck_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def test_kitty_forced_renders_placeholders_and_transmits_the_image(
     deck_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine import config
+    from statefiles import settings
     from tui.app import DeckApp
     from tui.widgets.image_preview import ImagePreview
 
-    config.set_value(tg.SETTING, "kitty")
+    settings.set_value(tg.SETTING, "kitty")
     written = capture_writes(monkeypatch)
     app = DeckApp(start_mode="datasets")
     async with app.run_test(size=(100, 30)) as pilot:

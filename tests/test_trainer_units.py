@@ -42,7 +42,7 @@ def test_sgm_names_match_diffusers_ldm_converter(models: dict[str, Path], kind: 
 
 
 def _family(model: Path, kind: str):  # noqa: ANN202
-    from engine.trainer.family import get_family
+    from engine.trainer.families import get_family
 
     fam = get_family(kind)({"diffusers_path": str(model)}, torch.float32, torch.device("cpu"))
     fam.load()
@@ -243,7 +243,8 @@ def test_resume_without_checkpoint_and_secret_free_profile_copies(tmp_path: Path
 def test_single_file_family_detection(tmp_path: Path, models: dict[str, Path], key: str, found: str) -> None:
     from safetensors.torch import save_file
 
-    from engine.trainer.family import ModelLoadError, detect_single_file_family, get_family
+    from engine.trainer.families import get_family
+    from engine.trainer.family import ModelLoadError, detect_single_file_family
 
     path = tmp_path / "model.safetensors"
     save_file({key: torch.zeros(1), "model.diffusion_model.out.2.weight": torch.zeros(1)}, str(path))
@@ -285,7 +286,7 @@ def test_sdxl_single_file_loads_like_the_diffusers_folder(tmp_path: Path) -> Non
     """A Pony/Illustrious-style single file (original key layout) + a local config folder, offline."""
     from tiny_models import save_single_file_sdxl
 
-    from engine.trainer.family import get_family
+    from engine.trainer.families import get_family
 
     folder = build_tiny_sdxl(tmp_path / "xl", te2_hidden=48)
     single = save_single_file_sdxl(folder, tmp_path / "tiny_xl.safetensors")

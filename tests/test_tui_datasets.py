@@ -18,7 +18,7 @@ from profiles.document import TomlFile
 from profiles.templates import default_template, load_template
 from tests.tui_helpers import screen_text, send_burst, wait_note, wait_text, wait_until
 from tui.app import DeckApp
-from tui.screens.datasets import DatasetsScreen
+from tui.screens.datasets.screen import DatasetsScreen
 from tui.widgets.image_preview import ImagePreview
 
 # name -> (size, colour, caption bytes or None for no caption file)
@@ -249,8 +249,9 @@ async def test_bucket_panel_and_filter_match_the_trainer_plan(tmp_path: Path) ->
         assert f"global batch {batch}" in text
         for b in plan.buckets:
             assert f"{b.width}×{b.height}" in text
-        # c_blue has no caption and d_white an empty one: the trainer skips both, and the panel says so
-        assert plan.skipped_no_caption == 2 and "2 image(s) without a caption" in text
+        # c_blue has no caption: the trainer skips it, and the panel says so; d_white's empty caption trains,
+        # as diffusion-pipe (8f83dbf) trains an empty .txt
+        assert plan.skipped_no_caption == 1 and "1 image(s) without a caption" in text
         # Bucket filter: only the images of the chosen aspect bucket.
         await pilot.press("escape", "f")
         await wait_text(pilot, "Show only the images of bucket")
@@ -312,8 +313,38 @@ async def test_open_a_stored_profiles_dataset_and_its_batch(tmp_path: Path) -> N
         await wait_until(pilot, lambda: table(app).row_count == len(IMAGES), what="profile rows")
         await pilot.press("b")
         text = await wait_text(pilot, "steps per epoch")
-        assert f"{plan.steps_per_epoch} steps per epoch" in text and "from profile mine" in text
+        assert f"{plan.steps_per_epoch} steps per epoch" in text and "from profile mine" in text, text
         assert "global batch 2 = micro 1 × accumulation 2" in text
+
+
+async def test_bucket_panel_reads_a_per_size_micro_batch_as_train_py_does(tmp_path: Path) -> None:
+    """micro_batch_size_per_gpu = [[size, batch], ...] (diffusion-pipe): the panel used to refuse it."""
+    from engine.datasets.buckets import global_batches
+    from profiles import store
+
+    folder = make_dataset(tmp_path)
+    files = store.files_from_profile(load_template(default_template().name))
+    main = TomlFile.from_text(files["main.toml"])
+    main.set("micro_batch_size_per_gpu", [[256, 1], [512, 4]])
+    files["main.toml"] = main.dumps()
+    files["dataset.toml"] = f"resolutions = [256]\n[[directory]]\npath = '{folder}'\nnum_repeats = 3\n"
+    store.save("sized", files, create=True)
+    batches = global_batches(TomlFile.from_text(files["main.toml"]).data())
+    plan = plan_buckets(TomlFile.from_text(files["dataset.toml"]).data(), tmp_path, batches.by_size)
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, DatasetsScreen), what="datasets screen")
+        await pilot.press("p")
+        await wait_text(pilot, "sized")
+        await pilot.press("enter")
+        await wait_until(
+            pilot, lambda: screen(app).source is not None and screen(app).source.profile == "sized"
+        )
+        await wait_until(pilot, lambda: table(app).row_count == len(IMAGES), what="profile rows")
+        await pilot.press("b")
+        text = await wait_text(pilot, "steps per epoch")
+        assert f"{plan.steps_per_epoch} steps per epoch" in text, text
+        assert "global batch by size {256: 1, 512: 4}" in text, text
 
 
 def test_half_block_cells_fit_centre_rotate_and_flatten(tmp_path: Path) -> None:
@@ -364,7 +395,7 @@ def test_half_block_cells_fit_centre_rotate_and_flatten(tmp_path: Path) -> None:
 async def test_big_folder_fills_in_chunks_while_keys_work_and_tag_filter(tmp_path: Path) -> None:
     # 2,500 images: more rows than the first fill, so the rest arrive in chunks between events. Keys work before
     # the table is full, G reaches the real last image at once, and a tag filter refill replaces a pending one.
-    from tui.screens import datasets as ds
+    from tui.screens.datasets import file_list as ds
 
     folder = tmp_path / "big"
     folder.mkdir()
@@ -396,3 +427,33 @@ async def test_big_folder_fills_in_chunks_while_keys_work_and_tag_filter(tmp_pat
         assert [e.path.name for e in screen(app).shown] == [f"{i:05d}.png" for i in range(7, n, 500)]
         await pilot.press("c")
         await wait_until(pilot, lambda: table(app).row_count == n, what="filter cleared, every row back")
+
+
+async def test_workers_talk_to_the_screen_in_typed_messages(tmp_path: Path) -> None:
+    # Every message the app processes passes the hook: opening a folder must arrive as Opened then DirListed
+    # for that folder, and the statistics scan (`s`) as StatsPanel messages carrying the report.
+    from tui.screens.datasets import messages as msg
+
+    folder = make_dataset(tmp_path)
+    seen: list[msg.DatasetsMessage] = []
+
+    def hook(message: object) -> None:
+        if isinstance(message, msg.DatasetsMessage):
+            seen.append(message)
+
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(100, 30), message_hook=hook) as pilot:
+        await open_target(pilot, app, folder)
+        at = next(i for i, m in enumerate(seen) if isinstance(m, msg.Opened) and m.source.target == folder)
+        listed = [m for m in seen[at:] if isinstance(m, msg.DirListed) and m.folder == folder]
+        assert listed and sorted(e.path.name for e in listed[-1].entries) == sorted(IMAGES)
+        assert len({id(m) for m in seen}) == len(seen)  # each handled once, by the screen: none bubbles on
+        await pilot.press("s")
+
+        def stats_posted() -> bool:
+            bodies = [m.body for m in seen if isinstance(m, msg.StatsPanel)]
+            return len(bodies) >= 2 and not isinstance(bodies[-1], str)
+
+        await wait_until(pilot, stats_posted, what="the scan's report as a StatsPanel message")
+        first = next(m for m in seen if isinstance(m, msg.StatsPanel))
+        assert isinstance(first.body, str) and first.body.startswith("scanning")

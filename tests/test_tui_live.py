@@ -7,9 +7,9 @@ file written by a real writer thread.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,52 +17,41 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Input
 
+from engine.jobs.job import Job, JobState
+from engine.jobs.protocol import Action, Request, Result
 from tests.tui_helpers import screen_text, send_burst, wait_note, wait_text, wait_until
-from tui import data
 from tui.app import DeckApp
 from tui.widgets.log_pane import LogPane, clean_line
 from tui.widgets.loss_plot import smooth
 
 
-@dataclass
-class Job:
-    id: int
-    name: str
-    state: str = "queued"
-    gpus: list[int] = field(default_factory=lambda: [0])
-    step: int | None = None
-    total_steps: int | None = 100
-    epoch: int | None = None
-    total_epochs: int | None = 4
-    loss: float | None = None
-    lr: float | None = None
-    samples_per_s: float | None = None
-    eta_s: float | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-    exit_reason: str | None = None
-    wait_reason: str | None = None
-    evidence: list[str] = field(default_factory=list)
-    profile: str = "p"
+def make_job(job_id: int, name: str, **fields: Any) -> Job:
+    """A real engine Job (the type the deck reads) with the figures a test sets, the rest as a queued job has."""
+    base: dict[str, Any] = {
+        "state": JobState.QUEUED, "gpus": [0], "total_steps": 100, "total_epochs": 4, "profile": "p",
+        "backend": "builtin", "created_at": 0.0, "job_dir": f"/jobs/{job_id}",
+    }
+    base.update(fields)
+    base["state"] = JobState(base["state"])
+    return Job(id=job_id, name=name, **base)
 
 
 class FakeEngine:
-    """Stand-in for engine.jobs.client (absent in this tree): jobs in a dict, requests recorded."""
+    """The deck's engine (tui/engine_api.py Engine) in memory: jobs in a dict, requests recorded, refusals as
+    the daemon words them. Type-checked against the Protocol (test_fake_engine_implements_the_protocol)."""
 
     def __init__(self, log: Path | None = None) -> None:
         self.jobs: dict[int, Job] = {}
-        self.requests: list[tuple[int, str, str | None]] = []
+        self.requests: list[tuple[int | None, str, str | None]] = []
+        self.refusals: dict[tuple[int | None, Action], str] = {}
         self.paused = False
         self.log = log
         self.metrics: list[dict[str, Any]] = []
+        self.tb: dict[str, Any] = {"epoch_loss": [], "evals": {}, "note": None}
+        self.enqueued: list[str] = []
 
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        def call(name: str, *args: Any, **kwargs: Any) -> Any:
-            if not hasattr(self, name):
-                raise data.EngineUnavailable(f"engine.jobs.client.{name} is not available yet")
-            return getattr(self, name)(*args, **kwargs)
-
-        monkeypatch.setattr(data, "engine_call", call)
+    def update(self, job_id: int, **fields: Any) -> None:
+        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], **fields)
 
     def list_jobs(self, include_finished: bool = False) -> list[Job]:
         return list(self.jobs.values())
@@ -70,20 +59,33 @@ class FakeEngine:
     def get_job(self, job_id: int) -> Job:
         return self.jobs[job_id]
 
+    def enqueue(self, profile: str, *, gpus: list[int] | None = None) -> int:
+        self.enqueued.append(profile)
+        job_id = max(self.jobs, default=0) + 1
+        self.jobs[job_id] = make_job(job_id, profile, gpus=gpus)
+        return job_id
+
+    def send(self, request: Request) -> Result:
+        refusal = self.refusals.get((request.job_id, request.action))
+        if refusal:
+            return Result(False, refusal)
+        self.requests.append((request.job_id, request.action.value, request.arg))
+        return Result(True, f"{request.action} done")
+
     def queue_paused(self) -> bool:
         return self.paused
 
     def set_queue_paused(self, paused: bool) -> None:
         self.paused = paused
 
-    def send_request(self, job_id: int, action: str, arg: str | None = None) -> None:
-        self.requests.append((job_id, action, arg))
-
     def job_metrics(self, job_id: int) -> list[dict[str, Any]]:
         return self.metrics
 
     def job_saves(self, job_id: int) -> list[dict[str, Any]]:
         return [{"kind": "epoch", "path": "/runs/x/epoch1", "complete": True}]
+
+    def job_tb_metrics(self, job_id: int) -> dict[str, Any]:
+        return self.tb
 
     def job_log_path(self, job_id: int, rank: int | None = None) -> Path:
         assert self.log is not None
@@ -92,20 +94,67 @@ class FakeEngine:
     def gpu_report(self) -> list[dict[str, Any]]:
         return []
 
+    def system_stats(self) -> dict[str, Any]:
+        return {"cpu_percent": 1.0, "cpu_count": 2, "ram_used": 2**30, "ram_total": 2**32, "disks": {}}
 
-async def test_queue_updates_rows_by_key_and_guards_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    def daemon_status(self) -> dict[str, Any]:
+        return {"running": True, "pid": 1, "paused": self.paused}
+
+    def check_daemon(self) -> str | None:
+        return None
+
+    def ensure_daemon(self) -> int:
+        return 1
+
+    def reclaim(self, dry_run: bool = False) -> dict[str, Any]:
+        return {"dry_run": dry_run, "orphans": [], "killed": []}
+
+
+def test_fake_engine_implements_the_protocol() -> None:
+    """Every Engine member exists on the real facade and on this fake (at run time), and mypy accepts the fake
+    where an Engine is wanted (the same check catches a signature drifting from the Protocol)."""
+    from engine.jobs.facade import ClientEngine
+    from tui.engine_api import Engine
+
+    members = {
+        name for name in vars(Engine) if not name.startswith("_") and callable(getattr(Engine, name))
+    }
+    assert {"list_jobs", "send", "get_job", "enqueue", "job_log_path"} <= members
+    for impl in (ClientEngine, FakeEngine):
+        missing = sorted(name for name in members if not callable(getattr(impl, name, None)))
+        assert not missing, f"{impl.__name__} lacks {missing}"
+    mypy = pytest.importorskip("mypy.api")
+    check = (
+        "from engine.jobs.facade import ClientEngine\n"
+        "from tests.test_tui_live import FakeEngine\n"
+        "from tui.engine_api import Engine\n"
+        "fake: Engine = FakeEngine()\n"
+        "real: Engine = ClientEngine()\n"
+    )
+    out, err, status = mypy.run(
+        ["--follow-imports=silent", "--ignore-missing-imports", "--no-error-summary", "-c", check]
+    )
+    assert status == 0, out + err
+    drifted = check.replace("fake: Engine = FakeEngine()", "fake: Engine = object()")
+    out, _err, status = mypy.run(["--follow-imports=silent", "--ignore-missing-imports", "-c", drifted])
+    assert status != 0 and "Engine" in out  # the check can fail
+
+
+async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> None:
     engine = FakeEngine()
-    engine.jobs[1] = Job(1, "alpha", state="running", step=10, started_at=time.time() - 65, loss=0.5)
-    engine.jobs[2] = Job(2, "beta", state="completed", step=100, exit_reason="completed")
-    engine.install(monkeypatch)
-    app = DeckApp(start_mode="queue")
+    engine.jobs[1] = make_job(1, "alpha", state="running", step=10, started_at=time.time() - 65, loss=0.5)
+    engine.jobs[2] = make_job(2, "beta", state="completed", step=100, exit_reason="completed")
+    # The screen decides nothing about what a job allows: the daemon's refusal is what the user reads.
+    engine.refusals[(2, Action.CANCEL)] = "job 2 already ended (completed)"
+    engine.refusals[(1, Action.RETRY)] = "job 1 is still running; retry needs an ended job"
+    app = DeckApp(start_mode="queue", engine=engine)
     async with app.run_test(size=(80, 24)) as pilot:
         text = await wait_text(pilot, "alpha")
         assert "▶ running" in text and "✓ completed" in text
         table = app.screen.query_one("#queue-table", DataTable)
         first_key = table.coordinate_to_cell_key((0, 0)).row_key
-        engine.jobs[1].step = 50
-        engine.jobs[3] = Job(3, "gamma")
+        engine.update(1, step=50)
+        engine.jobs[3] = make_job(3, "gamma")
         await wait_text(pilot, "50/100")
         await wait_text(pilot, "gamma")
         assert table.row_count == 3 and table.coordinate_to_cell_key((0, 0)).row_key == first_key
@@ -116,7 +165,7 @@ async def test_queue_updates_rows_by_key_and_guards_actions(monkeypatch: pytest.
         await pilot.press("c")
         await wait_text(pilot, "Cancel job 2")
         await pilot.press("y")
-        await wait_note(pilot, "already ended")
+        await wait_note(pilot, "job 2 already ended (completed)")
         assert engine.requests == []
 
         await pilot.press("k", "s")  # alpha: running; graceful stop after confirming
@@ -125,8 +174,8 @@ async def test_queue_updates_rows_by_key_and_guards_actions(monkeypatch: pytest.
         await wait_until(pilot, lambda: engine.requests == [(1, "stop", None)], what="stop request")
         await pilot.press("K")
         await wait_until(pilot, lambda: (1, "move", "up") in engine.requests, what="move request")
-        await pilot.press("t")  # retry is for ended jobs: alpha is running
-        await wait_note(pilot, "still running")
+        await pilot.press("t")  # retry is for ended jobs: alpha is running, and the daemon says so
+        await wait_note(pilot, "job 1 is still running; retry needs an ended job")
         assert (1, "retry", None) not in engine.requests
         await pilot.press("p")
         await wait_text(pilot, "PAUSED")
@@ -144,7 +193,7 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
     log.write_text("starting\nsteps: 1 loss: 0.9\nRuntimeError: boom\n")
     engine = FakeEngine(log)
     engine.metrics = [{"step": s, "loss": 1.0 / s, "lr": 1e-4} for s in range(1, 40)]
-    engine.jobs[7] = Job(
+    engine.jobs[7] = make_job(
         7,
         "demo",
         state="failed",
@@ -155,8 +204,7 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
         started_at=time.time() - 10,
         ended_at=time.time(),
     )
-    engine.install(monkeypatch)
-    app = DeckApp(start_mode="queue")
+    app = DeckApp(start_mode="queue", engine=engine)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "demo")
         await pilot.press("enter")
@@ -170,7 +218,7 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
         assert not log_pane.auto_scroll
         await pilot.press("f")
         assert log_pane.auto_scroll
-        engine.jobs[8] = Job(8, "other", state="completed")
+        engine.jobs[8] = make_job(8, "other", state="completed")
         await pilot.press("c")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
         await wait_text(pilot, "Overlay the loss curve")
         app.screen.query_one("#prompt-input").value = "8"
@@ -181,6 +229,33 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
         text = await wait_text(pilot, "Ended:")
         assert "RuntimeError: boom" in text and "epoch1" in text
         assert "GPU: none on this machine" in str(app.screen.query_one("#run-stats").render())
+
+
+async def test_run_screen_shows_tensorboard_epoch_and_eval_losses(tmp_path: Path) -> None:
+    """diffusion-pipe's eval and epoch losses exist only in TensorBoard events: the Run screen shows them."""
+    log = tmp_path / "job.log"
+    log.write_text("steps: 6 loss: 0.1 iter time (s): 1 samples/sec: 1\n")
+    engine = FakeEngine(log)
+    engine.metrics = [{"step": s, "loss": 1.0 / s, "lr": 1e-4} for s in range(1, 7)]
+    engine.jobs[3] = make_job(3, "evals", state="running", step=6, total_steps=12, started_at=time.time())
+    app = DeckApp(start_mode="queue", engine=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_text(pilot, "evals")
+        await pilot.press("enter")
+        await wait_text(pilot, "step 6/12")
+        plot = app.screen.query_one("#eval-plot")
+        assert not plot.display  # no eval losses yet: the chart takes no room
+        engine.tb = {
+            "epoch_loss": [{"epoch": 1, "loss": 0.25}],
+            "evals": {"val": [{"step": 0, "loss": 0.9}, {"step": 3, "loss": 0.4}],
+                      "hard": [{"step": 3, "loss": 1.5}]},
+            "note": None,
+        }
+        engine.update(3, step=7)  # the job moves on: the curve and the events are read again
+        engine.metrics.append({"step": 7, "loss": 0.1, "lr": 1e-4})
+        await wait_until(pilot, lambda: plot.display and plot.points == 3, what="eval curves")
+        text = await wait_text(pilot, "eval val: 0.4000 @ step 3")
+        assert "epoch loss 1: 0.2500" in text and "eval hard: 1.5000" in text
 
 
 class LogApp(App[None]):
@@ -234,9 +309,8 @@ async def test_run_log_search_typed_in_one_burst(monkeypatch: pytest.MonkeyPatch
     log = tmp_path / "job.log"
     log.write_text("".join(f"step {i}\n" for i in range(50)) + "needle here\n" + "tail\n" * 5)
     engine = FakeEngine(log)
-    engine.jobs[3] = Job(3, "searchme", state="completed", step=10, total_steps=10, exit_reason="completed")
-    engine.install(monkeypatch)
-    app = DeckApp(start_mode="queue")
+    engine.jobs[3] = make_job(3, "searchme", state="completed", step=10, total_steps=10, exit_reason="completed")
+    app = DeckApp(start_mode="queue", engine=engine)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "searchme")
         await pilot.press("enter")
@@ -261,12 +335,11 @@ async def test_queue_fits_80_columns_and_details_the_highlighted_job(monkeypatch
 
     reason = "failed: rank 0 exited with code 1 after CUDA out of memory while allocating 2.00 GiB on GPU 0"
     engine = FakeEngine()
-    engine.jobs[1] = Job(
+    engine.jobs[1] = make_job(
         1, "a-rather-long-job-name-for-80-columns", state="running", step=1200, total_steps=50000
     )
-    engine.jobs[12] = Job(12, "beta", state="failed", step=100, exit_reason=reason, samples_per_s=3.25)
-    engine.install(monkeypatch)
-    app = DeckApp(start_mode="queue")
+    engine.jobs[12] = make_job(12, "beta", state="failed", step=100, exit_reason=reason, samples_per_s=3.25)
+    app = DeckApp(start_mode="queue", engine=engine)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "beta")
         table = app.screen.query_one("#queue-table", DataTable)
@@ -338,11 +411,10 @@ async def test_run_screen_polls_of_an_unchanged_job_touch_nothing(
     log.write_text("steps: 5 loss: 0.5\n")
     engine = FakeEngine(log)
     engine.metrics = [{"step": s, "loss": 1.0 / s, "lr": 1e-4} for s in range(1, 6)]
-    engine.jobs[4] = Job(4, "steady", state="running", step=5, total_steps=50, started_at=time.time())
+    engine.jobs[4] = make_job(4, "steady", state="running", step=5, total_steps=50, started_at=time.time())
     reads: list[int] = []
     engine.job_metrics = lambda job_id: reads.append(job_id) or engine.metrics  # type: ignore[method-assign]
-    engine.install(monkeypatch)
-    app = DeckApp(start_mode="queue")
+    app = DeckApp(start_mode="queue", engine=engine)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "steady")
         await pilot.press("enter")
@@ -366,7 +438,7 @@ async def test_run_screen_polls_of_an_unchanged_job_touch_nothing(
         assert layouts == 0
         assert header.content is before[0]  # not even re-set to the same text
         assert len(reads) == before[2] and plot._version == before[3]  # curve neither re-read nor rebuilt
-        engine.jobs[4].step = 6  # the job moves on: header, curve and reads follow
+        engine.update(4, step=6)  # the job moves on: header, curve and reads follow
         engine.metrics.append({"step": 6, "loss": 0.1, "lr": 1e-4})
         await wait_text(pilot, "step 6/50")
         await wait_until(pilot, lambda: len(reads) > before[2], what="curve read again")

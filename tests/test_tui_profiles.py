@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from textual import events
 from textual.widgets import Input, TextArea
 
 from profiles import store
 from tests.tui_helpers import screen_text, wait_note, wait_text, wait_until
 from tui.app import DeckApp
 from tui.screens.editor import EditorScreen
-from tui.screens.profiles import parse_gpus
+from tui.screens.profiles import ProfilesScreen, parse_gpus
 from tui.widgets.field import FieldRow, parse_value
 
 
@@ -189,3 +190,41 @@ def test_parse_helpers() -> None:
     assert parse_value("[512, 768]", [512]) == [512, 768]
     with pytest.raises(ValueError, match="number"):
         parse_value("fast", 1e-4)
+
+
+async def test_close_right_after_save_waits_for_the_save_instead_of_asking() -> None:
+    """ctrl+s then ctrl+w in one breath: the save runs in a thread, so the close used to find the editor still
+    dirty and ask "unsaved changes. Discard them?" about changes that were being saved that moment."""
+    app = DeckApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _new_from_template(pilot, app, "demo-tiny", "tiny-quick")
+        await wait_text(pilot, "epochs")
+        for key in ("ctrl+s", "ctrl+w"):  # one terminal read, as tmux delivers two quick keys
+            event = events.Key(key, None)
+            event.set_sender(app)
+            assert app._driver is not None
+            app._driver.send_message(event)
+        await wait_until(pilot, lambda: isinstance(app.screen, ProfilesScreen), what="back on Profiles")
+        await pilot.pause(0.5)
+        assert isinstance(app.screen, ProfilesScreen), "a dialog came up after the close"
+        assert store.exists("tiny-quick")
+
+
+async def test_opening_every_tab_after_a_save_is_no_edit() -> None:
+    """Fields mount lazily (a loaded box mounts them after the user saved): a field showing its first value
+    must not count as an edit, or a saved profile asks 'unsaved changes' on close and grows empty keys."""
+    app = DeckApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        editor = await _new_from_template(pilot, app, "demo-tiny", "tiny-tabs")
+        await pilot.press("ctrl+s")  # before the forms have necessarily shown a single field
+        await wait_until(pilot, lambda: store.exists("tiny-tabs") and not editor.dirty, what="saved")
+        saved = store.read_files("tiny-tabs")
+        for _ in range(3):  # Easy -> Advanced -> TOML -> Easy: every field and text area mounted
+            await pilot.press("ctrl+t")
+            await pilot.pause(0.3)
+        await wait_text(pilot, "saved")
+        await pilot.pause(1.0)  # the debounced validation too
+        assert not editor.dirty, [f for f in editor.files if editor.files[f] != saved.get(f)]
+        assert editor.files == saved
+        await pilot.press("ctrl+w")
+        await wait_until(pilot, lambda: isinstance(app.screen, ProfilesScreen), what="closed without asking")

@@ -1,3 +1,5 @@
 """dpdeck's presentation layer: the Textual deck and the `dpdeck` command line. Never imports torch."""
 
-__version__ = "0.1.0"
+from statefiles import __version__
+
+__all__ = ["__version__"]

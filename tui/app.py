@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -16,7 +17,11 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 
+from engine.jobs.facade import ClientEngine
 from tui.theme import DECK_THEME
+
+if TYPE_CHECKING:
+    from tui.engine_api import Engine
 
 MIN_WIDTH, MIN_HEIGHT = 64, 20
 
@@ -46,7 +51,7 @@ def _system() -> Screen[None]:
 
 
 def _datasets() -> Screen[None]:
-    from tui.screens.datasets import DatasetsScreen
+    from tui.screens.datasets.screen import DatasetsScreen
 
     return DatasetsScreen()
 
@@ -78,7 +83,7 @@ class DeckCommands(Provider):
             (f"Go to {title}", f"open the {title} screen (key {key})", partial(app.action_area, mode))
             for mode, (key, title, _) in AREAS.items()
         ]
-        out.append(("Help: every key", "list every binding (key ?)", app.action_help))
+        out.append(("Help: keys of this screen", "list the keys that act here (key ?)", app.action_help))
         return out
 
     async def discover(self) -> Hits:
@@ -107,8 +112,12 @@ class DeckApp(App[None]):
         Binding("ctrl+q", "quit", "Quit", id="deck.quit", priority=True),
     ]
 
-    def __init__(self, start_mode: str = "profiles", *, start_daemon: bool = False) -> None:
+    def __init__(
+        self, start_mode: str = "profiles", *, start_daemon: bool = False, engine: Engine | None = None
+    ) -> None:
         super().__init__()
+        # The one engine every screen talks to (tui/engine_api.py); tests pass a stand-in.
+        self.engine: Engine = engine if engine is not None else ClientEngine()
         self.start_mode = start_mode
         self.start_daemon = start_daemon
         self.current_job: int | None = None  # the job the Run screen shows; set by the Queue screen
@@ -127,20 +136,27 @@ class DeckApp(App[None]):
         else:
             if keymap:
                 self.set_keymap(keymap)
+                self._check_keymap_ids(keymap)
         self.switch_mode(self.start_mode)
         self.call_after_refresh(self._check_size)
         if self.start_daemon:
             self._ensure_daemon()
 
+    @work(thread=True, group="keymap")
+    def _check_keymap_ids(self, keymap: dict[str, str]) -> None:
+        """Name the ids that match no binding (a typo would otherwise do nothing, silently). In a thread:
+        knowing every id imports every screen, which the first paint should not wait for."""
+        from tui.keymap import binding_ids, unknown_ids
+
+        problems = unknown_ids(keymap, binding_ids())
+        if problems:
+            self.notify("\n".join(problems), title="keymap", severity="warning", timeout=15)
+
     @work(thread=True, exclusive=True, group="daemon")
     def _ensure_daemon(self) -> None:
         """The deck is a client: it starts the engine's daemon when there is none (the daemon outlives it)."""
-        from tui import data
-
         try:
-            data.engine_call("ensure_daemon")
-        except data.EngineUnavailable:
-            return  # said on the System screen
+            self.engine.ensure_daemon()
         except Exception as exc:
             self.call_from_thread(
                 self.notify, f"could not start the daemon: {exc}", severity="error", timeout=10
@@ -172,7 +188,7 @@ class DeckApp(App[None]):
         from tui.screens.help import HelpScreen
 
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen.over(self.screen))
 
     def dirty_editors(self) -> list[Screen[object]]:
         stacks = getattr(self, "_screen_stacks", {})

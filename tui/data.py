@@ -1,39 +1,20 @@
-"""The deck's one door to profiles and the engine: every blocking data call the screens make goes through here.
+"""The deck's one door to profiles, and the engine calls that need more than the engine: every blocking data
+call the screens make goes through here or through the app's engine (tui/engine_api.py).
 
-Screens call these only from worker threads. The engine client lands in pieces, so each engine call checks
-whether the function exists and, when it does not, returns an empty answer plus a reason the screen can show
-("engine not available") instead of failing.
+Screens call these only from worker threads.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-
-class EngineUnavailable(Exception):
-    """The engine (or one of its functions) is not installed yet; the message says which."""
-
-
-def _client_attr(name: str) -> Any:
-    try:
-        client = importlib.import_module("engine.jobs.client")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("engine.jobs.client", "engine"):
-            raise EngineUnavailable("engine not available (engine.jobs.client is not installed)") from exc
-        raise
-    func = getattr(client, name, None)
-    if func is None:
-        raise EngineUnavailable(f"engine.jobs.client.{name} is not available yet")
-    return func
-
-
-def engine_call(name: str, *args: Any, **kwargs: Any) -> Any:
-    return _client_attr(name)(*args, **kwargs)
+if TYPE_CHECKING:
+    from profiles.history import VersionInfo
+    from tui.engine_api import Engine
 
 
 # Profiles.
@@ -154,7 +135,7 @@ def save_profile(
     return store.save(name, files, message, create=create).version.version
 
 
-def versions(name: str) -> list[Any]:
+def versions(name: str) -> list[VersionInfo]:
     from profiles import store
 
     return list(store.list_versions(name))
@@ -260,55 +241,23 @@ def build_demo_data_if_used(profile: str) -> bool:
     return True
 
 
-# Engine.
+# Engine: only the calls that add to the engine's own (demo data, local figures); screens make the rest
+# on the app's engine directly.
 
 
-def check_daemon() -> str | None:
-    """Start the daemon when jobs wait on it and none runs (it died); the sentence to show, else None."""
-    try:
-        note = engine_call("check_daemon")
-    except EngineUnavailable:
-        return None
-    return str(note) if note else None
-
-
-def jobs(include_finished: bool = True) -> list[Any]:
-    return list(engine_call("list_jobs", include_finished=include_finished))
-
-
-def enqueue(profile: str, gpus: list[int] | None) -> int:
+def enqueue(engine: Engine, profile: str, gpus: list[int] | None) -> int:
     build_demo_data_if_used(profile)
-    return int(engine_call("enqueue", profile, gpus=gpus))
+    return engine.enqueue(profile, gpus=gpus)
 
 
-def send_request(job_id: int, action: str, arg: str | None = None) -> None:
-    engine_call("send_request", job_id, action, arg)
-
-
-def queue_paused() -> bool:
-    return bool(engine_call("queue_paused"))
-
-
-def set_queue_paused(paused: bool) -> None:
-    engine_call("set_queue_paused", paused)
-
-
-def gpu_report() -> list[dict[str, Any]]:
-    """GPUs from the engine; with no engine, an honest empty list (this tells the screen "no GPUs")."""
+def system_stats(engine: Engine) -> dict[str, Any]:
     try:
-        return list(engine_call("gpu_report"))
-    except EngineUnavailable:
-        return []
-
-
-def system_stats() -> dict[str, Any]:
-    try:
-        return dict(engine_call("system_stats"))
+        return dict(engine.system_stats())
     except Exception:  # noqa: BLE001 - the local figures below are the truth for this host anyway
         pass
     import psutil
 
-    from profiles.paths import state_dir
+    from statefiles.paths import state_dir
 
     vm = psutil.virtual_memory()
     home = state_dir()
@@ -320,30 +269,3 @@ def system_stats() -> dict[str, Any]:
         "ram_total": vm.total,
         "disks": {str(home): {"used": disk.used, "total": disk.total, "free": disk.free}},
     }
-
-
-def daemon_status() -> dict[str, Any]:
-    try:
-        return dict(engine_call("daemon_status"))
-    except EngineUnavailable as exc:
-        return {"running": False, "detail": str(exc)}
-
-
-def reclaim(dry_run: bool) -> dict[str, Any]:
-    return dict(engine_call("reclaim", dry_run=dry_run))
-
-
-def job_metrics(job_id: int) -> list[dict[str, Any]]:
-    return list(engine_call("job_metrics", job_id))
-
-
-def job_log_path(job_id: int, rank: int | None = None) -> Path:
-    return Path(engine_call("job_log_path", job_id, rank=rank))
-
-
-def job_saves(job_id: int) -> list[dict[str, Any]]:
-    return list(engine_call("job_saves", job_id))
-
-
-def get_job(job_id: int) -> Any:
-    return engine_call("get_job", job_id)

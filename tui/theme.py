@@ -9,6 +9,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.theme import Theme
 
+from engine.jobs.job import JobState
+
 # Colours picked near xterm-256 cube entries so the downgrade in 256-colour tmux changes them little.
 DECK_THEME = Theme(
     name="dpdeck",
@@ -26,22 +28,19 @@ DECK_THEME = Theme(
 )
 
 # state -> (symbol, style). Symbols are plain Unicode that tmux and common fonts render in one cell.
-STATE_BADGES: dict[str, tuple[str, str]] = {
-    "queued": ("…", "bold #87afd7"),
-    "starting": ("↑", "bold #5fafff"),
-    "running": ("▶", "bold #5fd75f"),
-    "stopping": ("■", "bold #ffaf00"),
-    "cleanup": ("~", "bold #ffaf00"),
-    "draining": ("~", "bold #ffaf00"),
-    "completed": ("✓", "bold #5fd75f"),
-    "failed": ("✗", "bold #ff5f5f"),
-    "cancelled": ("⊘", "#8a8a8a"),
-    "oom": ("!", "bold #ff5f5f"),
-    "hung": ("?", "bold #ff5f5f"),
-    "interrupted": ("‖", "bold #ffaf00"),
+STATE_BADGES: dict[str, tuple[str, str]] = {  # keyed by JobState (a str: a state's text finds it too)
+    JobState.QUEUED: ("…", "bold #87afd7"),
+    JobState.STARTING: ("↑", "bold #5fafff"),
+    JobState.RUNNING: ("▶", "bold #5fd75f"),
+    JobState.STOPPING: ("■", "bold #ffaf00"),
+    JobState.CLEANUP: ("~", "bold #ffaf00"),
+    JobState.COMPLETED: ("✓", "bold #5fd75f"),
+    JobState.FAILED: ("✗", "bold #ff5f5f"),
+    JobState.CANCELLED: ("⊘", "#8a8a8a"),
+    JobState.OOM: ("!", "bold #ff5f5f"),
+    JobState.HUNG: ("?", "bold #ff5f5f"),
+    JobState.INTERRUPTED: ("‖", "bold #ffaf00"),
 }
-
-FINISHED_STATES = frozenset({"completed", "failed", "cancelled", "oom", "hung", "interrupted"})
 
 
 def state_badge(state: str) -> Text:

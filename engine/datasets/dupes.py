@@ -20,7 +20,7 @@ from typing import Literal
 
 from PIL import Image
 
-from profiles.atomic import atomic_write_text
+from statefiles.atomic import atomic_write_text
 
 # dHash distance of a resized or re-encoded copy is typically 0-4 bits; unrelated photos sit around 32.
 DEFAULT_MAX_DISTANCE = 6
@@ -53,8 +53,12 @@ def dhash(path: Path | str) -> int:
 
 
 def _file_digest(path: Path) -> str:
+    # hashlib.file_digest is 3.11+; the same chunked read works on 3.10
+    digest = hashlib.blake2b()
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "blake2b").hexdigest()
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _exact_groups(stats: dict[Path, os.stat_result]) -> list[list[Path]]:
@@ -80,7 +84,7 @@ class _HashCache:
     """dHash per file, valid while the file keeps its size and mtime."""
 
     def __init__(self) -> None:
-        from profiles.paths import cache_dir
+        from statefiles.paths import cache_dir
 
         self.path = cache_dir() / "datasets" / _CACHE_NAME
         try:

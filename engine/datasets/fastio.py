@@ -2,7 +2,7 @@
 
 Reads use os.open/os.read: about half the cost of Path.read_bytes, which matters over 100,000 captions.
 
-`profiles.atomic.atomic_write_bytes` fsyncs every file and its folder: right for one profile, but 100,000 captions
+`statefiles.atomic.atomic_write_bytes` fsyncs every file and its folder: right for one profile, but 100,000 captions
 would take minutes. A batch here keeps each replacement atomic (temp file, then a rename: a reader, or a process
 killed with -9, sees the old file or the new one) but pays durability once for the whole batch: `stage_all` writes
 every temp file (two threads, each in its own folder), `Staged.commit` syncs once and then renames. Renaming a file

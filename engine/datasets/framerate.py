@@ -2,13 +2,15 @@
 
 diffusion-pipe counts a video's frames at this rate, not the file's own (frames = int(source frames * framerate /
 source fps)), so the frame bucket a clip lands in depends on the model. Values from diffusion-pipe's models/*.py:
-ltx-video 25; hunyuan-video, hunyuan_video_15, cosmos, ltx2 and minimax_h3 24; wan 16, except SkyReels-V2
+ltx-video 25; hunyuan-video, hunyuan_video_15, cosmos, ltx2 and minimax_h3 24; cosmos_predict2 and anima (one
+pipeline class) 16; wan 16, except SkyReels-V2
 checkpoints (folder name contains "skyreels") and Wan2.2 TI2V-5B (config.json model_type "ti2v"), which are 24.
 Image-only model types have none: diffusion-pipe skips their videos.
 
 The pixel multiple bucket sizes are rounded to is the pipeline's `pixels_round_to_multiple` (models/base.py
-CommonPipeline: 16; utils/dataset.py passes it to DirectoryDataset, whose own default of 32 is then unused). Only
-Wan2.2 TI2V-5B (config.json model_type "ti2v") raises it, to 32 (models/wan/wan.py). Old diffusion-pipe versions,
+CommonPipeline: 16; utils/dataset.py passes it to DirectoryDataset, whose own default of 32 is then unused).
+ltx-video and hunyuan_image set 32 on their class, and Wan2.2 TI2V-5B (config.json model_type "ti2v") raises it
+to 32 (models/wan/wan.py). All of it read from diffusion-pipe commit 8f83dbf. Old diffusion-pipe versions,
 before the attribute existed, used IMAGE_SIZE_ROUND_TO_MULTIPLE = 32 for every model. dpdeck's built-in trainer
 uses 16 (engine.datasets.buckets.SIZE_ROUND_TO).
 """
@@ -28,9 +30,13 @@ VIDEO_FRAMERATES: dict[str, int] = {
     "ltx2": 24,
     "minimax_h3": 24,
     "wan": 16,
+    "cosmos_predict2": 16,
+    "anima": 16,
 }
 WAN_24FPS = 24
 DEFAULT_PIXEL_MULTIPLE = 16
+# Model types whose pipeline class sets its own pixels_round_to_multiple.
+PIXEL_MULTIPLES: dict[str, int] = {"ltx-video": 32, "hunyuan_image": 32}
 # Variants whose pipeline sets its own pixels_round_to_multiple, by wan config.json model_type.
 WAN_PIXEL_MULTIPLES: dict[str, int] = {"ti2v": 32}
 BUILTIN_BACKEND = "builtin"
@@ -101,7 +107,8 @@ def pixel_multiple(model: Mapping[str, Any] | None, backend: str, base_dir: Path
     if model.get("type") == "wan":
         variant = _wan_config_type(model, base_dir)
         return WAN_PIXEL_MULTIPLES.get(variant or "", DEFAULT_PIXEL_MULTIPLE)
-    return DEFAULT_PIXEL_MULTIPLE
+    model_type = model.get("type")
+    return PIXEL_MULTIPLES.get(model_type, DEFAULT_PIXEL_MULTIPLE) if isinstance(model_type, str) else DEFAULT_PIXEL_MULTIPLE
 
 
 def preview_backend(profile: Any) -> str:

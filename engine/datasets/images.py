@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS
-from profiles.atomic import atomic_write_bytes, atomic_write_text
+from statefiles.atomic import atomic_write_bytes, atomic_write_text
 
 FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg"), "webp": ("WEBP", ".webp")}
 DEFAULT_QUALITY = 95

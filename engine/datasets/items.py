@@ -22,6 +22,11 @@ from engine.datasets.headers import read_image_size
 from engine.datasets.video_headers import VideoHeaderError, read_video_info
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# diffusion-pipe takes its video extensions from imageio's list (dozens, most of them exotic); these are the ones a
+# training set realistically holds. Matching is case-insensitive.
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".ogv", ".3gp"}
+)
 CAPTIONS_JSON = "captions.json"
 
 
@@ -37,10 +42,14 @@ class DatasetItem:
     mtime_ns: int
     # 1 for an image; for a video, its frames at the model's frame rate (what picks its frame bucket).
     frames: int = 1
+    # The member's name when the image lies inside the .tar archive `path`.
+    member: str | None = None
 
     @property
     def key(self) -> str:
         """Stable identity of the file's content as far as a cheap stat can tell."""
+        if self.member is not None:
+            return f"{self.path}|{self.member}|{self.size_bytes}|{self.mtime_ns}"
         return f"{self.path}|{self.size_bytes}|{self.mtime_ns}"
 
 
@@ -52,6 +61,10 @@ class ScanResult:
     skipped_no_caption: int = 0
     videos_ignored: int = 0  # videos seen while scanning for an image-only model (no frame rate)
     videos_unknown_frames: int = 0  # videos whose header gives no frame count (left out)
+    # The folder's .tar files (not read here: engine.datasets.archives.add_archives reads them, for the trainers
+    # that do) and its parsed captions.json, which also captions archive members.
+    archives: list[Path] = field(default_factory=list)
+    captions_json: dict[str, list[str]] | None = None
 
 
 def entry_is_file(entry: os.DirEntry[str]) -> bool:
@@ -93,28 +106,36 @@ def shuffle_tags(caption: str, seed: int, delimiter: str = ",") -> str:
     return f"{delimiter} ".join(tags)
 
 
-def _load_captions_json(directory: Path, result: ScanResult) -> dict[str, list[str]]:
+def load_captions_json(directory: Path, warnings: list[str]) -> dict[str, list[str]] | None:
+    """captions.json of the folder (file name, or archive member name, -> list of captions); None when absent.
+
+    diffusion-pipe (8f83dbf) asserts that every value is a list; a plain string is taken as one caption here,
+    with a warning that diffusion-pipe stops on it."""
     path = directory / CAPTIONS_JSON
     if not path.is_file():
-        return {}
+        return None
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        result.warnings.append(f"{path}: unreadable captions file ignored ({exc})")
+        warnings.append(f"{path}: unreadable captions file ({exc}); diffusion-pipe stops on it")
         return {}
     if not isinstance(raw, dict):
-        result.warnings.append(
+        warnings.append(
             f"{path}: expected an object mapping file name -> caption, found {type(raw).__name__}"
         )
         return {}
     out: dict[str, list[str]] = {}
     for name, value in raw.items():
         if isinstance(value, str):
+            warnings.append(
+                f"{path}: key {name!r}: a string; diffusion-pipe stops on it ('captions.json must contain lists "
+                "of captions'): write [\"...\"]"
+            )
             out[name] = [value]
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
             out[name] = list(value)
         else:
-            result.warnings.append(f"{path}: key {name!r}: expected a string or a list of strings")
+            warnings.append(f"{path}: key {name!r}: expected a list of strings")
     return out
 
 
@@ -129,6 +150,42 @@ def _read_caption_file(path: str, result: ScanResult) -> str | None:
     return text.strip()
 
 
+def _captions(
+    fpath: str,
+    name: str,
+    txt_path: str | None,
+    json_captions: dict[str, list[str]] | None,
+    skip_empty_caption: bool,
+    result: ScanResult,
+) -> list[str] | None:
+    """The captions one image or video trains with, by diffusion-pipe's rules (utils/dataset.py, 8f83dbf); None:
+    skipped (recorded in result).
+
+    A folder with captions.json takes every caption from it, by file name (archive members by member name):
+    .txt files are then not read. Otherwise `<stem>.txt` beside the file, stripped; an empty one trains with the
+    empty caption. No caption at all skips the file when skip_empty_caption (the default), else trains it with ""."""
+    captions: list[str] | None = None
+    why = ""
+    if json_captions is not None:
+        captions = json_captions.get(name)
+        why = f"no entry in {CAPTIONS_JSON} (its folder's .txt captions are not read while it exists)"
+    elif txt_path is not None:
+        text = _read_caption_file(txt_path, result)
+        if text is None:
+            result.skipped_no_caption += 1
+            return None
+        captions = [text]
+    else:
+        why = f"no caption ({os.path.splitext(os.path.basename(name))[0]}.txt or {CAPTIONS_JSON})"
+    if captions is None:
+        if skip_empty_caption:
+            result.warnings.append(f"{fpath}: {why}; skipped")
+            result.skipped_no_caption += 1
+            return None
+        captions = [""]
+    return captions
+
+
 def scan_directory(
     directory: Path,
     *,
@@ -136,20 +193,14 @@ def scan_directory(
     skip_empty_caption: bool = True,
     framerate: float | None = None,
 ) -> ScanResult:
-    """Non-recursive scan of one directory, as diffusion-pipe does.
+    """Non-recursive scan of one directory, as diffusion-pipe does; captions by its rules (_captions).
 
-    Caption source, in order: `<stem>.txt` beside the image, then captions.json in the folder (a string or a
-    list of strings; each string becomes its own example). A missing or empty caption skips the image when
-    skip_empty_caption, else it trains with the empty caption.
-
-    Videos become items only with the model's `framerate` (engine.datasets.framerate): their `frames` are then
-    counted at that rate. Without one (image-only model types) they are only counted, as diffusion-pipe skips them.
+    Each caption is its own example. Videos become items only with the model's `framerate`
+    (engine.datasets.framerate): their `frames` are then counted at that rate. Without one (image-only model
+    types) they are only counted, as diffusion-pipe skips them. `.tar` files are listed in `archives`, unread.
     """
-    # Imported here: layout imports this module for the image extensions.
-    from engine.datasets.layout import VIDEO_EXTENSIONS
-
     result = ScanResult()
-    json_captions = _load_captions_json(directory, result)
+    json_captions = result.captions_json = load_captions_json(directory, result.warnings)
     try:
         # One scandir instead of iterdir + is_file per entry: the listing alone is most of a 100k-file scan.
         with os.scandir(directory) as it:
@@ -165,6 +216,7 @@ def scan_directory(
                 result.warnings.append(f"{entry.path}: {problem}; skipped")
     present = set(names)
     videos: list[str] = []
+    tars: list[str] = []
     # Plain strings in this loop: pathlib joins cost more than the reads they would name (100k-image folders).
     prefix = os.path.join(os.fspath(directory), "")
     for name in names:
@@ -172,24 +224,15 @@ def scan_directory(
         if ext.lower() not in IMAGE_EXTENSIONS:
             if ext.lower() in VIDEO_EXTENSIONS:
                 videos.append(name)
+            elif ext == ".tar":  # diffusion-pipe compares the suffix as written
+                tars.append(name)
             continue
         fpath = prefix + name
-        captions: list[str] | None = None
         txt = f"{stem}.txt"
-        if txt in present:
-            text = _read_caption_file(prefix + txt, result)
-            if text is None:
-                result.skipped_no_caption += 1
-                continue
-            captions = [text]
-        elif name in json_captions:
-            captions = json_captions[name]
-        captions = [c.strip() for c in (captions or []) if c.strip()] or (
-            [""] if not skip_empty_caption else []
+        captions = _captions(
+            fpath, name, prefix + txt if txt in present else None, json_captions, skip_empty_caption, result
         )
-        if not captions:
-            result.warnings.append(f"{fpath}: no caption ({txt} or {CAPTIONS_JSON}); skipped")
-            result.skipped_no_caption += 1
+        if captions is None:
             continue
         try:
             width, height = read_image_size(fpath)
@@ -206,18 +249,24 @@ def scan_directory(
         for caption in captions:
             full = f"{caption_prefix}{caption}" if caption_prefix else caption
             result.items.append(DatasetItem(path, width, height, full, stat.st_size, stat.st_mtime_ns))
+    result.archives = [directory / name for name in tars]
     if framerate is None:
         result.videos_ignored = len(videos)
         return result
     for name in videos:
-        captions = _captions_of(directory, name, present, json_captions, skip_empty_caption, result)
-        video = _video_size_frames(prefix + name, framerate, result) if captions else None
+        stem = os.path.splitext(name)[0]
+        txt = f"{stem}.txt"
+        fpath = prefix + name
+        captions = _captions(
+            fpath, name, prefix + txt if txt in present else None, json_captions, skip_empty_caption, result
+        )
+        video = _video_size_frames(fpath, framerate, result) if captions else None
         if video is None:
             continue
         try:
-            stat = os.stat(prefix + name)
+            stat = os.stat(fpath)
         except OSError as exc:
-            result.warnings.append(f"{prefix + name}: unreadable video skipped ({exc.__class__.__name__}: {exc})")
+            result.warnings.append(f"{fpath}: unreadable video skipped ({exc.__class__.__name__}: {exc})")
             result.skipped_broken += 1
             continue
         width, height, frames = video
@@ -229,38 +278,8 @@ def scan_directory(
 
 
 def _is_media(name: str) -> bool:
-    from engine.datasets.layout import VIDEO_EXTENSIONS
-
     ext = os.path.splitext(name)[1].lower()
     return ext in IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS
-
-
-def _captions_of(
-    directory: Path,
-    name: str,
-    present: set[str],
-    json_captions: dict[str, list[str]],
-    skip_empty_caption: bool,
-    result: ScanResult,
-) -> list[str] | None:
-    """A video's captions by the image loop's rules (which inlines this lookup for speed); None: skipped."""
-    stem = os.path.splitext(name)[0]
-    txt = f"{stem}.txt"
-    captions: list[str] | None = None
-    if txt in present:
-        text = _read_caption_file(os.path.join(directory, txt), result)
-        if text is None:
-            result.skipped_no_caption += 1
-            return None
-        captions = [text]
-    elif name in json_captions:
-        captions = json_captions[name]
-    captions = [c.strip() for c in (captions or []) if c.strip()] or ([""] if not skip_empty_caption else [])
-    if not captions:
-        result.warnings.append(f"{directory / name}: no caption ({txt} or {CAPTIONS_JSON}); skipped")
-        result.skipped_no_caption += 1
-        return None
-    return captions
 
 
 def _video_size_frames(fpath: str, framerate: float, result: ScanResult) -> tuple[int, int, int] | None:

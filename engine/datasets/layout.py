@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.datasets.items import CAPTIONS_JSON, IMAGE_EXTENSIONS, entry_is_file, symlink_problem
-
-# diffusion-pipe takes its video extensions from imageio's list (dozens, most of them exotic); these are the ones a
-# training set realistically holds. Matching is case-insensitive.
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".ogv", ".3gp"}
+from engine.datasets.items import (
+    CAPTIONS_JSON,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    entry_is_file,
+    symlink_problem,
 )
+
 # Files diffusion-pipe itself skips in a dataset folder (besides sub-folders).
 SIDECAR_EXTENSIONS = frozenset({".txt", ".npz", ".json", ".parquet", ".bak", ".db"})
 

@@ -1,7 +1,8 @@
 """Dataset health report: what diffusion-pipe will see in a folder or a dataset TOML, and what is wrong with it.
 
 Uses the same file rules as the trainer (engine.datasets.layout / items: non-recursive, its image extensions,
-`<stem>.txt` first, then captions.json) so the report never disagrees with training. Image sizes come from file
+captions.json when the folder has one, else `<stem>.txt`, as diffusion-pipe 8f83dbf reads them) so the report
+never disagrees with training; an empty caption is listed (empty_captions) but trains with the empty caption. Image sizes come from file
 headers only (engine.datasets.headers), and so do video sizes, frame counts and durations
 (engine.datasets.video_headers); the default scan decodes no pixels and reads each caption once, which is what
 keeps 100,000 images within a few seconds. Duplicate detection reads every byte and decodes thumbnails, so it
@@ -10,7 +11,6 @@ only runs when asked (`scan(..., dupes=True)`).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections import Counter
@@ -23,7 +23,7 @@ from PIL import Image
 from engine.datasets.captions import decode_caption, split_tags
 from engine.datasets.fastio import read_bytes
 from engine.datasets.headers import EmptyImageError, read_image_size
-from engine.datasets.items import CAPTIONS_JSON, entry_is_file
+from engine.datasets.items import CAPTIONS_JSON, entry_is_file, load_captions_json
 from engine.datasets.layout import DirSpec, Listing, folder_problem, list_dir, target_dirs
 from engine.datasets.video_headers import EmptyVideoError, VideoHeaderError, read_video_info
 
@@ -52,6 +52,8 @@ class DirReport:
     links_outside: list[str] = field(default_factory=list)  # symlinks leaving the folder; batch ops skip them
     broken_links: list[str] = field(default_factory=list)  # symlinks that lead nowhere (loop, missing target)
     other_files: list[str] = field(default_factory=list)  # diffusion-pipe would try to load these as media
+    # Per .tar file: name, images (members), captioned (by captions.json), uncaptioned, unreadable.
+    archives: list[dict[str, Any]] = field(default_factory=list)
     mask_path: str | None = None
     missing_masks: list[str] = field(default_factory=list)  # media without a mask of the same stem
     orphan_masks: list[str] = field(default_factory=list)  # masks whose stem matches no image
@@ -76,6 +78,7 @@ class ScanReport:
         d = self.directories
         out: dict[str, int | float] = {"images": sum(r.images for r in d), "videos": sum(r.videos for r in d)}
         out["captioned"] = sum(r.captioned for r in d)
+        out["archive_images"] = sum(a["images"] for r in d for a in r.archives)
         out["video_frames"] = sum(r.video_frames for r in d)
         out["video_seconds"] = round(sum(r.video_seconds for r in d), 3)
         for key in (
@@ -136,25 +139,6 @@ def _read_caption(path: str, rep: DirReport) -> str | None:
     return text
 
 
-def _captions_json(directory: Path, warnings: list[str]) -> dict[str, list[str]]:
-    path = directory / CAPTIONS_JSON
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warnings.append(f"{path}: unreadable captions file ignored ({exc})")
-        return {}
-    if not isinstance(raw, dict):
-        warnings.append(f"{path}: expected an object mapping file name -> caption")
-        return {}
-    out: dict[str, list[str]] = {}
-    for name, value in raw.items():
-        if isinstance(value, str):
-            out[name] = [value]
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            out[name] = list(value)
-    return out
-
-
 class _Totals:
     """Histograms and caption stats accumulated over every folder of one scan."""
 
@@ -208,12 +192,16 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
         return
     outside = set(listing.links_outside)
     json_caps: dict[str, list[str]] = {}
-    if listing.has_captions_json and CAPTIONS_JSON not in outside:
-        json_caps = _captions_json(directory, rep.warnings)
+    use_json = listing.has_captions_json and CAPTIONS_JSON not in outside
+    if use_json:
+        json_caps = load_captions_json(directory, rep.warnings) or {}
     masks = _masks(spec, listing, rep)
     rep.images, rep.videos = len(listing.images), len(listing.videos)
     rep.video_files = listing.videos
-    rep.other_files = listing.others
+    rep.other_files = [n for n in listing.others if not n.endswith(".tar")]
+    for name in listing.others:
+        if name.endswith(".tar") and name not in outside:
+            rep.archives.append(_scan_archive(directory / name, json_caps if use_json else None, rep))
     rep.links_outside = listing.links_outside
     for name in listing.links_outside:
         rep.warnings.append(f"{directory / name}: {_outside_note(name)}")
@@ -244,16 +232,17 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
             _check_mask(name, size, masks, rep)
         stem = os.path.splitext(name)[0]
         captions: list[str] | None = None
-        if f"{stem}.txt" in outside:
+        if use_json:
+            # diffusion-pipe reads no .txt caption in a folder that has captions.json.
+            captions = json_caps.get(name)
+        elif f"{stem}.txt" in outside:
             rep.captioned += 1  # diffusion-pipe reads it; the scan does not read through such a link
             continue
-        if f"{stem}.txt" in listing.captions:
+        elif f"{stem}.txt" in listing.captions:
             text = _read_caption(f"{prefix}{stem}.txt", rep)
             if text is None:
                 continue
             captions = [text]
-        elif name in json_caps:
-            captions = json_caps[name]
         if captions is None:
             rep.missing_captions.append(name)
             continue
@@ -265,6 +254,25 @@ def _scan_dir(spec: DirSpec, report: ScanReport, acc: _Totals) -> None:
         for cap in nonempty:
             acc.lengths.append(len(cap))
             acc.tags.update(split_tags(cap))
+
+
+def _scan_archive(path: Path, json_caps: dict[str, list[str]] | None, rep: DirReport) -> dict[str, Any]:
+    """One .tar of the folder as diffusion-pipe reads it (engine.datasets.archives): its images, in place."""
+    from engine.datasets.archives import scan_archive
+    from engine.datasets.items import ScanResult
+
+    result = ScanResult()
+    scan_archive(path, json_caps, "", True, result)
+    rep.warnings.extend(result.warnings)
+    captioned = len({i.member for i in result.items})
+    images = captioned + result.skipped_no_caption + result.skipped_broken
+    return {
+        "name": path.name,
+        "images": images,
+        "captioned": captioned,
+        "uncaptioned": result.skipped_no_caption,
+        "unreadable": result.skipped_broken,
+    }
 
 
 def _outside_note(name: str) -> str:

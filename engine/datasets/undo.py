@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.datasets.fastio import CommitError, flush, read_bytes, replace_bytes, run_workers, worker_count
-from profiles.atomic import atomic_write_text, fsync_dir
-from profiles.paths import subdir
+from statefiles.atomic import atomic_write_text, fsync_dir
+from statefiles.paths import subdir
 
 DATA_FILE = "data.bin"
 LINKS_DIR = "links"
@@ -309,9 +309,9 @@ def prune(keep: int | None = None) -> list[str]:
     every old version of a dataset on disk. Callers run this after an op has been reported, not inside it: deleting
     a 100,000-file record takes a second or two."""
     if keep is None:
-        from engine.config import get
+        from statefiles import settings
 
-        keep = get("datasets.undo_keep")
+        keep = settings.load().datasets.undo_keep
     if not keep or keep < 0:
         return []
     root = undo_root()

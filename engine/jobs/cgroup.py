@@ -18,8 +18,8 @@ import signal
 import time
 from pathlib import Path
 
-from profiles import paths
-from profiles.atomic import atomic_write_text
+from statefiles import paths
+from statefiles.atomic import atomic_write_text
 
 ENV = "DPDECK_CGROUP"
 RECORD = "cgroup.base"  # in the state dir: where the shims made the job cgroups, for clients in other cgroups

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from engine.jobs.job import JobState
+
 # Order matters: the most specific evidence wins.
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("port_in_use", re.compile(r"EADDRINUSE|address already in use|DistNetworkError", re.I)),
@@ -21,26 +23,36 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 SIGKILL_CODES = (247, -9, 137)
 
 # Reason -> final state; anything not listed is `failed`.
-STATES: dict[str, str] = {
-    "completed": "completed",
-    "cuda_oom": "oom",
-    "host_oom": "oom",
-    "cancelled": "cancelled",
-    "hung": "hung",
-    "interrupted": "interrupted",
+STATES: dict[str, JobState] = {
+    "completed": JobState.COMPLETED,
+    # Stopped on purpose with its checkpoint saved (diffusion-pipe's `Manually quitting`): resumable, no crash.
+    "save_quit": JobState.CANCELLED,
+    "cuda_oom": JobState.OOM,
+    "host_oom": JobState.OOM,
+    "cancelled": JobState.CANCELLED,
+    "hung": JobState.HUNG,
+    "interrupted": JobState.INTERRUPTED,
 }
 
 EVIDENCE_LINES = 20
 
 
+# Reasons whose run saved what it had to: no evidence of a failure is kept for them.
+CLEAN_ENDS = frozenset({"completed", "save_quit"})
+
+
 def classify(returncode: int | None, tail: list[str], *, complete_seen: bool = False,
-             oom_evidence: list[str] | None = None) -> str:
-    """One of: completed, cuda_oom, host_oom, nccl_timeout, port_in_use, disk_full, config_error, missing_file,
-    killed, crashed."""
+             oom_evidence: list[str] | None = None, manual_quit: bool = False) -> str:
+    """One of: completed, save_quit, cuda_oom, host_oom, nccl_timeout, port_in_use, disk_full, config_error,
+    missing_file, killed, crashed."""
     if complete_seen:
         # Training finished and its last save is on disk: a launcher killed or failing in the cleanup after
         # `TRAINING COMPLETE!` does not undo that (the daemon records how the exit went as an event).
         return "completed"
+    if manual_quit:
+        # `Manually quitting` is printed after the save_quit checkpoint, right before sys.exit(): exit 0
+        # without the completion line, which is otherwise a crash.
+        return "save_quit"
     text = "\n".join(tail)
     for reason, pattern in PATTERNS:
         if pattern.search(text):
@@ -53,8 +65,8 @@ def classify(returncode: int | None, tail: list[str], *, complete_seen: bool = F
     return "crashed"
 
 
-def state_for(reason: str) -> str:
-    return STATES.get(reason, "failed")
+def state_for(reason: str) -> JobState:
+    return STATES.get(reason, JobState.FAILED)
 
 
 def kill_note(returncode: int | None, oom_evidence: list[str]) -> list[str]:

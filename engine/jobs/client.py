@@ -13,69 +13,48 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.jobs import create, launch, store
+from engine.jobs.job import FINAL_IN, JSON_COLUMNS, LIVE, LIVE_IN, PUBLIC_FIELDS, Job, JobState
 from engine.jobs.lock import daemon_pid, log_path
-from profiles import paths
+from engine.jobs.protocol import Action, Request, Result, read_result, write_request
 from profiles.document import TomlFile
-
-if TYPE_CHECKING:
-    from engine.jobs.view import JobView
-
-# The JobView fields, spelled out so `ls --json` over thousands of jobs never pays for importing pydantic
-# (tests/test_engine_units.py checks they match the model).
-JOB_FIELDS = (
-    "id", "name", "state", "exit_reason", "profile", "backend", "gpus", "num_gpus", "port", "pid", "step",
-    "total_steps", "epoch", "total_epochs", "loss", "lr", "samples_per_s", "eta_s", "created_at", "started_at",
-    "ended_at", "run_dir", "job_dir", "priority", "after_id", "parent_id", "resume_from", "launcher_args",
-    "wait_reason", "evidence",
-)
+from statefiles import paths
 
 
-def __getattr__(name: str) -> Any:
-    if name == "JobView":  # `client.JobView` without importing pydantic for every client
-        from engine.jobs.view import JobView
-
-        return JobView
-    raise AttributeError(name)
+class _ThreadConn(threading.local):
+    conn: sqlite3.Connection | None = None
+    key: tuple[str, tuple[int, int] | None] | None = None
 
 
-class RequestError(Exception):
-    """A request the daemon refused (e.g. cancel on a job that already ended)."""
-
-
-_conn: sqlite3.Connection | None = None
-_conn_key: tuple[str, tuple[int, int] | None] | None = None
+_local = _ThreadConn()
 
 
 def _db() -> sqlite3.Connection:
-    # One connection per state dir per process (tests switch DPDECK_HOME between cases), re-opened when the
-    # store file was deleted or replaced: a long-lived client (the TUI) must not keep showing a dead file.
-    global _conn, _conn_key
+    # One connection per thread and state dir: the TUI reads from several worker threads at once, and a
+    # connection shared between them was closed by one thread while another used it (CI died of SIGBUS).
+    # Re-opened when DPDECK_HOME changes (tests switch it between cases) or the store file was deleted or
+    # replaced: a long-lived client (the TUI) must not keep showing a dead file.
     key = (str(paths.state_dir()), store.file_identity())
-    if _conn is None or _conn_key != key:
-        if _conn is not None:
+    if _local.conn is None or _local.key != key:
+        if _local.conn is not None:
             with contextlib.suppress(sqlite3.Error):
-                _conn.close()
-        _conn = store.connect()
-        _conn_key = (key[0], store.file_identity())
-    return _conn
+                _local.conn.close()
+        _local.conn = store.connect()
+        _local.key = (key[0], store.file_identity())
+    return _local.conn
 
 
-def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
-    data = store.row_to_dict(row)
-    data["evidence"] = data.get("evidence") or []
-    return {k: data.get(k) for k in JOB_FIELDS}
-
-
-def _view(row: sqlite3.Row) -> JobView:
-    from engine.jobs.view import JobView
-
-    # Rows come from our own store, written through the same schema: no need to re-validate each one.
-    return JobView.model_construct(**_job_dict(row))
+def close_db() -> None:
+    """Close this thread's store connection (its WAL is then no longer kept alive by this process)."""
+    if _local.conn is not None:
+        with contextlib.suppress(sqlite3.Error):
+            _local.conn.close()
+    _local.conn = _local.key = None
 
 
 # ----- jobs ------------------------------------------------------------------------------------------
@@ -101,6 +80,7 @@ def enqueue(
         raise launch.EnqueueError("give either gpus or num_gpus, not both")
     prof = launch.resolve_profile(profile)
     chosen = launch.pick_backend(prof, backend)
+    launch.check_backend_python(chosen)  # diffusion_pipe.python without deepspeed: refused now, not at launch
     world = len(gpus) if gpus else num_gpus
     messages = launch.validate_for_queue(prof, chosen, world)
     errors = [m for m in messages if not m.startswith("warning: ")]
@@ -119,22 +99,20 @@ def enqueue(
     return job_id
 
 
-def list_jobs(include_finished: bool = False) -> list[JobView]:
-    return [_view(r) for r in _job_rows(include_finished)]
+def list_jobs(include_finished: bool = False) -> list[Job]:
+    return [Job.from_row(r) for r in _job_rows(include_finished)]
 
 
 def list_job_dicts(include_finished: bool = False) -> list[dict[str, Any]]:
-    """The same rows as list_jobs as plain dicts: the fast path for `ls --json` over thousands of jobs."""
-    cols = ", ".join(JOB_FIELDS)
-    where = "" if include_finished else f"WHERE NOT {store.FINAL_IN}"
+    """The public rows of list_jobs as plain dicts: the fast path for `ls --json` over thousands of jobs."""
+    cols = ", ".join(PUBLIC_FIELDS)
+    where = "" if include_finished else f"WHERE NOT {FINAL_IN}"
     order = "id" if include_finished else "priority DESC, queue_pos, id"
     cur = _db().cursor()
     cur.row_factory = None  # plain tuples: several times cheaper than sqlite3.Row for 10k rows
-    rows = cur.execute(
-        f"SELECT {cols} FROM jobs {where} ORDER BY {order}", () if include_finished else store.FINAL_STATES
-    ).fetchall()
-    json_cols = [i for i, name in enumerate(JOB_FIELDS) if name in ("gpus", "evidence", "launcher_args")]
-    evidence = JOB_FIELDS.index("evidence")
+    rows = cur.execute(f"SELECT {cols} FROM jobs {where} ORDER BY {order}").fetchall()
+    json_cols = [i for i, name in enumerate(PUBLIC_FIELDS) if name in JSON_COLUMNS]
+    evidence = PUBLIC_FIELDS.index("evidence")
     out = []
     for row in rows:
         values = list(row)
@@ -143,28 +121,22 @@ def list_job_dicts(include_finished: bool = False) -> list[dict[str, Any]]:
                 values[i] = json.loads(values[i])
         if values[evidence] is None:
             values[evidence] = []
-        out.append(dict(zip(JOB_FIELDS, values, strict=True)))
+        out.append(dict(zip(PUBLIC_FIELDS, values, strict=True)))
     return out
 
 
 def _job_rows(include_finished: bool) -> list[sqlite3.Row]:
     conn = _db()
     if include_finished:
-        rows = conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-    else:
-        rows = conn.execute(
-            f"SELECT * FROM jobs WHERE NOT {store.FINAL_IN}"
-            " ORDER BY priority DESC, queue_pos, id",
-            store.FINAL_STATES,
-        ).fetchall()
-    return rows
+        return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+    return conn.execute(f"SELECT * FROM jobs WHERE NOT {FINAL_IN} ORDER BY priority DESC, queue_pos, id").fetchall()
 
 
-def get_job(job_id: int) -> JobView:
+def get_job(job_id: int) -> Job:
     row = _db().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
     if row is None:
         raise KeyError(f"no job {job_id}")
-    return _view(row)
+    return Job.from_row(row)
 
 
 def job_events(job_id: int) -> list[dict[str, Any]]:
@@ -172,28 +144,24 @@ def job_events(job_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-def send_request(job_id: int | None, action: str, arg: str | None = None, *, wait_s: float = 30.0) -> dict[str, Any]:
-    """Ask the daemon to act; waits (up to wait_s) for its answer. Raises RequestError when it refuses."""
-    if job_id is not None:
-        get_job(job_id)  # a clear "no job N" before anything is written
+def send(request: Request, *, wait_s: float = 30.0) -> Result:
+    """Ask the daemon (engine/jobs/protocol.py); waits up to wait_s for its answer. A refusal is a Result with
+    ok=False and the daemon's reason (`.check()` turns it into RequestError); KeyError for an unknown job."""
+    if request.job_id is not None:
+        get_job(request.job_id)  # a clear "no job N" before anything is written
+    from engine.jobs.wake import poke
+
     conn = _db()
-    with store.transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO requests(job_id, action, arg, created_at) VALUES (?, ?, ?, ?)",
-            (job_id, action, arg, time.time()),
-        )
-        req_id = cur.lastrowid
+    req_id = write_request(conn, request)
     ensure_daemon()
+    poke()  # only a latency nudge: the daemon reads the requests table every tick anyway
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        row = conn.execute("SELECT done_at, result FROM requests WHERE id=?", (req_id,)).fetchone()
-        if row and row["done_at"] is not None:
-            result = json.loads(row["result"] or "{}")
-            if not result.get("ok"):
-                raise RequestError(result.get("message", f"{action} refused"))
+        result = read_result(conn, req_id)
+        if result is not None:
             return result
-        time.sleep(0.1)
-    return {"ok": True, "message": f"{action} requested; the daemon has not answered yet", "pending": True}
+        time.sleep(0.05)
+    return Result(True, f"{request.action} requested; the daemon has not answered yet", pending=True)
 
 
 def queue_paused() -> bool:
@@ -201,7 +169,7 @@ def queue_paused() -> bool:
 
 
 def set_queue_paused(paused: bool) -> None:
-    send_request(None, "pause" if paused else "unpause")
+    send(Request(Action.PAUSE if paused else Action.UNPAUSE)).check()
 
 
 def job_metrics(job_id: int) -> list[dict[str, Any]]:
@@ -245,7 +213,16 @@ def job_saves(job_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def wait(job_id: int, timeout: float | None = None, poll_s: float = 0.5) -> JobView:
+def job_tb_metrics(job_id: int) -> dict[str, Any]:
+    """Epoch loss and each eval set's loss from the TensorBoard events in the job's run folder
+    (engine/jobs/tb_events.py); empty lists before the run folder is known or the first event is flushed."""
+    from engine.jobs.tb_events import RunMetrics, read_run
+
+    job = get_job(job_id)
+    return (read_run(Path(job.run_dir)) if job.run_dir else RunMetrics()).as_dict()
+
+
+def wait(job_id: int, timeout: float | None = None, poll_s: float = 0.5) -> Job:
     """Block until the job ends (or timeout: TimeoutError)."""
     ensure_daemon()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -262,13 +239,13 @@ def wait(job_id: int, timeout: float | None = None, poll_s: float = 0.5) -> JobV
 
 
 def gpu_report() -> list[dict[str, Any]]:
-    from engine import gpus
+    from engine.jobs import gpus
 
     return gpus.gpu_report()
 
 
 def system_stats() -> dict[str, Any]:
-    from engine import gpus
+    from engine.jobs import gpus
 
     dirs = {str(paths.state_dir())}
     for job in list_jobs(include_finished=False):
@@ -284,18 +261,13 @@ def reclaim(dry_run: bool = False) -> dict[str, Any]:
     from engine.jobs import procs
 
     conn = _db()
-    live = {
-        r[0]
-        for r in conn.execute(
-            f"SELECT id FROM jobs WHERE {store.LIVE_IN}", store.LIVE_STATES
-        )
-    }
+    live = {r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {LIVE_IN}")}
     orphans = [m for m in procs.marked_processes() if m.job_id not in live]
     listed = [{"pid": m.pid, "job": m.job_id, "name": m.name} for m in orphans]
     if dry_run or not orphans:
         return {"dry_run": dry_run, "orphans": listed, "killed": []}
     if daemon_pid() is not None:
-        send_request(None, "reclaim")
+        send(Request(Action.RECLAIM)).check()
         survivors = [m for m in orphans if procs.is_same_process(m.pid, m.create_time)]
     else:
         survivors = procs.kill_marked(orphans)
@@ -325,7 +297,7 @@ def ensure_daemon(timeout: float = 20.0) -> int:
     fd = os.open(log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "engine.jobs.daemon"],
+            [sys.executable, "-m", "engine.service"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             cwd=str(paths.state_dir()),
         )
@@ -362,9 +334,7 @@ def check_daemon() -> str | None:
     """
     if daemon_pid() is not None:
         return None
-    waiting = _db().execute(
-        f"SELECT COUNT(*) FROM jobs WHERE state='queued' OR {store.LIVE_IN}", store.LIVE_STATES
-    ).fetchone()[0]
+    waiting = _db().execute(f"SELECT COUNT(*) FROM jobs WHERE state='queued' OR {LIVE_IN}").fetchone()[0]
     if not waiting:
         return None
     try:
@@ -395,11 +365,10 @@ def stop_daemon(kill_jobs: bool = False, timeout: float = 30.0) -> bool:
 
 def _cancel_all(timeout: float) -> None:
     for job in list_jobs():
-        if job.state in store.LIVE_STATES or job.state == "queued":
-            with contextlib.suppress(RequestError):
-                send_request(job.id, "cancel")
+        if job.live or job.state == JobState.QUEUED:
+            send(Request(Action.CANCEL, job.id))  # a refusal (it ended meanwhile) is fine here
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(j.state in store.LIVE_STATES for j in list_jobs()):
+    while time.monotonic() < deadline and any(j.state in LIVE for j in list_jobs()):
         time.sleep(0.2)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs import launch, record, store
-from profiles import paths
-from profiles.atomic import atomic_write_text
 from profiles.document import TomlFile
+from statefiles import paths
+from statefiles.atomic import atomic_write_text
 
 # Created empty (0600) with the folder: the shim and the daemon append to them, which keeps that mode.
 PRIVATE_LOGS = ("output.log", "shim.log")

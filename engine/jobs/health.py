@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from profiles import paths
-from profiles.atomic import atomic_write_text
+from statefiles import paths
+from statefiles.atomic import atomic_write_text
 
 HEALTH_NAME = "daemon-health.json"
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)

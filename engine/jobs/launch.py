@@ -6,14 +6,15 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine import config
-from profiles.atomic import atomic_write_text
 from profiles.document import Profile, TomlFile
+from statefiles import settings
+from statefiles.atomic import atomic_write_text
 
 BACKENDS = ("builtin", "diffusion-pipe")
 
@@ -29,16 +30,20 @@ def resolve_profile(name_or_path: str) -> Profile:
 
 
 def pick_backend(profile: Profile, requested: str) -> str:
-    from profiles.model_types import BUILTIN_TYPES, DPDECK_ONLY_TYPES
+    from profiles.model_types import BUILTIN_TYPES, DPDECK_ONLY_TYPES, get_spec
 
     if requested in BUILTIN_TYPES or requested in BACKENDS:
         return requested
     if requested != "auto":
         raise EnqueueError(f"unknown backend {requested!r}; expected auto, builtin or diffusion-pipe")
     mtype = profile.model_type or ""
-    dp_path = config.get("diffusion_pipe.path")
+    dp_path = settings.load().diffusion_pipe.path
     if mtype in DPDECK_ONLY_TYPES:
         return "builtin"
+    spec = get_spec(mtype)
+    model = profile.main.data().get("model")
+    if spec is not None and isinstance(model, dict) and spec.needs_builtin({k for k, v in model.items() if v}):
+        return "builtin"  # sdxl from a diffusers folder: diffusion-pipe's sdxl reads only checkpoint_path
     if dp_path:
         return "diffusion-pipe"
     if mtype in BUILTIN_TYPES:
@@ -119,14 +124,67 @@ def profile_tomls(profile: Profile) -> list[TomlFile | None]:
     return [profile.main, profile.dataset, *profile.eval_datasets.values()]
 
 
-def _deepspeed_exe(python: str) -> list[str]:
+def _deepspeed_exe(python: str, *, own_env: bool = False) -> list[str]:
+    """The deepspeed runner that `python`'s environment would run: its bin folder's `deepspeed` script, else
+    `python -m deepspeed.launcher.runner`. Only for dpdeck's own interpreter (`own_env` False) may a `deepspeed`
+    found on PATH stand in: `diffusion_pipe.python` names the user's environment, and PATH's is another one."""
     candidate = Path(python).parent / "deepspeed"
     if candidate.exists():
         return [str(candidate)]
-    found = shutil.which("deepspeed")
+    found = None if own_env else shutil.which("deepspeed")
     if found:
         return [found]
     return [python, "-m", "deepspeed.launcher.runner"]
+
+
+# Does the interpreter have deepspeed's runner? Found without importing deepspeed (seconds, a GPU probe).
+_FIND_RUNNER = (
+    "import importlib.util, pathlib, sys\n"
+    "spec = importlib.util.find_spec('deepspeed')\n"
+    "dirs = (spec.submodule_search_locations or []) if spec else []\n"
+    "sys.exit(0 if any((pathlib.Path(d) / 'launcher' / 'runner.py').is_file() for d in dirs) else 3)\n"
+)
+_HAS_RUNNER: set[str] = set()  # interpreters that had it: an install stays; a missing one is asked again
+
+
+def deepspeed_problem(python: str) -> str | None:
+    """None when `python` can run `-m deepspeed.launcher.runner`; else what is wrong, and the fix."""
+    if python in _HAS_RUNNER:
+        return None
+    if not Path(python).is_file() or not os.access(python, os.X_OK):
+        return f"diffusion_pipe.python = {python}: not an executable file (dpdeck config set diffusion_pipe.python ...)"
+    try:
+        done = subprocess.run([python, "-c", _FIND_RUNNER], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"diffusion_pipe.python = {python}: cannot run it ({exc})"
+    if done.returncode == 0:
+        _HAS_RUNNER.add(python)
+        return None
+    if done.returncode == 3:
+        return (f"diffusion_pipe.python = {python} has no deepspeed (deepspeed.launcher.runner): install it "
+                f"there (`{python} -m pip install deepspeed`) or point diffusion_pipe.python at the environment "
+                "that has diffusion-pipe's requirements")
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return f"diffusion_pipe.python = {python}: the deepspeed check failed (exit {done.returncode}): " + " / ".join(tail)
+
+
+def dp_python() -> str | None:
+    """`diffusion_pipe.python` as a path (a bare name is looked up on PATH), or None when not set."""
+    python = settings.load().diffusion_pipe.python
+    if not python:
+        return None
+    return python if os.sep in python else (shutil.which(python) or python)
+
+
+def check_backend_python(backend: str) -> None:
+    """Refuse a diffusion-pipe job whose configured interpreter cannot run deepspeed (enqueue and launch)."""
+    if backend != "diffusion-pipe":
+        return
+    python = dp_python()
+    problem = deepspeed_problem(python) if python else None
+    if problem:
+        raise EnqueueError(problem)
 
 
 def gpu_args(gpus: list[int] | None, num_gpus: int | None, has_nvidia: bool) -> list[str]:
@@ -162,12 +220,15 @@ def build_command(
     if backend == "builtin":
         argv = [*_deepspeed_exe(sys.executable), *launcher_common, "--module", "engine.trainer", *train_args]
         return argv, str(frozen_main.parent)
-    checkout = config.get("diffusion_pipe.path")
+    dp = settings.load().diffusion_pipe
+    checkout = dp.path
     if not checkout:
         raise EnqueueError("diffusion-pipe is not configured: dpdeck config set diffusion_pipe.path DIR")
-    python = config.get("diffusion_pipe.python") or sys.executable
+    python = dp_python()
+    check_backend_python(backend)
     train_py = Path(checkout) / "train.py"
-    argv = [*_deepspeed_exe(python), *launcher_common, str(train_py), *train_args]
+    exe = _deepspeed_exe(python, own_env=True) if python else _deepspeed_exe(sys.executable)
+    argv = [*exe, *launcher_common, str(train_py), *train_args]
     return argv, str(checkout)
 
 

@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from profiles import paths
+from statefiles import paths
 
 LOCK_NAME = "daemon.lock"
 

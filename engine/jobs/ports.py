@@ -13,8 +13,7 @@ from pathlib import Path
 import psutil
 
 from engine.jobs.lock import try_flock
-
-DEFAULT_RANGE = (29500, 29999)
+from statefiles import settings
 
 
 def ephemeral_low() -> int:
@@ -26,7 +25,10 @@ def ephemeral_low() -> int:
 
 
 def port_range(configured: tuple[int, int] | None = None) -> tuple[int, int]:
-    low, high = configured or DEFAULT_RANGE
+    if configured is None:
+        configured_ports = settings.load().ports
+        configured = (configured_ports.low, configured_ports.high)
+    low, high = configured
     # Ports the kernel hands out as ephemeral source ports can be taken by any outgoing connection.
     high = min(high, ephemeral_low() - 1)
     if low > high:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from profiles import paths
+from statefiles import paths
 
 MARKER = "DPDECK_JOB"
 
@@ -118,7 +118,7 @@ def is_same_process(pid: int | None, create_time: float | None) -> bool:
         proc = psutil.Process(pid)
         if create_time is not None and abs(proc.create_time() - create_time) > 0.01:
             return False
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

@@ -1,29 +1,50 @@
 """Turn a training log into progress: step, epoch, loss, lr, samples/s, run dir, saves, completion.
 
-Understands both backends: the built-in trainer's `[dpdeck] {json}` lines and diffusion-pipe's console lines
-(`steps: N loss: X iter time (s): T samples/sec: S`, `Started new epoch: E`, DeepSpeed's `lr=[...]`).
+Understands both backends: the built-in trainer's `[dpdeck] {json}` lines and the console of diffusion-pipe's
+train.py (upstream tdrussell/diffusion-pipe at commit 8f83dbf, with the DeepSpeed lines it triggers):
+
+- `steps: N loss: X [name: Y ...] iter time (s): T samples/sec: S`: DeepSpeed's PipelineEngine.train_batch,
+  every `steps_per_print` steps (extra losses sit between loss and iter time);
+- `[Rank 0] step=N, skipped=K, lr=[a, b], mom=[...]`: DeepSpeed's _report_progress; with
+  `gradient_release` train.py prints `lr=a` without brackets (its own _report_progress);
+- `Started new epoch: E` (utils/saver.py process_epoch): only from epoch 2 on. A fresh run is in epoch 1 from
+  its first step; a resumed one in the epoch of `Resuming training from checkpoint. Resuming at epoch: E,
+  step: S` (train.py). Steps per epoch follow from where two epochs started, and with `epochs` the total;
+- `Saving model to directory NAME` (NAME relative to the run folder: epoch3, step500) and DeepSpeed's
+  `Saving model checkpoint: RUN/global_stepN/...`;
+- `Manually quitting` (utils/saver.py: the `save_quit` file; a checkpoint was saved just before) and
+  `TRAINING COMPLETE!`.
+Eval and epoch losses never reach the console: engine/jobs/tb_events.py reads them from TensorBoard events.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from statefiles.logtail import last_lines
+
+_NUM = r"[-+0-9.eEnaif]+"
 STEP_LINE = re.compile(
-    r"steps:\s*(\d+)\s+loss:\s*([-+0-9.eEnaif]+)\s+iter time \(s\):\s*([0-9.eE+-]+)\s+samples/sec:\s*([0-9.eE+-]+)"
+    rf"steps:\s*(\d+)\s+loss:\s*({_NUM})\s+(?:\S+:\s*{_NUM}\s+)*?iter time \(s\):\s*([0-9.eE+-]+)"
+    r"\s+samples/sec:\s*([0-9.eE+-]+)"
 )
 EPOCH_LINE = re.compile(r"Started new epoch:\s*(\d+)")
-LR_LINE = re.compile(r"lr=\[([0-9.eE+\-, ]+)\]")
+RESUME_LINE = re.compile(r"Resuming training from checkpoint\. Resuming at epoch:\s*(\d+),\s*step:\s*(\d+)")
+# `lr=[0.0001, 0.0001]` (one per param group) or, with gradient_release, `lr=0.0001`.
+LR_LINE = re.compile(r"\blr=\[?\s*([0-9.eE+\-]+)")
 SAVE_LINE = re.compile(r"Saving model to directory (\S+)")
+CHECKPOINT_LINE = re.compile(r"Saving model checkpoint:\s*(\S+)")
 DPDECK_PREFIX = "[dpdeck] "
 COMPLETE = "TRAINING COMPLETE!"
+MANUAL_QUIT = "Manually quitting"
 
 
 @dataclass
@@ -37,10 +58,16 @@ class Progress:
     samples_per_s: float | None = None
     run_dir: str | None = None
     complete: bool = False
-    saves: list[dict] = field(default_factory=list)
-    new_metrics: list[dict] = field(default_factory=list)
+    # `Manually quitting`: the run saved a checkpoint on save_quit and exited; it ends resumable.
+    manual_quit: bool = False
+    saves: list[dict[str, Any]] = field(default_factory=list)
+    # Where epochs began (epoch -> its first step), for steps per epoch; `max_steps` caps the total.
+    epoch_starts: dict[int, int] = field(default_factory=dict)
+    steps_per_epoch: int | None = None
+    max_steps: int | None = None
+    new_metrics: list[dict[str, Any]] = field(default_factory=list)
 
-    def take_metrics(self) -> list[dict]:
+    def take_metrics(self) -> list[dict[str, Any]]:
         out, self.new_metrics = self.new_metrics, []
         return out
 
@@ -73,7 +100,7 @@ PROGRESS_KEYS: dict[str, Callable[[object], bool]] = {
 }
 
 
-def _feed_event(progress: Progress, obj: dict, now: float) -> None:
+def _feed_event(progress: Progress, obj: dict[str, Any], now: float) -> None:
     event = obj.get("event")
     if event == "progress":
         for key, valid in PROGRESS_KEYS.items():
@@ -103,30 +130,97 @@ def feed_line(progress: Progress, line: str, now: float | None = None) -> None:
         if isinstance(obj, dict):
             _feed_event(progress, obj, now)
             return
-    m = STEP_LINE.search(line)
-    if m:
-        step = int(m.group(1))
-        if progress.step is None or step >= progress.step:
-            progress.step = step
-            progress.loss = _float(m.group(2))
-            progress.samples_per_s = _float(m.group(4))
-            _record(progress, now)
-        return
-    m = EPOCH_LINE.search(line)
-    if m:
-        progress.epoch = int(m.group(1))
-        return
-    m = LR_LINE.search(line)
-    if m:
-        first = m.group(1).split(",")[0]
-        progress.lr = _float(first)
-        return
-    m = SAVE_LINE.search(line)
-    if m:
-        progress.saves.append({"kind": "save", "path": m.group(1)})
-        return
+    for pattern, handle in CONSOLE:
+        m = pattern.search(line)
+        if m:
+            handle(progress, m, now)
+            return
     if COMPLETE in line:
         progress.complete = True
+    elif MANUAL_QUIT in line:
+        progress.manual_quit = True
+
+
+def _on_step(progress: Progress, m: re.Match[str], now: float) -> None:
+    step = int(m.group(1))
+    if progress.step is not None and step < progress.step:
+        return
+    if progress.epoch is None:
+        # No resume line came first: a fresh run, which upstream starts in epoch 1 without saying so.
+        progress.epoch = 1
+        progress.epoch_starts.setdefault(1, step)
+    progress.step = step
+    progress.loss = _float(m.group(2))
+    progress.samples_per_s = _float(m.group(4))
+    _record(progress, now)
+
+
+def _on_epoch(progress: Progress, m: re.Match[str], now: float) -> None:
+    epoch = int(m.group(1))
+    progress.epoch = epoch
+    if progress.step is None:
+        return
+    # Printed after the last step of the epoch before: this epoch starts at the next step.
+    progress.epoch_starts[epoch] = progress.step + 1
+    before = progress.epoch_starts.get(epoch - 1)
+    if before is not None and progress.step + 1 > before:
+        progress.steps_per_epoch = progress.step + 1 - before
+        _update_total(progress)
+
+
+def _on_resume(progress: Progress, m: re.Match[str], now: float) -> None:
+    # The step named is the next one to run; the epoch the one it runs in (its start is unknown).
+    progress.epoch = int(m.group(1))
+
+
+def _on_lr(progress: Progress, m: re.Match[str], now: float) -> None:
+    progress.lr = _float(m.group(1))
+
+
+def _on_save(progress: Progress, m: re.Match[str], now: float) -> None:
+    name = m.group(1)
+    path = name if Path(name).is_absolute() or not progress.run_dir else str(Path(progress.run_dir) / name)
+    progress.saves.append({"kind": "save", "path": path, "name": Path(name).name})
+
+
+def _on_checkpoint(progress: Progress, m: re.Match[str], now: float) -> None:
+    # DeepSpeed names a file in RUN/global_stepN/: the checkpoint is its folder.
+    path = Path(m.group(1))
+    folder = next((p for p in (path, *path.parents) if p.name.startswith("global_step")), path.parent)
+    if not any(s.get("path") == str(folder) for s in progress.saves):
+        progress.saves.append({"kind": "checkpoint", "path": str(folder), "name": folder.name})
+
+
+CONSOLE: list[tuple[re.Pattern[str], Callable[[Progress, re.Match[str], float], None]]] = [
+    (STEP_LINE, _on_step),
+    (EPOCH_LINE, _on_epoch),
+    (RESUME_LINE, _on_resume),
+    (CHECKPOINT_LINE, _on_checkpoint),
+    (SAVE_LINE, _on_save),
+    (LR_LINE, _on_lr),
+]
+
+
+def _update_total(progress: Progress) -> None:
+    total = estimate_total_steps(progress.steps_per_epoch, progress.total_epochs)
+    if progress.max_steps:
+        total = min(total, progress.max_steps) if total else progress.max_steps
+    if total:
+        progress.total_steps = total
+
+
+def seeded(config: dict[str, Any] | None) -> Progress:
+    """A diffusion-pipe run's progress before its first line: totals known from its main TOML (`epochs`,
+    `max_steps`) that its console never prints."""
+    progress = Progress()
+    if not config:
+        return progress
+    epochs, max_steps = config.get("epochs"), config.get("max_steps")
+    if isinstance(epochs, int) and _is_int(epochs) and epochs > 0:
+        progress.total_epochs = epochs
+    if isinstance(max_steps, int) and _is_int(max_steps) and max_steps > 0:
+        progress.max_steps = progress.total_steps = max_steps
+    return progress
 
 
 def _record(progress: Progress, now: float) -> None:
@@ -144,84 +238,6 @@ def _record(progress: Progress, now: float) -> None:
             "t": now,
         }
     )
-
-
-class LogFollower:
-    """Reads new complete lines from a growing log file (handles `\\r` progress bars as line ends).
-
-    Never blocks and never grows without bound: a FIFO or device in place of the log is not read (an open()
-    on a FIFO would stall the whole daemon), and a line longer than MAX_LINE is cut there.
-    """
-
-    MAX_LINE = 64 * 1024
-    CHUNK = 4 * 1024 * 1024
-    # At a job's end at most this much unread log is parsed: the end of a run (last step, completion line)
-    # is what classifies it, and a job that printed gigabytes at the end must not stall the daemon.
-    END_TAIL = 8 * 1024 * 1024
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = 0
-        self._partial = b""
-        self._skip_to_newline = False  # after a jump into the tail: its first, cut line is dropped
-
-    def _read(self, max_bytes: int, *, tail_only: bool = False) -> bytes:
-        fd = open_regular(self.path)
-        if fd is None:
-            return b""
-        try:
-            if tail_only:
-                size = os.fstat(fd).st_size
-                if size - self.offset > self.END_TAIL:
-                    self.offset = size - self.END_TAIL
-                    self._partial = b""
-                    self._skip_to_newline = True
-            data = os.pread(fd, max_bytes, self.offset)
-        finally:
-            os.close(fd)
-        self.offset += len(data)
-        return data
-
-    def _split(self, data: bytes) -> list[str]:
-        data = self._partial + data
-        parts = re.split(rb"\r\n|\n|\r", data)
-        self._partial = parts.pop()
-        if self._skip_to_newline and parts:
-            parts.pop(0)  # the cut line before the tail we jumped to
-            self._skip_to_newline = False
-        if len(self._partial) > self.MAX_LINE:
-            parts.append(self._partial[: self.MAX_LINE])
-            self._partial = b""
-        return [p[: self.MAX_LINE].decode("utf-8", "replace") for p in parts]
-
-    def read_lines(self, max_bytes: int = CHUNK) -> list[str]:
-        data = self._read(max_bytes)
-        return self._split(data) if data else []
-
-    def read_to_end(self) -> Iterator[str]:
-        """Every line up to the end of the file (at most END_TAIL of it): for the final read at a job's end."""
-        first = True
-        while True:
-            data = self._read(self.CHUNK, tail_only=first)
-            first = False
-            if not data:
-                break
-            yield from self._split(data)
-        if self._partial:
-            yield self._partial[: self.MAX_LINE].decode("utf-8", "replace")
-            self._partial = b""
-
-
-def open_regular(path: Path) -> int | None:
-    """A read-only fd on `path` when it is a regular file (not a FIFO, device or symlink), else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return fd
 
 
 def rank_log(job_dir: Path, rank: int) -> Path | None:
@@ -243,27 +259,8 @@ def log_tail(job_dir: Path, lines: int = 200) -> list[str]:
     if (job_dir / "ranks").is_dir():
         files += sorted((job_dir / "ranks").glob("*.log"))
     for f in files:
-        fd = open_regular(f)  # never a FIFO: an open() on one would block the daemon
-        if fd is None:
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, 64 * 1024, max(0, size - 64 * 1024))
-        finally:
-            os.close(fd)
-        out += data.decode("utf-8", "replace").replace("\r", "\n").splitlines()[-lines:]
+        out += last_lines(f, lines)  # never a FIFO: an open() on one would block the daemon
     return out[-lines:]
-
-
-def read_regular(path: Path, limit: int = 1 << 20) -> bytes | None:
-    """The first `limit` bytes of a small regular file (exit.json, child.json), or None."""
-    fd = open_regular(path)
-    if fd is None:
-        return None
-    try:
-        return os.pread(fd, limit, 0)
-    finally:
-        os.close(fd)
 
 
 def estimate_total_steps(steps_per_epoch: int | None, epochs: int | None) -> int | None:

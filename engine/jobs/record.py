@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from profiles.atomic import atomic_write_text
+from statefiles.atomic import atomic_write_text
 
 JOB_FILE = "job.json"
 STATE_FILE = "state.json"

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.jobs import classify, procs, record, store
+from engine.jobs.job import JSON_COLUMNS, LIVE
 from engine.jobs.lock import acquire_lock, daemon_pid
 from engine.jobs.progress import log_tail
-from profiles import paths
+from statefiles import paths
 
 NO_RECORD = "recovered by dpdeck doctor --repair: no record of how this job ended (rerun: dpdeck retry {id})"
 
@@ -50,7 +51,7 @@ class RepairReport:
         out.append(f"{found}: {detail}" if detail else found)
         out.append(f"kept {self.kept} job(s) the store already had")
         out += [f"skipped {s}" for s in self.skipped]
-        if any(s in store.LIVE_STATES for s in self.recovered.values()):
+        if any(s in LIVE for s in self.recovered.values()):
             out.append("running jobs are watched again once the daemon starts (any dpdeck command starts it)")
         return out
 
@@ -109,7 +110,7 @@ def _healthy(db: Path) -> bool:
     except sqlite3.DatabaseError:
         return False
     try:
-        return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        return bool(conn.execute("PRAGMA quick_check").fetchone()[0] == "ok")
     except sqlite3.DatabaseError:
         return False
     finally:
@@ -253,12 +254,12 @@ def _insert(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
     values = []
     for col in _COLUMNS:
         value = row.get(col)
-        if col in ("gpus", "evidence", "launcher_args") and value is not None and not isinstance(value, str):
+        if col in JSON_COLUMNS and value is not None and not isinstance(value, str):
             value = json.dumps(value)
         values.append(value)
     conn.execute(f"INSERT INTO jobs({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values)
     now = time.time()
-    if row["state"] in store.LIVE_STATES:
+    if row["state"] in LIVE:
         # The scheduler must not hand this job's port or GPUs to another job before the daemon re-attaches.
         resources = [f"port:{row['port']}"] if row.get("port") else []
         resources += [f"gpu:{g}" for g in row.get("gpus") or []]

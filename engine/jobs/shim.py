@@ -23,7 +23,7 @@ from typing import Any
 
 from engine.jobs import cgroup
 from engine.jobs.record import take_secrets
-from profiles.atomic import atomic_write_text
+from statefiles.atomic import atomic_write_text
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -31,7 +31,7 @@ PR_SET_CHILD_SUBREAPER = 36
 def set_subreaper() -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     set_subreaper()
     # The daemon may die; a SIGHUP from a closing terminal must not take the job with it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    stopping = {"sig": None}
+    stopping: dict[str, int | None] = {"sig": None}
 
     def forward(signum: int, _frame: object) -> None:
         stopping["sig"] = signum
@@ -195,7 +195,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def write_exit(path: Path, record: dict) -> None:
+def write_exit(path: Path, record: dict[str, Any]) -> None:
     """exit.json, retried while the disk is full: the job's end must be recorded once space is back, or the
     daemon would only know that the shim vanished. The shim stays alive (so the job reads as live) meanwhile."""
     delay = 0.5

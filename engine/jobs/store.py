@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -17,9 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from profiles import paths
+from engine.jobs.job import JSON_COLUMNS
+from statefiles import paths
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each migration takes the store from version i to i+1; never edit a released one, append a new one.
 MIGRATIONS: list[str] = [
@@ -38,7 +40,6 @@ MIGRATIONS: list[str] = [
         after_id INTEGER,
         queue_pos REAL NOT NULL,
         resume_from TEXT,
-        launcher_args TEXT,
         parent_id INTEGER,
         port INTEGER,
         pid INTEGER,
@@ -98,14 +99,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # v2: multi-node launcher pass-through. Stores written before v2 existed may hold this column already
+    # under version 1 (it was once added to v1's CREATE TABLE): _migrate skips an ADD COLUMN that is there.
+    """
+    ALTER TABLE jobs ADD COLUMN launcher_args TEXT;
+    """,
 ]
-
-LIVE_STATES = ("starting", "running", "stopping", "cleanup")
-FINAL_STATES = ("completed", "failed", "cancelled", "oom", "hung", "interrupted")
-# SQL fragments for "the job is live" / "the job ended"; bind LIVE_STATES / FINAL_STATES with them.
-LIVE_IN = f"state IN ({','.join('?' * len(LIVE_STATES))})"
-FINAL_IN = f"state IN ({','.join('?' * len(FINAL_STATES))})"
-
+_ADD_COLUMN = re.compile(r"\s*ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
 
 REPAIR_HINT = "dpdeck daemon stop && dpdeck doctor --repair"
 
@@ -184,9 +184,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
         for i in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[i].split(";"):
-                if statement.strip():
+                if statement.strip() and not _column_present(conn, statement):
                     conn.execute(statement)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _column_present(conn: sqlite3.Connection, statement: str) -> bool:
+    match = _ADD_COLUMN.match(statement)
+    if match is None:
+        return False
+    table, column = match.groups()
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
 
 
 @contextmanager
@@ -198,14 +206,6 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def row_to_dict(row: sqlite3.Row) -> dict[str, Any]:
-    out = dict(row)
-    for key in ("gpus", "evidence", "launcher_args"):
-        if out.get(key):
-            out[key] = json.loads(out[key])
-    return out
 
 
 def get_setting(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
@@ -227,7 +227,7 @@ def add_event(conn: sqlite3.Connection, job_id: int | None, kind: str, message: 
 def update_job(conn: sqlite3.Connection, job_id: int, **fields: Any) -> None:
     if not fields:
         return
-    for key in ("gpus", "evidence"):
+    for key in JSON_COLUMNS:
         if key in fields and fields[key] is not None and not isinstance(fields[key], str):
             fields[key] = json.dumps(fields[key])
     cols = ", ".join(f"{k}=?" for k in fields)

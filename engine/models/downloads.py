@@ -1,12 +1,15 @@
 """Background downloads owned by the daemon: one worker process per download, state in one JSON file each.
 
 Layout under `$DPDECK_HOME/downloads/`: `<id>.json` (state), `<id>.log` (the worker's stderr), `<id>.lock`
-(held by the download's worker for its whole life), and the requests `<id>.cancel` / `<id>.resume`.
+(held by the download's worker for its whole life), and `<id>.cancel`, the daemon's word to a running worker.
+
+Clients ask for a cancel or a resume through the daemon's protocol (engine/jobs/protocol.py,
+Action.CANCEL_DOWNLOAD / RESUME_DOWNLOAD) and wait for its answer; only the daemon writes the marker.
 
 Who writes `<id>.json`: the client creates it (state `queued`); after that only the holder of `<id>.lock`
 writes it: the worker while it runs, the daemon (engine/models/supervisor.py) between workers. The daemon
 starts queued downloads up to `[models] max_downloads`, passes the lock to the worker it starts, resumes a
-worker that died (lock released, state still `running`) a bounded number of times, applies the requests, and
+worker that died (lock released, state still `running`) a bounded number of times, answers cancel / resume, and
 after its own restart adopts workers that still hold their locks. A lock dies with its process, so "is a
 worker alive" never depends on a pid that may have been reused. Workers run in their own session (setsid),
 so closing the terminal or losing ssh stops neither them nor the daemon.
@@ -29,12 +32,13 @@ from typing import Literal
 import psutil
 from pydantic import BaseModel, Field
 
+from engine.jobs.protocol import Action, Request
 from engine.models.errors import DownloadError
-from engine.models.hub import check_repo_id, check_repo_path, file_metadata, list_repo_files
+from engine.models.hub import check_repo_id, check_repo_path, file_metadata, list_repo_files, token_path
 from engine.models.registry import Component, Entry
 from engine.models.settings import hub_endpoint, min_free_bytes, models_dir, repo_dirname
-from profiles.atomic import atomic_write_text
-from profiles.paths import subdir
+from statefiles.atomic import atomic_write_text
+from statefiles.paths import subdir
 
 State = Literal["queued", "running", "verifying", "completed", "failed", "cancelled", "interrupted"]
 FileStateName = Literal["pending", "downloading", "waiting", "verifying", "done", "failed", "skipped"]
@@ -104,12 +108,6 @@ def state_path(download_id: str) -> Path:
     if not download_id or not all(c.isalnum() or c == "-" for c in download_id):
         raise DownloadError(f"{download_id!r} is not a download id", "bad_id")
     return downloads_dir() / f"{download_id}.json"
-
-
-def token_path(download_id: str) -> Path:
-    """The HF token of the client that asked for the download (0600, removed when it ends): the daemon that
-    runs the worker holds no credentials of its own (engine/jobs/client.ensure_daemon)."""
-    return downloads_dir() / f"{download_id}.token"
 
 
 def save(dl: Download, durable: bool = True) -> None:
@@ -271,7 +269,7 @@ def plan_folder(comp: Component, dest: Path | None = None) -> tuple[Path, list[F
 def _daemon() -> None:
     """Make sure a daemon runs and looks at the downloads now."""
     from engine.jobs.client import ensure_daemon
-    from engine.models.wake import poke
+    from engine.jobs.wake import poke
 
     ensure_daemon()
     poke()
@@ -351,35 +349,32 @@ def remove_parts(dl: Download) -> None:
             part_path(Path(f.dest)).unlink()
 
 
-def request_path(download_id: str, action: Literal["cancel", "resume"]) -> Path:
-    return state_path(download_id).with_suffix(f".{action}")
+def cancel_marker_path(download_id: str) -> Path:
+    """Written by the daemon only, for a running worker, which polls it (engine/models/supervisor.py)."""
+    return state_path(download_id).with_suffix(".cancel")
+
+
+def _ask(action: Action, download_id: str, wait_s: float = 30.0) -> None:
+    """The daemon's answer to a download request; its refusal raised as DownloadError with the daemon's code."""
+    from engine.jobs.client import send
+
+    result = send(Request(action, arg=download_id), wait_s=wait_s)
+    if not result.ok:
+        raise DownloadError(result.message, result.code or "refused")
 
 
 def cancel(download_id: str) -> Download:
-    """Ask for a stop: the worker sees the request within a quarter second (and the daemon SIGTERMs it, which
-    also breaks a stalled read); a download with no worker is cancelled by the daemon. Partials are deleted."""
-    dl = get(download_id)
-    if dl.state in ("completed", "cancelled"):
-        return dl
-    request_path(dl.id, "resume").unlink(missing_ok=True)
-    request_path(dl.id, "cancel").touch()
-    _daemon()
+    """Stop a download and delete its partials: at once when no worker runs, else the worker stops within a
+    quarter second (the daemon signals it)."""
+    get(download_id)  # "no download with id ..." before anything is asked
+    _ask(Action.CANCEL_DOWNLOAD, download_id)
     return get(download_id)
 
 
 def resume(download_id: str, timeout: float = 15.0) -> Download:
     """Continue a failed / cancelled / interrupted download from its partial files (the daemon requeues it)."""
-    dl = get(download_id)
-    if dl.state in LIVE:
-        return dl
-    if dl.state == "completed":
-        raise DownloadError(f"download {dl.id} already completed", "completed")
-    request_path(dl.id, "cancel").unlink(missing_ok=True)
-    request_path(dl.id, "resume").touch()
-    _daemon()
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and request_path(dl.id, "resume").exists():
-        time.sleep(0.05)
+    get(download_id)
+    _ask(Action.RESUME_DOWNLOAD, download_id, timeout)
     return get(download_id)
 
 
@@ -390,7 +385,7 @@ def settled(dl: Download, daemon_running: bool) -> bool:
 
 
 def wait(download_id: str, timeout: float | None = None, poll: float = 0.2) -> Download:
-    from engine.jobs.client import daemon_pid
+    from engine.jobs.lock import daemon_pid
 
     end = None if timeout is None else time.monotonic() + timeout
     while True:

@@ -13,39 +13,29 @@ from typing import Literal
 from engine.models.discovery import inspect_file, inspect_folder
 from engine.models.errors import HeaderError, ModelsError
 from engine.models.registry import Entry, component_status, load_registry
+from profiles import model_types as mt
 from profiles.document import Profile, TomlFile
 
-PathKind = Literal["file", "dir"]
+PathKind = Literal["file", "dir", "any"]
+_KIND: dict[str, PathKind] = {"file": "file", "folder": "dir", "any": "any"}
 
-# Per model type: alternatives (any one satisfies), each a set of [model] keys with the kind of path it wants.
-REQUIRED: dict[str, list[dict[str, PathKind]]] = {
-    "sd15": [{"checkpoint_path": "file"}, {"diffusers_path": "dir"}],
-    "sdxl": [{"checkpoint_path": "file"}],
-    "flux": [{"diffusers_path": "dir"}],
-    "chroma": [{"diffusers_path": "dir", "transformer_path": "file"}],
-    "sd3": [{"diffusers_path": "dir"}],
-    "ltx-video": [{"diffusers_path": "dir"}],
-    "hunyuan-video": [{"ckpt_path": "dir"},
-                      {"transformer_path": "file", "vae_path": "file", "llm_path": "dir", "clip_path": "dir"}],
-    "lumina_2": [{"transformer_path": "file", "llm_path": "file", "vae_path": "file"}],
-    "wan": [{"ckpt_path": "dir"}],
-    "qwen_image": [{"diffusers_path": "dir"}, {"transformer_path": "file", "text_encoder_path": "file", "vae_path": "file"}],
-    "auraflow": [{"transformer_path": "file", "text_encoder_path": "file", "vae_path": "file"}],
-    "cosmos": [{"transformer_path": "file", "vae_path": "file", "text_encoder_path": "file"}],
-    "cosmos_predict2": [{"transformer_path": "file", "vae_path": "file", "t5_path": "file"}],
-    "hidream": [{"diffusers_path": "dir", "llama3_path": "dir"}],
-    "omnigen2": [{"diffusers_path": "dir"}],
-    "hunyuan_image": [{"transformer_path": "file", "vae_path": "file", "text_encoder_path": "file", "byt5_path": "file"}],
-}
-# Optional path keys that, when set, must exist too.
-OPTIONAL: dict[str, dict[str, PathKind]] = {
-    "flux": {"transformer_path": "file"},
-    "ltx-video": {"single_file_path": "file"},
-    "wan": {"transformer_path": "file", "llm_path": "file"},
-    "qwen_image": {"transformer_path": "file", "text_encoder_path": "file", "vae_path": "file"},
-}
-# Types whose transformer_path may be a folder (Wan2.2 A14B low/high-noise subfolders).
-DIR_OK = {("wan", "transformer_path")}
+
+def _layouts(model_type: str) -> list[dict[str, PathKind]]:
+    """The path keys of each layout a type accepts (either backend's), from profiles.model_types: one table."""
+    spec = mt.get_spec(model_type)
+    if spec is None:
+        return []
+    alternatives = dict.fromkeys((*spec.requires, *(spec.builtin_requires or ())))
+    return [{k: _KIND[spec.paths[k]] for k in alt if k in spec.paths} for alt in alternatives]
+
+
+def _optional_paths(model_type: str) -> dict[str, PathKind]:
+    """Path keys no layout requires that, when set, must exist too (flux transformer_path, wan llm_path...)."""
+    spec = mt.get_spec(model_type)
+    if spec is None:
+        return {}
+    required = {k for alt in (*spec.requires, *(spec.builtin_requires or ())) for k in alt}
+    return {k: _KIND[kind] for k, kind in spec.paths.items() if k not in required}
 
 
 @dataclass
@@ -175,7 +165,7 @@ def _check_path(model_type: str, key: str, kind: PathKind, value: object, main: 
     path = Path(value).expanduser()
     if not path.exists():
         return ModelFileIssue(keypath, value, "missing", f"{keypath}: {value} does not exist{offer}", providers, line)
-    if kind == "file" and path.is_dir() and (model_type, key) not in DIR_OK:
+    if kind == "file" and path.is_dir():
         return ModelFileIssue(keypath, value, "not_a_file",
                               f"{keypath}: {value} is a directory, a single model file is needed here", providers, line)
     if kind == "dir" and not path.is_dir():
@@ -204,16 +194,16 @@ def missing_model_files(profile: Profile | TomlFile) -> list[ModelFileIssue]:
     """
     main = _main(profile)
     model_type = main.get("model.type")
-    if not isinstance(model_type, str) or model_type not in REQUIRED:
+    options = _layouts(model_type) if isinstance(model_type, str) else []
+    if not options:
         return []
-    options = REQUIRED[model_type]
     chosen = max(options, key=lambda opt: sum(1 for k in opt if main.get(f"model.{k}")))
     issues = []
     for key, kind in chosen.items():
         issue = _check_path(model_type, key, kind, main.get(f"model.{key}"), main)
         if issue is not None:
             issues.append(issue)
-    for key, kind in OPTIONAL.get(model_type, {}).items():
+    for key, kind in _optional_paths(model_type).items():
         if key in chosen or not main.get(f"model.{key}"):
             continue
         issue = _check_path(model_type, key, kind, main.get(f"model.{key}"), main)

@@ -7,13 +7,21 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.models.errors import DownloadError
 from engine.models.settings import hub_endpoint
+from statefiles.paths import subdir
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 GIT_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def token_path(download_id: str) -> Path:
+    """The HF token of the client that asked for the download (0600, beside its state in the downloads folder,
+    removed when it ends): the daemon that runs the worker holds no credentials of its own."""
+    return subdir("downloads") / f"{download_id}.token"
 
 
 def hf_token() -> str | None:
@@ -24,8 +32,6 @@ def hf_token() -> str | None:
     """
     serving = os.environ.get("DPDECK_DOWNLOAD")
     if serving:
-        from engine.models.downloads import token_path
-
         try:
             handed = token_path(serving).read_text(encoding="utf-8").strip()
         except (OSError, ValueError):

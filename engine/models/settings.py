@@ -1,44 +1,23 @@
 """Where models live: the download folder, the folders to scan, and the Hugging Face cache.
 
-Config (`$DPDECK_HOME/config.toml`):
-    [models]
-    dir = "/data/models"               # where `dpdeck models pull` puts files (default $DPDECK_HOME/models)
-    folders = ["/data/comfy/models"]   # extra folders `scan` looks in
-    min_free_gb = 2                    # space that must stay free after a download
-    max_downloads = 3                  # downloads the daemon runs at once (the rest wait, queued)
-    download_retries = 3               # automatic restarts of a download whose worker died
-Environment overrides (scripts, tests): DPDECK_MODELS_DIR, HF_HUB_CACHE / HF_HOME, DPDECK_MAX_DOWNLOADS,
-DPDECK_DOWNLOAD_RETRIES.
+The `[models]` settings (dir, folders, min_free_gb, max_downloads, download_retries) and their env overrides
+are defined once in statefiles/settings.py (docs/config.md); this module turns them into paths. The Hugging
+Face cache follows the Hub's own HF_HUB_CACHE / HF_HOME.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-from profiles.paths import config_path, state_dir
-
-
-def _config() -> dict[str, Any]:
-    path = config_path()
-    if not path.is_file():
-        return {}
-    try:
-        import tomlkit
-
-        data = tomlkit.parse(path.read_text(encoding="utf-8")).unwrap()
-    except Exception:  # a broken config must not make `models list` unusable; the config command reports it
-        return {}
-    section = data.get("models")
-    return section if isinstance(section, dict) else {}
+from statefiles import settings
+from statefiles.paths import state_dir
 
 
 def models_dir() -> Path:
-    env = os.environ.get("DPDECK_MODELS_DIR")
-    raw = env or _config().get("dir")
+    raw = settings.load().models.dir  # DPDECK_MODELS_DIR wins over config.toml (the settings model says so)
     # Not created here: listing and status checks must not leave folders behind; the worker makes them.
-    return Path(str(raw)).expanduser() if raw else state_dir() / "models"
+    return Path(raw).expanduser() if raw else state_dir() / "models"
 
 
 def hf_cache_dir() -> Path:
@@ -52,9 +31,7 @@ def hf_cache_dir() -> Path:
 def scan_folders() -> list[Path]:
     """Folders discovery looks in, in order, without duplicates."""
     folders: list[Path] = [models_dir()]
-    extra = _config().get("folders") or []
-    if isinstance(extra, list):
-        folders += [Path(str(p)).expanduser() for p in extra]
+    folders += [Path(p).expanduser() for p in settings.load().models.folders]
     folders.append(hf_cache_dir())
     out: list[Path] = []
     for f in folders:
@@ -64,32 +41,7 @@ def scan_folders() -> list[Path]:
 
 
 def min_free_bytes() -> int:
-    env = os.environ.get("DPDECK_MIN_FREE_BYTES")
-    if env is not None:
-        return int(env)
-    gb = _config().get("min_free_gb", 2)
-    try:
-        return int(float(gb) * 1024**3)
-    except (TypeError, ValueError):
-        return 2 * 1024**3
-
-
-def _int_setting(env: str, key: str, default: int, low: int) -> int:
-    raw = os.environ.get(env)
-    if raw is None:
-        raw = _config().get(key, default)
-    try:
-        return max(low, int(raw))
-    except (TypeError, ValueError):
-        return default  # a typo in config.toml must not stop downloads; `dpdeck config` reports it
-
-
-def max_downloads() -> int:
-    return _int_setting("DPDECK_MAX_DOWNLOADS", "max_downloads", 3, 1)
-
-
-def download_retries() -> int:
-    return _int_setting("DPDECK_DOWNLOAD_RETRIES", "download_retries", 3, 0)
+    return round(settings.load().models.min_free_gb * 1024**3)
 
 
 def repo_dirname(repo: str) -> str:

@@ -29,7 +29,7 @@ from engine.models.errors import DownloadError
 from engine.models.fetch import TRANSPORT_ERRORS, RawBody, open_body
 from engine.models.hub import FileMeta, file_metadata, hf_token, translate
 from engine.models.settings import models_dir
-from profiles.atomic import fsync_dir
+from statefiles.atomic import fsync_dir
 
 SAVE_EVERY_S = 0.5
 SPEED_WINDOW_S = 5.0
@@ -125,7 +125,7 @@ class Worker:
         self.dl = dl
         self.stop = False
         self.interruptible = False
-        self.cancel_file = store.downloads_dir() / f"{dl.id}.cancel"
+        self.cancel_file = store.cancel_marker_path(dl.id)  # the daemon writes it (supervisor.cancel)
         self.samples: deque[tuple[float, int]] = deque()
         self.last_save = 0.0
         self.read_timeout = float(os.environ.get("DPDECK_HUB_READ_TIMEOUT", "60"))

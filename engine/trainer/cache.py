@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save
 from engine.datasets.buckets import BucketPlan
 from engine.datasets.items import DatasetItem, shuffle_tags
 from engine.trainer.family import Family
-from profiles.atomic import atomic_write_bytes
-from profiles.paths import cache_dir
+from statefiles.atomic import atomic_write_bytes
+from statefiles.paths import cache_dir
 
 DEFAULT_SHUFFLE_VARIANTS = 4
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profiles import lr_schedulers
 from profiles.document import TomlFile, load_profile, resolve_ref
 
 SUPPORTED_TYPES = ("sd15", "sdxl")
 DTYPES = ("float32", "float16", "bfloat16")
-LR_SCHEDULERS = ("constant", "linear", "cosine")
+SCHEDULERS = lr_schedulers.allowed("builtin")  # what engine.trainer.optim implements
 
 
 class TrainConfigError(ValueError):
@@ -127,8 +128,8 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
     if not isinstance(optimizer.get("lr"), (int, float)) or isinstance(optimizer.get("lr"), bool):
         raise _err(f, "optimizer.lr", "required: a number", optimizer.get("lr"))
     sched = main.get("lr_scheduler", "constant")
-    if sched not in LR_SCHEDULERS:
-        raise _err(f, "lr_scheduler", f"expected one of {', '.join(LR_SCHEDULERS)}", sched)
+    if sched not in SCHEDULERS:
+        raise _err(f, "lr_scheduler", f"expected one of {', '.join(SCHEDULERS)}", sched)
     saves = [main.get(k) for k in ("save_every_n_epochs", "save_every_n_steps", "save_every_n_examples")]
     if all(s is None for s in saves):
         raise _err(

@@ -142,14 +142,3 @@ class Family(ABC):
             if hasattr(self, attr):
                 setattr(self, attr, None)
 
-
-def get_family(model_type: str) -> type[Family]:
-    if model_type == "sd15":
-        from engine.trainer.sd15 import SD15
-
-        return SD15
-    if model_type == "sdxl":
-        from engine.trainer.sdxl import SDXL
-
-        return SDXL
-    raise ModelLoadError(f"model.type: no built-in family {model_type!r}")

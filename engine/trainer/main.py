@@ -24,7 +24,8 @@ from engine.trainer import report
 from engine.trainer.cache import TrainingCache, caption_variants, load_latent, load_text
 from engine.trainer.config import TrainConfig, TrainConfigError, load_train_config
 from engine.trainer.data import GlobalBatch, drop_missing, epoch_batches, micro_slice, sample_seed
-from engine.trainer.family import Family, ModelLoadError, get_family
+from engine.trainer.families import get_family
+from engine.trainer.family import Family, ModelLoadError
 from engine.trainer.lora_io import DTYPES, LoraSaveError, add_lora, init_from_existing, save_lora
 from engine.trainer.loss import denoise_loss
 from engine.trainer.optim import OptimizerError, build_optimizer, build_scheduler

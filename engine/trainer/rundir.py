@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from engine.datasets.buckets import BucketPlan
-from profiles.atomic import atomic_write_text
+from statefiles.atomic import atomic_write_text
 
 RUN_DIR_RE = re.compile(r"^\d{8}_\d{2}-\d{2}-\d{2}$")
 MANIFEST = "dataset_manifest.json"

@@ -1,9 +1,19 @@
 """A tiny, real stand-in for diffusion-pipe's train.py, for the engine's tests.
 
 Same flags (--deepspeed --config X.toml --master_port P --resume_from_checkpoint [NAME], --local_rank from the
-launcher), same run-folder layout and console lines, real torch.distributed (gloo) rendezvous on the master
-port. A `[fake]` table in the TOML injects failures: crash_at_step, hang_at_step, oom_at_step, sleep_s,
-steps_per_epoch, matmul (+ matmul_reps).
+launcher), same run-folder layout, console lines and TensorBoard events as upstream tdrussell/diffusion-pipe
+at commit 8f83dbf (train.py, utils/saver.py, and the DeepSpeed lines they trigger: see engine/jobs/progress.py),
+with real torch.distributed (gloo) rendezvous on the master port. What it follows of upstream's loop:
+epoch 1 starts silently, `Started new epoch: E` after the step that ends epoch E-1, `epochN` / `stepN`
+saves named relative to the run folder, the `save` / `save_quit` signal files (checkpoint; `Manually
+quitting` and exit 0), eval of every `[[eval_datasets]]` (before the first step, every eval_every_n_epochs /
+eval_every_n_steps) into TensorBoard only, `train/loss` per logging_steps and `train/epoch_loss` per epoch,
+W&B through `wandb.login(key=config['monitoring']['wandb_api_key'])` when enable_wandb is on.
+One deliberate difference: the save_quit decision is rank 0's, shared by an all_reduce (upstream lets each
+rank look at the file, which can split the ranks when the file appears between their looks).
+
+A `[fake]` table in the TOML injects failures: crash_at_step, hang_at_step, oom_at_step, sleep_s,
+steps_per_epoch, matmul (+ matmul_reps), gradient_release_lr (print the lr line as gradient_release does).
 
 Phases, in order, so a test can kill a process at exactly one of them (tests/test_chaos_matrix.py):
   starting    before init_process_group (`startup_s` sleeps here)
@@ -31,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 try:
-    import tomllib
+    import tomllib  # novermin (guarded: tomli below on 3.10)
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
@@ -117,30 +127,105 @@ def cache_latents(cfg: dict[str, Any], phases: Phases, rank: int) -> None:
     dist.barrier()  # the other ranks wait here while rank 0 caches
 
 
-def save_lora(run_dir: Path, epoch: int, config: Path, phases: Phases, rank: int) -> None:
-    """diffusion-pipe's save_adapter: partial state in epochN/tmp/, the adapter written, tmp/ removed."""
-    if rank == 0:
-        save = run_dir / f"epoch{epoch}"
-        print(f"Saving model to directory {save}", flush=True)
+DS_LOG = "[{t}] [INFO] [{where}] [Rank 0] {msg}"  # DeepSpeed's logger format (deepspeed/utils/logging.py)
+QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # train.py TIMESTEP_QUANTILES_FOR_EVAL
+
+
+def ds_log(where: str, msg: str) -> None:
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+    print(DS_LOG.format(t=stamp, where=where, msg=msg), flush=True)
+
+
+def summary_writer(run_dir: Path) -> Any:
+    """train.py's `SummaryWriter(log_dir=run_dir)` on rank 0; None where tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+class Run:
+    """The rank's view of one run: its folder, writer, W&B and the saver's two kinds of save."""
+
+    def __init__(self, cfg: dict[str, Any], config: Path, run_dir: Path, phases: Phases, rank: int) -> None:
+        self.cfg, self.config, self.run_dir, self.phases, self.rank = cfg, config, run_dir, phases, rank
+        self.tb = summary_writer(run_dir) if rank == 0 else None
+        self.wandb: Any = None
+        monitoring = cfg.get("monitoring", {})
+        if monitoring.get("enable_wandb", False) and rank == 0:
+            import wandb  # upstream imports it at the top; the fake only when W&B is on
+
+            wandb.login(key=monitoring["wandb_api_key"])
+            wandb.init(project=monitoring["wandb_tracker_name"], name=monitoring["wandb_run_name"], config=cfg,
+                       dir=str(run_dir))
+            self.wandb = wandb
+
+    def scalar(self, tag: str, value: float, x: int, axis: str = "step") -> None:
+        if self.tb is not None:
+            self.tb.add_scalar(tag, value, x)
+        if self.wandb is not None:
+            self.wandb.log({tag: value, axis: x})
+
+    def save_model(self, name: str) -> None:
+        """utils/saver.py save_adapter: partial state in NAME/tmp/, the adapter written, tmp/ removed."""
+        save = self.run_dir / name
         tmp = save / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "state_dict_0.bin").write_bytes(b"fake partial state")
-    phases.reach("saving", leader=rank == 0)
-    if rank == 0:
-        (save / "adapter_model.safetensors").write_bytes(b"fake")
-        shutil.copy(config, save / "adapter_config.toml")
-        shutil.rmtree(tmp)
+        if self.rank == 0:
+            print(f"Saving model to directory {name}", flush=True)
+            tmp.mkdir(parents=True, exist_ok=True)
+            (tmp / "state_dict_0.bin").write_bytes(b"fake partial state")
+        self.phases.reach("saving", leader=self.rank == 0)
+        if self.rank == 0:
+            (save / "adapter_model.safetensors").write_bytes(b"fake")
+            shutil.copy(self.config, save / self.config.name)
+            shutil.rmtree(tmp)
+
+    def save_checkpoint(self, step: int) -> None:
+        """DeepSpeed's save_checkpoint: global_stepN/ first, `latest` only once it is complete."""
+        ckpt = self.run_dir / f"global_step{step}"
+        if self.rank == 0:
+            ckpt.mkdir(exist_ok=True)
+            ds_log("engine.py:3540:_save_checkpoint", f"Saving model checkpoint: {ckpt / 'mp_rank_00_model_states.pt'}")
+            (ckpt / "mp_rank_00_model_states.pt").write_bytes(b"fake checkpoint")
+            (ckpt / "client_state.txt").write_text(str(step))
+        self.phases.reach("checkpoint", leader=self.rank == 0)
+        if self.rank == 0:
+            (self.run_dir / "latest").write_text(f"global_step{step}")
+
+    def evaluate(self, x: int, w: torch.Tensor) -> None:
+        evals = self.cfg.get("eval_datasets", [])
+        if not evals:
+            return
+        if self.rank == 0:
+            print("Running eval", flush=True)
+        started = time.time()
+        for i, entry in enumerate(evals):
+            name = entry["name"] if isinstance(entry, dict) else f"eval{i}"
+            losses = [float(((w.sum() - 1.0) ** 2).item()) * (1 + q) + i for q in QUANTILES]
+            for q, loss in zip(QUANTILES, losses, strict=True):
+                self.scalar(f"{name}/loss_quantile_{q:.2f}", loss, x)
+            self.scalar(f"{name}/loss", sum(losses) / len(losses), x)
+        self.scalar("eval/eval_time_sec", time.time() - started, x)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
-def save_checkpoint(run_dir: Path, step: int, phases: Phases, rank: int) -> None:
-    """DeepSpeed's save_checkpoint: the global_stepN/ folder first, `latest` only once it is complete."""
+def signal_files(run_dir: Path, rank: int) -> tuple[bool, bool]:
+    """utils/saver.py process_step: `save` saves a checkpoint, `save_quit` saves one and quits."""
+    found = 0
     if rank == 0:
-        ckpt = run_dir / f"global_step{step}"
-        ckpt.mkdir(exist_ok=True)
-        (ckpt / "mp_rank_00_model_states.pt").write_bytes(b"fake checkpoint")
-    phases.reach("checkpoint", leader=rank == 0)
-    if rank == 0:
-        (run_dir / "latest").write_text(f"global_step{step}")
+        if (run_dir / "save").is_file():
+            found = 1
+        elif (run_dir / "save_quit").is_file():
+            found = 2
+    flag = torch.tensor(found)
+    dist.all_reduce(flag)
+    if rank == 0 and flag.item():
+        (run_dir / ("save" if flag.item() == 1 else "save_quit")).unlink()
+    return flag.item() >= 1, flag.item() == 2
 
 
 def main() -> int:
@@ -164,31 +249,46 @@ def main() -> int:
     world = dist.get_world_size()
     op_build(fake, phases)
     out = Path(cfg["output_dir"])
-    start_step = 0
-    if args.resume_from_checkpoint:
-        runs = sorted(p for p in out.iterdir() if p.is_dir())
-        run_dir = out / args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else runs[-1]
-        latest = (run_dir / "latest").read_text().strip()
-        start_step = int(latest.removeprefix("global_step"))
+    resume = args.resume_from_checkpoint
+    if resume is True:
+        run_dir = sorted(out.glob("*"))[-1]  # train.py get_most_recent_run_dir
+    elif isinstance(resume, str):
+        run_dir = out / resume
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H-%M-%S")
-        run_dir = out / stamp
+        run_dir = out / datetime.now(timezone.utc).strftime("%Y%m%d_%H-%M-%S")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            shutil.copy(config, run_dir)
+            shutil.copy(cfg["dataset"], run_dir)
+            for entry in cfg.get("eval_datasets", []):
+                shutil.copy(entry["config"] if isinstance(entry, dict) else entry, run_dir)
+    dist.barrier()
     cache_latents(cfg, phases, rank)
+    run = Run(cfg, config, run_dir, phases, rank)
     steps_per_epoch = int(fake.get("steps_per_epoch", 4))
     epochs = int(cfg.get("epochs", 1))
     pause_step = int(fake.get("pause_step", 2))
+    batch = int(cfg.get("micro_batch_size_per_gpu", 1)) * int(cfg.get("gradient_accumulation_steps", 1)) * world
+    if rank == 0:
+        print(f"Global batch size = {batch}", flush=True)
     torch.manual_seed(0)
     w = torch.zeros(4, requires_grad=True)
     opt = torch.optim.SGD([w], lr=0.1)
     x = torch.ones(4)
-    step = start_step
-    total = steps_per_epoch * epochs
-    while step < total:
-        epoch = step // steps_per_epoch + 1
-        if step % steps_per_epoch == 0 and rank == 0:
-            print(f"Started new epoch: {epoch}", flush=True)
+    lr = float((cfg.get("optimizer") or {}).get("lr", 0.1))
+    step, epoch = 1, 1
+    if resume:
+        saved = int((run_dir / "latest").read_text().strip().removeprefix("global_step"))
+        step, epoch = saved + 1, saved // steps_per_epoch + 1  # the loader's epoch after `saved` steps
+        if rank == 0:
+            print(f"Resuming training from checkpoint. Resuming at epoch: {epoch}, step: {step}", flush=True)
+    elif cfg.get("eval_before_first_step", True):
+        run.evaluate(0, w)
+    epoch_loss, num_steps = 0.0, 0
+    checkpointed = saved_model = False
+    final_name = f"epoch{epoch}"
+    while True:
         phases.reach("first_step", leader=rank == world - 1)
         t0 = time.time()
         n = int(fake.get("matmul", 0))
@@ -201,7 +301,6 @@ def main() -> int:
         loss.backward()
         dist.all_reduce(w.grad)
         opt.step()
-        step += 1
         time.sleep(float(fake.get("sleep_s", 0.2)))
         if step == fake.get("crash_at_step"):
             raise RuntimeError("fake crash")
@@ -213,23 +312,67 @@ def main() -> int:
                 time.sleep(1)
         if rank == 0:
             dt = time.time() - t0
-            print(f"steps: {step} loss: {loss.item():.4f} iter time (s): {dt:.3f} samples/sec: {world / dt:.3f}",
+            if fake.get("gradient_release_lr"):  # train.py's own _report_progress: the first group's lr, bare
+                ds_log("train.py:668:_report_progress", f"step={step}, skipped=0, lr={lr}, mom=(0.9, 0.99)")
+            else:
+                ds_log("logging.py:128:log_dist", f"step={step}, skipped=0, lr=[{lr}], mom=[(0.9, 0.99)]")
+            print(f"steps: {step} loss: {loss.item():.4f} iter time (s): {dt:.3f} samples/sec: {batch / dt:.3f}",
                   flush=True)
-            print(f"[Rank 0] step={step}, skipped=0, lr=[0.1], mom=[(0.9, 0.99)]", flush=True)
         if step == pause_step:
             phases.reach("training", leader=rank == world - 1)
-        quit_now = torch.tensor(1 if rank == 0 and (run_dir / "save_quit").exists() else 0)
-        if quit_now.item():
-            (run_dir / "save_quit").unlink()
-        dist.all_reduce(quit_now)
-        if quit_now.item() or step == total:
-            save_checkpoint(run_dir, step, phases, rank)
-            if quit_now.item():
-                dist.barrier()
-                dist.destroy_process_group()
-                return 0
+        epoch_loss += loss.item()
+        num_steps += 1
+        # utils/saver.py process_epoch: the loader moved on after the epoch's last step.
+        new_epoch: int | None = epoch
+        checkpointed = saved_model = False
         if step % steps_per_epoch == 0:
-            save_lora(run_dir, epoch, config, phases, rank)
+            if "checkpoint_every_n_epochs" in cfg and epoch % cfg["checkpoint_every_n_epochs"] == 0:
+                run.save_checkpoint(step)
+                checkpointed = True
+            if "save_every_n_epochs" in cfg and epoch % cfg["save_every_n_epochs"] == 0:
+                run.save_model(f"epoch{epoch}")
+                saved_model = True
+            new_epoch = epoch + 1
+            if new_epoch > epochs:
+                new_epoch = None
+            elif rank == 0:
+                print(f"Started new epoch: {new_epoch}", flush=True)
+        finished_epoch = new_epoch != epoch
+        if step % int(cfg.get("logging_steps", 1)) == 0:
+            run.scalar("train/loss", loss.item(), step)
+        every_steps, every_epochs = cfg.get("eval_every_n_steps"), cfg.get("eval_every_n_epochs")
+        if (every_steps and step % every_steps == 0) or (finished_epoch and every_epochs and epoch % every_epochs == 0):
+            run.evaluate(step, w)
+        if finished_epoch:
+            run.scalar("train/epoch_loss", epoch_loss / num_steps, epoch, axis="epoch")
+            epoch_loss, num_steps = 0.0, 0
+            if new_epoch is None:
+                final_name = f"epoch{epoch}"
+                break
+            epoch = new_epoch
+        # utils/saver.py process_step
+        manual_save, manual_quit = signal_files(run_dir, rank)
+        if "save_every_n_steps" in cfg and step % cfg["save_every_n_steps"] == 0:
+            run.save_model(f"step{step}")
+            saved_model = True
+        if manual_save:
+            run.save_checkpoint(step)
+            checkpointed = True
+        if manual_quit:
+            print("Manually quitting", flush=True)
+            run.close()
+            dist.barrier()
+            dist.destroy_process_group()
+            return 0  # sys.exit() upstream
+        if "max_steps" in cfg and step >= cfg["max_steps"]:
+            final_name = f"step{step}"
+            break
+        step += 1
+    if not checkpointed:
+        run.save_checkpoint(step)
+    if not saved_model:
+        run.save_model(final_name)
+    run.close()
     dist.barrier()
     if rank == 0:
         flood = float(fake.get("flood_before_end_mb", 0))  # a chatty end: megabytes of output, then the line

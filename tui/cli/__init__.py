@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "tui.cli.cmd_demo",
     "tui.cli.cmd_dataset",
     "tui.cli.cmd_models",
+    "tui.cli.cmd_backend",
 )
 
 
@@ -56,7 +57,7 @@ def _store_errors() -> tuple[type[BaseException], ...]:
 def _store_message(exc: BaseException) -> str | None:
     """One line for a damaged job store (file + repair command); None for other database errors."""
     from engine.jobs import store
-    from profiles import paths
+    from statefiles import paths
 
     if isinstance(exc, store.StoreCorrupt):
         return str(exc)

@@ -1,10 +1,10 @@
-"""`dpdeck daemon start|stop|status`, `reclaim`, `gpus`, `config get|set|list`."""
+"""`dpdeck daemon start|stop|status`, `reclaim`, `gpus`, `config get|set|unset|list`."""
 
 from __future__ import annotations
 
 import argparse
 
-from tui.cli.output import error, print_json, table
+from tui.cli.output import error, print_json, table, warn
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,23 +39,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser("config", help="dpdeck settings (diffusion_pipe.path, scheduler.cpu_slots, ...)")
     cs = c.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
-    get = cs.add_parser("get")
+    get = cs.add_parser("get", help="print one setting's value")
     get.add_argument("key")
     get.set_defaults(func=_config_get)
-    setp = cs.add_parser("set")
+    setp = cs.add_parser("set", help="write one setting into config.toml (checked; comments kept)")
     setp.add_argument("key")
     setp.add_argument("value")
     setp.set_defaults(func=_config_set)
-    lst = cs.add_parser("list")
+    unsetp = cs.add_parser("unset", help="remove a setting from config.toml (back to its default)")
+    unsetp.add_argument("key")
+    unsetp.set_defaults(func=_config_unset)
+    lst = cs.add_parser("list", help="every setting: value, default, where it comes from, help (docs/config.md)")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_config_list)
 
 
 def _start(args: argparse.Namespace) -> int:
     if args.foreground:
-        from engine.jobs import daemon
+        from engine import service
 
-        return daemon.main([])
+        return service.main()
     from engine.jobs import client
 
     pid = client.ensure_daemon()
@@ -132,38 +135,76 @@ def _gpus(args: argparse.Namespace) -> int:
 
 
 def _config_get(args: argparse.Namespace) -> int:
-    from engine import config
+    from statefiles import settings
 
     try:
-        print(config.get(args.key))
-    except KeyError:
-        error(f"unknown setting {args.key!r}; known: {', '.join(sorted(config.KNOWN))}")
+        value = settings.get(args.key)
+    except settings.UnknownSetting as exc:
+        error(str(exc))
         return 2
+    print(_config_text(value))
     return 0
 
 
 def _config_set(args: argparse.Namespace) -> int:
-    from engine import config
+    from statefiles import settings
 
     try:
-        value = config.set_value(args.key, args.value)
-    except (KeyError, ValueError) as exc:
-        error(str(exc.args[0]))
+        value = settings.set_value(args.key, args.value)
+    except (settings.UnknownSetting, settings.SettingsError) as exc:
+        error(str(exc))
         return 2
-    print(f"{args.key} = {value}")
+    print(f"{args.key} = {_config_text(value)}")
+    return 0
+
+
+def _config_unset(args: argparse.Namespace) -> int:
+    from statefiles import settings
+
+    try:
+        removed = settings.unset(args.key)
+        default = settings.key_info(args.key).default
+    except (settings.UnknownSetting, settings.SettingsError) as exc:
+        error(str(exc))
+        return 2
+    note = "" if removed else " (was not set)"
+    print(f"{args.key} = {_config_text(default)}    # default{note}")
     return 0
 
 
 def _config_list(args: argparse.Namespace) -> int:
-    from engine import config
+    from dataclasses import asdict
 
-    settings = config.all_settings()
+    from statefiles import settings
+
+    report = settings.load_report()
     if args.json:
-        print_json(settings)
+        print_json({
+            "settings": {
+                k.key: {"value": report.value(k.key), "default": k.default, "origin": report.origins[k.key],
+                        "type": k.expected(), "help": k.help, "env": k.meta.env}
+                for k in settings.iter_keys()
+            },
+            "problems": [asdict(p) for p in report.problems],
+        })
         return 0
-    for key, value in settings.items():
-        print(f"{key} = {value}    # {config.KNOWN[key][2]}")
+    rows = [
+        [k.key, _config_text(report.value(k.key)), _config_text(k.default),
+         "" if report.origins[k.key] == "default" else report.origins[k.key], k.help]
+        for k in settings.iter_keys()
+    ]
+    print(table(rows, ["KEY", "VALUE", "DEFAULT", "FROM", "HELP"]))
+    for problem in report.problems:
+        warn(str(problem))
     return 0
+
+
+def _config_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -148,6 +148,13 @@ def _scan(args: argparse.Namespace) -> int:
             print(_esc(f"mask size differs: {base / line}"))
         for meta in d.video_meta:
             print(_esc(f"video: {base / meta['name']}: {_video_line(meta)}"))
+        for arc in d.archives:
+            print(
+                _esc(
+                    f"archive: {base / arc['name']}: {arc['images']} image(s), {arc['captioned']} captioned "
+                    "(read in place, as diffusion-pipe does)"
+                )
+            )
         for w in d.warnings:
             warn(_esc(w))
         for e in d.errors:
@@ -224,32 +231,35 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
 
     Videos are bucketed at the frame rate diffusion-pipe trains the profile's model type at (none for image
     models, whose videos it skips), sizes rounded to the pixel multiple of the backend that would train it
-    (engine.datasets.framerate.bucket_rules); image_micro_batch_size_per_gpu, when a number, batches the frames = 1 buckets.
+    (engine.datasets.framerate.bucket_rules), examples counted by that backend's rules (BACKEND_RULES).
+    micro_batch_size_per_gpu and image_micro_batch_size_per_gpu are read as train.py reads them: a number or
+    [[size, batch], ...].
     """
-    from engine.datasets.buckets import plan_buckets
-    from engine.datasets.framerate import bucket_rules
+    from engine.datasets.buckets import global_batches, plan_buckets
+    from engine.datasets.framerate import bucket_rules, preview_backend
     from profiles.document import TomlFile
     from profiles.store import resolve
 
     prof = resolve(profile)
-    main = prof.main.data()
-    micro = int(main.get("micro_batch_size_per_gpu", 1))
-    accum = int(main.get("gradient_accumulation_steps", 1))
-    global_batch = micro * accum * num_gpus
-    image_micro = main.get("image_micro_batch_size_per_gpu")
-    global_batch_image = image_micro * accum * num_gpus if type(image_micro) is int else None
+    resolved = global_batches(prof.main.data(), num_gpus)
+    batches, batches_image = resolved.by_size, resolved.image_by_size
     framerate, round_to = bucket_rules(prof)
+    backend = preview_backend(prof)
     plan = plan_buckets(
         TomlFile.load(toml).data(),
         toml.parent,
-        global_batch,
+        batches,
         framerate=framerate,
-        global_batch_image=global_batch_image,
+        global_batch_image=batches_image,
         round_to=round_to,
+        backend=backend,
     )
     return {
-        "global_batch": global_batch,
-        "global_batch_image": global_batch_image,
+        "backend": backend,
+        "global_batch": plan.global_batch,
+        "global_batch_image": plan.global_batch_image,
+        "global_batch_by_size": _size_table(batches),
+        "global_batch_image_by_size": None if batches_image is None else _size_table(batches_image),
         "framerate": framerate,
         "round_to": round_to,
         "buckets": [
@@ -260,12 +270,15 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
                 "frames": b.frames,
                 "items": b.count,
                 "dropped": b.dropped,
+                "batch": plan.batch_for(b),
+                "steps": b.count // plan.batch_for(b),
             }
             for b in plan.buckets
         ],
         "items": plan.num_examples,
         "dropped": sum(b.dropped for b in plan.buckets),
         "steps_per_epoch": plan.steps_per_epoch,
+        "subsample_ratio": plan.subsample_ratio,
         "skipped_broken": plan.skipped_broken,
         "skipped_no_caption": plan.skipped_no_caption,
         "videos_ignored": plan.videos_ignored,
@@ -273,6 +286,11 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
         "videos_unknown_frames": plan.videos_unknown_frames,
         "warnings": plan.warnings,
     }
+
+
+def _size_table(table: dict[float | None, int]) -> list[list[float | int | None]]:
+    """{size: batch} as JSON can hold it: [[size, batch], ...], size null for the one batch of every bucket."""
+    return [[size, batch] for size, batch in table.items()]
 
 
 def _buckets(args: argparse.Namespace) -> int:
@@ -291,14 +309,29 @@ def _buckets(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     rows = [
-        [f"{b['ar']}", f"{b['width']}x{b['height']}", str(b["frames"]), str(b["items"]), str(b["dropped"])]
+        [
+            f"{b['ar']}",
+            f"{b['width']}x{b['height']}",
+            str(b["frames"]),
+            str(b["items"]),
+            str(b["dropped"]),
+            str(b["batch"]),
+        ]
         for b in data["buckets"]
     ]
-    print(table(rows, ["ar", "size", "frames", "items", "dropped"]))
+    print(table(rows, ["ar", "size", "frames", "items", "dropped", "batch"]))
     image_batch = f" (images {data['global_batch_image']})" if data["global_batch_image"] else ""
+    by_size = data["global_batch_by_size"]
+    per_size = (
+        " (by size: " + ", ".join(f"{size:g}: {batch}" for size, batch in by_size) + ")"
+        if by_size[0][0] is not None
+        else ""
+    )
+    subsample = f" (subsample_ratio {data['subsample_ratio']:g})" if data["subsample_ratio"] else ""
     print(
-        f"global batch {data['global_batch']}{image_batch}: {data['items']} items, {data['dropped']} dropped, "
-        f"{data['steps_per_epoch']} steps per epoch; sizes rounded to multiples of {data['round_to']}"
+        f"global batch {data['global_batch']}{per_size}{image_batch}: {data['items']} items, "
+        f"{data['dropped']} dropped, {data['steps_per_epoch']} steps per epoch{subsample}; sizes rounded to "
+        f"multiples of {data['round_to']}; examples counted by {data['backend']}'s rules"
     )
     if data["framerate"]:
         videos = sum(b["items"] for b in data["buckets"] if b["frames"] > 1)

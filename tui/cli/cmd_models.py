@@ -350,7 +350,7 @@ def _load_profile(ref: str) -> tuple[Any, str | None]:
 
 
 def _save_profile(profile: Any, name: str | None, message: str) -> None:
-    from profiles.atomic import atomic_write_text
+    from statefiles.atomic import atomic_write_text
 
     if name is not None:
         from profiles import store

@@ -457,9 +457,9 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from profiles import store
-    from profiles.atomic import atomic_write_text
-    from profiles.paths import state_dir
     from profiles.secrets import redact
+    from statefiles.atomic import atomic_write_text
+    from statefiles.paths import state_dir
 
     fname = store.DATASET if args.dataset else store.MAIN
     files = store.read_files(args.name)

@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tui.cli.output import error, print_json, table
+
+if TYPE_CHECKING:
+    from engine.jobs.job import Job
 
 STATE_MARK = {
     "queued": "· queued",
@@ -140,7 +143,7 @@ def _fmt_secs(value: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _row(job: Any) -> list[str]:
+def _row(job: Job) -> list[str]:
     progress = "-"
     if job.step is not None:
         progress = f"{job.step}/{job.total_steps}" if job.total_steps else str(job.step)
@@ -191,23 +194,37 @@ def _show(args: argparse.Namespace) -> int:
         error(str(exc.args[0]))
         return 2
     if args.json:
-        data = job.model_dump()
+        data = job.public()
         data["saves"] = client.job_saves(job.id)
         data["events"] = client.job_events(job.id)
+        data["tensorboard"] = client.job_tb_metrics(job.id)
         print_json(data)
         return 0
-    for key, value in job.model_dump().items():
+    for key, value in job.public().items():
         if key == "evidence":
             continue
         if value is not None:
             print(f"{key:>14}: {value}")
     for save in client.job_saves(job.id):
         print(f"{'save':>14}: {save['kind']} {save['path']}{'' if save['complete'] else ' (incomplete)'}")
+    _print_tb(client.job_tb_metrics(job.id))
     if job.evidence:
         print("      evidence:")
         for line in job.evidence:
             print(f"    {line}")
     return 0
+
+
+def _print_tb(tb: dict[str, Any]) -> None:
+    """Epoch and eval losses from the run folder's TensorBoard events (diffusion-pipe prints neither)."""
+    for point in tb["epoch_loss"]:
+        print(f"{'epoch loss':>14}: epoch {point['epoch']} {point['loss']:.6g}")
+    for name, points in tb["evals"].items():
+        shown = ", ".join(f"step {p['step']} {p['loss']:.6g}" for p in points[-5:])
+        more = f" (last 5 of {len(points)})" if len(points) > 5 else ""
+        print(f"{'eval ' + name:>14}: {shown}{more}")
+    if tb.get("note"):
+        print(f"dpdeck: {tb['note']}", file=sys.stderr)
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -239,19 +256,20 @@ def _logs(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace) -> int:
     from engine.jobs import client
+    from engine.jobs.protocol import Action, Request, RequestError
 
     try:
-        result = client.send_request(args.job, args.action, getattr(args, "where", None))
+        result = client.send(Request(Action(args.action), args.job, getattr(args, "where", None))).check()
     except KeyError as exc:
         error(str(exc.args[0]))
         return 2
-    except client.RequestError as exc:
+    except RequestError as exc:  # the daemon's refusal, in its words
         error(str(exc))
         return 1
     if getattr(args, "json", False):
-        print_json(result)
+        print_json(result.to_dict())
     else:
-        print(result.get("message", "ok"))
+        print(result.message or "ok")
     return 0
 
 
@@ -267,7 +285,7 @@ def _wait(args: argparse.Namespace) -> int:
         error(str(exc))
         return 124
     if args.json:
-        print_json(job.model_dump())
+        print_json(job.public())
     else:
         print(f"job {job.id}: {job.state} ({job.exit_reason})")
     return 0 if job.state == "completed" else 1

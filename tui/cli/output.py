@@ -42,7 +42,7 @@ _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 def _state_root() -> str:
     """The state dir as the profiles layer spells it, without creating it."""
-    from profiles import paths
+    from statefiles import paths
 
     root = getattr(paths, "state_root", None)
     if root is not None:

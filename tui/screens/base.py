@@ -5,18 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input, Static, TextArea
-
-# vim-style list movement, added to list widgets' own arrow keys. Ids let users remap them.
-VIM_LIST_BINDINGS = [
-    Binding("j", "cursor_down", "Down", show=False, id="list.down"),
-    Binding("k", "cursor_up", "Up", show=False, id="list.up"),
-    Binding("g", "first", "Top", show=False, id="list.top"),
-    Binding("G", "last", "Bottom", show=False, id="list.bottom"),
-]
 
 
 class DeckScreen(Screen[None]):

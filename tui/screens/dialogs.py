@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.screens.base import VIM_LIST_BINDINGS
+from tui.screens.list_keys import VIM_LIST_BINDINGS
 
 
 class ConfirmDialog(ModalScreen[bool]):

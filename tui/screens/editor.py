@@ -75,6 +75,10 @@ class EditorScreen(Screen[None]):
         self.docs: dict[str, TomlFile] = {f: TomlFile.from_text(t, source=f) for f, t in self.files.items()}
         self.parse_errors: dict[str, str] = {}
         self.dirty = is_new
+        # The texts a save in flight is writing, and whether a close waits for it (the save runs in a thread:
+        # ctrl+s, ctrl+w in one breath must not ask about changes that are being saved that moment).
+        self.saving: dict[str, str] | None = None
+        self.close_after_save = False
         self.generation = 0
         self.validation: data.Validation | None = None
         self._debounce: Timer | None = None
@@ -291,7 +295,8 @@ class EditorScreen(Screen[None]):
         if self.parse_errors:
             self.notify("Cannot save: " + "; ".join(self.parse_errors.values()), severity="error", timeout=8)
             return
-        self._save(dict(self.files), self.is_new)
+        self.saving = dict(self.files)
+        self._save(self.saving, self.is_new)
 
     @work(thread=True, exclusive=True, group="editor-save")
     def _save(self, files: dict[str, str], create: bool) -> None:
@@ -303,11 +308,18 @@ class EditorScreen(Screen[None]):
         self.post_message(Saved(version, None))
 
     def on_saved(self, message: Saved) -> None:
+        written, self.saving = self.saving, None
+        close, self.close_after_save = self.close_after_save, False
         if message.error:
             self.notify(f"Not saved: {message.error}", severity="error", timeout=10)
             return
         self.is_new = False
-        self.dirty = False
+        # An edit made while the save ran is not in the stored version: still dirty then.
+        self.dirty = written != self.files
+        if close and not self.dirty:
+            self.notify(f"Saved {self.profile_name} v{message.version}")
+            self.dismiss(None)
+            return
         errors = len(self.validation.errors) if self.validation else 0
         note = (
             f" (with {errors} validation error(s): it will not train until they are fixed)" if errors else ""
@@ -322,6 +334,9 @@ class EditorScreen(Screen[None]):
     def action_close(self) -> None:
         if not self.dirty:
             self.dismiss(None)
+            return
+        if self.saving is not None and self.saving == self.files:
+            self.close_after_save = True  # on_saved closes (or, if the save fails, says so and stays)
             return
         from tui.screens.dialogs import ConfirmDialog
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,7 +13,10 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui import data
-from tui.screens.base import VIM_LIST_BINDINGS
+from tui.screens.list_keys import VIM_LIST_BINDINGS
+
+if TYPE_CHECKING:
+    from profiles.history import VersionInfo
 
 
 class HistoryDialog(ModalScreen[None]):
@@ -46,16 +51,14 @@ class HistoryDialog(ModalScreen[None]):
             return
         self.app.call_from_thread(self._fill, versions)
 
-    def _fill(self, versions: list[object]) -> None:
+    def _fill(self, versions: list[VersionInfo]) -> None:
         olist = self.query_one(OptionList)
         olist.clear_options()
         self.versions = []
         for v in reversed(versions):
-            num = int(getattr(v, "version", 0))
+            num = v.version
             self.versions.append(num)
-            olist.add_option(
-                Option(f"v{num}  {getattr(v, 'timestamp', '')}  {getattr(v, 'message', '')}", id=str(num))
-            )
+            olist.add_option(Option(f"v{num}  {v.timestamp}  {v.message}", id=str(num)))
         if self.versions:
             olist.highlighted = 0
 

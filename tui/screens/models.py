@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
@@ -21,14 +21,13 @@ from engine.models import downloads
 from engine.models.discovery import Discovered, scan
 from engine.models.registry import component_status, entry_status, load_registry
 from profiles.document import Profile
-from tui.screens.base import VIM_LIST_BINDINGS, DeckScreen
+from tui.screens.base import DeckScreen
+from tui.screens.list_keys import VIM_LIST_BINDINGS
+from tui.screens.models_text import download_line, size_text
+from tui.screens.use_in_profile import UseInProfile
 
 ACTIVE = {"queued", "running", "verifying"}  # download states that can still be cancelled
 RESUMABLE = {"failed", "cancelled", "interrupted"}
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _short(d: Discovered) -> str:
@@ -53,72 +52,6 @@ class ModelsLoaded(Message):
         self.entries = entries
         self.found = found
         self.dls = dls
-
-
-def download_line(dl: downloads.Download) -> str:
-    what = f"{dl.entry}/{dl.key}" if dl.entry else dl.repo
-    pct = f"{dl.progress * 100:5.1f}%" if dl.progress is not None else "  ?  "
-    eta = f" eta {dl.eta_s:.0f}s" if dl.eta_s is not None and dl.state == "running" else ""
-    speed = f" {_size(dl.speed)}/s" if dl.state == "running" and dl.speed else ""
-    retry = f" retry {dl.retries}" if dl.retries else ""
-    why = dl.error or (dl.wait_reason if dl.state == "queued" else None)
-    return f"{dl.id[:8]} {what} {dl.state} {pct} {_size(dl.bytes_done)}{speed}{eta}{retry}" + (f" {why}" if why else "")
-
-
-def change_lines(profile: Profile, changes: list[object], source: str) -> str:
-    """`main.toml:24: model.x = '/new'   (was '/old')`: which lines an edit changes, for the confirm."""
-    out = []
-    for c in changes:
-        key, old, new = c.key, c.old, c.new  # type: ignore[attr-defined]
-        line = profile.main.line_of(key)
-        was = f"   (was {old!r})" if old not in (None, "") else "   (new key)"
-        out.append(f"{source}:{line or '?'}: {key} = {new!r}{was}")
-    return "\n".join(out)
-
-
-class UseInProfile:
-    """Shared by the Models and the check screens: edit a stored profile after showing the changed lines."""
-
-    app: App[object]
-    notify: Callable[..., None]
-    confirm: Callable[[str, Callable[[], None]], None]
-
-    def _note(self, text: str, error: bool = False) -> None:
-        """notify() from a worker thread."""
-        self.app.call_from_thread(self.notify, text, severity="error" if error else "information",
-                                  timeout=8 if error else 4)
-
-    @work(thread=True, group="models-use")
-    def propose_use(self, name: str, edit: Callable[[Profile], tuple[list[object], str]], message: str) -> None:
-        """Apply `edit` to a loaded copy, show the changed lines, save (with history) only on `y`."""
-        from profiles import store
-
-        try:
-            profile = store.load_stored(name)
-            changes, what = edit(profile)
-        except Exception as exc:
-            self._note(f"use in {name}: {exc}", error=True)
-            return
-        if not changes:
-            self._note(f"{name}: already uses {what}; nothing to change")
-            return
-        lines = change_lines(profile, changes, "main.toml")
-
-        def save() -> None:
-            self._save(name, profile, message, len(changes))
-
-        self.app.call_from_thread(self.confirm, f"Fill profile {name} with {what}?\n\n{lines}", save)
-
-    @work(thread=True, group="models-save")
-    def _save(self, name: str, profile: Profile, message: str, count: int) -> None:
-        from profiles import store
-
-        try:
-            store.save_profile(name, profile, message)
-        except Exception as exc:
-            self._note(f"saving {name} failed: {exc}", error=True)
-            return
-        self._note(f"profile {name}: {count} line(s) changed (a new history version)")
 
 
 class ModelsScreen(UseInProfile, DeckScreen):
@@ -183,7 +116,7 @@ class ModelsScreen(UseInProfile, DeckScreen):
         )
         self.query_one("#models-found", Static).update(
             "\n".join(
-                f"{_short(d)}  {d.kind} {d.family or '?'} {_size(d.size)}" + (f"  ({d.error})" if d.error else "")
+                f"{_short(d)}  {d.kind} {d.family or '?'} {size_text(d.size)}" + (f"  ({d.error})" if d.error else "")
                 for d in message.found
             )
             or "nothing found in the model folders"

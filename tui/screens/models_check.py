@@ -19,7 +19,8 @@ from textual.widgets import Static
 from engine.models import downloads
 from engine.models.fill import ModelFileIssue
 from tui.screens.base import DeckScreen
-from tui.screens.models import UseInProfile, download_line
+from tui.screens.models_text import download_line
+from tui.screens.use_in_profile import UseInProfile
 
 
 @dataclass

@@ -15,7 +15,9 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui import data
-from tui.screens.base import VIM_LIST_BINDINGS, DeckScreen
+from tui.engine_api import engine_of
+from tui.screens.base import DeckScreen
+from tui.screens.list_keys import VIM_LIST_BINDINGS
 
 
 class RowsLoaded(Message):
@@ -356,7 +358,7 @@ class ProfilesScreen(DeckScreen):
     @work(thread=True, group="profiles-enqueue")
     def _enqueue(self, name: str, gpus: list[int] | None) -> None:
         try:
-            job_id = data.enqueue(name, gpus)
+            job_id = data.enqueue(engine_of(self.app), name, gpus)
         except Exception as exc:
             self.app.call_from_thread(
                 self.notify, f"cannot enqueue {name}: {exc}", severity="error", timeout=8

@@ -7,8 +7,6 @@ exit or wait reason are in the detail lines under it.
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -17,10 +15,13 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from tui import data
-from tui.screens.base import VIM_LIST_BINDINGS, DeckScreen
+from engine.jobs.job import Job
+from engine.jobs.protocol import Action, Request
+from tui.engine_api import engine_of
+from tui.screens.base import DeckScreen
+from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.screens.queue_columns import fit, plan_columns
-from tui.theme import FINISHED_STATES, state_badge
+from tui.theme import state_badge
 from tui.widgets.quiet import set_content
 
 
@@ -31,56 +32,36 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _ts(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
-
-
-def job_cells(job: Any, now: float | None = None) -> dict[str, Text | str]:
+def job_cells(job: Job, now: float | None = None) -> dict[str, Text | str]:
     now = time.time() if now is None else now
-    g = lambda name: getattr(job, name, None)  # noqa: E731 - JobView fields may land one by one
-    step, total = g("step"), g("total_steps")
+    step, total = job.step, job.total_steps
     progress = f"{step}/{total} {100 * step // total}%" if step is not None and total else "-"
-    started, ended = _ts(g("started_at")), _ts(g("ended_at"))
-    elapsed = (ended or now) - started if started else None
-    loss = g("loss")
-    sps = g("samples_per_s")
-    epoch, epochs = g("epoch"), g("total_epochs")
-    state = str(g("state") or "?")
+    elapsed = (job.ended_at or now) - job.started_at if job.started_at else None
+    epoch, epochs = job.epoch, job.total_epochs
     return {
-        "id": str(g("id")),
-        "state": state_badge(state),
-        "name": str(g("name") or g("profile") or "?"),
-        "gpus": ",".join(str(x) for x in (g("gpus") or [])) or "-",
+        "id": str(job.id),
+        "state": state_badge(job.state),
+        "name": job.name or job.profile,
+        "gpus": ",".join(str(x) for x in job.gpus or []) or "-",
         "progress": progress,
-        "epoch": f"{epoch}/{epochs}"
-        if epoch is not None and epochs
-        else (str(epoch) if epoch is not None else "-"),
-        "loss": f"{loss:.4f}" if isinstance(loss, int | float) else "-",
-        "sps": f"{sps:.2f}" if isinstance(sps, int | float) else "-",
-        "eta": duration(g("eta_s")) if state not in FINISHED_STATES else "-",
+        "epoch": f"{epoch}/{epochs}" if epoch is not None and epochs else (str(epoch) if epoch is not None else "-"),
+        "loss": f"{job.loss:.4f}" if job.loss is not None else "-",
+        "sps": f"{job.samples_per_s:.2f}" if job.samples_per_s is not None else "-",
+        "eta": duration(job.eta_s) if not job.finished else "-",
         "elapsed": duration(elapsed),
-        "reason": str(g("exit_reason") or g("wait_reason") or ""),
+        "reason": job.exit_reason or job.wait_reason or "",
     }
 
 
 class JobsLoaded(Message):
-    def __init__(self, jobs: list[Any], paused: bool | None, error: str | None) -> None:
+    def __init__(self, jobs: list[Job], paused: bool | None, error: str | None) -> None:
         super().__init__()
         self.jobs = jobs
         self.paused = paused
         self.error = error
 
 
-def detail_text(job: Any, cells: dict[str, Text | str]) -> str:
+def detail_text(job: Job, cells: dict[str, Text | str]) -> str:
     """Two lines on the highlighted job: every figure (some columns drop out at 80 columns), then its reason."""
     figures = [
         f"job {cells['id']} {cells['name']}",
@@ -99,8 +80,7 @@ def detail_text(job: Any, cells: dict[str, Text | str]) -> str:
             if str(cells[key]) != "-"  # a figure the job does not have yet
         ),
     ]
-    reason = str(getattr(job, "exit_reason", None) or "")
-    wait = str(getattr(job, "wait_reason", None) or "")
+    reason, wait = job.exit_reason, job.wait_reason
     why = f"exit: {reason}" if reason else (f"waiting: {wait}" if wait else "")
     return " · ".join(figures) + "\n" + why
 
@@ -122,7 +102,7 @@ class QueueScreen(DeckScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.jobs: dict[str, Any] = {}
+        self.jobs: dict[str, Job] = {}
         self.paused: bool | None = None
         self.shown: dict[str, dict[str, str]] = {}  # key -> the cell texts on screen
         self.columns: tuple[tuple[str, str, int], ...] = ()  # (key, label, width) shown now
@@ -165,7 +145,7 @@ class QueueScreen(DeckScreen):
         if cursor_key is not None and cursor_key in table.rows:
             table.move_cursor(row=table.get_row_index(cursor_key))
 
-    def _cells(self, job: Any, now: float) -> dict[str, Text | str]:
+    def _cells(self, job: Job, now: float) -> dict[str, Text | str]:
         """The shown columns' cells, cut to their widths."""
         every = job_cells(job, now)
         out: dict[str, Text | str] = {}
@@ -187,10 +167,11 @@ class QueueScreen(DeckScreen):
 
     @work(thread=True, exclusive=True, group="queue-load")
     def load(self) -> None:
+        engine = engine_of(self.app)
         try:
-            note = data.check_daemon()
-            jobs = data.jobs(include_finished=True)
-            paused = data.queue_paused()
+            note = engine.check_daemon()
+            jobs = engine.list_jobs(include_finished=True)
+            paused = engine.queue_paused()
         except Exception as exc:
             self.post_message(JobsLoaded([], None, str(exc)))
             return
@@ -209,7 +190,7 @@ class QueueScreen(DeckScreen):
             # The table's own Enter hides the screen's in the footer: say here what it does.
             state = "‖ queue PAUSED (p resumes)" if message.paused else "▶ queue running (p pauses)"
             set_content(status, f"{state} · Enter opens the highlighted job's Run view (3)")
-        fresh = {str(getattr(j, "id", "?")): j for j in message.jobs}
+        fresh = {str(j.id): j for j in message.jobs}
         self.jobs = fresh
         self._fit_columns()  # a first answer, or ids grown a digit
         now = time.time()
@@ -249,7 +230,7 @@ class QueueScreen(DeckScreen):
         event.stop()
         self._show_detail()
 
-    def selected_job(self) -> Any | None:
+    def selected_job(self) -> Job | None:
         key = self._cursor_key()
         return None if key is None else self.jobs.get(key)
 
@@ -275,53 +256,51 @@ class QueueScreen(DeckScreen):
         if job is None:
             self.notify("No job selected.", severity="warning")
             return
-        self.app.show_job(int(job.id))  # type: ignore[attr-defined]
+        self.app.show_job(job.id)  # type: ignore[attr-defined]
 
-    def _request(
-        self, action: str, arg: str | None = None, *, live_only: bool = True, confirm: str = ""
-    ) -> None:
+    def _request(self, action: Action, arg: str | None = None, *, confirm: str = "") -> None:
         job = self.selected_job()
         if job is None:
             self.notify("No job selected.", severity="warning")
             return
 
         def go() -> None:
-            self._send(int(job.id), action, arg, live_only)
+            self._send(Request(action, job.id, arg))
 
         if confirm:
-            self.confirm(confirm.format(id=job.id, name=getattr(job, "name", "")), go)
+            self.confirm(confirm.format(id=job.id, name=job.name), go)
         else:
             go()
 
     @work(thread=True, group="queue-request")
-    def _send(self, job_id: int, action: str, arg: str | None, live_only: bool) -> None:
+    def _send(self, request: Request) -> None:
+        """Whether the request makes sense (a cancel of an ended job, a move of a running one) is the daemon's
+        to decide: its refusal comes back in the result, and is shown as it is."""
         try:
-            state = str(getattr(data.get_job(job_id), "state", ""))
-            if live_only and state in FINISHED_STATES:
-                raise RuntimeError(f"job {job_id} has already ended ({state}); nothing to {action}")
-            if not live_only and state not in FINISHED_STATES and action in ("retry", "resume"):
-                raise RuntimeError(f"job {job_id} is still {state}; {action} is for ended jobs")
-            data.send_request(job_id, action, arg)
-        except Exception as exc:
+            result = engine_of(self.app).send(request)
+        except Exception as exc:  # no such job any more, an unreadable store
             self.app.call_from_thread(self.notify, str(exc), severity="warning", timeout=8)
             return
-        self.app.call_from_thread(self.notify, f"{action} sent to job {job_id}")
+        if not result.ok:
+            self.app.call_from_thread(self.notify, result.message, severity="warning", timeout=8)
+            return
+        self.app.call_from_thread(self.notify, result.message or f"{request.action} sent to job {request.job_id}")
         self.load()
 
     def action_cancel(self) -> None:
-        self._request("cancel", confirm="Cancel job {id} ({name})? It stops now without a final save.")
+        self._request(Action.CANCEL, confirm="Cancel job {id} ({name})? It stops now without a final save.")
 
     def action_stop(self) -> None:
-        self._request("stop", confirm="Stop job {id} ({name}) gracefully? It saves, then exits.")
+        self._request(Action.STOP, confirm="Stop job {id} ({name}) gracefully? It saves, then exits.")
 
     def action_retry(self) -> None:
-        self._request("retry", live_only=False)
+        self._request(Action.RETRY)
 
     def action_resume(self) -> None:
-        self._request("resume", live_only=False)
+        self._request(Action.RESUME)
 
     def action_move(self, direction: str) -> None:
-        self._request("move", direction)
+        self._request(Action.MOVE, direction)
 
     def action_pause(self) -> None:
         self._pause(not bool(self.paused))
@@ -329,7 +308,7 @@ class QueueScreen(DeckScreen):
     @work(thread=True, group="queue-request")
     def _pause(self, paused: bool) -> None:
         try:
-            data.set_queue_paused(paused)
+            engine_of(self.app).set_queue_paused(paused)
         except Exception as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=8)
             return

@@ -1,4 +1,5 @@
-"""Run: one job live: progress, loss/LR curves, samples/s, host + GPU figures, log, saves, exit evidence."""
+"""Run: one job live: progress, loss/LR curves, samples/s, host + GPU figures, log, saves, exit evidence, and
+the run folder's TensorBoard metrics (epoch loss, each eval set's loss: diffusion-pipe prints neither)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Static
 
+from engine.jobs.job import Job, JobState
 from tui import data
+from tui.engine_api import engine_of
 from tui.screens.base import DeckScreen
 from tui.screens.queue import duration
 from tui.screens.system import stats_text
-from tui.theme import FINISHED_STATES, state_badge
+from tui.theme import state_badge
 from tui.widgets.log_pane import LogPane
 from tui.widgets.loss_plot import CurvePlot
 from tui.widgets.quiet import set_content
@@ -32,7 +35,7 @@ class RunLoaded(Message):
     def __init__(
         self,
         job_id: int | None,
-        job: Any,
+        job: Job | None,
         metrics: list[dict[str, Any]] | None,
         saves: list[dict[str, Any]] | None,
         stats: dict[str, Any],
@@ -40,9 +43,11 @@ class RunLoaded(Message):
         error: str | None,
         log_path: str | None = None,
         seen: tuple[object, object] = (None, None),
+        tb: dict[str, Any] | None = None,
     ) -> None:
-        """`metrics`/`saves` are None when unchanged since the poll that saw `seen` (step, run folder)."""
+        """`metrics`/`saves`/`tb` are None when unchanged since the poll that saw `seen` (step, run folder)."""
         super().__init__()
+        self.tb = tb
         self.log_path = log_path
         self.job_id = job_id
         self.job = job
@@ -63,20 +68,36 @@ def progress_line(step: int, total: int | None, sps: object) -> str:
     return f"[$accent]{'━' * done}[/][$panel-lighten-2]{'━' * (BAR_WIDTH - done)}[/] {100 * step // total:3d}%{rate}"
 
 
-def header_text(job_id: int, job: Any) -> str:
-    g = lambda name: getattr(job, name, None)  # noqa: E731
-    state = str(g("state") or "?")
-    step, total = g("step") or 0, g("total_steps")
-    eta = duration(g("eta_s")) if state not in FINISHED_STATES else "-"
+def tb_text(tb: dict[str, Any]) -> str:
+    """The side panel's TensorBoard part: the last epoch losses and each eval set's latest loss."""
+    epochs = tb.get("epoch_loss") or []
+    evals = tb.get("evals") or {}
+    if not epochs and not evals and not tb.get("note"):
+        return ""
+    lines = ["[b]TensorBoard[/b]"]
+    if epochs:
+        lines.append("epoch loss " + "  ".join(f"{e['epoch']}: {e['loss']:.4f}" for e in epochs[-3:]))
+    for name, points in evals.items():
+        if points:
+            last = points[-1]
+            lines.append(escape(f"eval {name}: {last['loss']:.4f} @ step {last['step']} ({len(points)} evals)"))
+    if tb.get("note"):
+        lines.append(escape(str(tb["note"])))
+    return "\n".join(lines)
+
+
+def header_text(job_id: int, job: Job) -> str:
+    step, total = job.step or 0, job.total_steps
+    eta = duration(job.eta_s) if not job.finished else "-"
     line1 = (
-        f"job {job_id} [b]{escape(str(g('name') or g('profile')))}[/b]  {state_badge(state).markup}"
-        f"  step {step}/{total or '?'}  epoch {g('epoch') or '-'}/{g('total_epochs') or '?'}  ETA {eta}"
+        f"job {job_id} [b]{escape(job.name or job.profile)}[/b]  {state_badge(job.state).markup}"
+        f"  step {step}/{total or '?'}  epoch {job.epoch or '-'}/{job.total_epochs or '?'}  ETA {eta}"
     )
-    if state == "queued":
-        return line1 + "\n" + escape(f"queued: {g('wait_reason') or 'waiting for a free GPU'}")
-    if state in FINISHED_STATES and not total:
+    if job.state == JobState.QUEUED:
+        return line1 + "\n" + escape(f"queued: {job.wait_reason or 'waiting for a free GPU'}")
+    if job.finished and not total:
         return line1 + "\nended before its first step (the log and the evidence say why)"
-    return line1 + "\n" + progress_line(step, total, g("samples_per_s"))
+    return line1 + "\n" + progress_line(step, total, job.samples_per_s)
 
 
 class RunScreen(DeckScreen):
@@ -106,12 +127,13 @@ class RunScreen(DeckScreen):
         self.search_at = -1
         self.following_path: str | None = None
         self.last_metrics_len = -1
-        self._last_job: Any = None
+        self._last_job: Job | None = None
         self.polls = 0
         self.last_plot = 0.0
         self.seen: tuple[object, object] = (None, None)  # (metrics key, saves key) of the last read
         self.metrics: list[dict[str, Any]] = []
         self.compare: list[tuple[str, list[dict[str, Any]]]] = []
+        self.tb: dict[str, Any] = {}
 
     def compose_body(self) -> ComposeResult:
         # Two fixed lines (a text progress bar, not ProgressBar: its indeterminate state animates at 15 Hz):
@@ -120,6 +142,8 @@ class RunScreen(DeckScreen):
         with Horizontal(id="run-charts"):
             yield CurvePlot("loss", "loss", smoothed=True, id="loss-plot", classes="plot")
             yield CurvePlot("LR", "lr", smoothed=False, id="lr-plot", classes="plot")
+            # Shown once a run has eval losses (TensorBoard events), one curve per eval set.
+            yield CurvePlot("eval loss", "loss", smoothed=False, id="eval-plot", classes="plot hidden")
         with Horizontal(id="run-lower"):
             with Vertical(id="run-logcol"):
                 yield LogPane(id="run-log")
@@ -132,6 +156,7 @@ class RunScreen(DeckScreen):
             with VerticalScroll(id="run-side"):
                 # saves and the exit evidence first: at 80x24 they matter more than host figures
                 yield Static("", id="run-saves")
+                yield Static("", id="run-tb")
                 yield Static("", id="run-evidence")
                 yield Static("", id="run-stats", markup=False)
 
@@ -151,12 +176,13 @@ class RunScreen(DeckScreen):
             self.last_metrics_len = -1
             self.seen = (None, None)
             self.metrics = []
+            self.tb = {}
         self.poll()
 
     def poll(self) -> None:
         # Host and GPU figures change slowly and cost a process scan: every 3rd poll only.
         self.polls += 1
-        ended = str(getattr(self._last_job, "state", "")) in FINISHED_STATES
+        ended = self._last_job is not None and self._last_job.finished
         if (self.job_id is None or ended) and self.polls % 3 != 1:
             return  # nothing live to follow: refresh every 6 s only
         # The curve is read only when it may be redrawn (see _plot): reads cost as much as the rows stored.
@@ -173,43 +199,44 @@ class RunScreen(DeckScreen):
         seen: tuple[object, object] = (None, None),
         want_curve: bool = True,
     ) -> None:
+        engine = engine_of(self.app)
         stats: dict[str, Any] = {}
         if with_stats:
-            stats = data.system_stats()
-            stats["gpus"] = data.gpu_report()
+            stats = data.system_stats(engine)
+            stats["gpus"] = engine.gpu_report()
         if job_id is None:
             self.post_message(RunLoaded(None, None, [], [], stats, [], None))
             return
         try:
-            job = data.get_job(job_id)
+            job = engine.get_job(job_id)
             # Read the curve again only when the job moved on (its row carries the last step) and the chart may
             # be redrawn (or the job ended), the saves only when the run folder or the step changed. The key
             # holds the last step read from the curve, so a curve that lagged the job row is read again.
-            state, step, run_dir = (getattr(job, k, None) for k in ("state", "step", "run_dir"))
-            metrics_key: object = (job_id, step, state, tuple(compare_ids))
-            metrics, compare = None, []
-            if metrics_key != seen[0] and (want_curve or state in FINISHED_STATES):
-                metrics = data.job_metrics(job_id)
-                compare = [(f"job {c}", data.job_metrics(c)) for c in compare_ids]
+            metrics_key: object = (job_id, job.step, job.state, tuple(compare_ids))
+            metrics, compare, tb = None, [], None
+            if metrics_key != seen[0] and (want_curve or job.finished):
+                metrics = engine.job_metrics(job_id)
+                tb = engine.job_tb_metrics(job_id)
+                compare = [(f"job {c}", engine.job_metrics(c)) for c in compare_ids]
                 metrics_key = (
                     job_id,
                     metrics[-1].get("step") if metrics else None,
-                    state,
+                    job.state,
                     tuple(compare_ids),
                 )
             else:
                 metrics_key = seen[0]
-            saves_key = (job_id, state, step, _mtime(run_dir))
-            saves = data.job_saves(job_id) if saves_key != seen[1] else None
+            saves_key = (job_id, job.state, job.step, _mtime(job.run_dir))
+            saves = engine.job_saves(job_id) if saves_key != seen[1] else None
         except Exception as exc:
             self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc)))
             return
         try:
-            log_path: str | None = str(data.job_log_path(job_id, rank=rank))
+            log_path: str | None = str(engine.job_log_path(job_id, rank=rank))
         except Exception:  # no log yet (or no such rank): the pane stays as it is
             log_path = None
         self.post_message(
-            RunLoaded(job_id, job, metrics, saves, stats, compare, None, log_path, (metrics_key, saves_key))
+            RunLoaded(job_id, job, metrics, saves, stats, compare, None, log_path, (metrics_key, saves_key), tb)
         )
 
     def on_run_loaded(self, msg: RunLoaded) -> None:
@@ -231,14 +258,14 @@ class RunScreen(DeckScreen):
         job = msg.job
         self._last_job = job
         self.seen = msg.seen
-        g = lambda name: getattr(job, name, None)  # noqa: E731
-        state = str(g("state") or "?")
         set_content(header, header_text(msg.job_id, job))
         if msg.metrics is not None:
             self.metrics, self.compare = msg.metrics, msg.compare
-        self._plot(state)
+        self._plot(job.finished)
+        if msg.tb is not None and msg.tb != self.tb:
+            self._show_tb(msg.tb)
         if msg.saves is not None:
-            run_dir = g("run_dir")
+            run_dir = job.run_dir
             lines = [
                 escape(
                     f"{'✓' if sv.get('complete', True) else '…'} {sv.get('kind')} {Path(str(sv.get('path'))).name}"
@@ -252,27 +279,27 @@ class RunScreen(DeckScreen):
                 + "\n"
                 + ("\n".join(lines) or "none yet"),
             )
-        if state in FINISHED_STATES:
-            evidence = "\n".join(str(e) for e in (g("evidence") or []))
-            reason = str(g("exit_reason") or "")
+        if job.finished:
+            evidence = "\n".join(job.evidence)
+            reason = job.exit_reason or ""
             set_content(
                 self.query_one("#run-evidence", Static),
-                f"[b]Ended:[/b] {state}"
-                + (escape(f"  {reason}") if reason and reason != state else "")
+                f"[b]Ended:[/b] {job.state}"
+                + (escape(f"  {reason}") if reason and reason != job.state else "")
                 + f"\n{escape(evidence)}",
             )
         if msg.log_path and msg.log_path != self.following_path:
             self.following_path = msg.log_path
             self.query_one("#run-log", LogPane).follow(Path(msg.log_path))
 
-    def _plot(self, state: str) -> None:
+    def _plot(self, ended: bool) -> None:
         # Plots are the costly part of a redraw: only on new points, and at most every PLOT_EVERY_S while they
         # stream (a finished job's final curve is drawn at once). A plotext build of both costs ~100 ms here.
         now = time.monotonic()
         fresh = len(self.metrics) != self.last_metrics_len or self.last_metrics_len < 0
         # The first points are drawn at once: "no data yet" must not linger for PLOT_EVERY_S.
         if fresh and (
-            now - self.last_plot >= PLOT_EVERY_S or state in FINISHED_STATES or self.last_metrics_len <= 0
+            now - self.last_plot >= PLOT_EVERY_S or ended or self.last_metrics_len <= 0
         ):
             self.last_plot = now
             self.last_metrics_len = len(self.metrics)
@@ -280,9 +307,18 @@ class RunScreen(DeckScreen):
             self.query_one("#loss-plot", CurvePlot).show(runs)
             self.query_one("#lr-plot", CurvePlot).show(runs[:1])
 
+    def _show_tb(self, tb: dict[str, Any]) -> None:
+        self.tb = tb
+        set_content(self.query_one("#run-tb", Static), tb_text(tb))
+        plot = self.query_one("#eval-plot", CurvePlot)
+        evals = [(name, points) for name, points in (tb.get("evals") or {}).items() if points]
+        plot.set_class(not evals, "hidden")
+        if evals:
+            plot.show(evals)
+
     def _gpu_text(self, msg: RunLoaded) -> str:
         gpus = msg.stats.get("gpus") or []
-        mine = set(getattr(msg.job, "gpus", None) or [])
+        mine = set((msg.job.gpus if msg.job else None) or [])
         shown = [g for g in gpus if not mine or g.get("index") in mine]
         if not shown:
             return "GPU: none on this machine" if not gpus else "GPU: -"
@@ -353,7 +389,7 @@ class RunScreen(DeckScreen):
     def action_rank(self, delta: int) -> None:
         if self.job_id is None:
             return
-        gpus = getattr(getattr(self, "_last_job", None), "gpus", None) or [0]
+        gpus = (self._last_job.gpus if self._last_job else None) or [0]
         choices: list[int | None] = [None, *range(len(gpus))]
         self.rank = choices[(choices.index(self.rank) + delta) % len(choices)]
         self.notify(f"log: {'all ranks' if self.rank is None else f'rank {self.rank}'}")

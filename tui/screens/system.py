@@ -1,7 +1,10 @@
-"""System: every GPU with its processes (ours or foreign), CPU/RAM/disk, daemon status, reclaim."""
+"""System: every GPU with its processes (ours or foreign), CPU/RAM/disk, daemon status, reclaim, and the
+diffusion-pipe backend (its checkout's commit, dirty, behind; an install or update's steps while one runs)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 from textual import work
@@ -12,6 +15,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from tui import data
+from tui.engine_api import engine_of
 from tui.screens.base import DeckScreen
 
 
@@ -20,11 +24,53 @@ def _gib(n: float) -> str:
 
 
 class SystemLoaded(Message):
-    def __init__(self, gpus: list[dict[str, Any]], stats: dict[str, Any], daemon: dict[str, Any]) -> None:
+    def __init__(
+        self, gpus: list[dict[str, Any]], stats: dict[str, Any], daemon: dict[str, Any], backend: dict[str, Any]
+    ) -> None:
         super().__init__()
         self.gpus = gpus
         self.stats = stats
         self.daemon = daemon
+        self.backend = backend
+
+
+def backend_report() -> dict[str, Any]:
+    """`dpdeck backend status` without a fetch (git reads only: cheap enough for every poll)."""
+    from engine.jobs.checkout import status
+
+    try:
+        return status.report(fetch=False)
+    except Exception as exc:  # a broken record or settings file must not take the rest of the screen down
+        return {"error": str(exc)}
+
+
+def backend_text(rep: dict[str, Any]) -> str:
+    """The status lines, then the last install/update run's steps (all of them while it runs)."""
+    from engine.jobs.checkout import status
+
+    if "error" in rep:
+        return f"backend status unavailable: {rep['error']}"
+    lines = status.lines(rep)
+    progress = rep.get("progress")
+    if progress and not progress.get("running"):
+        failed = [s for s in progress.get("steps", []) if s.get("state") == "failed"]
+        if failed or progress.get("ok") is False:
+            lines.append(f"  last {progress.get('action')} failed:")
+            lines += [f"    {s['n']} {s['name']}: {s['state']} {s.get('detail', '')}".rstrip()
+                      for s in progress.get("steps", [])]
+        elif progress.get("finished") is None:
+            lines.append(f"  last {progress.get('action')}: {progress.get('summary')}")
+    if not rep.get("managed"):
+        lines.append("  B installs a managed checkout (dpdeck backend install diffusion-pipe)")
+    else:
+        lines.append("  B updates it (dpdeck backend update diffusion-pipe)")
+    return "\n".join(lines)
+
+
+def backend_command(rep: dict[str, Any]) -> list[str]:
+    """What B runs: update a checkout dpdeck manages, else install one."""
+    action = "update" if rep.get("managed") else "install"
+    return [sys.executable, "-m", "tui.cli", "backend", action, "diffusion-pipe"]
 
 
 def stats_text(stats: dict[str, Any]) -> str:
@@ -52,7 +98,10 @@ class SystemScreen(DeckScreen):
     BINDINGS = [
         Binding("R", "reclaim", "Reclaim orphans", id="system.reclaim"),
         Binding("r", "refresh", "Refresh", id="system.refresh"),
+        Binding("B", "backend", "Install/update diffusion-pipe", id="system.backend"),
     ]
+    _backend: dict[str, Any] | None = None  # the last backend report shown
+    _proc: subprocess.Popen[bytes] | None = None  # a backend run B started (reaped by poll)
 
     def compose_body(self) -> ComposeResult:
         with VerticalScroll(id="system-body"):
@@ -63,6 +112,8 @@ class SystemScreen(DeckScreen):
             yield Static("…", id="host-stats", markup=False)
             yield Static("\n[b]Daemon[/b]")
             yield Static("…", id="daemon-status", markup=False)
+            yield Static("\n[b]diffusion-pipe backend[/b]")
+            yield Static("…", id="backend-status", markup=False)
 
     def on_mount(self) -> None:
         table = self.query_one("#gpu-table", DataTable)
@@ -79,11 +130,18 @@ class SystemScreen(DeckScreen):
         super().on_mount()
 
     def poll(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None  # reaped: a finished run must not linger as a zombie that looks alive
         self.load()
 
     @work(thread=True, exclusive=True, group="system-load")
     def load(self) -> None:
-        self.post_message(SystemLoaded(data.gpu_report(), data.system_stats(), data.daemon_status()))
+        engine = engine_of(self.app)
+        try:
+            daemon = engine.daemon_status()
+        except Exception as exc:  # a damaged or locked store: the GPUs and host figures are still worth showing
+            daemon = {"running": False, "detail": str(exc)}
+        self.post_message(SystemLoaded(engine.gpu_report(), data.system_stats(engine), daemon, backend_report()))
 
     def on_system_loaded(self, message: SystemLoaded) -> None:
         self.query_one("#gpu-summary", Static).update(gpu_summary(message.gpus))
@@ -118,8 +176,31 @@ class SystemScreen(DeckScreen):
             f"\n{k}: {v}" for k, v in daemon.items() if k != "running"
         )
         self.query_one("#daemon-status", Static).update(text)
+        self._backend = message.backend
+        self.query_one("#backend-status", Static).update(backend_text(message.backend))
 
     def action_refresh(self) -> None:
+        self.load()
+
+    def action_backend(self) -> None:
+        rep = self._backend or {}
+        progress = rep.get("progress") or {}
+        if progress.get("running"):
+            self.notify(f"a backend {progress.get('action')} is already running (pid {progress.get('pid')})")
+            return
+        argv = backend_command(rep)
+        self.confirm(f"Run `dpdeck {' '.join(argv[3:])}`?\nIts steps show here as they run; "
+                     "its output goes to the backend log in the state dir.", lambda: self._start_backend(argv))
+
+    def _start_backend(self, argv: list[str]) -> None:
+        from statefiles import paths
+
+        log = paths.subdir("backend") / "diffusion-pipe.log"
+        with open(log, "ab") as out:
+            # Its own session: quitting the deck must not kill a clone or pip install half way.
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.notify(f"started `dpdeck {' '.join(argv[3:])}`; log: {log}")
         self.load()
 
     def action_reclaim(self) -> None:
@@ -128,7 +209,7 @@ class SystemScreen(DeckScreen):
     @work(thread=True, exclusive=True, group="system-reclaim")
     def _preview(self) -> None:
         try:
-            plan = data.reclaim(dry_run=True)
+            plan = engine_of(self.app).reclaim(dry_run=True)
         except Exception as exc:
             self.app.call_from_thread(self.notify, f"reclaim unavailable: {exc}", severity="error", timeout=8)
             return
@@ -152,7 +233,7 @@ class SystemScreen(DeckScreen):
     @work(thread=True, exclusive=True, group="system-reclaim")
     def _reclaim(self) -> None:
         try:
-            done = data.reclaim(dry_run=False)
+            done = engine_of(self.app).reclaim(dry_run=False)
         except Exception as exc:
             self.app.call_from_thread(self.notify, f"reclaim failed: {exc}", severity="error", timeout=8)
             return

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from profiles.atomic import atomic_write_text
-from profiles.paths import state_dir
+from statefiles.atomic import atomic_write_text
+from statefiles.paths import state_dir
 
 LAST_FILE = "datasets-last.json"
 SUBDIR_DEPTH = 2  # an opened folder also lists sub-folders this deep that hold images (e6ai/1_e6ai layouts)
@@ -150,21 +150,11 @@ class Entry:
 
 
 def _json_captions(folder: Path) -> dict[str, str]:
-    from engine.datasets.items import CAPTIONS_JSON
+    from engine.datasets.items import load_captions_json
 
-    try:
-        raw = json.loads((folder / CAPTIONS_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(raw, dict):
-        return {}
-    out = {}
-    for name, value in raw.items():
-        if isinstance(value, str):
-            out[name] = value
-        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            out[name] = value[0]  # the trainer makes one example per string; the first stands for them
-    return out
+    loaded = load_captions_json(folder, []) or {}  # the scan reports its problems; the list shows captions
+    # The trainer makes one example per string; the first stands for them.
+    return {name: captions[0] for name, captions in loaded.items() if captions}
 
 
 def read_caption(image: Path) -> tuple[str | None, str | None]:
@@ -380,26 +370,21 @@ class BucketSettings:
     label: str
     toml_data: dict[str, Any]
     base_dir: Path
-    micro: int
-    accum: int
-    gpus: int = 1
+    batches: Any  # engine.datasets.buckets.GlobalBatches, as `dpdeck dataset buckets` resolves it
     # From the same profile, as `dpdeck dataset buckets` resolves them (engine.datasets.framerate.bucket_rules).
     framerate: int | None = None
     round_to: int = 16
+    backend: str = "builtin"  # whose example rules count (engine.datasets.buckets.BACKEND_RULES)
 
-    @property
-    def global_batch(self) -> int:
-        return self.micro * self.accum * self.gpus
-
-
-def _batch_numbers(main: Mapping[str, Any], where: str) -> tuple[int, int]:
-    out = []
-    for key in ("micro_batch_size_per_gpu", "gradient_accumulation_steps"):
-        value = main.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OpenError(f"{where}: {key}: expected a whole number >= 1, found {value!r}")
-        out.append(value)
-    return out[0], out[1]
+    def batch_text(self) -> str:
+        """`4 = micro 4 × accumulation 1 × 1 GPU`, or the per-size table train.py reads."""
+        b = self.batches
+        factor = f"accumulation {b.accumulation} × {b.data_parallel} GPU"
+        if list(b.by_size) == [None]:
+            total = b.by_size[None]
+            return f"global batch {total} = micro {total // (b.accumulation * b.data_parallel)} × {factor}"
+        sizes = ", ".join(f"{size:g}: {batch}" for size, batch in b.by_size.items())
+        return f"global batch by size {{{sizes}}} (micro × {factor})"
 
 
 def bucket_settings(source: DatasetSource, profile: str | None) -> BucketSettings:
@@ -408,7 +393,8 @@ def bucket_settings(source: DatasetSource, profile: str | None) -> BucketSetting
     A dataset TOML keeps its own resolutions and buckets; a plain folder borrows them from the profile's dataset
     TOML, with the folder(s) in place of its [[directory]] entries (keeping the first entry's repeats etc.).
     """
-    from engine.datasets.framerate import bucket_rules
+    from engine.datasets.buckets import DatasetConfigError, global_batches
+    from engine.datasets.framerate import bucket_rules, preview_backend
     from profiles import store, templates
     from profiles.errors import ProfileError
 
@@ -421,17 +407,26 @@ def bucket_settings(source: DatasetSource, profile: str | None) -> BucketSetting
             prof, label = templates.load_template(default), f"template {default} (P: pick a profile)"
     except ProfileError as exc:
         raise OpenError(str(exc)) from exc
-    micro, accum = _batch_numbers(prof.main.data(), label)
+    try:
+        batches = global_batches(prof.main.data())
+    except DatasetConfigError as exc:
+        raise OpenError(f"{label}: {exc}") from exc
     framerate, round_to = bucket_rules(prof)
+    backend = preview_backend(prof)
     if source.toml_data is not None and source.toml_base is not None:
-        return BucketSettings(label, source.toml_data, source.toml_base, micro, accum, framerate=framerate, round_to=round_to)
+        return BucketSettings(
+            label, source.toml_data, source.toml_base, batches, framerate=framerate, round_to=round_to,
+            backend=backend,
+        )
     if prof.dataset is None:
         raise OpenError(f"{label}: has no dataset TOML to take resolutions and buckets from")
     data = dict(prof.dataset.data())
     first = (data.get("directory") or [{}])[0]
     keep = {k: v for k, v in first.items() if k != "path"} if isinstance(first, Mapping) else {}
     data["directory"] = [{**keep, "path": str(d)} for d in source.directories]
-    return BucketSettings(label, data, source.target, micro, accum, framerate=framerate, round_to=round_to)
+    return BucketSettings(
+        label, data, source.target, batches, framerate=framerate, round_to=round_to, backend=backend
+    )
 
 
 @dataclass
@@ -449,9 +444,11 @@ def bucket_view(settings: BucketSettings, entries: Mapping[Path, list[Entry]]) -
     plan = b.plan_buckets(
         settings.toml_data,
         settings.base_dir,
-        settings.global_batch,
+        settings.batches.by_size,
+        global_batch_image=settings.batches.image_by_size,
         framerate=settings.framerate,
         round_to=settings.round_to,
+        backend=settings.backend,
     )
     ar_of: dict[Path, float] = {}
     for index, (spec, raw) in enumerate(

@@ -81,8 +81,7 @@ def buckets_renderable(view: BucketView) -> Group:
     head = Text.from_markup(
         f"[b]{plan.steps_per_epoch}[/b] steps per epoch · {plan.num_examples} examples after repeats · "
         f"{sum(b.dropped for b in plan.buckets)} dropped\n"
-        f"global batch {s.global_batch} = micro {s.micro} × accumulation {s.accum} × {s.gpus} GPU "
-        f"· from {escape(s.label)} · sizes in multiples of {plan.round_to}"
+        f"{escape(s.batch_text())} · from {escape(s.label)} · sizes in multiples of {plan.round_to}"
     )
     table = Table(box=None, padding=(0, 1), header_style="bold")
     for name, justify in (
@@ -101,7 +100,7 @@ def buckets_renderable(view: BucketView) -> Group:
             str(b.frames),
             str(b.count),
             str(b.dropped),
-            str(b.count // plan.global_batch),
+            str(b.count // plan.batch_for(b)),
         )
     parts: list[Any] = [head, table]
     skipped = []

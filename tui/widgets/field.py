@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): the same parser, as a package
-    import tomli as tomllib  # type: ignore[no-redef]
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, Static
+
+from statefiles import toml as tomllib
 
 
 def show_value(value: Any) -> str:

@@ -451,11 +451,11 @@ class ImagePreview(Widget):
         self._kitty_sent.clear()
 
     def _choose(self) -> tg.Choice:
-        from engine import config
+        from statefiles import settings
 
         try:
-            setting = config.get(tg.SETTING)
-        except Exception:  # a broken settings file must not take the preview down: detect instead
+            setting = settings.get(tg.SETTING)  # a bad value in config.toml reads as its default
+        except OSError:  # an unreadable state dir must not take the preview down: detect instead
             setting = None
         choice = tg.choose(setting, os.environ)
         if choice.forced or choice.protocol == tg.HALFBLOCK:

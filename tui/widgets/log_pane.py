@@ -19,7 +19,7 @@ from textual.reactive import Reactive
 from textual.strip import Strip
 from textual.widgets import Log
 
-from engine.jobs.progress import open_regular
+from statefiles.logtail import LogFollower
 
 ERROR_RE = re.compile(r"Traceback|Error|error:|OutOfMemory|CUDA out of memory|Killed|FAILED|EADDRINUSE")
 MAX_BATCH = 2000  # lines per drain: a flood shows its tail rather than stalling the UI
@@ -34,13 +34,19 @@ def clean_line(line: str) -> str:
     return line.rstrip("\n").rsplit("\r", 1)[-1]
 
 
-class LogFollower:
-    """Tails one file from a thread into a bounded deque; survives the file appearing late."""
+class LogFeed:
+    """Tails one file from a thread into a bounded deque; survives the file appearing late.
 
-    MAX_LINE = 64 * 1024
+    The reading itself (FIFO safety, bounded lines, truncation, tail jump) is statefiles.logtail's; this adds
+    only the thread and the hand-over to the UI.
+    """
+
+    READ_BYTES = 1 << 18  # per read: a flood still reaches the deque in small, lock-friendly batches
 
     def __init__(self, path: Path, keep: int) -> None:
         self.path = path
+        # A display shows a `\r`-redrawn line once, in its last state; a huge old log opens at its tail.
+        self.reader = LogFollower(path, cr_ends_line=False, jump_to_tail=True)
         self.lines: deque[str] = deque(maxlen=keep)
         self.dropped = 0  # lines that scrolled out of the buffer before the pane took them (still on disk)
         self.lock = threading.Lock()
@@ -58,33 +64,20 @@ class LogFollower:
         self._stop.set()
 
     def _run(self) -> None:
-        handle = None
-        partial = ""
         while not self._stop.is_set():
-            if handle is None:
-                fd = open_regular(self.path)  # never a FIFO: an open() on one would hang this thread for good
-                if fd is None:
-                    self._stop.wait(0.25)
-                    continue
-                handle = open(fd, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed below
-            chunk = handle.read(1 << 16)
-            if not chunk:
-                # A quiet file is re-read 4x a second; a busy one is read back to back.
+            before = self.reader.offset
+            parts = self.reader.read_lines(self.READ_BYTES)
+            if self.reader.offset == before:
+                # A quiet (or not yet created) file is re-read 4x a second; a busy one is read back to back.
                 self._stop.wait(QUIET_S)
                 continue
-            text = partial + chunk
-            parts = text.split("\n")
-            partial = parts.pop()
-            if len(partial) > LogFollower.MAX_LINE:  # a line without end must not grow without bound
-                parts.append(partial[: LogFollower.MAX_LINE])
-                partial = ""
+            if not parts:
+                continue
             with self.lock:
                 overflow = len(self.lines) + len(parts) - (self.lines.maxlen or 0)
                 self.lines.extend(clean_line(p) for p in parts)
                 if overflow > 0:
                     self.dropped += overflow
-        if handle is not None:
-            handle.close()
 
 
 class LogPane(Log):
@@ -96,7 +89,7 @@ class LogPane(Log):
 
     def __init__(self, max_lines: int = 5000, **kwargs: object) -> None:
         super().__init__(max_lines=max_lines, highlight=False, auto_scroll=True, **kwargs)  # type: ignore[arg-type]
-        self.follower: LogFollower | None = None
+        self.follower: LogFeed | None = None
         self.keep = max_lines
         self.total_written = 0
 
@@ -144,7 +137,7 @@ class LogPane(Log):
         self.clear()
         self.total_written = 0
         if path is not None:
-            self.follower = LogFollower(path, self.keep)
+            self.follower = LogFeed(path, self.keep)
             self.follower.start()
             self._arm()
 

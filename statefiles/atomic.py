@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from profiles import paths
+from statefiles import paths
 
 
 def fsync_dir(path: Path) -> None:

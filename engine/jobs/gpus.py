@@ -13,7 +13,7 @@ _NO_NVML_UNTIL = 0.0
 _RETRY_S = 60.0  # a box without a driver stays without one: do not dlopen NVML on every poll
 
 
-def _nvml():  # type: ignore[no-untyped-def]
+def _nvml() -> Any:  # the pynvml module, or None (pynvml ships no types)
     global _NO_NVML_UNTIL
     if time.monotonic() < _NO_NVML_UNTIL:
         return None

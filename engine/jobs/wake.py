@@ -14,7 +14,7 @@ import select
 import stat
 from pathlib import Path
 
-from profiles.paths import state_dir
+from statefiles.paths import state_dir
 
 FIFO_NAME = "daemon.wake"
 

@@ -1,0 +1,209 @@
+"""Datasets: folders, images with their caption state, an image preview, the caption editor, filters,
+statistics, the trainer's bucket plan, batch caption operations (dry-run diff first) and undo.
+
+This module lays the screen out and holds its keys, list movement and the input line; the other modules of
+this package hold the rest (see its __init__). Everything that reads the disk runs in a worker; the preview
+decodes on its own thread (tui.widgets.image_preview).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import ContentSwitcher, DataTable, Input, OptionList, Static, TextArea
+
+from tui.screens.datasets import messages as msg
+from tui.screens.datasets.batch import BatchAndUndo
+from tui.screens.datasets.captions import CaptionEditing
+from tui.screens.datasets.filters import FiltersAndPanels
+from tui.screens.list_keys import VIM_LIST_BINDINGS
+from tui.widgets.image_preview import ImagePreview
+
+# Keys that still work while the caption editor or the input line has the focus (the rest type text).
+TYPING_ACTIONS = {"save", "next_image", "prev_image", "revert", "leave"}
+
+
+class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
+    TITLE_TEXT = "Datasets"
+    # Screen classes for app.tcss: wider folder column and taller caption editor on big terminals.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
+    BINDINGS = [
+        *VIM_LIST_BINDINGS,
+        # Priority: the app runs these before routing the next key, so the letters typed right after `o`, `/`,
+        # `e` or Enter land in the field they open, not in the list they were typed over (and lost). Textual drops
+        # a priority letter binding by itself while a text field has the focus.
+        Binding("o", "open", "Open", id="datasets.open", priority=True),
+        Binding("p", "open_profile", "Profile's data", id="datasets.profile", show=False),
+        Binding("e,enter", "edit", "Edit", id="datasets.edit", show=False, priority=True),
+        Binding("ctrl+s", "save", "Save", id="datasets.save"),
+        # Priority: the editor would type alt+n as an "n".
+        Binding("ctrl+down,alt+n", "next_image", "Next", id="datasets.next", key_display="^↓", priority=True),
+        Binding("ctrl+up,alt+p", "prev_image", "Prev", id="datasets.prev", key_display="^↑", priority=True),
+        Binding("ctrl+r", "revert", "Revert caption", id="datasets.revert", show=False),
+        Binding("m", "filter_missing", "Missing", id="datasets.missing"),
+        Binding("slash", "filter_tag", "Tag", id="datasets.tag", key_display="/", priority=True),
+        Binding("f", "filter_bucket", "Bucket filter", id="datasets.bucket_filter", show=False),
+        Binding("d", "filter_dupes", "Dupes", id="datasets.dupes", show=False),
+        Binding("c", "clear_filters", "Clear filters", id="datasets.clear", show=False),
+        Binding("s", "panel('ds-stats')", "Stats", id="datasets.stats"),
+        Binding("b", "panel('ds-buckets')", "Buckets", id="datasets.buckets"),
+        Binding("P", "bucket_profile", "Batch profile", id="datasets.bucket_profile", show=False),
+        Binding("a", "batch", "Batch", id="datasets.batch"),
+        Binding("u", "undo", "Undo", id="datasets.undo"),
+        Binding("r", "rescan", "Rescan", id="datasets.rescan", show=False),
+        Binding("escape", "leave", "Back", id="datasets.back"),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="ds-body"):
+            yield OptionList(id="ds-dirs")
+            yield DataTable(id="ds-files", cursor_type="row", zebra_stripes=True)
+            with ContentSwitcher(id="ds-right", initial="ds-view"):
+                with Vertical(id="ds-view"):
+                    yield Static("", id="ds-info", markup=False)
+                    yield ImagePreview(id="ds-preview")
+                    yield TextArea("", id="ds-caption", soft_wrap=True)
+                with VerticalScroll(id="ds-stats", can_focus=True):
+                    yield Static("s: statistics of the folder", id="ds-stats-body")
+                with VerticalScroll(id="ds-buckets", can_focus=True):
+                    yield Static("b: the trainer's buckets", id="ds-buckets-body")
+        yield Static("opening…", id="ds-status", markup=False)
+        with Horizontal(id="ds-inputbar"):
+            yield Static("", id="ds-input-label", markup=False)
+            # Always displayed: focusing a widget that is not yet shown would lose keys typed right after `o`.
+            yield Input(
+                placeholder="o: open a folder or dataset TOML   /: filter by tag", id="ds-input", compact=True
+            )
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        table = self.query_one("#ds-files", DataTable)
+        # Flags and size first: a long file name is the only thing that may run off the right edge at 80 columns.
+        for key, label, width in (("flags", "c d", 3), ("size", "size", 9), ("name", "name", None)):
+            table.add_column(label, key=key, width=width)
+        self.set_focus(table)
+        self._open("last", "")
+
+    def on_profiles_listed(self, message: msg.ProfilesListed) -> None:
+        self._choose(message.title, message.choices, message.then)
+
+    def action_rescan(self) -> None:
+        if self.source is not None:
+            self._reload(set(self.source.directories))
+
+    # Moving and leaving.
+
+    def _focused_list(self) -> OptionList | DataTable[Any]:
+        focused = self.focused
+        if isinstance(focused, OptionList):
+            return focused
+        return self.query_one("#ds-files", DataTable)
+
+    def action_cursor_down(self) -> None:
+        self._focused_list().action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self._focused_list().action_cursor_up()
+
+    def action_first(self) -> None:
+        target = self._focused_list()
+        if isinstance(target, OptionList):
+            target.action_first()
+        else:
+            target.move_cursor(row=0)
+
+    def action_last(self) -> None:
+        target = self._focused_list()
+        if isinstance(target, OptionList):
+            target.action_last()
+        else:
+            self._fill_rest()
+            target.move_cursor(row=max(0, target.row_count - 1))
+
+    def action_leave(self) -> None:
+        box = self.query_one("#ds-input", Input)
+        if box.has_focus:
+            if self.input_mode == "tag":
+                self.filters.tag = ""
+                self._fill()
+            self._end_input()
+            return
+        self._switch("ds-view")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The footer shows the keys that act here. While text is typed, letters type: only the editing keys
+        # remain. Next/previous image belong to the editor (j/k and the arrows move the list elsewhere).
+        typing = isinstance(self.focused, (TextArea, Input))
+        if action in ("next_image", "prev_image"):
+            return isinstance(self.focused, TextArea)
+        if action == "edit":
+            return isinstance(self.focused, DataTable) and self.current is not None
+        if action == "save":
+            return typing or bool(self.drafts)
+        if action == "leave":
+            return typing or self.query_one("#ds-right", ContentSwitcher).current != "ds-view"
+        return action in TYPING_ACTIONS or not typing
+
+    def on_descendant_focus(self) -> None:
+        self.refresh_bindings()
+
+    def on_descendant_blur(self) -> None:
+        self.refresh_bindings()
+
+    # The input line: open a path, filter by tag.
+
+    def _begin_input(self, mode: str, label: str, value: str = "") -> None:
+        self.input_mode = mode
+        self.query_one("#ds-input-label", Static).update(label)
+        box = self.query_one("#ds-input", Input)
+        box.value = value
+        self.open_field(box)  # focused now, so the letters right behind `o` or `/` land here
+
+    def _end_input(self) -> None:
+        self.input_mode = ""
+        self.query_one("#ds-input-label", Static).update("")
+        self.query_one("#ds-input", Input).value = ""
+        self.set_focus(self.query_one("#ds-files", DataTable))
+
+    def action_open(self) -> None:
+        self._begin_input("open", "open: ")
+
+    def action_filter_tag(self) -> None:
+        self._begin_input("tag", "tag: ", self.filters.tag)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "ds-input" and self.input_mode == "tag":
+            self.filters.tag = event.value
+            self._fill()
+            self._set_status()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "ds-input":
+            return
+        if self.input_mode == "open":
+            error = self._check_open(event.value)
+            if error:
+                self._set_status(error)
+                self.notify(error, title="cannot open", severity="error", timeout=8)
+                return  # the text stays for fixing
+            self._open("path", event.value)
+        self._end_input()
+
+    @staticmethod
+    def _check_open(text: str) -> str | None:
+        path = Path(text.strip()).expanduser()
+        if not text.strip():
+            return "type a folder or a dataset .toml path"
+        if not path.exists():
+            return f"{path}: not found"
+        if not path.is_dir() and path.suffix.lower() != ".toml":
+            return f"{path}: expected a folder or a dataset .toml file"
+        return None
+
+    def action_open_profile(self) -> None:
+        self._profile_choice("Open the dataset of profile:", lambda name: self._open("profile", name))
