@@ -12,18 +12,7 @@ from tui.screens.datasets.file_list import FileList
 
 class CaptionEditing(FileList):
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
-        entry = self._entry(self.current)
-        if entry is None:
-            return
-        text = event.text_area.text
-        had = entry.path in self.drafts
-        if text == self._baseline(entry):
-            self.drafts.pop(entry.path, None)
-        else:
-            self.drafts[entry.path] = text
-        if had != (entry.path in self.drafts):
-            self._update_row(entry)
-            self._set_status()
+        self._keep_typed()
 
     def action_edit(self) -> None:
         if self.current is not None:
@@ -50,7 +39,8 @@ class CaptionEditing(FileList):
         entry = self._entry(self.current)
         if entry is not None and entry.path in self.drafts:
             del self.drafts[entry.path]
-            self.query_one("#ds-caption", TextArea).load_text(self._baseline(entry))
+            self.loaded_text = self._baseline(entry)
+            self.query_one("#ds-caption", TextArea).load_text(self.loaded_text)
             self._update_row(entry)
             self._set_status()
 

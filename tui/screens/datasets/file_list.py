@@ -99,7 +99,7 @@ class FileList(DatasetsWorkers):
         stops an older one.
         """
         table = self.query_one("#ds-files", DataTable)
-        keep = self.current
+        keep = self._at_cursor(table)
         entries = self.entries.get(self.folder, []) if self.folder else []
         ar_of = self.buckets.ar_of if self.buckets else {}
         self.shown = dm.filter_entries(entries, self.filters, ar_of, self.dupe_mark or {})
@@ -116,6 +116,13 @@ class FileList(DatasetsWorkers):
             self._show(None)
         if self.filled < len(self.shown):
             self.call_later(self._fill_more, self.fill_gen)
+
+    def _at_cursor(self, table: DataTable[Any]) -> Path | None:
+        # The table's cursor, not self.current: RowHighlighted is a message, so right after a move the preview
+        # (and self.current) still name the old row, and a refill landing then would pull the cursor back.
+        if table.row_count and table.is_valid_row_index(table.cursor_row):
+            return Path(str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value))
+        return self.current
 
     def _add_rows(self, table: DataTable[Any], upto: int) -> None:
         end = min(upto, len(self.shown))
@@ -172,12 +179,34 @@ class FileList(DatasetsWorkers):
 
     # The shown image.
 
+    def _keep_typed(self) -> None:
+        """What was typed in the editor becomes the shown image's draft (none once back to the file's caption).
+
+        Also called before another image is shown: Changed is a message, and one for the last key typed can be
+        handled after the move, when the editor already holds the next image's caption. Text the editor merely
+        loaded is no edit: after an undo or a batch op it is older than the file.
+        """
+        entry = self._entry(self.current)
+        text = self.query_one("#ds-caption", TextArea).text
+        if entry is None or (text == self.loaded_text and entry.path not in self.drafts):
+            return
+        had = entry.path in self.drafts
+        if text == self._baseline(entry):
+            self.drafts.pop(entry.path, None)
+        else:
+            self.drafts[entry.path] = text
+        if had != (entry.path in self.drafts):
+            self._update_row(entry)
+            self._set_status()
+
     def _show(self, entry: dm.Entry | None) -> None:
+        self._keep_typed()
         self.current = entry.path if entry else None
         preview = self.query_one("#ds-preview", ImagePreview)
         preview.show(entry.path if entry else None)
         editor = self.query_one("#ds-caption", TextArea)
         if entry is None:
+            self.loaded_text = ""
             editor.load_text("")
             self.query_one("#ds-info", Static).update(
                 "no image here"
@@ -186,6 +215,7 @@ class FileList(DatasetsWorkers):
             )
             return
         text = self.drafts.get(entry.path, self._baseline(entry))
+        self.loaded_text = text
         if editor.text != text:
             editor.load_text(text)
             if editor.has_focus:  # moved with ctrl+down while editing: keep appending at the end

@@ -29,6 +29,7 @@ class DatasetsState(DeckScreen):
         self.dupe_mark: dict[Path, str] | None = None  # None until computed
         self.buckets: dm.BucketView | None = None
         self.current: Path | None = None
+        self.loaded_text = ""  # what the caption editor last loaded for `current`: anything else was typed
         self.input_mode = ""  # "open" | "tag" while the input line is in use
 
     # Quitting the deck asks first when this is true (DeckApp.dirty_editors).
