@@ -242,6 +242,12 @@ def test_a_base_python_inside_a_venv_lends_its_packages(upstream: Upstream, tmp_
     site = subprocess.run([str(base / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "dpdeck_image_torch.py").write_text("CUDA = True\n")
+    # The image's venv also has what requirements.txt names (pip runs offline), here through a .pth of its own,
+    # as an editable install would: under a venv'd test Python (CI's 3.10 lane) --system-site-packages reaches
+    # only the bare interpreter, which lacks tomlkit.
+    import tomlkit
+
+    Path(site, "dpdeck_test_deps.pth").write_text(str(Path(tomlkit.__file__).parent.parent) + "\n")
     upstream.commit("needs the image's package", **{"train.py": "import dpdeck_image_torch\n" + TRAIN_PY})
     assert dp("install", "diffusion-pipe", "--url", upstream.url, "--python", str(base / "bin/python")) == 0, \
         capsys.readouterr().err
@@ -337,8 +343,10 @@ def test_gpu_check_tiny_sdxl_loads_as_upstream_loads_it(tmp_path: Path) -> None:
 async def test_system_screen_shows_the_checkout_and_a_run_in_progress(
     upstream: Upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from textual.widgets import Static
+
     from engine.jobs.checkout import state
-    from tests.tui_helpers import screen_text, wait_text, wait_until
+    from tests.tui_helpers import wait_text, wait_until
     from tui.app import DeckApp
 
     assert dp("install", "diffusion-pipe", "--url", upstream.url) == 0
@@ -347,17 +355,28 @@ async def test_system_screen_shows_the_checkout_and_a_run_in_progress(
     progress.step(1, "clone", "done", "fetched")
     progress.step(2, "checkout", "running", "the default branch")
     app = DeckApp(start_mode="system")
+
+    def backend_section() -> str:
+        # The section's own text, not the screen's rows: where the sections above it run longer (the daemon's
+        # problems on a busy CI box) it is scrolled below the bottom edge, and the checkout path alone holds
+        # the commit's first 12 digits.
+        return str(app.screen.query_one("#backend-status", Static).render())
+
+    async def backend_shows(needle: str) -> str:
+        await wait_until(pilot, lambda: needle in backend_section(), what=f"{needle!r} in the backend section")
+        return backend_section()
+
     async with app.run_test(size=(140, 70)) as pilot:
         await wait_text(pilot, "diffusion-pipe backend")
-        text = await wait_text(pilot, upstream.first[:12])
-        assert "tracking origin/main" in text and "verified: yes" in text
-        await wait_text(pilot, "update in progress:")
-        await wait_text(pilot, "2 checkout: running")
+        text = await backend_shows(f"commit:   {upstream.first[:12]}")
+        assert "tracking origin/main" in text and "verified: yes" in text, text
+        await backend_shows("update in progress:")
+        await backend_shows("2 checkout: running")
         await pilot.press("B")
         await wait_until(pilot, lambda: any("already running" in str(n.message) for n in app._notifications),
                          what="B refused while a run is in progress")
         progress.finish(True, "up to date")
-        await wait_until(pilot, lambda: "update in progress" not in screen_text(app),
+        await wait_until(pilot, lambda: "update in progress" not in backend_section(),
                          what="the finished run leaves the screen")
         # B runs `dpdeck backend update diffusion-pipe` in the background; the screen follows its progress.
         await pilot.press("B")

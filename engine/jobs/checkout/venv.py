@@ -80,14 +80,16 @@ BASE_PTH = "dpdeck-base-venv.pth"
 def _link_base_venv(base_python: str, python: Path) -> bool:
     """When the base python is itself a venv's (images ship torch in /opt/.../.venv), make its packages
     visible too: `--system-site-packages` reaches only the interpreter under that venv, without its torch.
-    A .pth line per site dir appends them after the new venv's own, so requirements still win."""
+    A .pth line per site dir appends them after the new venv's own, so requirements still win; addsitedir,
+    not a bare path, so that venv's own .pth files (editable installs, namespace packages) count too."""
     base = run(3, [base_python, "-c", _SITE], what="read the base python's site dirs",
                fix=f"check that {base_python} runs")
     in_venv, dirs = json.loads(base.strip().splitlines()[-1])
     if not in_venv:
         return False
     purelib = run(3, [str(python), "-c", _PURELIB], what="read the venv's site dir", fix="remove the venv and run again")
-    (Path(purelib.strip()) / BASE_PTH).write_text("".join(f"{d}\n" for d in dirs), encoding="utf-8")
+    lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in dirs)
+    (Path(purelib.strip()) / BASE_PTH).write_text(lines, encoding="utf-8")
     return True
 
 
