@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from profiles import lr_schedulers
-from profiles.document import TomlFile, load_profile, resolve_ref
+from profiles.document import Profile, TomlFile, load_profile, resolve_ref
 
-SUPPORTED_TYPES = ("sd15", "sdxl")
+SUPPORTED_TYPES = ("sd15", "sdxl", "chroma", "flux")
 DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULERS = lr_schedulers.allowed("builtin")  # what engine.trainer.optim implements
 
@@ -54,6 +54,8 @@ class TrainConfig:
     optimizer: dict[str, Any]
     monitoring: dict[str, Any] = field(default_factory=dict)
     caching_batch_size: int = 1
+    uncond_fraction: float = 0.0  # the chance a caption is trained as "" (diffusion-pipe's top-level key)
+    warnings: list[str] = field(default_factory=list)  # keys nothing reads, as `profile validate` words them
 
 
 def _err(file: Path, key: str, message: str, found: Any = None) -> TrainConfigError:
@@ -162,6 +164,8 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
         raise _err(f, "epochs", "required: a positive integer")
     minutes = _float(main, "checkpoint_every_n_minutes", f, None)
     return TrainConfig(
+        uncond_fraction=_uncond_fraction(main, model, f),
+        warnings=unread_keys(profile),
         main_path=main_path,
         dataset_path=dataset_path.resolve(),
         main=main,
@@ -193,3 +197,41 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
         monitoring=main.get("monitoring") if isinstance(main.get("monitoring"), dict) else {},
         caching_batch_size=_int(main, "caching_batch_size", f, 1, 1) or 1,
     )
+
+
+def _uncond_fraction(main: dict[str, Any], model: dict[str, Any], f: Path) -> float:
+    """diffusion-pipe reads a top-level `uncond_fraction`; dpdeck's trainer also took `model.caption_dropout`
+    or `model.uncond_fraction` before it did. One value: two that disagree is an error, not a silent pick."""
+    given = {
+        k: v
+        for k, v in (
+            ("uncond_fraction", main.get("uncond_fraction")),
+            ("model.caption_dropout", model.get("caption_dropout")),
+            ("model.uncond_fraction", model.get("uncond_fraction")),
+        )
+        if v is not None
+    }
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise _err(f, key, "expected a number from 0 to 1", value)
+    if len({float(v) for v in given.values()}) > 1:
+        raise _err(
+            f,
+            next(iter(given)),
+            "set once: "
+            + ", ".join(f"{k} = {v}" for k, v in given.items())
+            + " disagree (uncond_fraction at the top level is diffusion-pipe's key)",
+        )
+    return float(next(iter(given.values()), 0.0))
+
+
+def unread_keys(profile: Profile) -> list[str]:
+    """The unknown-key warnings `dpdeck profile validate --backend builtin` gives, worded the same: the trainer
+    never ignores a key silently."""
+    from profiles.validate import validate_profile
+
+    return [
+        f"{p.file}:{p.line or '?'}: {p.key}: {p.message}"
+        for p in validate_profile(profile, backend="builtin", check_paths="off")
+        if p.code == "unknown_key"
+    ]

@@ -7,6 +7,25 @@ from typing import Any
 
 import torch
 
+# 1/sqrt(snr) at t=0 (snr ~ 1e4) would weigh the least noisy step 100x down; sd-scripts and diffusion-pipe cap
+# the SNR there.
+DEBIASED_SNR_CAP = 1000.0
+
+
+def loss_weights(
+    snr: torch.Tensor, *, v_pred: bool, min_snr_gamma: float | None = None, debiased: bool = False
+) -> torch.Tensor:
+    """Per-sample weights from each sample's SNR (of the schedule before a zero-terminal rescale), as
+    diffusion-pipe's apply_snr_weight / apply_debiased_estimation: with v-prediction both divide by snr + 1
+    (the v target's own scale), not by snr."""
+    weight = torch.ones_like(snr)
+    if min_snr_gamma:
+        weight = weight * torch.clamp(snr, max=float(min_snr_gamma)) / (snr + 1 if v_pred else snr)
+    if debiased:
+        capped = torch.clamp(snr, max=DEBIASED_SNR_CAP)
+        weight = weight / (capped + 1) if v_pred else weight / torch.sqrt(capped)
+    return weight
+
 
 def denoise_loss(
     model: Any,
@@ -20,8 +39,13 @@ def denoise_loss(
     v_pred: bool = False,
     min_snr_gamma: float | None = None,
     debiased: bool = False,
+    snr: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DDPM training loss (eps or v target) with optional min-SNR-gamma and debiased weighting (as sd-scripts)."""
+    """DDPM training loss (eps or v target) with optional min-SNR-gamma and debiased weighting.
+
+    `snr`: per-timestep SNR for the weights (engine.trainer.ddpm.Schedule.snr); by default that of
+    `alphas_cumprod` itself.
+    """
     ab = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
     target = ab.sqrt() * noise - (1 - ab).sqrt() * latents if v_pred else noise
@@ -29,9 +53,9 @@ def denoise_loss(
     per_sample = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(
         dim=(1, 2, 3)
     )
-    snr = (ab / (1 - ab)).view(-1)
-    if min_snr_gamma:
-        per_sample = per_sample * torch.clamp(snr, max=float(min_snr_gamma)) / (snr + 1 if v_pred else snr)
-    if debiased:
-        per_sample = per_sample / torch.sqrt(torch.clamp(snr, max=1000.0))
+    if min_snr_gamma or debiased:
+        table = snr if snr is not None else alphas_cumprod / (1 - alphas_cumprod)
+        per_sample = per_sample * loss_weights(
+            table[timesteps].float(), v_pred=v_pred, min_snr_gamma=min_snr_gamma, debiased=debiased
+        )
     return per_sample.mean()

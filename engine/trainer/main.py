@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
-import math
 import os
 import sys
 import time
@@ -24,8 +22,10 @@ from engine.trainer import report
 from engine.trainer.cache import TrainingCache, caption_variants, load_latent, load_text
 from engine.trainer.config import TrainConfig, TrainConfigError, load_train_config
 from engine.trainer.data import GlobalBatch, drop_missing, epoch_batches, micro_slice, sample_seed
+from engine.trainer.ddpm import Schedule, schedule_of
 from engine.trainer.families import get_family
 from engine.trainer.family import Family, ModelLoadError
+from engine.trainer.flow import flow_loss, sample_t
 from engine.trainer.lora_io import DTYPES, LoraSaveError, add_lora, init_from_existing, save_lora
 from engine.trainer.loss import denoise_loss
 from engine.trainer.optim import OptimizerError, build_optimizer, build_scheduler
@@ -53,7 +53,7 @@ PROBE_ENV = "DPDECK_TRAINER_PROBE"  # tests: record the model's output on a fixe
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="engine.trainer", description="dpdeck built-in LoRA trainer (SD1.5 / SDXL)"
+        prog="engine.trainer", description="dpdeck built-in LoRA trainer (SD1.5 / SDXL / Chroma / Flux)"
     )
     p.add_argument("--config", required=True, help="main profile TOML (diffusion-pipe format)")
     p.add_argument("--deepspeed", action="store_true", help="accepted for diffusion-pipe compatibility")
@@ -102,7 +102,7 @@ class Trainer:
         self.cfg = cfg
         self.global_batch = cfg.micro_batch_size * cfg.grad_accum * self.world
         plan = plan_buckets(cfg.dataset, cfg.dataset_path.parent, self.global_batch)
-        for w in plan.warnings:
+        for w in [*cfg.warnings, *plan.warnings]:
             self.log(f"WARNING: {w}")
         self.plan = plan
         if plan.steps_per_epoch == 0:
@@ -237,11 +237,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # LoRA init is identical on every rank
         unet = family.unet
         init_b = bool(cfg.adapter.get("init_random_b", False))
-        lora_cfg = add_lora(unet, family, cfg.rank, cfg.lora_dropout, init_b)
+        lora_cfg = add_lora(
+            unet, family, cfg.rank, cfg.lora_dropout, init_b, cfg.adapter.get("exclude_modules")
+        )
         self.lora_cfg = lora_cfg
         existing = cfg.adapter.get("init_from_existing")
         if existing and self.args.resume_from_checkpoint is None:
-            n = init_from_existing(unet, Path(existing).expanduser())
+            n = init_from_existing(unet, Path(existing).expanduser(), family.lora_prefix)
             self.log(f"adapter.init_from_existing: loaded {n} tensors from {existing}")
         if cfg.activation_checkpointing:
             unet.enable_gradient_checkpointing()
@@ -260,7 +262,16 @@ class Trainer:
             engine.compile()
         self.engine = engine
         self.grad_norm: float | None = None
-        self.alphas_cumprod = _alphas_cumprod(cfg.model).to(self.device)
+        self.flow = family.schedule == "flow"
+        if self.flow:
+            for key in ("min_snr_gamma", "debiased_estimation_loss"):
+                if cfg.model.get(key):
+                    self.log(
+                        f"WARNING: model.{key}: a DDPM loss weighting; {family.name} trains with flow matching"
+                    )
+        if not self.flow:  # the DDPM families' noise schedule; flow families draw t in (0, 1) instead
+            self.schedule: Schedule = schedule_of(cfg.model).to(self.device)
+            self.alphas_cumprod = self.schedule.alphas_cumprod
         step, start_epoch, skip = 0, 1, 0
         if self.args.resume_from_checkpoint is not None:
             load_path, state = engine.load_checkpoint(str(run_dir), tag=tag, load_module_strict=False)
@@ -398,7 +409,7 @@ class Trainer:
         self, batch: GlobalBatch, samples: list[tuple[int, Any]], step: int, epoch: int
     ) -> dict[str, Any]:
         cfg, family, cache, b = self.cfg, self.family, self.cache, batch.bucket
-        dropout = float(cfg.model.get("caption_dropout", cfg.model.get("uncond_fraction", 0.0)) or 0.0)
+        dropout = cfg.uncond_fraction
         noise_offset = float(cfg.model.get("noise_offset", 0.0) or 0.0)
         lat, noise, ts, texts, metas = [], [], [], [], []
         for g, bi in samples:
@@ -408,7 +419,10 @@ class Trainer:
             n = torch.randn(z.shape, generator=gen)
             if noise_offset:
                 n = n + noise_offset * torch.randn((z.shape[0], 1, 1), generator=gen)
-            ts.append(int(torch.randint(0, len(self.alphas_cumprod), (1,), generator=gen)))
+            if self.flow:
+                ts.append(float(sample_t(cfg.model, 1, tuple(z.shape[-2:]), generator=gen)[0]))
+            else:
+                ts.append(int(torch.randint(0, len(self.alphas_cumprod), (1,), generator=gen)))
             variants = caption_variants(bi.item, bi.shuffle_tags, cache.n_variants)
             caption = variants[(epoch - 1) % len(variants)]
             if dropout and float(torch.rand((), generator=gen)) < dropout:
@@ -435,6 +449,16 @@ class Trainer:
     ) -> torch.Tensor:
         cfg, family = self.cfg, self.family
         x = self._inputs(batch, samples, step, epoch)
+        if self.flow:
+            with _sdpa_context(self.device):
+                return flow_loss(
+                    lambda noisy, t, kw: family.denoise(self.engine, noisy, t, kw),
+                    x["latents"],
+                    x["noise"],
+                    x["t"],
+                    x["kwargs"],
+                    dtype=family.dtype,
+                )
         with _sdpa_context(self.device):
             return denoise_loss(
                 self.engine,
@@ -444,7 +468,8 @@ class Trainer:
                 self.alphas_cumprod,
                 x["kwargs"],
                 dtype=family.dtype,
-                v_pred=family.v_pred,
+                v_pred=self.schedule.v_pred,
+                snr=self.schedule.snr,
                 min_snr_gamma=cfg.model.get("min_snr_gamma"),
                 debiased=bool(cfg.model.get("debiased_estimation_loss")),
             )
@@ -485,10 +510,10 @@ class Trainer:
         module = self.engine.module
         was_training = module.training
         module.eval()
-        t = torch.tensor([500], device=self.device)
-        out = module(
-            sample.to(self.device, self.family.dtype), t, **self.family.unet_kwargs(text, meta)
-        ).sample
+        t = self.family.probe_timestep().to(self.device)
+        out = self.family.denoise(
+            module, sample.to(self.device, self.family.dtype), t, self.family.unet_kwargs(text, meta)
+        )
         module.train(was_training)
         tensors = {"sample": sample, "timestep": t.cpu(), "output": out.float().cpu()}
         tensors.update({f"text.{k}": v for k, v in text.items()})
@@ -503,29 +528,6 @@ def _single_process_env() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(pick_port(set()))
-
-
-def _alphas_cumprod(model_cfg: dict[str, Any]) -> torch.Tensor:
-    """DDPM alphas_cumprod from the model's scheduler config (SD/SDXL defaults: scaled_linear 0.00085-0.012)."""
-    sched: dict[str, Any] = {}
-    if model_cfg.get("diffusers_path"):
-        path = Path(model_cfg["diffusers_path"]).expanduser() / "scheduler" / "scheduler_config.json"
-        if path.is_file():
-            sched = json.loads(path.read_text())
-    start, end = float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012))
-    n = int(sched.get("num_train_timesteps", 1000))
-    if sched.get("beta_schedule", "scaled_linear") == "linear":
-        betas = torch.linspace(start, end, n, dtype=torch.float64)
-    else:
-        betas = torch.linspace(math.sqrt(start), math.sqrt(end), n, dtype=torch.float64) ** 2
-    ab = torch.cumprod(1 - betas, dim=0)
-    if model_cfg.get("zero_terminal_snr"):
-        # Rescale so the last timestep has zero SNR (v-prediction models such as NoobAI-vpred).
-        s = ab.sqrt()
-        s0, sT = s[0].clone(), s[-1].clone()
-        s = (s - sT) * s0 / (s0 - sT)
-        ab = (s**2).clamp(min=1e-8)
-    return ab.float()
 
 
 def _sdpa_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:
