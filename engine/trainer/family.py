@@ -1,7 +1,10 @@
 """The small interface a model family implements; the training loop knows nothing else about models.
 
 A family loads its components, encodes images and prompts for the cache, runs the denoiser forward, and
-names its LoRA targets and their ComfyUI/A1111 (kohya) key names. Flow-matching families plug in here later.
+names its LoRA targets and their ComfyUI/A1111 (kohya) key names. `schedule` tells the loop which training
+objective applies: "ddpm" (noise / v prediction, engine.trainer.ddpm) or "flow" (rectified flow,
+engine.trainer.flow); `denoise` runs the model on latents shaped (B, C, h, w) either way, so a family that packs
+latents into tokens (Flux, Chroma) hides that from the loop.
 """
 
 from __future__ import annotations
@@ -48,8 +51,18 @@ def detect_single_file_family(path: Path) -> str:
         return "sd15"
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         return "sd2"
+    # Chroma is a pruned Flux: both layouts (original and diffusers) carry its distilled_guidance_layer.
+    if any(
+        k.startswith(("distilled_guidance_layer.", "model.diffusion_model.distilled_guidance_layer."))
+        for k in keys
+    ):
+        return "chroma"
     if any("double_blocks." in k for k in keys):
         return "flux"
+    if any(k.startswith("single_transformer_blocks.") for k in keys) and any(
+        k.startswith("time_text_embed.") for k in keys
+    ):
+        return "flux"  # a diffusers-layout FluxTransformer2DModel file
     if any("joint_blocks." in k for k in keys):
         return "sd3"
     return "unknown (top-level prefixes: " + ", ".join(sorted(joined)[:8]) + ")"
@@ -63,6 +76,10 @@ def detect_folder_family(folder: Path) -> str:
         cls = json.loads(index.read_text()).get("_class_name", "")
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{index}: unreadable ({exc})") from exc
+    if cls == "FluxPipeline":
+        return "flux"
+    if cls == "ChromaPipeline":
+        return "chroma"
     if "XL" in cls:
         return "sdxl"
     if cls.startswith("StableDiffusion") and "3" not in cls:
@@ -73,8 +90,14 @@ def detect_folder_family(folder: Path) -> str:
 class Family(ABC):
     name: str
     pipeline_class_name: str
-    # The denoiser being trained (a diffusers UNet2DConditionModel here).
+    # The denoiser being trained (a diffusers UNet2DConditionModel, or a DiT transformer for flow families).
     unet: torch.nn.Module
+    # "ddpm" or "flow": which objective the loop trains (see the module docstring).
+    schedule: str = "ddpm"
+    # The component name diffusers' save_lora_weights / load_lora_weights use for the denoiser's LoRA.
+    lora_prefix: str = "unet"
+    # Whether the family defines kohya (ComfyUI/A1111) key names; DiT families save diffusers format only.
+    has_kohya: bool = True
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         self.cfg = model_cfg
@@ -132,6 +155,16 @@ class Family(ABC):
     def lora_target_modules(self) -> list[str]:
         return list(ATTENTION_TARGETS)
 
+    def denoise(
+        self, model: Any, noisy: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """The model's prediction for noisy latents (B, C, h, w) at timesteps t, shaped like `noisy`."""
+        return model(noisy, t, **kwargs).sample
+
+    def probe_timestep(self) -> torch.Tensor:
+        """The fixed timestep of the save probe: mid-schedule in the family's own timestep scale."""
+        return torch.tensor([500])
+
     @abstractmethod
     def kohya_name(self, module_path: str) -> str:
         """ComfyUI/A1111 kohya key stem for a diffusers UNet module path."""
@@ -141,4 +174,3 @@ class Family(ABC):
         for attr in ("vae", "text_encoder", "text_encoder_2"):
             if hasattr(self, attr):
                 setattr(self, attr, None)
-

@@ -29,15 +29,26 @@ class LoraSaveError(RuntimeError):
     pass
 
 
-def add_lora(unet: torch.nn.Module, family: Family, rank: int, dropout: float, init_random_b: bool) -> Any:
+def add_lora(
+    unet: torch.nn.Module,
+    family: Family,
+    rank: int,
+    dropout: float,
+    init_random_b: bool,
+    exclude_modules: list[str] | str | None = None,
+) -> Any:
     from peft import LoraConfig
 
+    extra: dict[str, Any] = {}
+    if exclude_modules:  # diffusion-pipe's adapter.exclude_modules, handed to peft as it does
+        extra["exclude_modules"] = exclude_modules
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,  # diffusion-pipe: alpha is always rank
         lora_dropout=dropout,
         target_modules=family.lora_target_modules(),
         init_lora_weights=not init_random_b,
+        **extra,
     )
     unet.add_adapter(config)
     for name, p in unet.named_parameters():
@@ -53,7 +64,7 @@ def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
 
 
-def init_from_existing(unet: torch.nn.Module, path: Path) -> int:
+def init_from_existing(unet: torch.nn.Module, path: Path, family_prefix: str = "unet") -> int:
     """Load a diffusers-format LoRA (file, or a folder with one) as the starting point."""
     from peft.utils import set_peft_model_state_dict
 
@@ -67,7 +78,7 @@ def init_from_existing(unet: torch.nn.Module, path: Path) -> int:
                 f"adapter.init_from_existing: {path} holds no {DIFFUSERS_FILE} or adapter_model.safetensors"
             )
     sd = load_file(str(path))
-    sd = {k.removeprefix("unet.").removeprefix("base_model.model."): v for k, v in sd.items()}
+    sd = {k.removeprefix(f"{family_prefix}.").removeprefix("base_model.model."): v for k, v in sd.items()}
     own = lora_state_dict(unet)
     matched = {k: v for k, v in sd.items() if k in own}
     if not matched:
@@ -112,9 +123,37 @@ def save_lora(
     cast = {k: v.to(dtype).contiguous() for k, v in sd.items()}
     metadata = config.to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])
+    if metadata.get("exclude_modules") is not None and not isinstance(metadata["exclude_modules"], str):
+        metadata["exclude_modules"] = sorted(metadata["exclude_modules"])  # a set is not JSON
+    prefix = family.lora_prefix  # "unet" for SD1.5/SDXL, "transformer" for the DiTs
     family._pipeline_cls().save_lora_weights(
-        str(tmp), unet_lora_layers=cast, weight_name=DIFFUSERS_FILE, unet_lora_adapter_metadata=metadata
+        str(tmp),
+        weight_name=DIFFUSERS_FILE,
+        **{f"{prefix}_lora_layers": cast, f"{prefix}_lora_adapter_metadata": metadata},
     )
+    verify_diffusers_file(tmp / DIFFUSERS_FILE, cast, config.lora_alpha, prefix)
+    names = [DIFFUSERS_FILE]
+    if family.has_kohya:
+        _write_kohya(tmp, sd, unet, family, config, dtype)
+        names.append(KOHYA_FILE)
+    # TODO(issue 15): ComfyUI-format (diffusion_model.<original key>) files for the DiT families.
+    written = []
+    for name in names:
+        (tmp / name).chmod(0o644)  # shareable like any model file (the writers create 0600)
+        (tmp / name).replace(save_dir / name)
+        written.append(save_dir / name)
+    shutil.rmtree(tmp)
+    return written
+
+
+def _write_kohya(
+    tmp: Path,
+    sd: dict[str, torch.Tensor],
+    unet: torch.nn.Module,
+    family: Family,
+    config: Any,
+    dtype: torch.dtype,
+) -> None:
     kohya = kohya_state_dict(sd, family, config.lora_alpha, dtype)
     kohya_meta = {
         "ss_network_module": "networks.lora",
@@ -125,22 +164,16 @@ def save_lora(
         "dpdeck.format": "kohya",
     }
     save_file(kohya, str(tmp / KOHYA_FILE), metadata=kohya_meta)
-    verify_diffusers_file(tmp / DIFFUSERS_FILE, cast, config.lora_alpha)
     verify_kohya_file(tmp / KOHYA_FILE, unet, family)
-    written = []
-    for name in (DIFFUSERS_FILE, KOHYA_FILE):
-        (tmp / name).chmod(0o644)  # shareable like any model file (the writers create 0600)
-        (tmp / name).replace(save_dir / name)
-        written.append(save_dir / name)
-    shutil.rmtree(tmp)
-    return written
 
 
-def verify_diffusers_file(path: Path, expected: dict[str, torch.Tensor], alpha: float) -> None:
+def verify_diffusers_file(
+    path: Path, expected: dict[str, torch.Tensor], alpha: float, prefix: str = "unet"
+) -> None:
     from safetensors import safe_open
 
     loaded = load_file(str(path))
-    want = {f"unet.{k}": v for k, v in expected.items()}
+    want = {f"{prefix}.{k}": v for k, v in expected.items()}
     if set(loaded) != set(want):
         raise LoraSaveError(
             f"{path}: saved keys differ from the trained LoRA (e.g. {sorted(set(loaded) ^ set(want))[:3]})"
@@ -151,7 +184,7 @@ def verify_diffusers_file(path: Path, expected: dict[str, torch.Tensor], alpha: 
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     raw = meta.get("lora_adapter_metadata")
-    if raw is None or json.loads(raw).get("unet.lora_alpha", json.loads(raw).get("lora_alpha")) != alpha:
+    if raw is None or json.loads(raw).get(f"{prefix}.lora_alpha", json.loads(raw).get("lora_alpha")) != alpha:
         raise LoraSaveError(f"{path}: adapter metadata with lora_alpha={alpha} missing after reload")
 
 
