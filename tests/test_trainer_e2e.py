@@ -5,7 +5,6 @@ Runs are shared between assertions (module-scoped fixtures) to keep the suite wi
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -13,22 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import build_tiny_sd15, build_tiny_sdxl, launch_trainer, write_profile
+from tiny_models import (
+    build_tiny_sd15,
+    build_tiny_sdxl,
+    launch_trainer,
+    run_dir_of,
+    run_metrics,
+    write_profile,
+)
 
 from engine.demo import build_synthetic_dataset
 
 pytestmark = pytest.mark.slow
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _run_dir(out: str) -> Path:
-    events = [
-        json.loads(line[len("[dpdeck] ") :]) for line in out.splitlines() if line.startswith("[dpdeck] ")
-    ]
-    return Path(next(e["path"] for e in events if e["event"] == "run_dir"))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +67,7 @@ def sd15_run(work: Path, sd15_model: Path, shapes: Path) -> tuple[Path, str]:
     config = _sd15_profile(work / "sd15_a", sd15_model, shapes)
     code, out = launch_trainer(config)
     assert code == 0, out[-6000:]
-    return _run_dir(out), out
+    return run_dir_of(out), out
 
 
 def test_run_layout_and_progress_lines(sd15_run: tuple[Path, str]) -> None:
@@ -90,7 +87,7 @@ def test_run_layout_and_progress_lines(sd15_run: tuple[Path, str]) -> None:
         r"^steps: (\d+) loss: ([\d.]+) iter time \(s\): ([\d.]+) samples/sec: ([\d.]+)$", out, re.M
     )
     assert [int(s[0]) for s in step_lines] == list(range(1, 65))
-    metrics = _metrics(run_dir)
+    metrics = run_metrics(run_dir)
     assert [m["step"] for m in metrics] == list(range(1, 65))
     assert all(
         m["total_steps"] == 64 and m["total_epochs"] == 16 and m["lr"] == pytest.approx(2e-2) for m in metrics
@@ -110,7 +107,7 @@ def test_run_layout_and_progress_lines(sd15_run: tuple[Path, str]) -> None:
 
 
 def test_loss_falls_when_overfitting(sd15_run: tuple[Path, str]) -> None:
-    losses = [m["loss"] for m in _metrics(sd15_run[0])]
+    losses = [m["loss"] for m in run_metrics(sd15_run[0])]
     # Same seed -> same curve, so this margin is reproducible; a LoRA that does not learn stays flat.
     first, last = sum(losses[:16]) / 16, sum(losses[-16:]) / 16
     assert last < 0.96 * first, losses
@@ -216,8 +213,8 @@ def test_two_ranks_zero2_equal_one_rank_with_twice_the_batch(
     )
     code, out = launch_trainer(config, num_gpus=2)
     assert code == 0, out[-6000:]
-    two = _metrics(_run_dir(out))
-    one = _metrics(sd15_run[0])[: len(two)]
+    two = run_metrics(run_dir_of(out))
+    one = run_metrics(sd15_run[0])[: len(two)]
     assert len(two) == 8
     assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=2e-3, abs=1e-4)
     assert [m["grad_norm"] for m in two] == pytest.approx([m["grad_norm"] for m in one], rel=5e-3)
@@ -239,20 +236,20 @@ def sdxl_run(work: Path, sdxl_model: Path) -> tuple[Path, str, Path]:
     )
     code, out = launch_trainer(config)
     assert code == 0, out[-6000:]
-    return _run_dir(out), out, config
+    return run_dir_of(out), out, config
 
 
 def test_sdxl_buckets_saves_and_reload(sdxl_run: tuple[Path, str, Path], sdxl_model: Path) -> None:
     run_dir, out, _ = sdxl_run
     assert "bucket 48x48 (ar 1.0): 4 examples" in out and "bucket 64x32 (ar 1.5): 4 examples" in out
-    assert [m["step"] for m in _metrics(run_dir)] == list(range(1, 25))
+    assert [m["step"] for m in run_metrics(run_dir)] == list(range(1, 25))
     _check_reload("sdxl", sdxl_model, run_dir / "epoch3")
     _check_kohya(run_dir / "epoch3", "sdxl", sdxl_model, rank=4)
 
 
 def test_resume_continues_at_the_same_step_with_the_same_loss(sdxl_run: tuple[Path, str, Path]) -> None:
     run_dir, _, config = sdxl_run
-    full = _metrics(run_dir)
+    full = run_metrics(run_dir)
     final = load_file(str(run_dir / "epoch3" / "pytorch_lora_weights.safetensors"))
     # As after a crash at step 11: the newest checkpoint is global_step9 (mid epoch 2).
     (run_dir / "latest").write_text("global_step9")
@@ -269,7 +266,7 @@ def test_resume_continues_at_the_same_step_with_the_same_loss(sdxl_run: tuple[Pa
     (run_dir / "save_quit").touch()
     code, out = launch_trainer(config, args=("--resume_from_checkpoint",))
     assert code == 0, out[-6000:]
-    assert _run_dir(out) == run_dir
+    assert run_dir_of(out) == run_dir
     assert "resumed from" in out and "at step 9 (epoch 2, batch 1)" in out
     assert "TRAINING COMPLETE!" not in out and not (run_dir / "save_quit").exists()
     assert (run_dir / "latest").read_text().strip() == "global_step10"
@@ -277,7 +274,7 @@ def test_resume_continues_at_the_same_step_with_the_same_loss(sdxl_run: tuple[Pa
     code, out = launch_trainer(config, args=("--resume_from_checkpoint", run_dir.name))
     assert code == 0, out[-6000:]
     assert "at step 10 (epoch 2, batch 2)" in out and "TRAINING COMPLETE!" in out
-    resumed = _metrics(run_dir)[len(full) :]
+    resumed = run_metrics(run_dir)[len(full) :]
     assert [m["step"] for m in resumed] == list(range(10, 25))
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in full[9:]], rel=1e-5, abs=1e-6)
     again = load_file(str(run_dir / "epoch3" / "pytorch_lora_weights.safetensors"))
@@ -318,7 +315,7 @@ def test_every_option_together_runs(
     code, out = launch_trainer(config)
     assert code == 0, out[-6000:]
     assert "adapter.init_from_existing: loaded 64 tensors" in out
-    metrics = _metrics(_run_dir(out))
+    metrics = run_metrics(run_dir_of(out))
     assert [m["step"] for m in metrics] == list(range(1, 9))
     lrs = [m["lr"] for m in metrics]
     assert lrs[0] == pytest.approx(1e-2) and lrs[1] == pytest.approx(2e-2) and lrs[-1] < lrs[2]

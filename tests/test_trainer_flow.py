@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import build_tiny_chroma, build_tiny_flux, launch_trainer, write_profile
+from tiny_models import (
+    build_tiny_chroma,
+    build_tiny_flux,
+    launch_trainer,
+    run_dir_of,
+    run_metrics,
+    write_profile,
+)
 
 from engine.demo import build_synthetic_dataset
 from engine.trainer import flow
@@ -239,15 +246,6 @@ def test_chroma_text_and_latents_match_diffusers(chroma_model: tuple[Path, Path]
 
 
 # ---- end to end -------------------------------------------------------------------------------------------
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _run_dir(out: str) -> Path:
-    events = [
-        json.loads(line[len("[dpdeck] ") :]) for line in out.splitlines() if line.startswith("[dpdeck] ")
-    ]
-    return Path(next(e["path"] for e in events if e["event"] == "run_dir"))
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +276,7 @@ def chroma_run(work: Path, chroma_model: tuple[Path, Path], shapes: Path) -> tup
     config = _profile(work / "chroma", "chroma", schnell, shapes, f'transformer_path = "{transformer}"\n')
     code, out = launch_trainer(config)
     assert code == 0, out[-6000:]
-    return _run_dir(out), out, config
+    return run_dir_of(out), out, config
 
 
 @pytest.fixture(scope="module")
@@ -292,11 +290,11 @@ def flux_run(work: Path, flux_model: Path, shapes: Path) -> tuple[Path, str, Pat
     )
     code, out = launch_trainer(config)
     assert code == 0, out[-6000:]
-    return _run_dir(out), out, config
+    return run_dir_of(out), out, config
 
 
 def _assert_loss_falls(run_dir: Path) -> None:
-    losses = [m["loss"] for m in _metrics(run_dir)]
+    losses = [m["loss"] for m in run_metrics(run_dir)]
     assert len(losses) == 40
     # Same seed -> same curve, so this margin is reproducible; a LoRA that does not learn stays flat.
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
@@ -370,8 +368,8 @@ def test_chroma_loss_falls_below_an_untrained_control(
     )
     code, out = launch_trainer(config)
     assert code == 0, out[-6000:]
-    control = [m["loss"] for m in _metrics(_run_dir(out))]
-    trained = [m["loss"] for m in _metrics(chroma_run[0])][:40]
+    control = [m["loss"] for m in run_metrics(run_dir_of(out))]
+    trained = [m["loss"] for m in run_metrics(chroma_run[0])][:40]
     assert control[0] == pytest.approx(trained[0], rel=1e-5)  # same inputs: step 1 runs before any update
     assert sum(trained[-10:]) < 0.9 * sum(control[-10:]), (trained, control)
 
@@ -400,7 +398,7 @@ def test_chroma_resume_continues_at_the_same_step_with_the_same_loss(
     chroma_run: tuple[Path, str, Path],
 ) -> None:
     run_dir, _, config = chroma_run
-    full = _metrics(run_dir)
+    full = run_metrics(run_dir)
     final = load_file(str(run_dir / "epoch10" / "pytorch_lora_weights.safetensors"))
     # As after a crash at step 20: the newest checkpoint is global_step16 (the end of epoch 4 of 4 steps).
     (run_dir / "latest").write_text("global_step16")
@@ -409,7 +407,7 @@ def test_chroma_resume_continues_at_the_same_step_with_the_same_loss(
     code, out = launch_trainer(config, args=("--resume_from_checkpoint",))
     assert code == 0, out[-6000:]
     assert "at step 16 (epoch 4, batch 4)" in out and "TRAINING COMPLETE!" in out
-    resumed = _metrics(run_dir)[len(full) :]
+    resumed = run_metrics(run_dir)[len(full) :]
     assert [m["step"] for m in resumed] == list(range(17, 41))
     assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in full[16:]], rel=1e-5, abs=1e-6)
     again = load_file(str(run_dir / "epoch10" / "pytorch_lora_weights.safetensors"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,11 +167,15 @@ def test_profile_errors_name_file_and_key(tmp_path: Path, models: dict[str, Path
     config.write_text(text.replace("rank = 4", "rank = 4\nalpha = 8"))
     with pytest.raises(TrainConfigError, match=r"main.toml: adapter.alpha: not allowed"):
         load_train_config(config)
-    config.write_text(text.replace('type = "sd15"', 'type = "flux"'))
-    with pytest.raises(
-        TrainConfigError, match=r"model.type: the built-in trainer trains sd15, sdxl \(found 'flux'\)"
-    ):
+    # A type only diffusion-pipe trains: the message lists exactly what the built-in trainer has families for.
+    from engine.trainer.families import FAMILIES
+
+    config.write_text(text.replace('type = "sd15"', 'type = "wan"'))
+    with pytest.raises(TrainConfigError) as caught:
         load_train_config(config)
+    trains = re.search(r"model\.type: the built-in trainer trains (.*) \(found 'wan'\)", str(caught.value))
+    assert trains is not None, str(caught.value)
+    assert set(trains.group(1).split(", ")) == set(FAMILIES)
 
 
 def test_optimizer_names() -> None:

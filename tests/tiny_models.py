@@ -409,3 +409,16 @@ def build_tiny_chroma(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     )
     transformer.save_pretrained(out_dir / "chroma_transformer")
     return schnell, out_dir / "chroma_transformer"
+
+
+def run_metrics(run_dir: Path) -> list[dict[str, object]]:
+    """The trainer's metrics.jsonl, one dict per line."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_dir_of(out: str) -> Path:
+    """The run folder the trainer announced in its `[dpdeck]` progress lines."""
+    events = [
+        json.loads(line[len("[dpdeck] ") :]) for line in out.splitlines() if line.startswith("[dpdeck] ")
+    ]
+    return Path(next(e["path"] for e in events if e["event"] == "run_dir"))
