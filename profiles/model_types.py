@@ -44,7 +44,8 @@ MODEL_TYPES: tuple[str, ...] = (
     "minimax_h3",
 )
 DPDECK_ONLY_TYPES: frozenset[str] = frozenset({"sd15"})
-BUILTIN_TYPES: frozenset[str] = frozenset({"sd15", "sdxl"})
+# The types dpdeck's built-in trainer has a family for (engine/trainer/families.py, held equal by a test).
+BUILTIN_TYPES: frozenset[str] = frozenset({"sd15", "sdxl", "chroma", "flux"})
 ALL_TYPES: tuple[str, ...] = (*MODEL_TYPES, "sd15")
 
 BACKENDS: tuple[str, ...] = ("diffusion-pipe", "builtin")
@@ -366,14 +367,10 @@ def is_known(model_type: str) -> bool:
 
 
 def backend_supports(backend: str, model_type: str) -> bool:
-    """Can `backend` train `model_type`? (diffusion-pipe: its 24 types; builtin: sd15 and sdxl.)"""
+    """Can `backend` train `model_type`? (diffusion-pipe: its types; builtin: BUILTIN_TYPES.)"""
     if backend == "builtin":
         return model_type in BUILTIN_TYPES
     if backend == "diffusion-pipe":
         return model_type in MODEL_TYPES
     return False
 
-
-def default_backend(model_type: str) -> str:
-    """The backend a profile of this type runs on when nothing else is said."""
-    return "builtin" if model_type in DPDECK_ONLY_TYPES else "diffusion-pipe"

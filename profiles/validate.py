@@ -13,6 +13,7 @@ from typing import Literal
 
 from profiles import dp_keys
 from profiles import model_types as mt
+from profiles.backend_choice import choose_for_model
 from profiles.document import Profile
 from profiles.rules import (
     adapter,
@@ -66,7 +67,7 @@ def validate_profile(
 ) -> list[Problem]:
     """All problems of a profile, errors first, in file/line order within each severity.
 
-    backend: "diffusion-pipe", "builtin" or "auto" (the type's default backend).
+    backend: "diffusion-pipe", "builtin" or "auto" (what the queue would pick: profiles.backend_choice).
     check_paths: "error" on the GPU box, "warn" away from it (paths reported as warnings), "off".
     roots: extra folders to resolve relative paths against (e.g. the diffusion-pipe checkout).
     checkout: the diffusion-pipe checkout whose code decides which keys are read; "configured" (the default)
@@ -75,8 +76,9 @@ def validate_profile(
     if check_paths not in ("error", "warn", "off"):
         raise ValueError(f"check_paths must be 'error', 'warn' or 'off', not {check_paths!r}")
     if backend == "auto":
-        mtype = profile.model_type
-        backend = mt.default_backend(mtype) if mtype else "diffusion-pipe"
+        # The queue's own choice; with none possible, check against diffusion-pipe (which would train it).
+        chosen = choose_for_model(profile.main.data().get("model"), profile.model_type)
+        backend = chosen.backend or "diffusion-pipe"
     if backend not in mt.BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(mt.BACKENDS)} or 'auto', not {backend!r}")
     keys = dp_keys.configured() if checkout == "configured" else dp_keys.keys_for(checkout)

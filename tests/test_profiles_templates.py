@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from profiles import model_types as mt
+from profiles.backend_choice import choose_backend
 from profiles.document import TomlFile, load_profile
 from profiles.errors import ProfileNotFound
 from profiles.rules.placeholders import PLACEHOLDER
@@ -67,7 +68,10 @@ def test_metadata_matches_the_files(name: str) -> None:
     profile = load_template(name)
     assert profile.main.get("model.type") == info.model_type
     # sdxl-diffusers is the built-in trainer's: diffusion-pipe's sdxl loads only a checkpoint_path file.
-    assert info.backend == ("builtin" if name in BUILTIN_ONLY else mt.default_backend(info.model_type))
+    assert mt.backend_supports(info.backend, info.model_type)
+    model_keys = [k for k, v in profile.main.data()["model"].items() if v]
+    with_checkout = choose_backend(info.model_type, model_keys, checkout="/opt/diffusion-pipe").backend
+    assert (info.backend == "builtin") == (name in BUILTIN_ONLY or with_checkout == "builtin")
     assert info.description and "\n" not in info.description and len(info.description) < 100
     assert profile.dataset is not None and profile.main.get("dataset") == "dataset.toml"
     for key in info.essential_for("main"):

@@ -363,8 +363,11 @@ def test_ar_bucket_per_directory(case: Case) -> None:
 
 
 def test_backend_support(case: Case) -> None:
+    assert not [p for p in case.validate(backend="builtin") if p.key == "model.type"]  # chroma is built in
+    case.edit_main("type = 'chroma'", "type = 'wan'")
     problem = only(case.validate(backend="builtin"), "model.type")
-    assert problem.code == "backend" and "built-in trainer cannot train 'chroma'" in problem.message
+    assert problem.code == "backend" and "built-in trainer cannot train 'wan'" in problem.message
+    case.edit_main("type = 'wan'", "type = 'chroma'")
     case.edit_main("type = 'chroma'", "type = 'sd15'")
     case.edit_main(f"transformer_path = '{case.box['transformer']}'\n", "")
     case.edit_main("transformer_dtype = 'float8'\n", "")

@@ -168,14 +168,14 @@ def test_profile_errors_name_file_and_key(tmp_path: Path, models: dict[str, Path
     with pytest.raises(TrainConfigError, match=r"main.toml: adapter.alpha: not allowed"):
         load_train_config(config)
     # A type only diffusion-pipe trains: the message lists exactly what the built-in trainer has families for.
-    from engine.trainer.families import FAMILIES
+    from engine.trainer.families import FAMILY_CLASSES
 
     config.write_text(text.replace('type = "sd15"', 'type = "wan"'))
     with pytest.raises(TrainConfigError) as caught:
         load_train_config(config)
     trains = re.search(r"model\.type: the built-in trainer trains (.*) \(found 'wan'\)", str(caught.value))
     assert trains is not None, str(caught.value)
-    assert set(trains.group(1).split(", ")) == set(FAMILIES)
+    assert set(trains.group(1).split(", ")) == set(FAMILY_CLASSES)
 
 
 def test_optimizer_names() -> None:
@@ -310,3 +310,14 @@ def test_sdxl_single_file_loads_like_the_diffusers_folder(tmp_path: Path) -> Non
     for k in b:  # same weights; the loaders may pick different attention kernels (last-bit differences)
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
     assert from_file.identity("vae") != ref.identity("vae")  # different sources never share a cache
+
+
+def test_every_builtin_type_has_an_importable_family() -> None:
+    from engine.trainer.families import FAMILY_CLASSES, get_family
+    from engine.trainer.family import Family
+    from profiles.model_types import BUILTIN_TYPES
+
+    assert set(FAMILY_CLASSES) == set(BUILTIN_TYPES)
+    for name in FAMILY_CLASSES:
+        family = get_family(name)
+        assert issubclass(family, Family) and family.name == name

@@ -130,9 +130,14 @@ def complete(snippet: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_cli(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
-    """`dpdeck profile validate PATH --json`, in process (the same entry point the dpdeck script runs)."""
+    """`dpdeck profile validate PATH --json`, in process (the same entry point the dpdeck script runs).
+
+    Checked as diffusion-pipe would run it unless `extra` names a backend: these are upstream's configs, and
+    the default (auto) would move the few only the built-in trainer reads (sdxl from a diffusers folder) there.
+    """
     capsys.readouterr()
-    code = cli_main(["profile", "validate", str(path), "--json", *extra])
+    backend = [] if "--backend" in extra else ["--backend", "diffusion-pipe"]
+    code = cli_main(["profile", "validate", str(path), "--json", *backend, *extra])
     report = json.loads(capsys.readouterr().out)
     assert code == (0 if report["valid"] else 1)
     return report
@@ -308,6 +313,9 @@ def test_sdxl_from_a_diffusers_folder_is_fine_for_the_builtin_trainer(
     assert errors(validate_cli(path, capsys, "--backend", "builtin")) == []
     text = refused(validate_cli(path, capsys), "model.checkpoint_path")
     assert "built-in trainer only" in text
+    # Left to choose (the default), validation goes where the queue would run it.
+    auto = validate_cli(path, capsys, "--backend", "auto")
+    assert auto["backend"] == "builtin" and errors(auto) == []
 
 
 def _first_snippet_per_type() -> Iterator[tuple[str, str]]:

@@ -30,28 +30,16 @@ def resolve_profile(name_or_path: str) -> Profile:
 
 
 def pick_backend(profile: Profile, requested: str) -> str:
-    from profiles.model_types import BUILTIN_TYPES, DPDECK_ONLY_TYPES, get_spec
+    """The backend that runs this profile (profiles.backend_choice decides; it also tells validation)."""
+    from profiles.backend_choice import choose_for_model
 
-    if requested in BUILTIN_TYPES or requested in BACKENDS:
-        return requested
-    if requested != "auto":
-        raise EnqueueError(f"unknown backend {requested!r}; expected auto, builtin or diffusion-pipe")
-    mtype = profile.model_type or ""
-    dp_path = settings.load().diffusion_pipe.path
-    if mtype in DPDECK_ONLY_TYPES:
-        return "builtin"
-    spec = get_spec(mtype)
-    model = profile.main.data().get("model")
-    if spec is not None and isinstance(model, dict) and spec.needs_builtin({k for k, v in model.items() if v}):
-        return "builtin"  # sdxl from a diffusers folder: diffusion-pipe's sdxl reads only checkpoint_path
-    if dp_path:
-        return "diffusion-pipe"
-    if mtype in BUILTIN_TYPES:
-        return "builtin"
-    raise EnqueueError(
-        f"model type {mtype!r} is trained by diffusion-pipe, which is not configured: "
-        "run `dpdeck config set diffusion_pipe.path /path/to/diffusion-pipe` (or use an sd15/sdxl profile)"
-    )
+    try:
+        chosen = choose_for_model(profile.main.data().get("model"), profile.model_type, requested)
+    except ValueError as exc:
+        raise EnqueueError(str(exc)) from None
+    if chosen.backend is None:
+        raise EnqueueError(chosen.reason)
+    return chosen.backend
 
 
 def validate_for_queue(profile: Profile, backend: str, num_gpus: int | None) -> list[str]:

@@ -12,8 +12,9 @@ from typing import Any
 
 from profiles import lr_schedulers
 from profiles.document import Profile, TomlFile, load_profile, resolve_ref
+from profiles.model_types import BUILTIN_TYPES
 
-SUPPORTED_TYPES = ("sd15", "sdxl", "chroma", "flux")
+SUPPORTED_TYPES = tuple(sorted(BUILTIN_TYPES))  # engine/trainer/families.py has a class for each
 DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULERS = lr_schedulers.allowed("builtin")  # what engine.trainer.optim implements
 

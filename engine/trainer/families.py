@@ -1,22 +1,29 @@
-"""The built-in model families by profile `model.type`: the one place that knows every family.
+"""The built-in model families by profile `model.type`: the one place that knows every family's class.
 
-family.py holds only the interface the families implement; keeping this table out of it means no family
-module imports a module that imports it back.
+A table of import paths, not classes: a family module is imported only when a run asks for it, so a Chroma run
+never pays for the SD3 or Qwen-Image imports, and one broken optional dependency cannot stop every family.
+Which types the built-in trainer trains is `profiles.model_types.BUILTIN_TYPES` (validation and the queue read
+it); tests hold this table's keys equal to it.
 """
 
 from __future__ import annotations
 
-from engine.trainer.chroma import Chroma
-from engine.trainer.family import Family, ModelLoadError
-from engine.trainer.flux import Flux
-from engine.trainer.sd15 import SD15
-from engine.trainer.sdxl import SDXL
+from importlib import import_module
 
-FAMILIES: dict[str, type[Family]] = {"sd15": SD15, "sdxl": SDXL, "chroma": Chroma, "flux": Flux}
+from engine.trainer.family import Family, ModelLoadError
+
+FAMILY_CLASSES: dict[str, str] = {
+    "sd15": "engine.trainer.sd15:SD15",
+    "sdxl": "engine.trainer.sdxl:SDXL",
+    "chroma": "engine.trainer.chroma:Chroma",
+    "flux": "engine.trainer.flux:Flux",
+}
 
 
 def get_family(model_type: str) -> type[Family]:
     try:
-        return FAMILIES[model_type]
+        module, _, cls = FAMILY_CLASSES[model_type].partition(":")
     except KeyError:
         raise ModelLoadError(f"model.type: no built-in family {model_type!r}") from None
+    family: type[Family] = getattr(import_module(module), cls)
+    return family

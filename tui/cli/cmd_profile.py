@@ -175,6 +175,7 @@ def _problem_dict(problem: Any) -> dict[str, Any]:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from profiles import store
+    from profiles.backend_choice import choose_for_model
     from profiles.errors import ProfileParseError
     from profiles.secrets import redact
     from profiles.validate import has_errors, validate_profile
@@ -188,9 +189,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(redact(str(exc)))
         return 1
+    try:
+        chosen = choose_for_model(profile.main.data().get("model"), profile.model_type, args.backend)
+    except ValueError as exc:
+        error(str(exc))
+        return 2
     problems = validate_profile(
         profile,
-        backend=args.backend,
+        backend=chosen.backend or "diffusion-pipe",
         check_paths="warn" if args.away else "error",
         num_gpus=args.gpus,
     )
@@ -201,6 +207,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print_json(
             {
                 "valid": valid,
+                "backend": chosen.backend,
+                "backend_reason": chosen.reason,
                 "errors": n_err,
                 "warnings": n_warn,
                 "problems": [_problem_dict(p) for p in problems],
@@ -211,7 +219,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(redact(str(p)))
         where = profile.name or str(profile.main.path or profile.main.source)
         status = "valid" if valid else "INVALID"
-        print(f"{where}: {status} ({n_err} error(s), {n_warn} warning(s))", file=sys.stderr)
+        print(f"{where}: {status} ({n_err} error(s), {n_warn} warning(s)); {chosen.describe()}", file=sys.stderr)
     return 0 if valid else 1
 
 
@@ -596,8 +604,8 @@ def _backend_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         choices=["builtin", "diffusion-pipe", "auto"],
-        default="diffusion-pipe",
-        help="check against this trainer (default: diffusion-pipe; auto = the model type's usual one)",
+        default="auto",
+        help="check against this trainer (default auto: the one the queue would run it on)",
     )
 
 
