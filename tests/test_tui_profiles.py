@@ -228,3 +228,20 @@ async def test_opening_every_tab_after_a_save_is_no_edit() -> None:
         assert editor.files == saved
         await pilot.press("ctrl+w")
         await wait_until(pilot, lambda: isinstance(app.screen, ProfilesScreen), what="closed without asking")
+
+
+async def test_editor_says_validating_until_it_has_a_verdict_that_names_the_backend() -> None:
+    app = DeckApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        editor = await _new_from_template(pilot, app, "chroma-e6ai-512", "chroma1")
+
+        def status() -> str:
+            return str(editor.query_one("#editor-status").render())
+
+        await wait_until(pilot, lambda: "runs on:" in status(), what="a verdict")
+        # No diffusion-pipe checkout in the test's home: the queue would run Chroma on the built-in trainer.
+        assert "runs on: built-in trainer (no diffusion-pipe checkout configured)" in status()
+        assert "error(s)" in status() and "validating" not in status()
+        # An edit makes the shown counts stale: the header says so until the new text is judged.
+        editor.validate_soon(5.0)
+        assert "validating…" in status() and "error(s)" not in status()

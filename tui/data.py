@@ -90,6 +90,7 @@ class FieldProblem:
 @dataclass
 class Validation:
     problems: list[FieldProblem] = field(default_factory=list)
+    runs_on: str = ""  # "runs on: built-in trainer (no diffusion-pipe checkout configured)"
 
     @property
     def errors(self) -> list[FieldProblem]:
@@ -101,7 +102,7 @@ def validate_files(files: dict[str, str]) -> Validation:
     from profiles.errors import ProfileParseError
 
     checked = store.validate_files(files, check_paths="warn", backend="auto")
-    out = Validation()
+    out = Validation(runs_on=_runs_on(files.get("main.toml", "")))
     for prob in checked.problems:
         if isinstance(prob, ProfileParseError):
             fname = Path(str(prob.file)).name if getattr(prob, "file", None) else "main.toml"
@@ -125,6 +126,21 @@ def validate_files(files: dict[str, str]) -> Validation:
             )
         )
     return out
+
+
+def _runs_on(main_text: str) -> str:
+    """The backend the queue would pick for this text (the rule validation just used), for people."""
+    from profiles.backend_choice import choose_for_model
+    from profiles.document import TomlFile
+    from profiles.errors import ProfileParseError
+
+    try:
+        main = TomlFile.from_text(main_text, source="main.toml").data()
+    except ProfileParseError:
+        return ""
+    model = main.get("model")
+    mtype = model.get("type") if isinstance(model, dict) else None
+    return choose_for_model(model, mtype if isinstance(mtype, str) else None).describe()
 
 
 def save_profile(

@@ -81,6 +81,7 @@ class EditorScreen(Screen[None]):
         self.close_after_save = False
         self.generation = 0
         self.validation: data.Validation | None = None
+        self.validated_generation = -1  # the text generation self.validation judged
         self._debounce: Timer | None = None
         self._problem_cursor = 0
 
@@ -144,12 +145,18 @@ class EditorScreen(Screen[None]):
 
     def _status(self) -> None:
         flag = "new, not saved yet" if self.is_new else ("unsaved changes" if self.dirty else "saved")
-        errors = len(self.validation.errors) if self.validation else 0
-        warnings = len(self.validation.problems) - errors if self.validation else 0
         parse = "; TOML does not parse" if self.parse_errors else ""
+        if self.validation is None or self.validated_generation != self.generation:
+            # Counts of an older text (or none yet) would read as a verdict on this one.
+            verdict = "validating…"
+        else:
+            errors = len(self.validation.errors)
+            warnings = len(self.validation.problems) - errors
+            verdict = f"{errors} error(s), {warnings} warning(s)"
+            if self.validation.runs_on:
+                verdict += f" · {self.validation.runs_on}"
         self.query_one("#editor-status", Static).update(
-            f" {self.profile_name} · {flag} · {errors} error(s), {warnings} warning(s){parse}"
-            "   ctrl+s save · ctrl+t next tab · ctrl+w close"
+            f" {self.profile_name} · {flag} · {verdict}{parse}   ctrl+s save · ctrl+t next tab · ctrl+w close"
         )
 
     def _mark_dirty(self) -> None:
@@ -220,6 +227,7 @@ class EditorScreen(Screen[None]):
         if self._debounce is not None:
             self._debounce.stop()
         self.generation += 1
+        self._status()
         self._debounce = self.set_timer(delay, lambda: self._validate(self.generation, dict(self.files)))
 
     @work(thread=True, exclusive=True, group="editor-validate")
@@ -238,6 +246,7 @@ class EditorScreen(Screen[None]):
             self.notify(message.error, severity="error")
             return
         self.validation = message.result
+        self.validated_generation = message.generation
         self._show_problems()
         self._status()
 
