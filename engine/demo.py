@@ -1,7 +1,8 @@
-"""`dpdeck demo`: a tiny SD-style model, a small synthetic captioned dataset, one real queued training run.
+"""`dpdeck demo [--family sd15|chroma|flux]`: a tiny random model of the family, a small synthetic captioned
+dataset, one real queued training run on the built-in trainer.
 
-Everything is built locally (no hub): random weights from configs, a character-level CLIP tokenizer, and
-coloured-shape images. torch/diffusers are imported inside the builders only.
+Everything is built locally (no hub): random weights from configs (engine/demo_models.py), character-level
+tokenizers, and coloured-shape images. torch/diffusers are imported inside the builders only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import demo_models
+
+# Still importable from here, where they lived before engine/demo_models.py (tests and benches import them).
+from engine.demo_models import build_tiny_sd15 as build_tiny_sd15
+from engine.demo_models import tiny_clip_config as tiny_clip_config
+from engine.demo_models import tiny_vae as tiny_vae
+from engine.demo_models import write_tiny_tokenizer as write_tiny_tokenizer
 from statefiles import paths
 from statefiles.atomic import atomic_write_text
 
@@ -20,134 +28,6 @@ DEMO_TEMPLATE = "demo-tiny"
 DEMO_IMAGE_PX = 32
 DEMO_NUM_IMAGES = 8
 DEMO_OVERRIDES: dict[str, object] = {"epochs": 16, "save_every_n_epochs": 16, "optimizer.lr": 2e-2}
-
-
-def write_tiny_tokenizer(out_dir: Path) -> Path:
-    """A CLIP BPE tokenizer whose vocabulary is the 256 byte-level characters (with and without </w>).
-
-    No merges: every word becomes characters. That is all a random tiny text encoder needs.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # GPT-2/CLIP byte -> printable unicode table (the standard construction).
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = [chr(b) for b in printable]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            chars.append(chr(256 + extra))
-            extra += 1
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
-    for ch in chars:
-        for tok in (ch, ch + "</w>"):
-            if tok not in vocab:
-                vocab[tok] = len(vocab)
-    (out_dir / "vocab.json").write_text(json.dumps(vocab))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n")
-    config = {
-        "model_max_length": 77,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "tokenizer_class": "CLIPTokenizer",
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
-    (out_dir / "special_tokens_map.json").write_text(
-        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")})
-    )
-    return out_dir
-
-
-def tiny_vae():  # type: ignore[no-untyped-def]
-    """The 2-block random VAE every tiny pipeline here shares (seed the RNG before calling)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=32,
-    )
-
-
-def tiny_clip_config(**overrides: Any) -> dict[str, Any]:
-    """CLIPTextConfig keyword arguments for a 32-wide random text encoder that fits the tiny tokenizer."""
-    cfg: dict[str, Any] = dict(
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        pad_token_id=1,
-        vocab_size=600,
-        hidden_act="gelu",
-    )
-    cfg.update(overrides)
-    return cfg
-
-
-def build_tiny_sd15(out_dir: Path, seed: int = 0) -> Path:
-    """A tiny random SD1.5-style pipeline folder (UNet block_out_channels (32, 64), 2x VAE)."""
-    import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Writing model shards" bars are noise in the demo's output
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=32,
-    )
-    torch.manual_seed(seed + 1)
-    vae = tiny_vae()
-    torch.manual_seed(seed + 2)
-    te = CLIPTextModel(CLIPTextConfig(**tiny_clip_config(num_hidden_layers=2)))
-    scheduler = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,
-    )
-    unet.save_pretrained(out_dir / "unet")
-    vae.save_pretrained(out_dir / "vae")
-    te.save_pretrained(out_dir / "text_encoder")
-    scheduler.save_pretrained(out_dir / "scheduler")
-    write_tiny_tokenizer(out_dir / "tokenizer")
-    CLIPTokenizer.from_pretrained(out_dir / "tokenizer")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.31.0",
-        "requires_safety_checker": False,
-        "vae": ["diffusers", "AutoencoderKL"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "image_encoder": [None, None],
-    }
-    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
-    return out_dir
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
@@ -224,6 +104,8 @@ class DemoResult:
     steps: int
     wall_s: float
     message: str = ""
+    family: str = "sd15"
+    backend: str = "builtin"  # the trainer that ran it
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -233,35 +115,147 @@ def demo_dir() -> Path:
     return paths.subdir("demo")
 
 
-def prepare(root: Path | None = None) -> Path:
-    """Build (once) the tiny model and dataset, and write the filled-in profile; returns main.toml."""
-    root = root or demo_dir()
-    model = root / "model"
-    if not (model / "model_index.json").is_file():
-        tmp = root / "model.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        build_tiny_sd15(tmp)
-        tmp.rename(model)  # the model folder appears complete or not at all
-    data = build_synthetic_dataset(root / "dataset")
-    main_text, dataset_text = _template_texts()
-    values = {
-        "<DEMO_MODEL_DIR>": str(model),
-        "<DEMO_DATASET_DIR>": str(data),
-        "<DEMO_OUTPUT_DIR>": str(root / "output"),
-    }
-    for key, value in values.items():
-        main_text = main_text.replace(key, value)
-        dataset_text = dataset_text.replace(key, value)
+# ---- families ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoFamily:
+    """How the demo trains one model family: which tiny model it builds and which template's shape it takes."""
+
+    template: str  # the built-in template whose keys and layout the demo's profile keeps
+    builder: str  # a function of engine.demo_models taking the folder to build in
+    model_keys: dict[str, str]  # [model] key -> the folder it names, relative to the built one ("" = itself)
+    ready: str  # a file only a complete model folder has (relative to it)
+
+
+DEFAULT_FAMILY = "sd15"
+CHROMA_WEIGHTS = "chroma_transformer/diffusion_pytorch_model.safetensors"  # where build_tiny_chroma saves it
+FAMILIES: dict[str, DemoFamily] = {
+    "sd15": DemoFamily(DEMO_TEMPLATE, "build_tiny_sd15", {"diffusers_path": ""}, "model_index.json"),
+    # Chroma takes its VAE and T5 from a Flux-schnell folder, its transformer from transformer_path: a file,
+    # as the template (and profile validation) expects; a diffusers-layout one, its config.json beside it.
+    "chroma": DemoFamily(
+        "chroma-e6ai-512",
+        "build_tiny_chroma",
+        {"diffusers_path": "flux_schnell", "transformer_path": CHROMA_WEIGHTS},
+        CHROMA_WEIGHTS,
+    ),
+    # A dev-like folder (guidance embedding), as the flux-dev template expects.
+    "flux": DemoFamily("flux-dev", "build_tiny_flux", {"diffusers_path": ""}, "model_index.json"),
+}
+
+# What a real-size template says that a 2-block random model on a CPU must not: train the demo's way (as the
+# sd15 demo does: fp32, rank 4, a high rate, batch 2, one save at the end), in plain torch AdamW (the
+# templates' adamw_optimi needs torch-optimi, which a base install lacks).
+FLOW_MAIN_SETTINGS: dict[str, object] = {
+    **DEMO_OVERRIDES,
+    "dataset": "dataset.toml",
+    "micro_batch_size_per_gpu": 2,
+    "warmup_steps": 0,
+    "seed": 42,
+    "activation_checkpointing": False,  # nothing in a tiny model is worth recomputing
+    "save_dtype": "float32",
+    "model.dtype": "float32",
+    "adapter.rank": 4,
+    "adapter.dtype": "float32",
+    "optimizer.type": "adamw",
+}
+# float8 weights need a GPU (the built-in trainer keeps the base weights in model.dtype anyway).
+FLOW_MAIN_DROPS: tuple[str, ...] = ("model.transformer_dtype",)
+# The template's caption prefix names its own dataset's artist; the demo's captions are coloured shapes.
+FLOW_DATASET_DROPS: tuple[str, ...] = ("directory[0].caption_prefix",)
+
+
+class DemoFamilyError(ValueError):
+    """An unknown family name, or a template the demo cannot shape (the message says which and why)."""
+
+
+def family_spec(family: str) -> DemoFamily:
+    spec = FAMILIES.get(family)
+    if spec is None:
+        raise DemoFamilyError(f"unknown demo family {family!r}; expected one of {', '.join(FAMILIES)}")
+    return spec
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """Where one family's demo lives: sd15 at the demo folder's top (the deck's demo-tiny template points
+    there), every other family in a subfolder of its own; all share the one synthetic dataset."""
+
+    root: Path
+    family: str
+
+    @property
+    def home(self) -> Path:
+        return self.root if self.family == DEFAULT_FAMILY else self.root / self.family
+
+    @property
+    def model(self) -> Path:
+        return self.home / "model"
+
+    @property
+    def profile(self) -> Path:
+        return self.home / "profile"
+
+    @property
+    def output(self) -> Path:
+        return self.home / "output"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    def model_paths(self) -> dict[str, Path]:
+        """[model] key -> the folder it names, as the family's builder lays them out under `model`."""
+        return {key: self.model / sub for key, sub in family_spec(self.family).model_keys.items()}
+
+
+def prepare(root: Path | None = None, family: str = DEFAULT_FAMILY) -> Path:
+    """Build (once) the family's tiny model and the dataset, and write the filled-in profile; returns main.toml."""
+    layout = DemoLayout(root or demo_dir(), family)
+    spec = family_spec(family)
+    _build_model(layout, spec)
+    data = build_synthetic_dataset(layout.dataset)
+    if family == DEFAULT_FAMILY:
+        main_text, dataset_text = _sd15_texts(layout, data)
+    else:
+        main_text, dataset_text = family_texts(family, layout.model_paths(), data, layout.output)
     from profiles.document import TomlFile
 
     for text, name in ((main_text, "main.toml"), (dataset_text, "dataset.toml")):
         TomlFile.from_text(text, source=f"demo {name}")  # a path with a quote in it must fail here, clearly
-    profile = root / "profile"
-    profile.mkdir(exist_ok=True)
-    atomic_write_text(profile / "dataset.toml", dataset_text)
-    atomic_write_text(profile / "main.toml", main_text)
-    return profile / "main.toml"
+    layout.profile.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.profile / "dataset.toml", dataset_text)
+    atomic_write_text(layout.profile / "main.toml", main_text)
+    return layout.profile / "main.toml"
+
+
+def _build_model(layout: DemoLayout, spec: DemoFamily) -> None:
+    model = layout.model
+    if (model / spec.ready).is_file():
+        return
+    if model.exists():  # left half-built by a demo from before builds were atomic
+        shutil.rmtree(model)
+    tmp = model.with_name("model.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    getattr(demo_models, spec.builder)(tmp)
+    tmp.rename(model)  # the model folder appears complete or not at all
+
+
+def _sd15_texts(layout: DemoLayout, data: Path) -> tuple[str, str]:
+    """The demo-tiny template (or our built-in copy of it) with its <DEMO_...> placeholders filled in."""
+    main_text, dataset_text = _template_texts()
+    values = {
+        "<DEMO_MODEL_DIR>": str(layout.model),
+        "<DEMO_DATASET_DIR>": str(data),
+        "<DEMO_OUTPUT_DIR>": str(layout.output),
+    }
+    for key, value in values.items():
+        main_text = main_text.replace(key, value)
+        dataset_text = dataset_text.replace(key, value)
+    return main_text, dataset_text
 
 
 def _template_texts() -> tuple[str, str]:
@@ -284,6 +278,50 @@ def _template_texts() -> tuple[str, str]:
     return main.dumps(), dataset.dumps()
 
 
+def family_texts(family: str, model_paths: dict[str, Path], data: Path, output: Path) -> tuple[str, str]:
+    """main.toml and dataset.toml for a flow family's demo: its template's keys and layout, with the tiny
+    model's folders, the synthetic dataset and the demo's CPU-sized settings in place of the placeholders."""
+    from profiles.templates import load_template
+
+    spec = family_spec(family)
+    template = load_template(spec.template)
+    main, dataset = template.main, template.dataset
+    if dataset is None or not isinstance(dataset.get("directory"), list) or not dataset.get("directory"):
+        raise DemoFamilyError(
+            f"template {spec.template}: the demo needs its dataset.toml with a [[directory]] entry to fill in"
+        )
+    settings: dict[str, object] = {
+        "output_dir": str(output),
+        **{f"model.{key}": str(path) for key, path in model_paths.items()},
+        **FLOW_MAIN_SETTINGS,
+    }
+    for key, value in settings.items():
+        main.set(key, value)
+    for key in FLOW_MAIN_DROPS:
+        main.delete(key)
+    dataset.set("resolutions", [DEMO_IMAGE_PX])
+    dataset.set("directory[0].path", str(data))
+    for key in FLOW_DATASET_DROPS:
+        dataset.delete(key)
+    main_header = (
+        f"# dpdeck demo --family {family}: the {spec.template} template on a tiny random {family} model,\n"
+        "# sized for a CPU (fp32, rank 4, batch 2, 16 epochs at 32 px).\n"
+    )
+    dataset_header = f"# {DEMO_NUM_IMAGES} generated {DEMO_IMAGE_PX} px coloured shapes with `<stem>.txt` captions.\n"
+    return (
+        main_header + _without_leading_comments(main.dumps()),
+        dataset_header + _without_leading_comments(dataset.dumps()),
+    )
+
+
+def _without_leading_comments(text: str) -> str:
+    """The template's opening comments describe its real-size use (placeholders to fill in, its dataset)."""
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "".join(lines)
+
+
 def _summarise(run_dir: Path | None) -> tuple[list[str], float | None, float | None, int]:
     if run_dir is None or not run_dir.is_dir():
         return [], None, None, 0
@@ -304,11 +342,33 @@ def _summarise(run_dir: Path | None) -> tuple[list[str], float | None, float | N
     return files, sum(losses[:k]) / k, sum(losses[-k:]) / k, len(losses)
 
 
-def run_demo(timeout: float = 600.0, direct: bool = False, log: Any = print) -> DemoResult:
+def demo_backend(family: str) -> tuple[str, str]:
+    """(the backend to queue the demo with, the 'runs on: ...' line that says why).
+
+    The queue's own rule (profiles.backend_choice) decides, except that a configured diffusion-pipe checkout
+    never gets the demo: its tiny random model is dpdeck's, built for the built-in trainer.
+    """
+    from profiles.backend_choice import AUTO, LABELS, choose_backend, configured_checkout
+
+    keys = list(family_spec(family).model_keys)
+    auto = choose_backend(family, keys, AUTO, configured_checkout())
+    if auto.backend == "builtin":
+        return AUTO, auto.describe()
+    other = LABELS.get(auto.backend or "", "nothing")
+    return "builtin", (
+        f"runs on: built-in trainer (the demo's tiny model is dpdeck's; a {family} profile of yours would run "
+        f"on {other}: {auto.reason})"
+    )
+
+
+def run_demo(
+    timeout: float = 600.0, direct: bool = False, log: Any = print, family: str = DEFAULT_FAMILY
+) -> DemoResult:
     """Prepare, enqueue through the real queue (or launch directly when asked / no engine), wait, summarise."""
+    family_spec(family)  # an unknown family fails before anything is built
     started = time.monotonic()
-    log("building the tiny model and dataset ...")
-    main_toml = prepare()
+    log(f"building the tiny {family} model and dataset ...")
+    main_toml = prepare(family=family)
     client = None
     if not direct:
         try:
@@ -317,61 +377,57 @@ def run_demo(timeout: float = 600.0, direct: bool = False, log: Any = print) -> 
             client = client_mod
         except ImportError:
             log("engine.jobs.client is not available; launching the trainer directly")
-    if client is not None:
-        client.ensure_daemon()
-        # backend "auto" picks the built-in trainer for sd15 (docs/CONTRACTS.md).
-        job_id = client.enqueue(str(main_toml), backend="auto", name="demo")
-        log(f"queued job {job_id}; waiting (dpdeck logs {job_id} to follow along) ...")
-        try:
-            view = client.wait(job_id, timeout=timeout)
-        except TimeoutError:
-            from engine.jobs.protocol import Action, Request
+    if client is None:
+        code, run_dir, tail = _launch_direct(main_toml, timeout)
+        ok = code == 0 and bool(_summarise(run_dir)[0])
+        state = "completed" if ok else f"failed (exit {code})"
+        return _result(ok, "direct", None, state, run_dir, started, "" if ok else tail, family, "builtin")
+    backend, why = demo_backend(family)
+    log(why)
+    client.ensure_daemon()
+    name = "demo" if family == DEFAULT_FAMILY else f"demo-{family}"
+    job_id = client.enqueue(str(main_toml), backend=backend, name=name)
+    log(f"queued job {job_id}; waiting (dpdeck logs {job_id} to follow along) ...")
+    try:
+        view = client.wait(job_id, timeout=timeout)
+    except TimeoutError:
+        from engine.jobs.protocol import Action, Request
 
-            client.send(Request(Action.CANCEL, job_id))  # never leave a demo job running behind the user's back
-            return DemoResult(
-                False,
-                "queue",
-                job_id,
-                "timeout",
-                None,
-                [],
-                None,
-                None,
-                0,
-                time.monotonic() - started,
-                f"no result after {timeout:.0f} s; job {job_id} cancelled",
-            )
-        run_dir = Path(view.run_dir) if getattr(view, "run_dir", None) else None
-        files, first, last, steps = _summarise(run_dir)
-        ok = view.state == "completed" and bool(files)
-        return DemoResult(
-            ok,
-            "queue",
-            job_id,
-            str(view.state),
-            str(run_dir) if run_dir else None,
-            files,
-            first,
-            last,
-            steps,
-            time.monotonic() - started,
-            str(getattr(view, "exit_reason", "") or ""),
-        )
-    code, run_dir, tail = _launch_direct(main_toml, timeout)
+        client.send(Request(Action.CANCEL, job_id))  # never leave a demo job running behind the user's back
+        message = f"no result after {timeout:.0f} s; job {job_id} cancelled"
+        return _result(False, "queue", job_id, "timeout", None, started, message, family, "builtin")
+    run_dir = Path(view.run_dir) if view.run_dir else None
+    ok = view.state == "completed" and bool(_summarise(run_dir)[0])
+    message = str(view.exit_reason or "")
+    return _result(ok, "queue", job_id, str(view.state), run_dir, started, message, family, view.backend)
+
+
+def _result(
+    ok: bool,
+    via: str,
+    job_id: int | None,
+    state: str,
+    run_dir: Path | None,
+    started: float,
+    message: str,
+    family: str,
+    backend: str,
+) -> DemoResult:
     files, first, last, steps = _summarise(run_dir)
-    ok = code == 0 and bool(files)
     return DemoResult(
-        ok,
-        "direct",
-        None,
-        "completed" if ok else f"failed (exit {code})",
-        str(run_dir) if run_dir else None,
-        files,
-        first,
-        last,
-        steps,
-        time.monotonic() - started,
-        "" if ok else tail,
+        ok=ok,
+        via=via,
+        job_id=job_id,
+        state=state,
+        run_dir=str(run_dir) if run_dir else None,
+        lora_files=files,
+        first_loss=first,
+        last_loss=last,
+        steps=steps,
+        wall_s=time.monotonic() - started,
+        message=message,
+        family=family,
+        backend=backend,
     )
 
 

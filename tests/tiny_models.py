@@ -1,8 +1,8 @@
 """Tiny random SD1.5 / SDXL pipelines saved with save_pretrained, and a tokenizer built locally.
 
-No hub access: every component comes from a config, like diffusers' own pipeline tests. Used by the tests,
-the benchmarks and `dpdeck demo` (engine.demo imports build_sd15 from here only through this file's twin
-in engine/demo.py, so the package never depends on tests/).
+No hub access: every component comes from a config, like diffusers' own pipeline tests. The builders
+`dpdeck demo` needs too (SD1.5, Flux, Chroma, the tokenizers) live in engine/demo_models.py and are imported
+here, so the package never depends on tests/; the SDXL and single-file builders are the tests' own.
 """
 
 from __future__ import annotations
@@ -10,9 +10,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.demo import build_tiny_sd15, tiny_clip_config, tiny_vae, write_tiny_tokenizer
+from engine.demo_models import (
+    build_tiny_chroma,
+    build_tiny_flux,
+    build_tiny_sd15,
+    tiny_clip_config,
+    tiny_vae,
+    write_tiny_t5_tokenizer,
+    write_tiny_tokenizer,
+)
 
-__all__ = ["build_tiny_sd15", "build_tiny_sdxl", "write_tiny_tokenizer"]
+__all__ = [
+    "build_tiny_chroma",
+    "build_tiny_flux",
+    "build_tiny_sd15",
+    "build_tiny_sdxl",
+    "tiny_clip_config",
+    "tiny_vae",
+    "write_tiny_t5_tokenizer",
+    "write_tiny_tokenizer",
+]
 
 
 def build_tiny_sdxl(out_dir: Path, seed: int = 0, te2_hidden: int = 32) -> Path:
@@ -263,152 +280,6 @@ def save_single_file_sdxl(diffusers_dir: Path, out_file: Path) -> Path:
             sd[dst + f"mlp.c_proj.{kind}"] = te2_sd[src + f"mlp.fc2.{kind}"]
     save_file({k: v.contiguous() for k, v in sd.items()}, str(out_file))
     return out_file
-
-
-def write_tiny_t5_tokenizer(out_dir: Path, max_length: int = 32) -> Path:
-    """A character-level T5 tokenizer (Unigram over printable ASCII, `</s>` appended) built with `tokenizers`.
-
-    max_length becomes model_max_length, which the flow families use as the T5 length (real T5: 512).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
-    vocab += [(chr(c), -1.0) for c in range(33, 127)]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    tok.save(str(out_dir / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "T5Tokenizer",
-        "model_max_length": max_length,
-        "pad_token": "<pad>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "extra_ids": 0,
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
-    T5TokenizerFast.from_pretrained(out_dir)  # fail here, not in the trainer, if it is malformed
-    return out_dir
-
-
-def tiny_flow_transformer_kwargs() -> dict[str, object]:
-    """Shared dims of the tiny Flux / Chroma transformers: 2 heads x 16, rope axes 4 + 6 + 6 = 16."""
-    return dict(
-        patch_size=1,
-        in_channels=64,  # 16 latent channels x 2x2 packing
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        axes_dims_rope=(4, 6, 6),
-    )
-
-
-def _tiny_flux_vae():  # type: ignore[no-untyped-def]
-    from diffusers import AutoencoderKL
-
-    # Flux's VAE: 16 latent channels with a shift factor as well as a scale (values of the real one).
-    return AutoencoderKL(
-        block_out_channels=[32, 32],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-    )
-
-
-def build_tiny_flux(out_dir: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
-    """A tiny random FluxPipeline folder (dev-like with guidance_embeds, schnell-like without)."""
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
-
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
-        **tiny_flow_transformer_kwargs(), pooled_projection_dim=32, guidance_embeds=guidance_embeds
-    )
-    torch.manual_seed(seed + 1)
-    vae = _tiny_flux_vae()
-    torch.manual_seed(seed + 2)
-    clip = CLIPTextModel(CLIPTextConfig(**_clip_cfg()))
-    torch.manual_seed(seed + 3)
-    t5 = T5EncoderModel(
-        T5Config(
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            vocab_size=128,
-            relative_attention_num_buckets=8,
-        )
-    )
-    transformer.save_pretrained(out_dir / "transformer")
-    vae.save_pretrained(out_dir / "vae")
-    clip.save_pretrained(out_dir / "text_encoder")
-    t5.save_pretrained(out_dir / "text_encoder_2")
-    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(out_dir / "scheduler")
-    write_tiny_tokenizer(out_dir / "tokenizer")
-    CLIPTokenizer.from_pretrained(out_dir / "tokenizer")
-    write_tiny_t5_tokenizer(out_dir / "tokenizer_2")
-    index = {
-        "_class_name": "FluxPipeline",
-        "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "image_encoder": [None, None],
-        "feature_extractor": [None, None],
-    }
-    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
-    return out_dir
-
-
-def _clip_cfg() -> dict[str, object]:
-    from engine.demo import tiny_clip_config
-
-    return tiny_clip_config(projection_dim=32)
-
-
-def build_tiny_chroma(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """A tiny Flux-schnell folder (VAE + T5 + tokenizers) and a tiny Chroma transformer folder beside it.
-
-    Returns (diffusers_path, transformer_path) as a chroma profile names them; the transformer is a diffusers
-    folder (config.json + weights): an original-layout tiny file cannot go through from_single_file.
-    """
-    import torch
-    from diffusers import ChromaTransformer2DModel
-
-    out_dir = Path(out_dir)
-    schnell = build_tiny_flux(out_dir / "flux_schnell", seed=seed, guidance_embeds=False)
-    torch.manual_seed(seed + 10)
-    transformer = ChromaTransformer2DModel(
-        **tiny_flow_transformer_kwargs(),
-        approximator_num_channels=16,
-        approximator_hidden_dim=32,
-        approximator_layers=1,
-    )
-    transformer.save_pretrained(out_dir / "chroma_transformer")
-    return schnell, out_dir / "chroma_transformer"
 
 
 def run_metrics(run_dir: Path) -> list[dict[str, object]]:

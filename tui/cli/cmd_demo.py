@@ -14,6 +14,10 @@ from typing import Any
 
 from tui.cli.output import error, print_json
 
+# engine.demo.FAMILIES, default first; named here so that `dpdeck demo --help` imports nothing heavy (a test
+# holds the two equal).
+DEMO_FAMILIES = ("sd15", "chroma", "flux")
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
@@ -25,9 +29,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         # Libraries print to stdout on import (DeepSpeed's accelerator notice); keep stdout pure JSON.
         with _stdout_to_stderr():
-            result = run_demo(timeout=args.timeout, direct=args.direct, log=log)
+            result = run_demo(timeout=args.timeout, direct=args.direct, log=log, family=args.family)
     else:
-        result = run_demo(timeout=args.timeout, direct=args.direct, log=log)
+        result = run_demo(timeout=args.timeout, direct=args.direct, log=log, family=args.family)
     if args.json:
         print_json(result.as_dict())
         return 0 if result.ok else 1
@@ -65,8 +69,16 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
         help="train a tiny LoRA end to end (no GPU or internet needed)",
-        description="Build a tiny random SD-style model and a small captioned dataset in the state dir, queue the "
-        "demo-tiny profile, wait, and print where the LoRA files are and how the loss moved.",
+        description="Build a tiny random model of one family and a small captioned dataset in the state dir, queue "
+        "a profile of that family's template shape on the built-in trainer, wait, and print where the LoRA files "
+        "are and how the loss moved.",
+    )
+    p.add_argument(
+        "--family",
+        choices=DEMO_FAMILIES,
+        default=DEMO_FAMILIES[0],
+        help="the model family to train: sd15 (the demo-tiny template, ~40 s on CPU), chroma (the "
+        "chroma-e6ai-512 template's shape) or flux (flux-dev's); default sd15",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the run (default 600)")
