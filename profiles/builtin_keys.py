@@ -34,5 +34,5 @@ BUILTIN_TRAINER_KEYS: dict[str, frozenset[str]] = {
             "compile",
         }
     ),
-    "adapter": frozenset({"save_dtype", "init_random_b"}),
+    "adapter": frozenset({"save_dtype", "init_random_b", "targets"}),
 }

@@ -17,6 +17,9 @@ from profiles.model_types import BUILTIN_TYPES
 SUPPORTED_TYPES = tuple(sorted(BUILTIN_TYPES))  # engine/trainer/families.py has a class for each
 DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULERS = lr_schedulers.allowed("builtin")  # what engine.trainer.optim implements
+# adapter.targets: which UNet modules get LoRA (engine/trainer/sd15.py reads it); the flow families always
+# take every Linear of their blocks.
+LORA_TARGETS = {"all_linear": ("sd15", "sdxl", "flux", "chroma"), "attention": ("sd15", "sdxl")}
 
 
 class TrainConfigError(ValueError):
@@ -55,6 +58,7 @@ class TrainConfig:
     optimizer: dict[str, Any]
     monitoring: dict[str, Any] = field(default_factory=dict)
     caching_batch_size: int = 1
+    lora_targets: str = "all_linear"
     uncond_fraction: float = 0.0  # the chance a caption is trained as "" (diffusion-pipe's top-level key)
     warnings: list[str] = field(default_factory=list)  # keys nothing reads, as `profile validate` words them
 
@@ -160,12 +164,18 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
     if rank is None:
         raise _err(f, "adapter.rank", "required: a positive integer")
     dropout = _float(adapter, "dropout", f, 0.0) or 0.0
+    targets = adapter.get("targets", "all_linear")
+    if targets not in LORA_TARGETS:
+        raise _err(f, "adapter.targets", f"expected one of {', '.join(LORA_TARGETS)}", targets)
+    if mtype not in LORA_TARGETS[targets]:
+        raise _err(f, "adapter.targets", f"'{targets}' is for {', '.join(LORA_TARGETS[targets])} only", mtype)
     epochs = _int(main, "epochs", f, None, 1)
     if epochs is None:
         raise _err(f, "epochs", "required: a positive integer")
     minutes = _float(main, "checkpoint_every_n_minutes", f, None)
     return TrainConfig(
         uncond_fraction=_uncond_fraction(main, model, f),
+        lora_targets=targets,
         warnings=unread_keys(profile),
         main_path=main_path,
         dataset_path=dataset_path.resolve(),

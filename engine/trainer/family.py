@@ -18,6 +18,17 @@ from typing import Any
 import torch
 
 ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# diffusion-pipe's UNet LoRA (models/sdxl.py configure_adapter): every Linear inside these containers.
+UNET_BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
+
+
+def linear_modules(root: torch.nn.Module, prefixes: tuple[str, ...] = ("",)) -> list[str]:
+    """Full paths of the nn.Linear modules under `root` whose path starts with one of `prefixes`."""
+    return sorted(
+        name
+        for name, module in root.named_modules()
+        if name.startswith(prefixes) and isinstance(module, torch.nn.Linear)
+    )
 
 
 class ModelLoadError(RuntimeError):
@@ -98,6 +109,8 @@ class Family(ABC):
     lora_prefix: str = "unet"
     # Whether the family defines kohya (ComfyUI/A1111) key names; DiT families save diffusers format only.
     has_kohya: bool = True
+    # adapter.targets: "all_linear" (diffusion-pipe's default) or "attention" (to_q/k/v/out.0 only).
+    lora_targets: str = "all_linear"
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         self.cfg = model_cfg

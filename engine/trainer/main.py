@@ -237,6 +237,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # LoRA init is identical on every rank
         unet = family.unet
         init_b = bool(cfg.adapter.get("init_random_b", False))
+        family.lora_targets = cfg.lora_targets
         lora_cfg = add_lora(
             unet, family, cfg.rank, cfg.lora_dropout, init_b, cfg.adapter.get("exclude_modules")
         )

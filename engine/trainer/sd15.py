@@ -7,7 +7,15 @@ from typing import Any
 
 import torch
 
-from engine.trainer.family import Family, ModelLoadError, file_identity, folder_identity
+from engine.trainer.family import (
+    ATTENTION_TARGETS,
+    UNET_BLOCKS,
+    Family,
+    ModelLoadError,
+    file_identity,
+    folder_identity,
+    linear_modules,
+)
 
 
 class SD15(Family):
@@ -94,15 +102,26 @@ class SD15(Family):
             return_tensors="pt",
         ).input_ids.to(self.device)
 
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Batched text conditioning, with grad (text encoder LoRA trains through it)."""
+        return {"encoder_hidden_states": self.text_encoder(self._tokens(self.tokenizer, captions))[0]}
+
     @torch.no_grad()
     def encode_prompts(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
-        hidden = self.text_encoder(self._tokens(self.tokenizer, captions))[0]
-        return [{"encoder_hidden_states": h.cpu()} for h in hidden]
+        batch = {k: v.cpu() for k, v in self.encode_text(captions).items()}
+        return [{k: v[i] for k, v in batch.items()} for i in range(len(captions))]
 
     def unet_kwargs(
         self, text: dict[str, torch.Tensor], image_meta: dict[str, torch.Tensor]
     ) -> dict[str, Any]:
         return {"encoder_hidden_states": text["encoder_hidden_states"].to(self.device, self.dtype)}
+
+    def lora_target_modules(self) -> list[str]:
+        if self.lora_targets == "attention":
+            return list(ATTENTION_TARGETS)
+        # diffusion-pipe: every Linear of the UNet's blocks (attention, feed-forward, resnets' time_emb_proj,
+        # and proj_in/proj_out where they are Linear, as in SDXL); adapter.exclude_modules is applied by peft.
+        return linear_modules(self.unet, UNET_BLOCKS)
 
     def kohya_name(self, module_path: str) -> str:
         # kohya's SD1.x convention (which ComfyUI and A1111 map) keeps diffusers block names.

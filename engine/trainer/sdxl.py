@@ -40,17 +40,12 @@ class SDXL(SD15):
     def text_encoders(self) -> list[torch.nn.Module]:
         return [self.text_encoder, self.text_encoder_2]
 
-    @torch.no_grad()
-    def encode_prompts(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         # As the SDXL pipeline: penultimate hidden states of both encoders, pooled output of the second.
         out1 = self.text_encoder(self._tokens(self.tokenizer, captions), output_hidden_states=True)
         out2 = self.text_encoder_2(self._tokens(self.tokenizer_2, captions), output_hidden_states=True)
         hidden = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
-        pooled = out2[0]
-        return [
-            {"encoder_hidden_states": h.cpu(), "text_embeds": p.cpu()}
-            for h, p in zip(hidden, pooled, strict=True)
-        ]
+        return {"encoder_hidden_states": hidden, "text_embeds": out2[0]}
 
     def image_meta(
         self, orig_hw: tuple[int, int], crop_tl: tuple[int, int], target_hw: tuple[int, int]

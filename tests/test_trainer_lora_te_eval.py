@@ -1,0 +1,139 @@
+"""Issue 15 item 4: LoRA targets as diffusion-pipe's, text-encoder LoRA for SD1.5/SDXL, eval datasets.
+
+Targets are compared with what diffusion-pipe's own models/sdxl.py code selects (run here on the same tiny
+models); saved files are read back by diffusers' own loaders (its kohya converter for the ComfyUI/A1111 file).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import build_tiny_sd15, build_tiny_sdxl
+
+from engine.trainer.families import get_family
+from engine.trainer.family import Family
+from engine.trainer.lora_io import add_lora, save_lora
+
+UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "upstream" / "diffusion-pipe"
+BUILDERS = {"sd15": build_tiny_sd15, "sdxl": build_tiny_sdxl}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("item4")
+
+
+@pytest.fixture(scope="module")
+def models(work: Path) -> dict[str, Path]:
+    return {kind: build(work / f"tiny_{kind}") for kind, build in BUILDERS.items()}
+
+
+def _family(kind: str, model: Path) -> Family:
+    family = get_family(kind)(
+        {"type": kind, "diffusers_path": str(model)}, torch.float32, torch.device("cpu")
+    )
+    family.load()
+    return family
+
+
+def _upstream_adapter_methods() -> dict[str, Any]:
+    """SDXLPipeline.configure_adapter and _add_adapter from upstream's models/sdxl.py, run as written (the module
+    itself imports deepspeed and upstream's package layout, so only these two methods are taken out)."""
+    import peft
+    from torch import nn
+
+    tree = ast.parse((UPSTREAM / "models" / "sdxl.py").read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SDXLPipeline")
+    wanted = ("configure_adapter", "_add_adapter")
+    picked = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    assert sorted(n.name for n in picked) == sorted(wanted), "upstream renamed an adapter method"
+    namespace: dict[str, Any] = {"peft": peft, "nn": nn, "torch": torch}
+    exec(compile(ast.Module(body=picked, type_ignores=[]), "models/sdxl.py", "exec"), namespace)  # noqa: S102
+    return {name: namespace[name] for name in wanted}
+
+
+def _lora_layers(module: torch.nn.Module) -> set[str]:
+    return {name for name, m in module.named_modules() if len(getattr(m, "lora_A", ())) > 0}
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_default_unet_targets_are_diffusion_pipes(kind: str, models: dict[str, Path]) -> None:
+    from peft import inject_adapter_in_model
+
+    ours = _family(kind, models[kind])
+    add_lora(ours.unet, ours, 4, 0.0, False)
+    theirs = _family(kind, models[kind])
+    methods = _upstream_adapter_methods()
+    pipe = SimpleNamespace(unet=theirs.unet, text_encoder=theirs.text_encoder)
+    # SD1.5 has one encoder; upstream's SDXL code adapts two, so it gets a copy as its second.
+    pipe.text_encoder_2 = getattr(theirs, "text_encoder_2", None) or copy.deepcopy(theirs.text_encoder)
+    for te in (pipe.text_encoder, pipe.text_encoder_2):
+        # transformers' add_adapter demands a newer peft than installed; peft's own injection is what it calls.
+        te.add_adapter = lambda config, te=te: inject_adapter_in_model(config, te)
+    pipe._add_adapter = lambda *a, **k: methods["_add_adapter"](pipe, *a, **k)
+    methods["configure_adapter"](
+        pipe, {"type": "lora", "rank": 4, "alpha": 4, "dropout": 0.0, "dtype": torch.float32}
+    )
+    expected = _lora_layers(theirs.unet)
+    # Beyond attention: feed-forward and the resnets' time embedding projection (and SDXL's Linear proj_in/out).
+    assert any(n.endswith("ff.net.2") for n in expected) and any(
+        n.endswith("time_emb_proj") for n in expected
+    )
+    assert _lora_layers(ours.unet) == expected
+
+
+def test_attention_only_option(models: dict[str, Path]) -> None:
+    family = _family("sd15", models["sd15"])
+    family.lora_targets = "attention"
+    add_lora(family.unet, family, 4, 0.0, False)
+    layers = _lora_layers(family.unet)
+    assert layers and {n.rsplit(".", 1)[-1] for n in layers} | {"to_out.0"} >= {"to_q", "to_k", "to_v"}
+    assert all(n.endswith(("to_q", "to_k", "to_v", "to_out.0")) for n in layers)
+
+
+@torch.no_grad()
+def _unet_output(pipe: Any, kind: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    unet = pipe.unet
+    sample = torch.randn((1, 4, 8, 8), generator=gen)
+    hidden = torch.randn((1, 5, unet.config.cross_attention_dim), generator=gen)
+    kwargs: dict[str, Any] = {}
+    if kind == "sdxl":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn((1, pooled), generator=gen),
+            "time_ids": torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]]),
+        }
+    return unet(sample, torch.tensor([500]), hidden, **kwargs).sample
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_every_default_target_named_for_kohya_loaders(kind: str, models: dict[str, Path], work: Path) -> None:
+    """The kohya file, read by diffusers' own kohya/SGM converter, gives the UNet the diffusers file gives."""
+    from diffusers import DiffusionPipeline
+
+    family = _family(kind, models[kind])
+    torch.manual_seed(0)
+    config = add_lora(family.unet, family, 4, 0.0, True)  # random B: every layer changes the output
+    save_dir = work / f"save_{kind}"
+    save_lora(save_dir, family.unet, family, config, "float32")
+    kohya = load_file(str(save_dir / "lora_kohya.safetensors"))
+    assert len(kohya) == 3 * len(_lora_layers(family.unet))
+    base = DiffusionPipeline.from_pretrained(models[kind])
+    outputs = {}
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        pipe = DiffusionPipeline.from_pretrained(models[kind])
+        pipe.load_lora_weights(str(save_dir), weight_name=name)
+        assert _lora_layers(pipe.unet) == _lora_layers(family.unet), name
+        outputs[name] = _unet_output(pipe, kind)
+    assert not torch.allclose(outputs["lora_kohya.safetensors"], _unet_output(base, kind), atol=1e-4)
+    torch.testing.assert_close(
+        outputs["lora_kohya.safetensors"], outputs["pytorch_lora_weights.safetensors"], rtol=1e-4, atol=1e-5
+    )
