@@ -91,6 +91,8 @@ def detect_folder_family(folder: Path) -> str:
         return "flux"
     if cls == "ChromaPipeline":
         return "chroma"
+    if cls.startswith("StableDiffusion3"):  # StableDiffusion3Pipeline and its img2img / inpaint variants
+        return "sd3"
     if "XL" in cls:
         return "sdxl"
     if cls.startswith("StableDiffusion") and "3" not in cls:
