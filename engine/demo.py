@@ -307,7 +307,9 @@ def family_texts(family: str, model_paths: dict[str, Path], data: Path, output: 
         f"# dpdeck demo --family {family}: the {spec.template} template on a tiny random {family} model,\n"
         "# sized for a CPU (fp32, rank 4, batch 2, 16 epochs at 32 px).\n"
     )
-    dataset_header = f"# {DEMO_NUM_IMAGES} generated {DEMO_IMAGE_PX} px coloured shapes with `<stem>.txt` captions.\n"
+    dataset_header = (
+        f"# {DEMO_NUM_IMAGES} generated {DEMO_IMAGE_PX} px coloured shapes with `<stem>.txt` captions.\n"
+    )
     return (
         main_header + _without_leading_comments(main.dumps()),
         dataset_header + _without_leading_comments(dataset.dumps()),
@@ -348,16 +350,16 @@ def demo_backend(family: str) -> tuple[str, str]:
     The queue's own rule (profiles.backend_choice) decides, except that a configured diffusion-pipe checkout
     never gets the demo: its tiny random model is dpdeck's, built for the built-in trainer.
     """
-    from profiles.backend_choice import AUTO, LABELS, choose_backend, configured_checkout
+    from profiles.backend_choice import AUTO, choose_backend, configured_checkout
 
     keys = list(family_spec(family).model_keys)
     auto = choose_backend(family, keys, AUTO, configured_checkout())
     if auto.backend == "builtin":
         return AUTO, auto.describe()
-    other = LABELS.get(auto.backend or "", "nothing")
+    # auto.reason here reads "diffusion-pipe at /path/to/checkout".
     return "builtin", (
-        f"runs on: built-in trainer (the demo's tiny model is dpdeck's; a {family} profile of yours would run "
-        f"on {other}: {auto.reason})"
+        f"runs on: built-in trainer (the demo's tiny model is dpdeck's own; your {family} profiles run on "
+        f"{auto.reason})"
     )
 
 
