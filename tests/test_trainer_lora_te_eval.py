@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,8 +16,16 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import build_tiny_sd15, build_tiny_sdxl
+from tiny_models import (
+    build_tiny_sd15,
+    build_tiny_sdxl,
+    launch_trainer,
+    run_dir_of,
+    run_metrics,
+    write_profile,
+)
 
+from engine.trainer.evaluate import TIMESTEP_QUANTILES
 from engine.trainer.families import get_family
 from engine.trainer.family import Family
 from engine.trainer.lora_io import add_lora, save_lora
@@ -137,3 +146,86 @@ def test_every_default_target_named_for_kohya_loaders(kind: str, models: dict[st
     torch.testing.assert_close(
         outputs["lora_kohya.safetensors"], outputs["pytorch_lora_weights.safetensors"], rtol=1e-4, atol=1e-5
     )
+
+
+# ---- end to end under the deepspeed launcher ---------------------------------------------------------------
+
+
+def _profile(folder: Path, model: Path, data: Path, eval_data: Path, **main: object) -> Path:
+    import tomlkit
+
+    settings: dict[str, object] = {
+        "epochs": 2,
+        "micro_batch_size_per_gpu": 2,
+        "save_every_n_epochs": 2,
+        "eval_every_n_epochs": 1,
+        "eval_micro_batch_size_per_gpu": 1,
+    }
+    settings.update(main)
+    config = write_profile(
+        folder, model_type="sd15", model_dir=model, directories=[{"path": str(data)}], lr=2e-2, **settings
+    )
+    ds = tomlkit.document()
+    ds["resolutions"] = [32]
+    ds["directory"] = [{"path": str(eval_data)}]
+    (folder / "eval.toml").write_text(tomlkit.dumps(ds))
+    doc = tomlkit.parse(config.read_text())
+    doc["eval_datasets"] = [{"name": "held_out", "config": "eval.toml"}]
+    config.write_text(tomlkit.dumps(doc))
+    return config
+
+
+def _eval_events(out: str) -> list[dict[str, Any]]:
+    prefix = '[dpdeck] {"event": "eval"'
+    return [json.loads(line.split("[dpdeck] ", 1)[1]) for line in out.splitlines() if line.startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def eval_runs(work: Path, models: dict[str, Path]) -> list[tuple[Path, str]]:
+    from engine.demo import build_synthetic_dataset
+
+    data = build_synthetic_dataset(work / "train_data", count=4)
+    held_out = build_synthetic_dataset(work / "eval_data", count=2)
+    runs = []
+    for i in range(2):  # the same profile twice: eval losses must repeat exactly
+        config = _profile(work / f"eval_run{i}", models["sd15"], data, held_out)
+        code, out = launch_trainer(config)
+        assert code == 0, out[-6000:]
+        runs.append((run_dir_of(out), out))
+    return runs
+
+
+@pytest.mark.slow
+def test_eval_losses_at_quantiles_in_events_metrics_and_tensorboard(
+    eval_runs: list[tuple[Path, str]],
+) -> None:
+    from engine.jobs.tb_events import read_run
+
+    run_dir, out = eval_runs[0]
+    assert "eval_datasets" not in out  # no 'not built in' warning any more
+    events = _eval_events(out)
+    # Before the first step (eval_before_first_step defaults to true), then after each epoch (2 steps each).
+    assert [(e["name"], e["step"], e["epoch"]) for e in events] == [
+        ("held_out", 0, 1),
+        ("held_out", 2, 1),
+        ("held_out", 4, 2),
+    ]
+    for e in events:
+        assert list(e["quantile_losses"]) == [f"{q:.2f}" for q in TIMESTEP_QUANTILES]
+        values = list(e["quantile_losses"].values())
+        assert all(isinstance(v, float) and v > 0 for v in values)
+        assert e["loss"] == pytest.approx(sum(values) / len(values))
+    assert events[0]["loss"] != events[-1]["loss"]  # the weights moved between evals
+    recorded = [m for m in run_metrics(run_dir) if m.get("event") == "eval"]
+    assert [{k: v for k, v in m.items() if k != "t"} for m in recorded] == events
+    assert len([m for m in run_metrics(run_dir) if m.get("event") == "progress"]) == 4
+    # The engine's own TensorBoard reader (which reads diffusion-pipe's eval tags) sees the same numbers.
+    tb = read_run(run_dir)
+    assert sorted(tb.evals) == ["held_out"]
+    assert tb.evals["held_out"] == pytest.approx({e["step"]: e["loss"] for e in events})
+
+
+@pytest.mark.slow
+def test_eval_losses_repeat_across_runs(eval_runs: list[tuple[Path, str]]) -> None:
+    first, second = (_eval_events(out) for _, out in eval_runs)
+    assert [e["quantile_losses"] for e in first] == [e["quantile_losses"] for e in second]

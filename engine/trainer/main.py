@@ -23,6 +23,14 @@ from engine.trainer.cache import TrainingCache, caption_variants, load_latent, l
 from engine.trainer.config import TrainConfig, TrainConfigError, load_train_config
 from engine.trainer.data import GlobalBatch, drop_missing, epoch_batches, micro_slice, sample_seed
 from engine.trainer.ddpm import Schedule, schedule_of
+from engine.trainer.evaluate import (
+    TIMESTEP_QUANTILES,
+    due,
+    eval_sets,
+    eval_settings,
+    plan_eval_sets,
+    run_eval,
+)
 from engine.trainer.families import get_family
 from engine.trainer.family import Family, ModelLoadError
 from engine.trainer.flow import flow_loss, sample_t
@@ -107,8 +115,9 @@ class Trainer:
         self.plan = plan
         if plan.steps_per_epoch == 0:
             raise self._empty_error()
-        if cfg.main.get("eval_datasets"):
-            self.log("WARNING: eval_datasets: evaluation is not built into this trainer yet; ignored")
+        self.eval_sets = eval_sets(cfg)
+        self.eval_settings = eval_settings(cfg, self.world)
+        plan_eval_sets(self.eval_sets, self.eval_settings, self.world)
         if (
             cfg.model.get("text_encoder_lr")
             or cfg.model.get("text_encoder_1_lr")
@@ -154,6 +163,7 @@ class Trainer:
                 f"{stats.encoded_text} captions encoded, {stats.reused_text} reused; {stats.removed} stale removed; "
                 f"{len(stats.unreadable)} unreadable image(s) skipped"
             )
+        self._eval_caches()
         dist.barrier()
         family.free_encoders()
         if self.args.cache_only:
@@ -295,6 +305,12 @@ class Trainer:
         )
         last_ckpt = time.monotonic()
         quit_early = False
+        if (
+            self.eval_sets
+            and self.eval_settings.before_first_step
+            and self.args.resume_from_checkpoint is None
+        ):
+            self._evaluate(step, start_epoch)
         for epoch in range(start_epoch, cfg.epochs + 1):
             batches = epoch_batches(plan, epoch, cfg.seed)
             first = skip if epoch == start_epoch else 0
@@ -328,6 +344,9 @@ class Trainer:
                     iter_time=iter_time,
                     samples_per_s=self.global_batch / max(iter_time, 1e-9),
                 )
+                epoch_done = epoch if index == len(batches) - 1 else None
+                if self.eval_sets and due(self.eval_settings, step, epoch_done):
+                    self._evaluate(step, epoch)
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1}
                 want_save, want_quit, minutes_due = bool(flags[2]), bool(flags[3]), bool(flags[4])
                 if (save_steps and step % save_steps == 0) or want_save or want_quit:
@@ -407,9 +426,17 @@ class Trainer:
         return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
 
     def _inputs(
-        self, batch: GlobalBatch, samples: list[tuple[int, Any]], step: int, epoch: int
+        self,
+        batch: GlobalBatch,
+        samples: list[tuple[int, Any]],
+        step: int,
+        epoch: int,
+        quantile: float | None = None,
+        cache: TrainingCache | None = None,
     ) -> dict[str, Any]:
-        cfg, family, cache, b = self.cfg, self.family, self.cache, batch.bucket
+        """quantile: an eval's fixed timestep quantile (no caption dropout then); cache: an eval set's."""
+        cfg, family, b = self.cfg, self.family, batch.bucket
+        cache = cache or self.cache
         dropout = cfg.uncond_fraction
         noise_offset = float(cfg.model.get("noise_offset", 0.0) or 0.0)
         lat, noise, ts, texts, metas = [], [], [], [], []
@@ -421,12 +448,14 @@ class Trainer:
             if noise_offset:
                 n = n + noise_offset * torch.randn((z.shape[0], 1, 1), generator=gen)
             if self.flow:
-                ts.append(float(sample_t(cfg.model, 1, tuple(z.shape[-2:]), generator=gen)[0]))
+                ts.append(float(sample_t(cfg.model, 1, tuple(z.shape[-2:]), gen, quantile)[0]))
+            elif quantile is not None:  # diffusion-pipe: int(quantile * num_train_timesteps)
+                ts.append(int(quantile * len(self.alphas_cumprod)))
             else:
                 ts.append(int(torch.randint(0, len(self.alphas_cumprod), (1,), generator=gen)))
             variants = caption_variants(bi.item, bi.shuffle_tags, cache.n_variants)
             caption = variants[(epoch - 1) % len(variants)]
-            if dropout and float(torch.rand((), generator=gen)) < dropout:
+            if dropout and quantile is None and float(torch.rand((), generator=gen)) < dropout:
                 caption = ""
             texts.append(load_text(cache.text_path(caption)))
             metas.append(
@@ -446,10 +475,16 @@ class Trainer:
         }
 
     def _loss(
-        self, batch: GlobalBatch, samples: list[tuple[int, Any]], step: int, epoch: int
+        self,
+        batch: GlobalBatch,
+        samples: list[tuple[int, Any]],
+        step: int,
+        epoch: int,
+        quantile: float | None = None,
+        cache: TrainingCache | None = None,
     ) -> torch.Tensor:
         cfg, family = self.cfg, self.family
-        x = self._inputs(batch, samples, step, epoch)
+        x = self._inputs(batch, samples, step, epoch, quantile, cache)
         if self.flow:
             with _sdpa_context(self.device):
                 return flow_loss(
@@ -485,6 +520,52 @@ class Trainer:
                 self._write_probe(save_dir)
             report.emit("save", kind=kind, path=str(save_dir.resolve()))
         self.dist.barrier()
+
+    def _eval_caches(self) -> None:
+        """Each eval set gets its own cache (latents, and captions unless the text encoders train); rank 0 fills it."""
+        for s in self.eval_sets:
+            s.cache = TrainingCache(self.family, s.path, int(s.dataset.get("cache_shuffle_num", 4)))
+            if self.is_main:
+                assert s.plan is not None
+                s.cache.build(
+                    s.plan, regenerate=self.args.regenerate_cache, batch_size=self.cfg.caching_batch_size
+                )
+
+    def _evaluate(self, step: int, epoch: int) -> None:
+        """Every eval set's loss at diffusion-pipe's timestep quantiles, with the weights as they are now."""
+        module = self.engine.module
+        was_training = module.training
+        module.eval()  # LoRA dropout off
+        for s in self.eval_sets:
+            if s.plan is not None and s.cache is not None:  # unreadable images have no latents: left out
+                keep = {
+                    bi.item.key
+                    for b in s.plan.buckets
+                    for bi in b.items
+                    if s.cache.latent_path(bi.item, b.width, b.height).is_file()
+                }
+                drop_missing(s.plan, keep)
+
+        def reduce(total: torch.Tensor) -> torch.Tensor:
+            total = total.to(self.device)
+            self.dist.all_reduce(total)
+            return total.cpu()
+
+        # Noise from (seed, step 0, sample): training steps count from 1, so eval noise is its own and the same
+        # at every eval.
+        losses, seconds = run_eval(
+            self.eval_sets,
+            self.eval_settings,
+            lambda batch, samples, q, cache: self._loss(batch, samples, 0, 1, q, cache),
+            rank=self.rank,
+            world=self.world,
+            seed=self.cfg.seed,
+            reduce=reduce,
+        )
+        module.train(was_training)
+        self.reporter.eval(
+            step=step, epoch=epoch, losses=losses, quantiles=TIMESTEP_QUANTILES, seconds=seconds
+        )
 
     def _checkpoint(self, run_dir: Path, state: dict[str, int]) -> None:
         tag = f"global_step{state['step']}"

@@ -92,6 +92,43 @@ class Reporter:
                 step=step,
             )
 
+    def eval(
+        self,
+        *,
+        step: int,
+        epoch: int,
+        losses: dict[str, list[float]],
+        quantiles: tuple[float, ...],
+        seconds: float,
+    ) -> None:
+        """One `eval` event per eval set (mean loss and one per timestep quantile); TensorBoard tags as
+        diffusion-pipe's train.py writes them, which engine/jobs/tb_events.py reads."""
+        if not self.enabled:
+            return
+        for name, values in losses.items():
+            mean = sum(values) / len(values)
+            record = {
+                "event": "eval",
+                "name": name,
+                "step": step,
+                "epoch": epoch,
+                "loss": _clean(mean),
+                "quantile_losses": {f"{q:.2f}": _clean(v) for q, v in zip(quantiles, values, strict=True)},
+            }
+            print(PREFIX + json.dumps(record), flush=True)
+            with self.metrics_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({**record, "t": time.time()}) + "\n")
+            if self.tb is not None:
+                for q, v in zip(quantiles, values, strict=True):
+                    self.tb.add_scalar(f"{name}/loss_quantile_{q:.2f}", v, step)
+                self.tb.add_scalar(f"{name}/loss", mean, step)
+            if self.wandb is not None:
+                logged = {f"{name}/loss_quantile_{q:.2f}": v for q, v in zip(quantiles, values, strict=True)}
+                self.wandb.log({**logged, f"{name}/loss": mean}, step=step)
+        if self.tb is not None:
+            self.tb.add_scalar("eval/eval_time_sec", seconds, step)
+            self.tb.flush()
+
     def epoch_loss(self, epoch: int, loss: float) -> None:
         if self.enabled and self.tb is not None:
             self.tb.add_scalar("train/epoch_loss", loss, epoch)
