@@ -13,6 +13,7 @@ BUILTIN_TRAINER_KEYS: dict[str, frozenset[str]] = {
             "seed",
             "zero_stage",
             "checkpoint_every_n_steps",
+            "sample",
         }
     ),
     "model": frozenset(
@@ -35,4 +36,19 @@ BUILTIN_TRAINER_KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "adapter": frozenset({"save_dtype", "init_random_b", "targets"}),
+    # Samples while training (engine/trainer/sampling.py); profiles/rules/sample.py checks the values.
+    "sample": frozenset(
+        {
+            "prompts",
+            "negative_prompt",
+            "width",
+            "height",
+            "steps",
+            "guidance",
+            "seed",
+            "every_n_steps",
+            "every_n_epochs",
+            "before_first_step",
+        }
+    ),
 }

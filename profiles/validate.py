@@ -27,6 +27,7 @@ from profiles.rules import (
     optimizer,
     paths,
     placeholders,
+    sample,
     unknown_keys,
 )
 from profiles.rules.base import Ctx, Problem, has_errors, label
@@ -52,6 +53,7 @@ def _check_main(ctx: Ctx, profile: Profile, num_gpus: int | None) -> None:
     if isinstance(data.get("save_dtype"), str):
         dtypes.check(ctx, toml, "save_dtype", data["save_dtype"])
     backends.check(ctx, toml, data, mtype)
+    sample.check(ctx, toml, data, mtype)
     checkout_required.check(ctx, toml, data, mtype)
     paths.check_main(ctx, profile, data, mtype)
 

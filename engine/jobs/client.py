@@ -213,6 +213,13 @@ def job_saves(job_id: int) -> list[dict[str, Any]]:
     return out
 
 
+def job_samples(job_id: int) -> list[dict[str, Any]]:
+    """Sample images the built-in trainer rendered in the job's run folder (engine/jobs/samples.py)."""
+    from engine.jobs.samples import list_samples
+
+    return [s.as_dict() for s in list_samples(get_job(job_id).run_dir)]
+
+
 def job_tb_metrics(job_id: int) -> dict[str, Any]:
     """Epoch loss and each eval set's loss from the TensorBoard events in the job's run folder
     (engine/jobs/tb_events.py); empty lists before the run folder is known or the first event is flushed."""

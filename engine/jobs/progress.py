@@ -1,4 +1,4 @@
-"""Turn a training log into progress: step, epoch, loss, lr, samples/s, run dir, saves, completion.
+"""Turn a training log into progress: step, epoch, loss, lr, samples/s, run dir, saves, samples, completion.
 
 Understands both backends: the built-in trainer's `[dpdeck] {json}` lines and the console of diffusion-pipe's
 train.py (upstream tdrussell/diffusion-pipe at commit 8f83dbf, with the DeepSpeed lines it triggers):
@@ -66,6 +66,8 @@ class Progress:
     steps_per_epoch: int | None = None
     max_steps: int | None = None
     new_metrics: list[dict[str, Any]] = field(default_factory=list)
+    # The newest sample image of each [sample] prompt (index -> {path, step, epoch, prompt}), built-in trainer.
+    samples: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def take_metrics(self) -> list[dict[str, Any]]:
         out, self.new_metrics = self.new_metrics, []
@@ -115,8 +117,26 @@ def _feed_event(progress: Progress, obj: dict[str, Any], now: float) -> None:
         if isinstance(obj.get("path"), str):
             kind = obj.get("kind")
             progress.saves.append({"kind": kind if isinstance(kind, str) else "save", "path": obj["path"]})
+    elif event == "sample":
+        _on_sample(progress, obj)
     elif event == "complete":
         progress.complete = True
+
+
+def _on_sample(progress: Progress, obj: dict[str, Any]) -> None:
+    index, step, path = obj.get("index"), obj.get("step"), obj.get("path")
+    if not (_is_int(index) and _is_int(step) and isinstance(path, str)):
+        return
+    known = progress.samples.get(index)
+    if known is not None and known["step"] > step:
+        return  # an older line read late never replaces a newer image
+    epoch, prompt = obj.get("epoch"), obj.get("prompt")
+    progress.samples[index] = {
+        "path": path,
+        "step": step,
+        "epoch": epoch if _is_int(epoch) else None,
+        "prompt": prompt if isinstance(prompt, str) else "",
+    }
 
 
 def feed_line(progress: Progress, line: str, now: float | None = None) -> None:

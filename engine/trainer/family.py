@@ -184,8 +184,10 @@ class Family(ABC):
     def kohya_name(self, module_path: str) -> str:
         """ComfyUI/A1111 kohya key stem for a diffusers UNet module path."""
 
-    def free_encoders(self) -> None:
-        """Drop VAE and text encoders once everything is cached."""
-        for attr in ("vae", "text_encoder", "text_encoder_2"):
+    def free_encoders(self, keep_vae: bool = False) -> None:
+        """Drop VAE and text encoders once everything is cached (keep_vae: samples while training decode with
+        it, engine/trainer/sampling.py)."""
+        drop = ("text_encoder", "text_encoder_2") if keep_vae else ("vae", "text_encoder", "text_encoder_2")
+        for attr in drop:
             if hasattr(self, attr):
                 setattr(self, attr, None)

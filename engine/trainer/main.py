@@ -47,6 +47,7 @@ from engine.trainer.rundir import (
     write_manifest,
     write_trainer_identity,
 )
+from engine.trainer.sampling import Sampler, check_fits, load_sample_settings
 
 EXPECTED_ERRORS = (
     TrainConfigError,
@@ -134,6 +135,12 @@ class Trainer:
         family_cls = get_family(cfg.model_type)
         family = family_cls(cfg.model, DTYPES[cfg.dtype], self.device)
         family.check_family()  # before the collective setup: a wrong file fails every rank the same way
+        # [sample] is checked before any GPU memory is taken: a hopeless size fails here, not mid-run.
+        self.sample_settings = load_sample_settings(cfg.main, cfg.model_type, cfg.main_path, cfg.seed)
+        if self.sample_settings is not None:
+            cuda = self.device.type == "cuda"
+            total = torch.cuda.get_device_properties(self.device).total_memory if cuda else None
+            check_fits(self.sample_settings, cfg.main_path, total)
 
         import deepspeed
 
@@ -165,7 +172,13 @@ class Trainer:
             )
         self._eval_caches()
         dist.barrier()
-        family.free_encoders()
+        # Rank 0 renders the samples: it encodes their prompts now, while the text encoders are loaded, and keeps
+        # the VAE; nothing else is kept for them.
+        self.sampler: Sampler | None = None
+        if self.sample_settings is not None and self.is_main and not self.args.cache_only:
+            self.sampler = Sampler(family, self.sample_settings)
+            self.sampler.encode()
+        family.free_encoders(keep_text=bool(self.text_plan), keep_vae=self.sampler is not None)
         if self.args.cache_only:
             self.log("cache complete (--cache_only)")
             return 0
@@ -305,6 +318,9 @@ class Trainer:
         )
         last_ckpt = time.monotonic()
         quit_early = False
+        samples = self.sample_settings
+        if samples is not None and samples.before_first_step:
+            self._sample(step, start_epoch)
         if (
             self.eval_sets
             and self.eval_settings.before_first_step
@@ -359,6 +375,8 @@ class Trainer:
                 ):
                     self._checkpoint(run_dir, state)
                     last_ckpt = time.monotonic()
+                if samples is not None and samples.due_after_step(step) and not want_quit:
+                    self._sample(step, epoch)
                 if want_quit:
                     quit_early = True
                     break
@@ -368,6 +386,8 @@ class Trainer:
                 self.reporter.epoch_loss(epoch, sum(epoch_losses) / len(epoch_losses))
             if epoch == cfg.epochs or (cfg.save_every_n_epochs and epoch % cfg.save_every_n_epochs == 0):
                 self._save(run_dir / f"epoch{epoch}", "epoch")
+            if samples is not None and samples.due_after_epoch(epoch) and not samples.due_after_step(step):
+                self._sample(step, epoch)  # (unless this step's samples were just rendered)
             if (
                 cfg.checkpoint_every_n_epochs
                 and epoch % cfg.checkpoint_every_n_epochs == 0
@@ -566,6 +586,14 @@ class Trainer:
         self.reporter.eval(
             step=step, epoch=epoch, losses=losses, quantiles=TIMESTEP_QUANTILES, seconds=seconds
         )
+
+    def _sample(self, step: int, epoch: int) -> None:
+        """Rank 0 renders the [sample] prompts with the weights as they are now; the other ranks wait."""
+        if self.sampler is not None:
+            self.log(f"sampling {len(self.sampler.settings.prompts)} prompt(s) at step {step}")
+            with _sdpa_context(self.device):
+                self.sampler.render(self.engine.module, step, epoch, self.run_dir)
+        self.dist.barrier()
 
     def _checkpoint(self, run_dir: Path, state: dict[str, int]) -> None:
         tag = f"global_step{state['step']}"

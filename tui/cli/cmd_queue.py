@@ -1,4 +1,5 @@
-"""`dpdeck queue add|pause|unpause`, `ls`, `show`, `logs`, `cancel`, `stop`, `retry`, `resume`, `move`, `wait`."""
+"""`dpdeck queue add|pause|unpause`, `ls`, `show`, `logs`, `samples`, `cancel`, `stop`, `retry`, `resume`,
+`move`, `wait`."""
 
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--rank", type=int)
     logs.set_defaults(func=_logs)
+
+    samples = sub.add_parser("samples", help="list the sample images a job rendered while training")
+    samples.add_argument("job", type=int)
+    samples.add_argument("--latest", action="store_true", help="only the newest image of each prompt")
+    samples.add_argument("--json", action="store_true")
+    samples.set_defaults(func=_samples)
 
     for action, text in (
         ("cancel", "cancel a job (kills its processes)"),
@@ -252,6 +259,40 @@ def _logs(args: argparse.Namespace) -> int:
         if client.get_job(args.job).finished and not data:
             return 0
         time.sleep(0.25)
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from engine.jobs import client
+
+    try:
+        found = client.job_samples(args.job)
+    except KeyError as exc:
+        error(str(exc.args[0]))
+        return 2
+    if args.latest:
+        newest: dict[int, dict[str, Any]] = {}
+        for s in found:  # listed by prompt, then step: the last of each prompt wins
+            newest[s["index"]] = s
+        found = list(newest.values())
+    if args.json:
+        print_json(found)
+        return 0
+    if not found:
+        print(f"job {args.job}: no samples yet (a [sample] table renders them; built-in trainer only)")
+        return 0
+    rows = [
+        [
+            str(s["index"]),
+            str(s["step"]),
+            str(s["epoch"] or "-"),
+            f"{s['width'] or '?'}x{s['height'] or '?'}",
+            s["prompt"][:40],
+            s["path"],
+        ]
+        for s in found
+    ]
+    print(table(rows, ["PROMPT#", "STEP", "EPOCH", "SIZE", "PROMPT", "PATH"]))
+    return 0
 
 
 def _request(args: argparse.Namespace) -> int:

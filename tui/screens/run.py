@@ -1,5 +1,6 @@
-"""Run: one job live: progress, loss/LR curves, samples/s, host + GPU figures, log, saves, exit evidence, and
-the run folder's TensorBoard metrics (epoch loss, each eval set's loss: diffusion-pipe prints neither)."""
+"""Run: one job live: progress, loss/LR curves, samples/s, host + GPU figures, log, saves, exit evidence, the
+run folder's TensorBoard metrics (epoch loss, each eval set's loss: diffusion-pipe prints neither), and the
+sample images the built-in trainer renders while training (the newest of each prompt; keys flip steps)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from textual.message import Message
 from textual.widgets import Input, Static
 
 from engine.jobs.job import Job, JobState
+from engine.jobs.samples import SAMPLES_DIR, SampleImage, by_prompt, list_samples
 from tui import data
 from tui.engine_api import engine_of
 from tui.screens.base import DeckScreen
 from tui.screens.queue import duration
 from tui.screens.system import stats_text
 from tui.theme import state_badge
+from tui.widgets.image_preview import ImagePreview
 from tui.widgets.log_pane import LogPane
 from tui.widgets.loss_plot import CurvePlot
 from tui.widgets.quiet import set_content
@@ -44,9 +47,14 @@ class RunLoaded(Message):
         log_path: str | None = None,
         seen: tuple[object, object] = (None, None),
         tb: dict[str, Any] | None = None,
+        samples: list[SampleImage] | None = None,
+        samples_seen: object = None,
     ) -> None:
-        """`metrics`/`saves`/`tb` are None when unchanged since the poll that saw `seen` (step, run folder)."""
+        """`metrics`/`saves`/`tb`/`samples` are None when unchanged since the poll that saw `seen` (step, run
+        folder) and `samples_seen` (the samples folder)."""
         super().__init__()
+        self.samples = samples
+        self.samples_seen = samples_seen
         self.tb = tb
         self.log_path = log_path
         self.job_id = job_id
@@ -114,6 +122,9 @@ class RunScreen(DeckScreen):
         Binding("right_square_bracket", "rank(1)", "Next rank", id="run.rank_next", key_display="]"),
         Binding("c", "compare", "Compare", id="run.compare"),
         Binding("C", "clear_compare", "Clear compare", id="run.clear_compare", show=False),
+        Binding("comma", "sample_step(-1)", "Older sample", id="run.sample_older", key_display=","),
+        Binding("full_stop", "sample_step(1)", "Newer sample", id="run.sample_newer", key_display="."),
+        Binding("p", "sample_prompt(1)", "Next prompt", id="run.sample_prompt", show=False),
     ]
 
     FIELD_ACTIONS = frozenset({"search"})
@@ -134,6 +145,10 @@ class RunScreen(DeckScreen):
         self.metrics: list[dict[str, Any]] = []
         self.compare: list[tuple[str, list[dict[str, Any]]]] = []
         self.tb: dict[str, Any] = {}
+        self.samples: dict[int, list[SampleImage]] = {}  # by prompt index, oldest step first
+        self.samples_seen: object = None
+        self.sample_prompt = 0  # the prompt shown (a key of self.samples)
+        self.sample_step: int | None = None  # the step shown; None follows the newest
 
     def compose_body(self) -> ComposeResult:
         # Two fixed lines (a text progress bar, not ProgressBar: its indeterminate state animates at 15 Hz):
@@ -153,6 +168,10 @@ class RunScreen(DeckScreen):
                     compact=True,
                     classes="hidden",
                 )
+            # Shown once the run has sample images (a [sample] table, built-in trainer).
+            with Vertical(id="run-samples", classes="hidden"):
+                yield Static("", id="run-sample-caption")
+                yield ImagePreview(id="run-sample-image")
             with VerticalScroll(id="run-side"):
                 # saves and the exit evidence first: at 80x24 they matter more than host figures
                 yield Static("", id="run-saves")
@@ -177,6 +196,9 @@ class RunScreen(DeckScreen):
             self.seen = (None, None)
             self.metrics = []
             self.tb = {}
+            self.samples, self.samples_seen, self.sample_prompt, self.sample_step = {}, None, 0, None
+            for panel in self.query("#run-samples"):  # (none yet when called before the screen mounts)
+                panel.add_class("hidden")
         self.poll()
 
     def poll(self) -> None:
@@ -187,7 +209,15 @@ class RunScreen(DeckScreen):
             return  # nothing live to follow: refresh every 6 s only
         # The curve is read only when it may be redrawn (see _plot): reads cost as much as the rows stored.
         want_curve = self.last_metrics_len <= 0 or time.monotonic() - self.last_plot >= PLOT_EVERY_S
-        self.load(self.job_id, list(self.compare_ids), self.rank, self.polls % 3 == 1, self.seen, want_curve)
+        self.load(
+            self.job_id,
+            list(self.compare_ids),
+            self.rank,
+            self.polls % 3 == 1,
+            self.seen,
+            want_curve,
+            self.samples_seen,
+        )
 
     @work(thread=True, exclusive=True, group="run-load")
     def load(
@@ -198,6 +228,7 @@ class RunScreen(DeckScreen):
         with_stats: bool = True,
         seen: tuple[object, object] = (None, None),
         want_curve: bool = True,
+        samples_seen: object = None,
     ) -> None:
         engine = engine_of(self.app)
         stats: dict[str, Any] = {}
@@ -228,6 +259,10 @@ class RunScreen(DeckScreen):
                 metrics_key = seen[0]
             saves_key = (job_id, job.state, job.step, _mtime(job.run_dir))
             saves = engine.job_saves(job_id) if saves_key != seen[1] else None
+            # The samples folder's mtime changes when an image is renamed into it.
+            folder = Path(job.run_dir) / SAMPLES_DIR if job.run_dir else None
+            samples_key = (job_id, job.run_dir, _mtime(folder))
+            samples = list_samples(job.run_dir) if samples_key != samples_seen else None
         except Exception as exc:
             self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc)))
             return
@@ -236,7 +271,20 @@ class RunScreen(DeckScreen):
         except Exception:  # no log yet (or no such rank): the pane stays as it is
             log_path = None
         self.post_message(
-            RunLoaded(job_id, job, metrics, saves, stats, compare, None, log_path, (metrics_key, saves_key), tb)
+            RunLoaded(
+                job_id,
+                job,
+                metrics,
+                saves,
+                stats,
+                compare,
+                None,
+                log_path,
+                (metrics_key, saves_key),
+                tb,
+                samples,
+                samples_key,
+            )
         )
 
     def on_run_loaded(self, msg: RunLoaded) -> None:
@@ -264,6 +312,9 @@ class RunScreen(DeckScreen):
         self._plot(job.finished)
         if msg.tb is not None and msg.tb != self.tb:
             self._show_tb(msg.tb)
+        if msg.samples is not None:
+            self.samples_seen = msg.samples_seen
+            self._show_samples(by_prompt(msg.samples))
         if msg.saves is not None:
             run_dir = job.run_dir
             lines = [
@@ -315,6 +366,56 @@ class RunScreen(DeckScreen):
         plot.set_class(not evals, "hidden")
         if evals:
             plot.show(evals)
+
+    def _show_samples(self, samples: dict[int, list[SampleImage]]) -> None:
+        self.samples = samples
+        self.query_one("#run-samples").set_class(not samples, "hidden")
+        if not samples:
+            return
+        if self.sample_prompt not in samples:
+            self.sample_prompt = min(samples)
+        self._paint_sample()
+
+    def _paint_sample(self) -> None:
+        """The chosen prompt's image at the chosen step (the newest while following) and its caption."""
+        shots = self.samples.get(self.sample_prompt) or []
+        if not shots:
+            return
+        steps = [s.step for s in shots]
+        at = len(shots) - 1 if self.sample_step not in steps else steps.index(self.sample_step)
+        shot = shots[at]
+        prompts = sorted(self.samples)
+        where = "newest" if at == len(shots) - 1 else "older (. newer)"
+        size = f"{shot.width}x{shot.height} · " if shot.width and shot.height else ""
+        set_content(
+            self.query_one("#run-sample-caption", Static),
+            f"[b]Sample[/b] {prompts.index(self.sample_prompt) + 1}/{len(prompts)}  step {shot.step}"
+            f" ({at + 1}/{len(shots)})\n{size}{where}  (p: next prompt)\n" + escape(shot.prompt or "?"),
+        )
+        preview = self.query_one("#run-sample-image", ImagePreview)
+        if preview.path != Path(shot.path):
+            preview.show(Path(shot.path))
+
+    def action_sample_step(self, delta: int) -> None:
+        shots = self.samples.get(self.sample_prompt) or []
+        if not shots:
+            self.notify("no samples yet (a [sample] table renders them while training)")
+            return
+        steps = [s.step for s in shots]
+        at = len(steps) - 1 if self.sample_step not in steps else steps.index(self.sample_step)
+        at = max(0, min(len(steps) - 1, at + delta))
+        # Back at the newest: follow new samples as they come.
+        self.sample_step = None if at == len(steps) - 1 else steps[at]
+        self._paint_sample()
+
+    def action_sample_prompt(self, delta: int) -> None:
+        prompts = sorted(self.samples)
+        if not prompts:
+            self.notify("no samples yet (a [sample] table renders them while training)")
+            return
+        at = prompts.index(self.sample_prompt) if self.sample_prompt in prompts else 0
+        self.sample_prompt = prompts[(at + delta) % len(prompts)]
+        self._paint_sample()
 
     def _gpu_text(self, msg: RunLoaded) -> str:
         gpus = msg.stats.get("gpus") or []

@@ -1,0 +1,268 @@
+"""Samples while training ([sample], engine/trainer/sampling.py): settings and their errors, one render on tiny
+models checked against diffusers' own pipelines, and one run under the real deepspeed launcher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import (
+    build_tiny_flux,
+    build_tiny_sd15,
+    launch_trainer,
+    run_dir_of,
+    write_profile,
+)
+
+from engine.jobs.progress import Progress, feed_line
+from engine.jobs.samples import list_samples
+from engine.trainer.config import TrainConfigError
+from engine.trainer.lora_io import add_lora
+from engine.trainer.sampling import (
+    Sampler,
+    SampleSettings,
+    check_fits,
+    load_sample_settings,
+)
+from profiles.document import load_profile
+from profiles.validate import validate_profile
+
+MAIN = Path("/profiles/main.toml")
+
+
+def _settings(model_type: str = "sd15", **table: Any) -> SampleSettings | None:
+    base: dict[str, Any] = {"prompts": ["a red cat"], "every_n_steps": 10}
+    merged = {k: v for k, v in {**base, **table}.items() if v is not None}  # None: leave the key out
+    return load_sample_settings({"sample": merged}, model_type, MAIN, 42)
+
+
+# ---- settings ----------------------------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_family_and_the_run_seed() -> None:
+    assert load_sample_settings({}, "sd15", MAIN, 1) is None
+    s = _settings("sdxl")
+    assert s is not None and (s.width, s.height, s.steps, s.seed, s.before_first_step) == (
+        1024,
+        1024,
+        25,
+        42,
+        False,
+    )
+    s = _settings("sd15", every_n_steps=None, every_n_epochs=2, width=512, height=768, guidance=0)
+    assert s is not None and (s.width, s.height, s.guidance) == (512, 768, 0.0)
+    assert s.due_after_epoch(4) and not s.due_after_epoch(3) and not s.due_after_step(10)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "table", "error"),
+    [
+        ("sd15", {"prompts": []}, r"main\.toml: sample\.prompts: at least one prompt .*found \[\]"),
+        ("sd15", {"prompts": ["ok", "  "]}, r"sample\.prompts\[1\]: each prompt must be non-empty"),
+        ("sd15", {"width": 500}, r"sample\.width: sd15 samples need a multiple of 8 .*found 500.*496 or 504"),
+        ("flux", {"height": 1000}, r"sample\.height: flux samples need a multiple of 16"),
+        ("flux", {"negative_prompt": "blurry"}, r"sample\.negative_prompt: flux samples use no negative"),
+        ("sd15", {"every_n_steps": None}, r"sample\.every_n_steps: no sampling frequency"),
+        ("sd15", {"steps": 0}, r"sample\.steps: out of range .*1 to 500"),
+        ("sd15", {"width": 8192}, r"sample\.width: out of range"),
+        ("sd15", {"height": 8}, r"sample\.height: out of range .*16 to 4096"),
+        ("sd15", {"before_first_step": "yes"}, r"sample\.before_first_step: not a boolean"),
+        ("sd3", {}, r"sample: samples while training are not built in for model\.type 'sd3'"),
+    ],
+)
+def test_bad_sample_tables_name_file_key_and_expectation(
+    model_type: str, table: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(TrainConfigError, match=error):
+        _settings(model_type, **table)
+
+
+def test_a_sample_too_big_for_the_gpu_fails_before_loading() -> None:
+    big = _settings("flux", width=4096, height=4096)
+    assert big is not None
+    with pytest.raises(TrainConfigError, match=r"4096x4096 sample needs about 96\.0 GiB .* 24\.0 GiB"):
+        check_fits(big, MAIN, 24 * 2**30)
+    check_fits(big, MAIN, None)  # a CPU run: host memory, not checked
+    small = _settings("sdxl")
+    assert small is not None
+    check_fits(small, MAIN, 24 * 2**30)
+
+
+def test_profile_validate_reports_the_same_errors_with_lines(tmp_path: Path) -> None:
+    config = write_profile(
+        tmp_path,
+        model_type="sd15",
+        model_dir=tmp_path,
+        directories=[{"path": str(tmp_path)}],
+        sample={"prompts": [], "width": 100, "every_n_steps": 5, "cfg": 7},
+    )
+    problems = validate_profile(load_profile(config), backend="builtin", check_paths="off")
+    by_key = {p.key: p for p in problems}
+    assert by_key["sample.prompts"].is_error and by_key["sample.prompts"].line
+    assert by_key["sample.width"].is_error and "multiple of 8" in by_key["sample.width"].message
+    assert not by_key["sample.cfg"].is_error and "unknown key" in by_key["sample.cfg"].message
+    fixed = write_profile(
+        tmp_path / "ok",
+        model_type="sd15",
+        model_dir=tmp_path,
+        directories=[{"path": str(tmp_path)}],
+        sample={"prompts": ["a cat"], "width": 96, "every_n_steps": 5},
+    )
+    keys = {p.key for p in validate_profile(load_profile(fixed), backend="builtin", check_paths="off")}
+    assert not any(k.startswith("sample") for k in keys)
+
+
+# ---- rendering on tiny models ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sampling")
+
+
+@pytest.fixture(scope="module")
+def sd15_model(work: Path) -> Path:
+    return build_tiny_sd15(work / "tiny_sd15")
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def test_sd15_sample_matches_diffusers_and_shows_the_lora(
+    sd15_model: Path, work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from engine.trainer.sd15 import SD15
+
+    settings = SampleSettings(("a red cat",), "", 64, 48, 3, 7.0, 5, 1, None, False)
+    fam = SD15({"type": "sd15", "diffusers_path": str(sd15_model)}, torch.float32, torch.device("cpu"))
+    fam.load()
+    add_lora(fam.unet, fam, 4, 0.0, False)  # B = 0: the LoRA changes nothing yet
+    sampler = Sampler(fam, settings)
+    sampler.encode()
+    fam.free_encoders(keep_vae=True)
+    assert fam.text_encoder is None and fam.vae is not None
+    fam.unet.train()
+    run = work / "run"
+    (first,) = sampler.render(fam.unet, 0, 1, run)
+    assert fam.unet.training  # back in train mode for the next step
+    assert first == run / "samples" / "0_0.png" and Image.open(first).size == (64, 48)
+    assert _pixels(first).std() > 1.0  # a picture, not a flat fill
+    side = json.loads(first.with_suffix(".json").read_text())
+    assert side["prompt"] == "a red cat" and (side["width"], side["height"], side["seed"]) == (64, 48, 5)
+    assert (side["step"], side["steps"], side["guidance"]) == (0, 3, 7.0)
+
+    # diffusers' own pipeline with the text encoder, the same scheduler and seed: the same picture.
+    pipe = StableDiffusionPipeline.from_pretrained(
+        sd15_model, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(
+        "a red cat",
+        negative_prompt="",
+        width=64,
+        height=48,
+        num_inference_steps=3,
+        guidance_scale=7.0,
+        generator=torch.Generator().manual_seed(5),
+    ).images[0]
+    assert np.abs(_pixels(first) - np.asarray(want).astype(np.int16)).max() <= 1
+
+    # The in-training LoRA is what renders: nonzero B weights change the image, same seed.
+    with torch.no_grad():
+        for name, p in fam.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    (second,) = sampler.render(fam.unet, 7, 1, run)
+    assert second.name == "7_0.png" and Image.open(second).size == (64, 48)
+    assert np.abs(_pixels(second) - _pixels(first)).mean() > 1.0
+    again = sampler.render(fam.unet, 7, 1, run)[0]
+    assert np.array_equal(_pixels(again), _pixels(second))  # deterministic by seed
+
+    progress = Progress()
+    for line in capsys.readouterr().out.splitlines():
+        feed_line(progress, line)
+    assert progress.samples[0]["step"] == 7 and progress.samples[0]["path"] == str(second.resolve())
+    assert [(s.step, s.index, s.width) for s in list_samples(run)] == [(0, 0, 64), (7, 0, 64)]
+
+
+def test_flux_sample_matches_flux_pipeline(work: Path) -> None:
+    from diffusers import FluxPipeline
+
+    from engine.trainer.flux import Flux
+
+    model = build_tiny_flux(work / "tiny_flux", guidance_embeds=True)
+    settings = SampleSettings(("a blue square",), "", 32, 48, 2, 3.5, 9, 1, None, False)
+    fam = Flux({"type": "flux", "diffusers_path": str(model)}, torch.float32, torch.device("cpu"))
+    fam.load()
+    add_lora(fam.transformer, fam, 4, 0.0, False)
+    sampler = Sampler(fam, settings)
+    sampler.encode()
+    fam.free_encoders(keep_vae=True)
+    (png,) = sampler.render(fam.transformer, 3, 1, work / "flux_run")
+    assert Image.open(png).size == (32, 48) and _pixels(png).std() > 1.0  # a picture, not a flat fill
+    pipe = FluxPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(
+        "a blue square",
+        width=32,
+        height=48,
+        num_inference_steps=2,
+        guidance_scale=3.5,
+        max_sequence_length=fam._t5_length(),
+        generator=torch.Generator().manual_seed(9),
+    ).images[0]
+    assert np.abs(_pixels(png) - np.asarray(want).astype(np.int16)).max() <= 1
+
+
+# ---- end to end --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_samples_during_a_launched_run(work: Path, sd15_model: Path) -> None:
+    from engine.demo import build_synthetic_dataset
+
+    data = build_synthetic_dataset(work / "shapes", count=4)
+    config = write_profile(
+        work / "launched",
+        model_type="sd15",
+        model_dir=sd15_model,
+        directories=[{"path": str(data)}],
+        epochs=2,
+        micro_batch_size_per_gpu=2,
+        save_every_n_epochs=2,
+        sample={
+            "prompts": ["a red circle", "a green square"],
+            "width": 48,
+            "height": 32,
+            "steps": 2,
+            "every_n_steps": 3,
+            "every_n_epochs": 1,
+            "before_first_step": True,
+        },
+    )
+    code, out = launch_trainer(config)
+    assert code == 0, out[-6000:]
+    run = run_dir_of(out)
+    # 4 steps: before step 1, after step 3 (every_n_steps), after step 2 and 4 (epoch ends).
+    found = list_samples(run)
+    assert sorted({s.step for s in found}) == [0, 2, 3, 4]
+    assert {(s.index, s.prompt) for s in found} == {(0, "a red circle"), (1, "a green square")}
+    for s in found:
+        assert Image.open(s.path).size == (48, 32)
+        assert (s.width, s.height, s.steps) == (48, 32, 2)
+    assert len(found) == 8
+    progress = Progress()
+    for line in out.splitlines():
+        feed_line(progress, line)
+    assert {i: p["step"] for i, p in progress.samples.items()} == {0: 4, 1: 4}
+    assert progress.samples[1]["prompt"] == "a green square" and Path(progress.samples[1]["path"]).is_file()
+    assert "TRAINING COMPLETE!" in out
