@@ -124,17 +124,20 @@ class SD3(Family):
             te.requires_grad_(False)
             te.to(self.device, dtype=self.dtype)
 
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.text_encoder, self.text_encoder_2, self.text_encoder_3]
+
     def identity(self, part: str) -> str:
         root = self._root()
         subs = ("vae",) if part == "vae" else TEXT_PARTS
         extra = f"|{self.dtype}|{T5_LENGTH}" if part == "text" else ""
         return "|".join(folder_identity(root / s) for s in subs) + extra
 
-    def free_encoders(self, keep_text: bool = False) -> None:
-        # keep_text matches the base signature; the built-in trainer trains no SD3 text-encoder LoRA.
-        self.vae = None
-        if not keep_text:
-            self.text_encoder = self.text_encoder_2 = self.text_encoder_3 = None
+    def free_encoders(self, *args: Any, **kwargs: Any) -> None:
+        # The base decides what goes (its keep_* options); T5, a third encoder it does not know, follows the CLIPs.
+        super().free_encoders(*args, **kwargs)
+        if self.text_encoder is None:
+            self.text_encoder_3 = None
 
     # ---- encoding ----------------------------------------------------------------------------------------
     @property
