@@ -45,7 +45,7 @@ MODEL_TYPES: tuple[str, ...] = (
 )
 DPDECK_ONLY_TYPES: frozenset[str] = frozenset({"sd15"})
 # The types dpdeck's built-in trainer has a family for (engine/trainer/families.py, held equal by a test).
-BUILTIN_TYPES: frozenset[str] = frozenset({"sd15", "sdxl", "chroma", "flux", "sd3"})
+BUILTIN_TYPES: frozenset[str] = frozenset({"sd15", "sdxl", "chroma", "flux", "sd3", "qwen_image"})
 ALL_TYPES: tuple[str, ...] = (*MODEL_TYPES, "sd15")
 
 BACKENDS: tuple[str, ...] = ("diffusion-pipe", "builtin")
@@ -301,6 +301,9 @@ _SPECS: tuple[ModelTypeSpec, ...] = (
             "text_encoder_path": "file",
             "vae_path": "file",
         },
+        # the built-in trainer reads the tokenizer and the configs from diffusers_path (diffusion-pipe ships
+        # them in its repo), so the three files alone are not enough there
+        builtin_requires=(("diffusers_path",),),
     ),
     _spec(
         "hunyuan_image",
@@ -373,4 +376,3 @@ def backend_supports(backend: str, model_type: str) -> bool:
     if backend == "diffusion-pipe":
         return model_type in MODEL_TYPES
     return False
-

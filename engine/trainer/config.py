@@ -19,7 +19,10 @@ DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULERS = lr_schedulers.allowed("builtin")  # what engine.trainer.optim implements
 # adapter.targets: which UNet modules get LoRA (engine/trainer/sd15.py reads it); the flow families always
 # take every Linear of their blocks.
-LORA_TARGETS = {"all_linear": ("sd15", "sdxl", "flux", "chroma", "sd3"), "attention": ("sd15", "sdxl")}
+LORA_TARGETS = {
+    "all_linear": ("sd15", "sdxl", "flux", "chroma", "sd3", "qwen_image"),
+    "attention": ("sd15", "sdxl"),
+}
 
 
 class TrainConfigError(ValueError):

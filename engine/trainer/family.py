@@ -62,6 +62,9 @@ def detect_single_file_family(path: Path) -> str:
         return "sd15"
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         return "sd2"
+    # Qwen-Image's text-input RMSNorm; ComfyUI's file may carry the checkpoint prefix.
+    if any(k.startswith(("txt_norm.", "model.diffusion_model.txt_norm.")) for k in keys):
+        return "qwen_image"
     # Chroma is a pruned Flux: both layouts (original and diffusers) carry its distilled_guidance_layer.
     if any(
         k.startswith(("distilled_guidance_layer.", "model.diffusion_model.distilled_guidance_layer."))
@@ -91,6 +94,8 @@ def detect_folder_family(folder: Path) -> str:
         return "flux"
     if cls == "ChromaPipeline":
         return "chroma"
+    if cls.startswith("QwenImage"):  # QwenImagePipeline and its Edit / img2img variants share the parts
+        return "qwen_image"
     if cls.startswith("StableDiffusion3"):  # StableDiffusion3Pipeline and its img2img / inpaint variants
         return "sd3"
     if "XL" in cls:
@@ -166,6 +171,10 @@ class Family(ABC):
         self, orig_hw: tuple[int, int], crop_tl: tuple[int, int], target_hw: tuple[int, int]
     ) -> dict[str, torch.Tensor]:
         return {}
+
+    def collate_text(self, texts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One batch from cached text entries; a family whose entries vary in length (Qwen-Image) pads here."""
+        return {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
 
     def lora_target_modules(self) -> list[str]:
         return list(ATTENTION_TARGETS)

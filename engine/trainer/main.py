@@ -485,7 +485,7 @@ class Trainer:
             )
             lat.append(z)
             noise.append(n)
-        text = {k: torch.stack([t[k] for t in texts]) for k in texts[0]}
+        text = family.collate_text(texts)
         meta = {k: torch.stack([m[k] for m in metas]) for k in metas[0]} if metas[0] else {}
         return {
             "latents": torch.stack(lat).to(self.device),
@@ -612,7 +612,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(1234)
         caption = caption_variants(bi.item, bi.shuffle_tags, self.cache.n_variants)[0]
         sample = torch.randn((1, *entry["latents"].shape), generator=gen)
-        text = {k: v.unsqueeze(0) for k, v in load_text(self.cache.text_path(caption)).items()}
+        text = self.family.collate_text([load_text(self.cache.text_path(caption))])
         meta = self.family.image_meta(
             tuple(entry["orig_hw"].tolist()), tuple(entry["crop_tl"].tolist()), (b.height, b.width)
         )
