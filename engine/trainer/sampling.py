@@ -261,9 +261,10 @@ class Sampler:
         if text is None:
             return None
         fam = self.family
+        # A batch of one: the cached entry with a batch axis (no padding to agree on).
         return {
-            k: v.to(fam.device, fam.dtype if v.is_floating_point() else v.dtype)
-            for k, v in fam.collate_text([text]).items()
+            k: v.unsqueeze(0).to(fam.device, fam.dtype if v.is_floating_point() else v.dtype)
+            for k, v in text.items()
         }
 
     @torch.no_grad()
