@@ -229,3 +229,75 @@ def test_eval_losses_at_quantiles_in_events_metrics_and_tensorboard(
 def test_eval_losses_repeat_across_runs(eval_runs: list[tuple[Path, str]]) -> None:
     first, second = (_eval_events(out) for _, out in eval_runs)
     assert [e["quantile_losses"] for e in first] == [e["quantile_losses"] for e in second]
+
+
+@pytest.fixture(scope="module")
+def te_run(work: Path, models: dict[str, Path]) -> tuple[Path, str]:
+    from engine.demo import build_synthetic_dataset
+
+    data = build_synthetic_dataset(work / "te_data", count=4)
+    held_out = build_synthetic_dataset(work / "te_eval_data", count=2)
+    config = _profile(work / "te_run", models["sd15"], data, held_out, eval_every_n_epochs=2)
+    import tomlkit
+
+    doc = tomlkit.parse(config.read_text())
+    doc["model"]["text_encoder_lr"] = 5e-2
+    config.write_text(tomlkit.dumps(doc))
+    code, out = launch_trainer(config)
+    assert code == 0, out[-6000:]
+    return run_dir_of(out), out
+
+
+def _encode(pipe: Any, caption: str) -> torch.Tensor:
+    embeds, _ = pipe.encode_prompt(caption, torch.device("cpu"), 1, False)
+    return embeds
+
+
+@pytest.mark.slow
+def test_text_encoder_lora_trains_and_reloads_in_diffusers(
+    te_run: tuple[Path, str], models: dict[str, Path]
+) -> None:
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    run_dir, out = te_run
+    assert "text encoder LoRA: text_encoder (lr 0.05)" in out and "ignored" not in out
+    assert "0 captions encoded" in out  # the encoder runs in the step: no caption embeddings are cached
+    save = run_dir / "epoch2"
+    diff = load_file(str(save / "pytorch_lora_weights.safetensors"))
+    te_keys = [k for k in diff if k.startswith("text_encoder.")]
+    # q/k/v/out_proj and fc1/fc2 of each CLIP layer, A and B each; B starts at zero, so it moved if nonzero.
+    layers = {k.split(".")[-3] for k in te_keys}
+    assert layers == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    assert all(diff[k].abs().sum() > 0 for k in te_keys if ".lora_B." in k)
+    with safe_open(str(save / "probe.safetensors"), framework="pt") as fh:
+        caption = (fh.metadata() or {})["caption"]
+        trained = fh.get_tensor("text.encoder_hidden_states")
+    base = StableDiffusionPipeline.from_pretrained(models["sd15"])
+    assert not torch.allclose(_encode(base, caption), trained, atol=1e-4)
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        pipe = StableDiffusionPipeline.from_pretrained(models["sd15"])
+        pipe.load_lora_weights(str(save), weight_name=name)  # the kohya file through diffusers' converter
+        torch.testing.assert_close(_encode(pipe, caption), trained, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_text_encoder_lora_kohya_keys(te_run: tuple[Path, str], models: dict[str, Path]) -> None:
+    from transformers import CLIPTextModel
+
+    kohya = load_file(str(te_run[0] / "epoch2" / "lora_kohya.safetensors"))
+    te_stems = {k.split(".", 1)[0] for k in kohya if k.startswith("lora_te_")}
+    encoder = CLIPTextModel.from_pretrained(models["sd15"], subfolder="text_encoder")
+    # sd-scripts / ComfyUI: lora_te_ + the CLIPTextModel module path with "_" for ".".
+    linear = {
+        "lora_te_" + n.replace(".", "_") for n, m in encoder.named_modules() if isinstance(m, torch.nn.Linear)
+    }
+    assert te_stems and te_stems <= linear
+    assert len(te_stems) == 6 * encoder.config.num_hidden_layers
+    assert all(kohya[f"{s}.alpha"].item() == 4 for s in te_stems)
+
+
+@pytest.mark.slow
+def test_text_encoder_lora_with_eval(te_run: tuple[Path, str]) -> None:
+    events = _eval_events(te_run[1])
+    assert [e["step"] for e in events] == [0, 4]  # before the first step, after epoch 2

@@ -103,13 +103,20 @@ class TrainingCache:
         regenerate: bool = False,
         batch_size: int = 1,
         log: Callable[[str], None] = print,
+        text: bool = True,
     ) -> CacheStats:
-        """Encode whatever is missing (everything with regenerate); runs on one rank only."""
+        """Encode whatever is missing (everything with regenerate); runs on one rank only.
+
+        text=False: captions are not cached (the text encoders train and run in the step); text entries already
+        on disk are kept for later runs that cache them."""
         self.latent_dir.mkdir(parents=True, exist_ok=True)
         self.text_dir.mkdir(parents=True, exist_ok=True)
         stats = CacheStats()
         latents, texts = self.plan_entries(plan)
-        stats.removed += _remove_unused(self.latent_dir, latents) + _remove_unused(self.text_dir, texts)
+        if not text:
+            texts = {}
+        stats.removed += _remove_unused(self.latent_dir, latents)
+        stats.removed += _remove_unused(self.text_dir, texts) if text else 0
         todo_l = [p for p in latents if regenerate or not p.is_file()]
         stats.reused_latents = len(latents) - len(todo_l)
         todo_t = [p for p in texts if regenerate or not p.is_file()]

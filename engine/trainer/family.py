@@ -193,10 +193,12 @@ class Family(ABC):
     def kohya_name(self, module_path: str) -> str:
         """ComfyUI/A1111 kohya key stem for a diffusers UNet module path."""
 
-    def free_encoders(self, keep_vae: bool = False) -> None:
-        """Drop VAE and text encoders once everything is cached (keep_vae: samples while training decode with
-        it, engine/trainer/sampling.py)."""
-        drop = ("text_encoder", "text_encoder_2") if keep_vae else ("vae", "text_encoder", "text_encoder_2")
+    def free_encoders(self, keep_text: bool = False, keep_vae: bool = False) -> None:
+        """Drop VAE and text encoders once everything is cached (keep_text: the text encoders train;
+        keep_vae: samples while training decode with it, engine/trainer/sampling.py)."""
+        drop = ("vae",) if keep_text else ("vae", "text_encoder", "text_encoder_2")
         for attr in drop:
+            if attr == "vae" and keep_vae:
+                continue
             if hasattr(self, attr):
                 setattr(self, attr, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.trainer.family import Family
+from engine.trainer.text_lora import TextLora, diffusers_parts, kohya_parts
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "lora_kohya.safetensors"
@@ -111,7 +113,12 @@ def kohya_state_dict(
 
 
 def save_lora(
-    save_dir: Path, unet: torch.nn.Module, family: Family, config: Any, save_dtype: str
+    save_dir: Path,
+    unet: torch.nn.Module,
+    family: Family,
+    config: Any,
+    save_dtype: str,
+    text_loras: list[TextLora] | None = None,
 ) -> list[Path]:
     """Write both files into save_dir/tmp, verify them, then move them in; `tmp/` gone = save complete."""
     dtype = DTYPES[save_dtype]
@@ -126,15 +133,17 @@ def save_lora(
     if metadata.get("exclude_modules") is not None and not isinstance(metadata["exclude_modules"], str):
         metadata["exclude_modules"] = sorted(metadata["exclude_modules"])  # a set is not JSON
     prefix = family.lora_prefix  # "unet" for SD1.5/SDXL, "transformer" for the DiTs
+    text_kwargs, text_expected = diffusers_parts(text_loras or [], dtype)
     family._pipeline_cls().save_lora_weights(
         str(tmp),
         weight_name=DIFFUSERS_FILE,
         **{f"{prefix}_lora_layers": cast, f"{prefix}_lora_adapter_metadata": metadata},
+        **text_kwargs,
     )
-    verify_diffusers_file(tmp / DIFFUSERS_FILE, cast, config.lora_alpha, prefix)
+    verify_diffusers_file(tmp / DIFFUSERS_FILE, cast, config.lora_alpha, prefix, text_expected)
     names = [DIFFUSERS_FILE]
     if family.has_kohya:
-        _write_kohya(tmp, sd, unet, family, config, dtype)
+        _write_kohya(tmp, sd, unet, family, config, dtype, text_loras or [])
         names.append(KOHYA_FILE)
     # TODO(issue 15): ComfyUI-format (diffusion_model.<original key>) files for the DiT families.
     written = []
@@ -153,8 +162,9 @@ def _write_kohya(
     family: Family,
     config: Any,
     dtype: torch.dtype,
+    text_loras: list[TextLora],
 ) -> None:
-    kohya = kohya_state_dict(sd, family, config.lora_alpha, dtype)
+    kohya = {**kohya_state_dict(sd, family, config.lora_alpha, dtype), **kohya_parts(text_loras, dtype)}
     kohya_meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.r),
@@ -164,16 +174,22 @@ def _write_kohya(
         "dpdeck.format": "kohya",
     }
     save_file(kohya, str(tmp / KOHYA_FILE), metadata=kohya_meta)
-    verify_kohya_file(tmp / KOHYA_FILE, unet, family)
+    layers = [(unet, family.kohya_name), *((t.module, t.kohya_name) for t in text_loras)]
+    verify_kohya_file(tmp / KOHYA_FILE, unet, family, layers)
 
 
 def verify_diffusers_file(
-    path: Path, expected: dict[str, torch.Tensor], alpha: float, prefix: str = "unet"
+    path: Path,
+    expected: dict[str, torch.Tensor],
+    alpha: float,
+    prefix: str = "unet",
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """`extra`: other components' tensors (text encoder LoRA), already named with their prefix."""
     from safetensors import safe_open
 
     loaded = load_file(str(path))
-    want = {f"{prefix}.{k}": v for k, v in expected.items()}
+    want = {f"{prefix}.{k}": v for k, v in expected.items()} | (extra or {})
     if set(loaded) != set(want):
         raise LoraSaveError(
             f"{path}: saved keys differ from the trained LoRA (e.g. {sorted(set(loaded) ^ set(want))[:3]})"
@@ -189,15 +205,24 @@ def verify_diffusers_file(
 
 
 @torch.no_grad()
-def verify_kohya_file(path: Path, unet: torch.nn.Module, family: Family) -> None:
-    """Reload the kohya file and check each layer's LoRA output against the live peft layer."""
+def verify_kohya_file(
+    path: Path,
+    unet: torch.nn.Module,
+    family: Family,
+    layers: list[tuple[torch.nn.Module, Callable[[str], str]]] | None = None,
+) -> None:
+    """Reload the kohya file and check each layer's LoRA output against the live peft layer.
+
+    `layers`: (module tree, kohya key stem of a path in it) pairs; default the UNet with the family's names."""
     loaded = load_file(str(path))
     gen = torch.Generator().manual_seed(0)
     checked = 0
-    for name, module in unet.named_modules():
+    trees = layers if layers is not None else [(unet, family.kohya_name)]
+    named = [(kohya_name, name, m) for tree, kohya_name in trees for name, m in tree.named_modules()]
+    for kohya_name, name, module in named:
         if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
             continue
-        stem = family.kohya_name(name)
+        stem = kohya_name(name)
         try:
             down = loaded[f"{stem}.lora_down.weight"].float()
             up = loaded[f"{stem}.lora_up.weight"].float()

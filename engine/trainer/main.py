@@ -47,6 +47,7 @@ from engine.trainer.rundir import (
     write_manifest,
     write_trainer_identity,
 )
+from engine.trainer.text_lora import TextLora, TrainedModules, add_text_loras, text_lr_plan
 from engine.trainer.sampling import Sampler, check_fits, load_sample_settings
 
 EXPECTED_ERRORS = (
@@ -119,14 +120,10 @@ class Trainer:
         self.eval_sets = eval_sets(cfg)
         self.eval_settings = eval_settings(cfg, self.world)
         plan_eval_sets(self.eval_sets, self.eval_settings, self.world)
-        if (
-            cfg.model.get("text_encoder_lr")
-            or cfg.model.get("text_encoder_1_lr")
-            or cfg.model.get("text_encoder_2_lr")
-        ):
-            self.log(
-                "WARNING: model.text_encoder_*_lr: the built-in trainer trains the UNet LoRA only; ignored"
-            )
+        # text_encoder_*_lr set: LoRA on those CLIP encoders too; they then run in the step (captions uncached).
+        self.text_plan, text_warnings = text_lr_plan(cfg.model_type, cfg.model)
+        for w in text_warnings:
+            self.log(f"WARNING: {w}")
         self.device = (
             torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         )
@@ -163,7 +160,10 @@ class Trainer:
         self.cache = cache
         if self.is_main:
             stats = cache.build(
-                plan, regenerate=self.args.regenerate_cache, batch_size=cfg.caching_batch_size
+                plan,
+                regenerate=self.args.regenerate_cache,
+                batch_size=cfg.caching_batch_size,
+                text=not self.text_plan,
             )
             self.log(
                 f"cache: {stats.encoded_latents} latents encoded, {stats.reused_latents} reused; "
@@ -265,6 +265,11 @@ class Trainer:
             unet, family, cfg.rank, cfg.lora_dropout, init_b, cfg.adapter.get("exclude_modules")
         )
         self.lora_cfg = lora_cfg
+        self.text_loras: list[TextLora] = add_text_loras(
+            family.name, family.text_encoders(), self.text_plan, cfg.rank, cfg.lora_dropout, init_b
+        )
+        for t in self.text_loras:
+            self.log(f"text encoder LoRA: {t.component} (lr {t.lr})")
         existing = cfg.adapter.get("init_from_existing")
         if existing and self.args.resume_from_checkpoint is None:
             n = init_from_existing(unet, Path(existing).expanduser(), family.lora_prefix)
@@ -275,12 +280,18 @@ class Trainer:
         params = [p for p in unet.parameters() if p.requires_grad]
         lr = float(cfg.model.get("unet_lr", cfg.optimizer["lr"]))
         opt_cfg = {**cfg.optimizer, "lr": lr}
-        optimizer = build_optimizer(opt_cfg, [{"params": params, "lr": lr}])
+        groups = [{"params": params, "lr": lr}] + [
+            {"params": [p for p in t.module.parameters() if p.requires_grad], "lr": t.lr}
+            for t in self.text_loras
+        ]
+        optimizer = build_optimizer(opt_cfg, groups)
+        # One module for DeepSpeed when text encoders train, so their gradients are reduced and checkpointed too.
+        model = TrainedModules(unet, [t.module for t in self.text_loras]) if self.text_loras else unet
         steps_per_epoch = plan.steps_per_epoch
         total_steps = steps_per_epoch * cfg.epochs
         scheduler = build_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_steps, total_steps)
         engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=unet, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
         if cfg.model.get("compile"):
             engine.compile()
@@ -460,6 +471,7 @@ class Trainer:
         dropout = cfg.uncond_fraction
         noise_offset = float(cfg.model.get("noise_offset", 0.0) or 0.0)
         lat, noise, ts, texts, metas = [], [], [], [], []
+        captions: list[str] = []
         for g, bi in samples:
             gen = torch.Generator().manual_seed(sample_seed(cfg.seed, step, g))
             entry = load_latent(cache.latent_path(bi.item, b.width, b.height))
@@ -477,7 +489,9 @@ class Trainer:
             caption = variants[(epoch - 1) % len(variants)]
             if dropout and quantile is None and float(torch.rand((), generator=gen)) < dropout:
                 caption = ""
-            texts.append(load_text(cache.text_path(caption)))
+            captions.append(caption)
+            if not self.text_loras:
+                texts.append(load_text(cache.text_path(caption)))
             metas.append(
                 family.image_meta(
                     tuple(entry["orig_hw"].tolist()), tuple(entry["crop_tl"].tolist()), (b.height, b.width)
@@ -485,7 +499,10 @@ class Trainer:
             )
             lat.append(z)
             noise.append(n)
-        text = family.collate_text(texts)
+        if self.text_loras:  # the encoders being trained run here, with grad
+            text = family.encode_text(captions)
+        else:
+            text = family.collate_text(texts)
         meta = {k: torch.stack([m[k] for m in metas]) for k in metas[0]} if metas[0] else {}
         return {
             "latents": torch.stack(lat).to(self.device),
@@ -535,7 +552,9 @@ class Trainer:
         if self.is_main:
             print(f"Saving model to directory {save_dir}", flush=True)
             save_dir.mkdir(parents=True, exist_ok=True)
-            save_lora(save_dir, self.engine.module, self.family, self.lora_cfg, self.cfg.save_dtype)
+            save_lora(
+                save_dir, self.family.unet, self.family, self.lora_cfg, self.cfg.save_dtype, self.text_loras
+            )
             if os.environ.get(PROBE_ENV) == "1":
                 self._write_probe(save_dir)
             report.emit("save", kind=kind, path=str(save_dir.resolve()))
@@ -548,7 +567,10 @@ class Trainer:
             if self.is_main:
                 assert s.plan is not None
                 s.cache.build(
-                    s.plan, regenerate=self.args.regenerate_cache, batch_size=self.cfg.caching_batch_size
+                    s.plan,
+                    regenerate=self.args.regenerate_cache,
+                    batch_size=self.cfg.caching_batch_size,
+                    text=not self.text_plan,
                 )
 
     def _evaluate(self, step: int, epoch: int) -> None:
@@ -612,7 +634,13 @@ class Trainer:
         gen = torch.Generator().manual_seed(1234)
         caption = caption_variants(bi.item, bi.shuffle_tags, self.cache.n_variants)[0]
         sample = torch.randn((1, *entry["latents"].shape), generator=gen)
-        text = self.family.collate_text([load_text(self.cache.text_path(caption))])
+        if self.text_loras:  # the trained encoders' embedding, which a reload must reproduce
+            was_training = self.engine.module.training
+            self.engine.module.eval()
+            text = {k: v.float().cpu() for k, v in self.family.encode_text([caption]).items()}
+            self.engine.module.train(was_training)
+        else:
+            text = self.family.collate_text([load_text(self.cache.text_path(caption))])
         meta = self.family.image_meta(
             tuple(entry["orig_hw"].tolist()), tuple(entry["crop_tl"].tolist()), (b.height, b.width)
         )
@@ -628,7 +656,11 @@ class Trainer:
         tensors = {"sample": sample, "timestep": t.cpu(), "output": out.float().cpu()}
         tensors.update({f"text.{k}": v for k, v in text.items()})
         tensors.update({f"meta.{k}": v for k, v in meta.items()})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(save_dir / "probe.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            str(save_dir / "probe.safetensors"),
+            metadata={"caption": caption},
+        )
 
 
 def _single_process_env() -> None:
