@@ -124,7 +124,7 @@ class DemoFamily:
 
     template: str  # the built-in template whose keys and layout the demo's profile keeps
     builder: str  # a function of engine.demo_models taking the folder to build in
-    model_keys: dict[str, str]  # [model] key -> the folder it names, relative to the built one ("" = itself)
+    model_keys: dict[str, str]  # [model] key -> the path it names, relative to the built folder ("" = itself)
     ready: str  # a file only a complete model folder has (relative to it)
 
 
@@ -206,7 +206,7 @@ class DemoLayout:
         return self.root / "dataset"
 
     def model_paths(self) -> dict[str, Path]:
-        """[model] key -> the folder it names, as the family's builder lays them out under `model`."""
+        """[model] key -> the folder or file it names, as the family's builder lays them out under `model`."""
         return {key: self.model / sub for key, sub in family_spec(self.family).model_keys.items()}
 
 
@@ -234,7 +234,7 @@ def _build_model(layout: DemoLayout, spec: DemoFamily) -> None:
     model = layout.model
     if (model / spec.ready).is_file():
         return
-    if model.exists():  # left half-built by a demo from before builds were atomic
+    if model.exists():  # half-built by a dpdeck from before builds were atomic: build it again
         shutil.rmtree(model)
     tmp = model.with_name("model.tmp")
     if tmp.exists():
