@@ -47,8 +47,8 @@ from engine.trainer.rundir import (
     write_manifest,
     write_trainer_identity,
 )
-from engine.trainer.text_lora import TextLora, TrainedModules, add_text_loras, text_lr_plan
 from engine.trainer.sampling import Sampler, check_fits, load_sample_settings
+from engine.trainer.text_lora import TextLora, TrainedModules, add_text_loras, text_lr_plan
 
 EXPECTED_ERRORS = (
     TrainConfigError,
