@@ -346,6 +346,7 @@ def _check_saved_file(save_dir: Path, rank: int) -> None:
     from safetensors import safe_open
 
     assert sorted(p.name for p in save_dir.iterdir()) == [
+        "lora_comfy.safetensors",  # its ComfyUI replay: tests/test_trainer_comfy_lora.py
         "probe.safetensors",
         "pytorch_lora_weights.safetensors",
     ]

@@ -46,6 +46,7 @@ class Chroma(Flux):
     name = "chroma"
     pipeline_class_name = "ChromaPipeline"
     transformer_class_name = "ChromaTransformer2DModel"
+    comfy_layout = "chroma"
     text_parts = ("text_encoder_2", "tokenizer_2")
 
     def _pipeline_cls(self) -> Any:

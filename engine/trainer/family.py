@@ -114,8 +114,10 @@ class Family(ABC):
     schedule: str = "ddpm"
     # The component name diffusers' save_lora_weights / load_lora_weights use for the denoiser's LoRA.
     lora_prefix: str = "unet"
-    # Whether the family defines kohya (ComfyUI/A1111) key names; DiT families save diffusers format only.
+    # Whether the family defines kohya (ComfyUI/A1111) key names (the UNet families).
     has_kohya: bool = True
+    # The DiT families' ComfyUI key table (engine.trainer.comfy_lora.LAYOUTS), written as lora_comfy.safetensors.
+    comfy_layout: str | None = None
     # adapter.targets: "all_linear" (diffusion-pipe's default) or "attention" (to_q/k/v/out.0 only).
     lora_targets: str = "all_linear"
 

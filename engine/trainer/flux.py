@@ -53,6 +53,7 @@ class Flux(Family):
     schedule = "flow"
     lora_prefix = "transformer"
     has_kohya = False
+    comfy_layout = "flux"
     transformer_class_name = "FluxTransformer2DModel"
     text_parts: tuple[str, ...] = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
@@ -310,7 +311,7 @@ class Flux(Family):
         )
 
     def kohya_name(self, module_path: str) -> str:
-        raise NotImplementedError(f"{self.name}: ComfyUI-format LoRA keys are not built in yet")
+        raise NotImplementedError(f"{self.name}: no kohya keys; its ComfyUI file uses comfy_lora.LAYOUTS")
 
 
 def _folder_family(root: Path) -> str:

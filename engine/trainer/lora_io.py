@@ -4,6 +4,8 @@
   peft config incl. lora_alpha in the header metadata) for `load_lora_weights`.
 - kohya (ComfyUI / A1111): lora_kohya.safetensors with `lora_unet_<path>.lora_down.weight`,
   `.lora_up.weight` and a real `.alpha` tensor (alpha/rank is the scale); SDXL paths use SGM block names.
+- ComfyUI (DiT families): lora_comfy.safetensors with `diffusion_model.<original key>.lora_A/B` + `.alpha`,
+  written and checked by engine.trainer.comfy_lora.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from engine.trainer.comfy_lora import COMFY_FILE, ComfyLoraError, write_comfy_file
 from engine.trainer.family import Family
 from engine.trainer.text_lora import TextLora, diffusers_parts, kohya_parts
 
@@ -145,7 +148,12 @@ def save_lora(
     if family.has_kohya:
         _write_kohya(tmp, sd, unet, family, config, dtype, text_loras or [])
         names.append(KOHYA_FILE)
-    # TODO(issue 15): ComfyUI-format (diffusion_model.<original key>) files for the DiT families.
+    if family.comfy_layout:  # DiT families: diffusion_model.<original key>, fused Linears fused here too
+        try:
+            write_comfy_file(tmp / COMFY_FILE, sd, unet, family.comfy_layout, config, dtype)
+        except ComfyLoraError as exc:
+            raise LoraSaveError(str(exc)) from exc
+        names.append(COMFY_FILE)
     written = []
     for name in names:
         (tmp / name).chmod(0o644)  # shareable like any model file (the writers create 0600)
