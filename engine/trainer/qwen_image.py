@@ -199,6 +199,9 @@ class QwenImage(Family):
         self.transformer.requires_grad_(False)
         self.text_encoder.requires_grad_(False).to(self.device, dtype=self.dtype)
 
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.text_encoder]
+
     def _load_diffusers_part(self, part: str, cls: Any, dtype: torch.dtype) -> torch.nn.Module:
         """From its diffusers folder, else the config of diffusers_path/<part>/ with the file's tensors."""
         path, what = self._source(part)
