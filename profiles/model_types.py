@@ -45,7 +45,7 @@ MODEL_TYPES: tuple[str, ...] = (
 )
 DPDECK_ONLY_TYPES: frozenset[str] = frozenset({"sd15"})
 # The types dpdeck's built-in trainer has a family for (engine/trainer/families.py, held equal by a test).
-BUILTIN_TYPES: frozenset[str] = frozenset({"sd15", "sdxl", "chroma", "flux", "sd3", "qwen_image"})
+BUILTIN_TYPES: frozenset[str] = frozenset({"sd15", "sdxl", "chroma", "flux", "sd3", "qwen_image", "lumina_2"})
 ALL_TYPES: tuple[str, ...] = (*MODEL_TYPES, "sd15")
 
 BACKENDS: tuple[str, ...] = ("diffusion-pipe", "builtin")

@@ -12,7 +12,7 @@ from typing import Any
 
 from profiles import lr_schedulers
 from profiles.document import Profile, TomlFile, load_profile, resolve_ref
-from profiles.model_types import BUILTIN_TYPES
+from profiles.model_types import BUILTIN_TYPES, MODEL_SPECS
 
 SUPPORTED_TYPES = tuple(sorted(BUILTIN_TYPES))  # engine/trainer/families.py has a class for each
 DTYPES = ("float32", "float16", "bfloat16")
@@ -20,7 +20,7 @@ SCHEDULERS = lr_schedulers.allowed("builtin")  # what engine.trainer.optim imple
 # adapter.targets: which UNet modules get LoRA (engine/trainer/sd15.py reads it); the flow families always
 # take every Linear of their blocks.
 LORA_TARGETS = {
-    "all_linear": ("sd15", "sdxl", "flux", "chroma", "sd3", "qwen_image"),
+    "all_linear": ("sd15", "sdxl", "flux", "chroma", "sd3", "qwen_image", "lumina_2"),
     "attention": ("sd15", "sdxl"),
 }
 
@@ -116,9 +116,10 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
         raise _err(
             f, "model.dtype", f"expected one of {', '.join(DTYPES)} (float8 is not supported here)", dtype
         )
-    if not model.get("diffusers_path") and not model.get("checkpoint_path"):
+    lacking = MODEL_SPECS[mtype].missing({k for k, v in model.items() if v}, "builtin")
+    if lacking:  # the type's own paths (profiles.model_types): a folder, one file, or lumina_2's three files
         raise _err(
-            f, "model.diffusers_path", "set diffusers_path (a diffusers folder) or checkpoint_path (one file)"
+            f, f"model.{lacking[0]}", f"{mtype} needs {MODEL_SPECS[mtype].requirement_text('builtin')}"
         )
     adapter = main.get("adapter")
     if not isinstance(adapter, dict) or adapter.get("type", "lora") != "lora":

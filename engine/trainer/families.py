@@ -17,6 +17,7 @@ FAMILY_CLASSES: dict[str, str] = {
     "sdxl": "engine.trainer.sdxl:SDXL",
     "chroma": "engine.trainer.chroma:Chroma",
     "flux": "engine.trainer.flux:Flux",
+    "lumina_2": "engine.trainer.lumina2:Lumina2",
     "qwen_image": "engine.trainer.qwen_image:QwenImage",
     "sd3": "engine.trainer.sd3:SD3",
 }

@@ -79,6 +79,15 @@ def detect_single_file_family(path: Path) -> str:
         return "flux"  # a diffusers-layout FluxTransformer2DModel file
     if any("joint_blocks." in k for k in keys):
         return "sd3"
+    # NextDiTs, bare or under ComfyUI's prefix: Z-Image names its patch embedder all_x_embedder; Lumina 2 has
+    # x_embedder with cap_embedder (original names) or time_caption_embed (diffusers').
+    bare = {k.removeprefix("model.diffusion_model.") for k in keys}
+    if any(k.startswith("all_x_embedder.") for k in bare):
+        return "z_image"
+    if "x_embedder.weight" in bare and any(
+        k.startswith(("cap_embedder.", "time_caption_embed.caption_embedder.")) for k in bare
+    ):
+        return "lumina_2"
     return "unknown (top-level prefixes: " + ", ".join(sorted(joined)[:8]) + ")"
 
 
@@ -114,10 +123,8 @@ class Family(ABC):
     schedule: str = "ddpm"
     # The component name diffusers' save_lora_weights / load_lora_weights use for the denoiser's LoRA.
     lora_prefix: str = "unet"
-    # Whether the family defines kohya (ComfyUI/A1111) key names (the UNet families).
+    # Whether the family defines kohya (ComfyUI/A1111) key names; DiT families save diffusers format only.
     has_kohya: bool = True
-    # The DiT families' ComfyUI key table (engine.trainer.comfy_lora.LAYOUTS), written as lora_comfy.safetensors.
-    comfy_layout: str | None = None
     # adapter.targets: "all_linear" (diffusion-pipe's default) or "attention" (to_q/k/v/out.0 only).
     lora_targets: str = "all_linear"
 
@@ -195,12 +202,10 @@ class Family(ABC):
     def kohya_name(self, module_path: str) -> str:
         """ComfyUI/A1111 kohya key stem for a diffusers UNet module path."""
 
-    def free_encoders(self, keep_text: bool = False, keep_vae: bool = False) -> None:
-        """Drop VAE and text encoders once everything is cached (keep_text: the text encoders train;
-        keep_vae: samples while training decode with it, engine/trainer/sampling.py)."""
-        drop = ("vae",) if keep_text else ("vae", "text_encoder", "text_encoder_2")
+    def free_encoders(self, keep_vae: bool = False) -> None:
+        """Drop VAE and text encoders once everything is cached (keep_vae: samples while training decode with
+        it, engine/trainer/sampling.py)."""
+        drop = ("text_encoder", "text_encoder_2") if keep_vae else ("vae", "text_encoder", "text_encoder_2")
         for attr in drop:
-            if attr == "vae" and keep_vae:
-                continue
             if hasattr(self, attr):
                 setattr(self, attr, None)

@@ -4,7 +4,7 @@
   (`'uniform'`);
 - then `shift = s` maps t -> s*t / (1 + (s-1)*t); without it, `flux_shift = true` applies Flux's
   resolution-dependent shift: mu linear in the packed token count (0.5 at 256 tokens, 1.15 at 4096) and
-  t -> e^mu / (e^mu + 1/t - 1);
+  t -> e^mu / (e^mu + 1/t - 1); Lumina 2 reads the same shift under its own key (RESOLUTION_SHIFT_KEYS);
 - x_t = (1 - t) * latents + t * noise; the model predicts the velocity noise - latents; plain MSE.
 
 The diffusers Flux / Chroma transformers take t in [0, 1] (their forward multiplies by 1000), so t goes to the
@@ -19,6 +19,9 @@ from typing import Any
 import torch
 
 SAMPLE_METHODS = ("logit_normal", "uniform")
+# The key that turns on the resolution-dependent shift, by model.type: diffusion-pipe's models/lumina_2.py reads
+# `lumina_shift` (and not flux_shift); every other flow model reads `flux_shift`.
+RESOLUTION_SHIFT_KEYS: dict[str, str] = {"lumina_2": "lumina_shift"}
 
 
 class FlowConfigError(ValueError):
@@ -80,7 +83,7 @@ def sample_t(
     shift = model_cfg.get("shift")
     if shift:
         t = shift_t(t, float(shift))
-    elif model_cfg.get("flux_shift", False):
+    elif model_cfg.get(RESOLUTION_SHIFT_KEYS.get(str(model_cfg.get("type")), "flux_shift"), False):
         h, w = latent_hw
         t = time_shift(lin_mu((h // 2) * (w // 2)), 1.0, t)
     return t
