@@ -123,8 +123,10 @@ class Family(ABC):
     schedule: str = "ddpm"
     # The component name diffusers' save_lora_weights / load_lora_weights use for the denoiser's LoRA.
     lora_prefix: str = "unet"
-    # Whether the family defines kohya (ComfyUI/A1111) key names; DiT families save diffusers format only.
+    # Whether the family defines kohya (ComfyUI/A1111) key names (the UNet families).
     has_kohya: bool = True
+    # The DiT families' ComfyUI key table (engine.trainer.comfy_lora.LAYOUTS), written as lora_comfy.safetensors.
+    comfy_layout: str | None = None
     # adapter.targets: "all_linear" (diffusion-pipe's default) or "attention" (to_q/k/v/out.0 only).
     lora_targets: str = "all_linear"
 
@@ -202,10 +204,12 @@ class Family(ABC):
     def kohya_name(self, module_path: str) -> str:
         """ComfyUI/A1111 kohya key stem for a diffusers UNet module path."""
 
-    def free_encoders(self, keep_vae: bool = False) -> None:
-        """Drop VAE and text encoders once everything is cached (keep_vae: samples while training decode with
-        it, engine/trainer/sampling.py)."""
-        drop = ("text_encoder", "text_encoder_2") if keep_vae else ("vae", "text_encoder", "text_encoder_2")
+    def free_encoders(self, keep_text: bool = False, keep_vae: bool = False) -> None:
+        """Drop VAE and text encoders once everything is cached (keep_text: the text encoders train;
+        keep_vae: samples while training decode with it, engine/trainer/sampling.py)."""
+        drop = ("vae",) if keep_text else ("vae", "text_encoder", "text_encoder_2")
         for attr in drop:
+            if attr == "vae" and keep_vae:
+                continue
             if hasattr(self, attr):
                 setattr(self, attr, None)
