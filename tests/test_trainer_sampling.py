@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tomlkit
 import torch
 from PIL import Image
 from tiny_models import (
@@ -249,8 +250,13 @@ def test_samples_during_a_launched_run(work: Path, sd15_model: Path) -> None:
             "before_first_step": True,
         },
     )
+    # The text encoder trains too (text-encoder LoRA): samples then encode their prompts at each render with it.
+    doc = tomlkit.parse(config.read_text())
+    doc["model"]["text_encoder_lr"] = 5e-3  # type: ignore[index]
+    config.write_text(tomlkit.dumps(doc))
     code, out = launch_trainer(config)
     assert code == 0, out[-6000:]
+    assert "text encoder LoRA" in out
     run = run_dir_of(out)
     # 4 steps: before step 1, after step 3 (every_n_steps), after step 2 and 4 (epoch ends).
     found = list_samples(run)
@@ -260,9 +266,56 @@ def test_samples_during_a_launched_run(work: Path, sd15_model: Path) -> None:
         assert Image.open(s.path).size == (48, 32)
         assert (s.width, s.height, s.steps) == (48, 32, 2)
     assert len(found) == 8
+    first, last = (s.path for s in found if s.index == 0 and s.step in (0, 4))
+    assert np.abs(_pixels(Path(last)) - _pixels(Path(first))).mean() > 0.5  # the trained LoRA shows
     progress = Progress()
     for line in out.splitlines():
         feed_line(progress, line)
     assert {i: p["step"] for i, p in progress.samples.items()} == {0: 4, 1: 4}
     assert progress.samples[1]["prompt"] == "a green square" and Path(progress.samples[1]["path"]).is_file()
     assert "TRAINING COMPLETE!" in out
+
+
+def test_chroma_sample_with_a_negative_prompt_matches_chroma_pipeline(work: Path) -> None:
+    """Chroma: T5 with its attention mask, cfg with a negative prompt, as diffusers' ChromaPipeline."""
+    from diffusers import (
+        AutoencoderKL,
+        ChromaPipeline,
+        ChromaTransformer2DModel,
+        FlowMatchEulerDiscreteScheduler,
+    )
+    from tiny_models import build_tiny_chroma
+    from transformers import T5EncoderModel, T5TokenizerFast
+
+    from engine.trainer.chroma import Chroma
+
+    schnell, transformer = build_tiny_chroma(work / "tiny_chroma")
+    settings = SampleSettings(("a red circle",), "blurry", 32, 32, 2, 4.0, 11, 1, None, False)
+    cfg = {"type": "chroma", "diffusers_path": str(schnell), "transformer_path": str(transformer)}
+    fam = Chroma(cfg, torch.float32, torch.device("cpu"))
+    fam.load()
+    add_lora(fam.transformer, fam, 4, 0.0, False)
+    sampler = Sampler(fam, settings)
+    sampler.encode()
+    fam.free_encoders(keep_vae=True)
+    (png,) = sampler.render(fam.transformer, 1, 1, work / "chroma_run")
+    assert Image.open(png).size == (32, 32) and _pixels(png).std() > 1.0
+    pipe = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(schnell, subfolder="scheduler"),
+        vae=AutoencoderKL.from_pretrained(schnell, subfolder="vae"),
+        text_encoder=T5EncoderModel.from_pretrained(schnell, subfolder="text_encoder_2"),
+        tokenizer=T5TokenizerFast.from_pretrained(schnell, subfolder="tokenizer_2"),
+        transformer=ChromaTransformer2DModel.from_pretrained(transformer),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(
+        "a red circle",
+        negative_prompt="blurry",
+        width=32,
+        height=32,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        max_sequence_length=fam._t5_length(),
+        generator=torch.Generator().manual_seed(11),
+    ).images[0]
+    assert np.abs(_pixels(png) - np.asarray(want).astype(np.int16)).max() <= 1

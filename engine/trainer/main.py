@@ -176,7 +176,7 @@ class Trainer:
         # the VAE; nothing else is kept for them.
         self.sampler: Sampler | None = None
         if self.sample_settings is not None and self.is_main and not self.args.cache_only:
-            self.sampler = Sampler(family, self.sample_settings)
+            self.sampler = Sampler(family, self.sample_settings, reencode=bool(self.text_plan))
             self.sampler.encode()
         family.free_encoders(keep_text=bool(self.text_plan), keep_vae=self.sampler is not None)
         if self.args.cache_only:
@@ -614,7 +614,8 @@ class Trainer:
         if self.sampler is not None:
             self.log(f"sampling {len(self.sampler.settings.prompts)} prompt(s) at step {step}")
             with _sdpa_context(self.device):
-                self.sampler.render(self.engine.module, step, epoch, self.run_dir)
+                # The peft-wrapped denoiser DeepSpeed trains in place (engine.module may wrap text encoders too).
+                self.sampler.render(self.family.unet, step, epoch, self.run_dir)
         self.dist.barrier()
 
     def _checkpoint(self, run_dir: Path, state: dict[str, int]) -> None:

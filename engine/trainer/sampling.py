@@ -232,7 +232,9 @@ def _decode(pipe: Any, family: Family, latents: torch.Tensor, settings: SampleSe
 class Sampler:
     """Encodes the prompts once (before the encoders go) and renders them at the steps asked for."""
 
-    def __init__(self, family: Family, settings: SampleSettings) -> None:
+    def __init__(self, family: Family, settings: SampleSettings, reencode: bool = False) -> None:
+        """reencode: the text encoders train (text-encoder LoRA) and stay loaded, so each render encodes the
+        prompts again with them as they are; otherwise the prompts are encoded once, before they are freed."""
         if family.name not in FAMILY_PIPELINES:
             raise SampleConfigError(f"sample: no sampling pipeline for model.type {family.name!r}")
         self.family = family
@@ -242,6 +244,7 @@ class Sampler:
         self.negative: Text | None = None
         self.pipe: Any = None
         self.last_step: int | None = None
+        self.reencode = reencode
 
     def uses_negative(self) -> bool:
         return spec.USES_NEGATIVE[self.family.name] and (
@@ -256,6 +259,18 @@ class Sampler:
         encoded = self.family.encode_prompts(prompts)
         self.texts = encoded[: len(self.settings.prompts)]
         self.negative = encoded[len(self.settings.prompts)] if self.uses_negative() else None
+
+    def _encode_in_eval_mode(self) -> None:
+        """Encode with the training text encoders, LoRA dropout off, then give them back their mode."""
+        encoders = [e for e in self.family.text_encoders() if e is not None]  # type: ignore[attr-defined]
+        modes = [e.training for e in encoders]
+        for e in encoders:
+            e.eval()
+        try:
+            self.encode()
+        finally:
+            for e, mode in zip(encoders, modes, strict=True):
+                e.train(mode)
 
     def _on_device(self, text: Text | None) -> Text | None:
         if text is None:
@@ -273,6 +288,8 @@ class Sampler:
         if not self.texts:
             raise RuntimeError("Sampler.render before Sampler.encode")
         s = self.settings
+        if self.reencode:
+            self._encode_in_eval_mode()
         if self.pipe is None:
             self.pipe = build_pipeline(self.family, denoiser)
         out_dir = run_dir / SAMPLES_DIR
