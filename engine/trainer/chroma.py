@@ -48,6 +48,15 @@ class Chroma(Flux):
     transformer_class_name = "ChromaTransformer2DModel"
     comfy_layout = "chroma"
     text_parts = ("text_encoder_2", "tokenizer_2")
+    # diffusion-pipe's chroma KEEP_IN_HIGH_PRECISION in diffusers names: img_in = x_embedder, txt_in =
+    # context_embedder, final_layer = norm_out + proj_out.
+    keep_in_high_precision = (
+        "norm",
+        "x_embedder",
+        "context_embedder",
+        "distilled_guidance_layer",
+        "^proj_out",
+    )
 
     def _pipeline_cls(self) -> Any:
         from diffusers import ChromaPipeline

@@ -13,6 +13,8 @@ from typing import Any
 from profiles import lr_schedulers
 from profiles.document import Profile, TomlFile, load_profile, resolve_ref
 from profiles.model_types import BUILTIN_TYPES, MODEL_SPECS
+from profiles.rules.backends import BUILTIN_UNET_TYPES
+from profiles.rules.dtypes import DTYPES as STORAGE_DTYPES
 
 SUPPORTED_TYPES = tuple(sorted(BUILTIN_TYPES))  # engine/trainer/families.py has a class for each
 DTYPES = ("float32", "float16", "bfloat16")
@@ -61,6 +63,9 @@ class TrainConfig:
     optimizer: dict[str, Any]
     monitoring: dict[str, Any] = field(default_factory=dict)
     caching_batch_size: int = 1
+    # Storage dtype of the frozen transformer Linears (engine/trainer/memory.py); None = model.dtype.
+    transformer_dtype: str | None = None
+    blocks_to_swap: int = 0
     lora_targets: str = "all_linear"
     uncond_fraction: float = 0.0  # the chance a caption is trained as "" (diffusion-pipe's top-level key)
     warnings: list[str] = field(default_factory=list)  # keys nothing reads, as `profile validate` words them
@@ -114,7 +119,11 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
     dtype = model.get("dtype", "bfloat16")
     if dtype not in DTYPES:
         raise _err(
-            f, "model.dtype", f"expected one of {', '.join(DTYPES)} (float8 is not supported here)", dtype
+            f,
+            "model.dtype",
+            f"expected one of {', '.join(DTYPES)} (the compute dtype; for float8 weights keep dtype and set "
+            "transformer_dtype = 'float8')",
+            dtype,
         )
     lacking = MODEL_SPECS[mtype].missing({k for k, v in model.items() if v}, "builtin")
     if lacking:  # the type's own paths (profiles.model_types): a folder, one file, or lumina_2's three files
@@ -177,6 +186,7 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
     if epochs is None:
         raise _err(f, "epochs", "required: a positive integer")
     minutes = _float(main, "checkpoint_every_n_minutes", f, None)
+    transformer_dtype, blocks_to_swap = _memory_options(main, model, mtype, dtype, f)
     return TrainConfig(
         uncond_fraction=_uncond_fraction(main, model, f),
         lora_targets=targets,
@@ -194,7 +204,9 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
         lr_scheduler=sched,
         seed=_int(main, "seed", f, 42, 0) or 0,
         zero_stage=zero,
-        activation_checkpointing=bool(main.get("activation_checkpointing", False)),
+        activation_checkpointing=_activation_checkpointing(main, f),
+        transformer_dtype=transformer_dtype,
+        blocks_to_swap=blocks_to_swap,
         save_every_n_epochs=_int(main, "save_every_n_epochs", f, None, 1),
         save_every_n_steps=_int(main, "save_every_n_steps", f, None, 1),
         save_every_n_examples=_int(main, "save_every_n_examples", f, None, 1),
@@ -212,6 +224,55 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
         monitoring=main.get("monitoring") if isinstance(main.get("monitoring"), dict) else {},
         caching_batch_size=_int(main, "caching_batch_size", f, 1, 1) or 1,
     )
+
+
+def _memory_options(
+    main: dict[str, Any], model: dict[str, Any], mtype: str, dtype: str, f: Path
+) -> tuple[str | None, int]:
+    """transformer_dtype and blocks_to_swap: what engine/trainer/memory.py does for the transformer families."""
+    storage = model.get("transformer_dtype")
+    if storage is not None and storage not in STORAGE_DTYPES:
+        raise _err(f, "model.transformer_dtype", f"expected one of {', '.join(STORAGE_DTYPES)}", storage)
+    if storage == dtype:
+        storage = None
+    if storage is not None and mtype in BUILTIN_UNET_TYPES:
+        raise _err(
+            f,
+            "model.transformer_dtype",
+            f"{mtype}'s UNet is kept at model.dtype (diffusion-pipe's {mtype} does not read transformer_dtype "
+            f"either); remove it or set it to '{dtype}'",
+            storage,
+        )
+    swap = _int(main, "blocks_to_swap", f, 0, 0) or 0
+    if swap and mtype in BUILTIN_UNET_TYPES:
+        raise _err(
+            f,
+            "blocks_to_swap",
+            f"block swapping is for the transformer families, not {mtype}'s UNet; expected 0",
+            swap,
+        )
+    return storage, swap
+
+
+def _activation_checkpointing(main: dict[str, Any], f: Path) -> bool:
+    value = main.get("activation_checkpointing", False)
+    if value == "unsloth":
+        raise _err(
+            f,
+            "activation_checkpointing",
+            "'unsloth' (activations offloaded to the CPU) is not built in; use true (each block checkpointed)",
+            value,
+        )
+    if not isinstance(value, bool):
+        raise _err(f, "activation_checkpointing", "expected true or false", value)
+    if main.get("reentrant_activation_checkpointing"):
+        raise _err(
+            f,
+            "reentrant_activation_checkpointing",
+            "not built in: the built-in trainer checkpoints non-reentrantly (diffusers' default); expected false",
+            main["reentrant_activation_checkpointing"],
+        )
+    return value
 
 
 def _uncond_fraction(main: dict[str, Any], model: dict[str, Any], f: Path) -> float:

@@ -129,6 +129,20 @@ class Family(ABC):
     comfy_layout: str | None = None
     # adapter.targets: "all_linear" (diffusion-pipe's default) or "attention" (to_q/k/v/out.0 only).
     lora_targets: str = "all_linear"
+    # transformer_dtype: regexes (re.search on module paths) of the denoiser's Linears kept at model.dtype, as
+    # diffusion-pipe's KEEP_IN_HIGH_PRECISION lists (embedders, final layer); a family names its own.
+    keep_in_high_precision: tuple[str, ...] = (
+        "embed",
+        "^norm_out",
+        "^proj_out",
+        "^img_in",
+        "^txt_in",
+        "^time_",
+        "final_layer",
+    )
+    # blocks_to_swap: the denoiser's lists of transformer blocks, in forward order.
+    block_lists: tuple[str, ...] = ("transformer_blocks", "single_transformer_blocks")
+    swapper: Any = None  # engine.trainer.memory.BlockSwapper once apply_memory_options swaps blocks
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         self.cfg = model_cfg
@@ -189,6 +203,39 @@ class Family(ABC):
 
     def lora_target_modules(self) -> list[str]:
         return list(ATTENTION_TARGETS)
+
+    def swap_blocks(self, n: int) -> list[torch.nn.Module]:
+        """The blocks whose frozen weights blocks_to_swap = n keeps on the CPU: the last n, over all lists."""
+        from engine.trainer.memory import last_blocks
+
+        blocks = [b for attr in self.block_lists for b in getattr(self.unet, attr, None) or ()]
+        if not blocks:
+            raise ModelLoadError(f"blocks_to_swap: {self.name} has no transformer blocks to swap")
+        try:
+            return last_blocks(blocks, n)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+
+    def apply_memory_options(self, transformer_dtype: str | None, blocks_to_swap: int) -> list[str]:
+        """transformer_dtype storage for the frozen Linears, then block swapping (kept as self.swapper); returns
+        what was done, for the log. Called after LoRA is added: peft casts new LoRA weights to their base
+        weight's dtype."""
+        from engine.trainer import memory
+
+        done = []
+        if transformer_dtype:
+            storage = memory.STORAGE_DTYPES[transformer_dtype]
+            names = memory.store_linears(self.unet, storage, self.dtype, self.keep_in_high_precision)
+            done.append(
+                f"transformer_dtype: {len(names)} Linear weights stored as {storage}, computed in {self.dtype}"
+            )
+        self.swapper = None
+        if blocks_to_swap:
+            blocks = self.swap_blocks(blocks_to_swap)
+            self.swapper = memory.BlockSwapper(self.unet, blocks, self.device)
+            mib = self.swapper.swapped_bytes() / 2**20
+            done.append(f"blocks_to_swap: {len(blocks)} blocks ({mib:.1f} MiB) kept on the CPU between uses")
+        return done
 
     def denoise(
         self, model: Any, noisy: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]

@@ -56,6 +56,14 @@ class Flux(Family):
     comfy_layout = "flux"
     transformer_class_name = "FluxTransformer2DModel"
     text_parts: tuple[str, ...] = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    # diffusion-pipe's flux KEEP_IN_HIGH_PRECISION, plus the top-level proj_out / norm_out it also keeps.
+    keep_in_high_precision: tuple[str, ...] = (
+        "time_text_embed",
+        "context_embedder",
+        "x_embedder",
+        "^proj_out",
+        "^norm_out",
+    )
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(model_cfg, dtype, device)
@@ -309,6 +317,23 @@ class Flux(Family):
             for name, module in self.transformer.named_modules()
             if name.startswith(BLOCK_PREFIXES) and isinstance(module, torch.nn.Linear)
         )
+
+    def swap_blocks(self, n: int) -> list[torch.nn.Module]:
+        # diffusion-pipe's split (after Musubi Tuner): n // 2 double blocks and (n - n // 2) * 2 + 1 single ones,
+        # the last of each list, so a profile's blocks_to_swap frees what it frees there.
+        from engine.trainer.memory import last_blocks
+
+        double = n // 2
+        single = (n - double) * 2 + 1 if n else 0
+        key = f"blocks_to_swap = {n}"
+        try:
+            return [
+                *last_blocks(self.transformer.transformer_blocks, double, f"{key}: double blocks"),
+                *last_blocks(self.transformer.single_transformer_blocks, single, f"{key}: single blocks"),
+            ]
+        except ValueError as exc:
+            split = "n // 2 double blocks, (n - n // 2) * 2 + 1 single blocks"
+            raise ModelLoadError(f"{exc} (diffusion-pipe's split: {split})") from None
 
     def kohya_name(self, module_path: str) -> str:
         raise NotImplementedError(f"{self.name}: no kohya keys; its ComfyUI file uses comfy_lora.LAYOUTS")

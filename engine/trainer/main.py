@@ -274,8 +274,11 @@ class Trainer:
         if existing and self.args.resume_from_checkpoint is None:
             n = init_from_existing(unet, Path(existing).expanduser(), family.lora_prefix)
             self.log(f"adapter.init_from_existing: loaded {n} tensors from {existing}")
+        # After LoRA (peft casts new LoRA weights to a float8 base's dtype), before DeepSpeed moves the model.
+        for line in family.apply_memory_options(cfg.transformer_dtype, cfg.blocks_to_swap):
+            self.log(line)
         if cfg.activation_checkpointing:
-            unet.enable_gradient_checkpointing()
+            unet.enable_gradient_checkpointing()  # diffusers: each transformer block, non-reentrant
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
         lr = float(cfg.model.get("unet_lr", cfg.optimizer["lr"]))

@@ -1,5 +1,5 @@
 """What the chosen backend can train: a type it supports and, for the built-in trainer, its narrower limits
-(LoRA only, data-parallel only, no float8, an explicit learning rate)."""
+(LoRA only, data-parallel only, float8 only as transformer_dtype, an explicit learning rate)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from profiles import model_types as mt
 from profiles.document import TomlFile
 from profiles.rules.base import Ctx, num
 from profiles.rules.dtypes import BUILTIN_TRAINER_DTYPES, DTYPES
+
+# Built-in families whose denoiser is a UNet: weights stay at model.dtype and no blocks are swapped (diffusion-pipe's
+# sdxl reads neither transformer_dtype nor blocks_to_swap). Every transformer family has both
+# (engine/trainer/memory.py), so a new one gets them by default.
+BUILTIN_UNET_TYPES: frozenset[str] = frozenset({"sd15", "sdxl"})
 
 
 def check(ctx: Ctx, toml: TomlFile, data: dict[str, Any], mtype: str | None) -> None:
@@ -35,11 +40,12 @@ def check(ctx: Ctx, toml: TomlFile, data: dict[str, Any], mtype: str | None) -> 
             "error",
             toml,
             "model.dtype",
-            "the built-in trainer does not train in float8",
+            "the built-in trainer computes in this dtype; float8 is for weight storage: transformer_dtype",
             found=dtype,
-            expected="one of " + ", ".join(BUILTIN_TRAINER_DTYPES),
+            expected="one of " + ", ".join(BUILTIN_TRAINER_DTYPES) + " (with transformer_dtype = 'float8')",
             code="backend",
         )
+    _check_memory(ctx, toml, data, model, mtype)
     if not isinstance(data.get("adapter"), dict):
         ctx.add(
             "error",
@@ -70,4 +76,51 @@ def check(ctx: Ctx, toml: TomlFile, data: dict[str, Any], mtype: str | None) -> 
             found=optimizer.get("lr"),
             expected="a number like 1e-4",
             code="required",
+        )
+
+
+def _check_memory(ctx: Ctx, toml: TomlFile, data: dict[str, Any], model: dict[str, Any], mtype: str) -> None:
+    """The built-in trainer's limits on diffusion-pipe's memory keys (engine/trainer/config.py holds the same)."""
+    storage = model.get("transformer_dtype")
+    if mtype in BUILTIN_UNET_TYPES and isinstance(storage, str) and storage != model.get("dtype", "bfloat16"):
+        ctx.add(
+            "error",
+            toml,
+            "model.transformer_dtype",
+            f"the built-in trainer keeps {mtype}'s UNet at model.dtype (diffusion-pipe's {mtype} ignores it)",
+            found=storage,
+            expected="no transformer_dtype (or the same as dtype)",
+            code="backend",
+        )
+    swap = data.get("blocks_to_swap", 0)
+    if mtype in BUILTIN_UNET_TYPES and num(swap) and swap > 0:
+        ctx.add(
+            "error",
+            toml,
+            "blocks_to_swap",
+            f"the built-in trainer swaps transformer blocks only; {mtype} has a UNet",
+            found=swap,
+            expected="0",
+            code="backend",
+        )
+    checkpointing = data.get("activation_checkpointing")
+    if checkpointing == "unsloth":
+        ctx.add(
+            "error",
+            toml,
+            "activation_checkpointing",
+            "'unsloth' (activations offloaded to the CPU) is not built into the built-in trainer",
+            found=checkpointing,
+            expected="true (each transformer block checkpointed) or false",
+            code="backend",
+        )
+    if data.get("reentrant_activation_checkpointing") is True:
+        ctx.add(
+            "error",
+            toml,
+            "reentrant_activation_checkpointing",
+            "the built-in trainer checkpoints non-reentrantly (diffusers' default)",
+            found=True,
+            expected="false",
+            code="backend",
         )

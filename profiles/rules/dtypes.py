@@ -8,6 +8,7 @@ from profiles.rules.base import Ctx, did_you_mean
 # train.py's set_config_defaults looks model.dtype, transformer_dtype, diffusion_model_dtype, adapter.dtype and
 # save_dtype up in DTYPE_MAP before any model code runs: a name outside it is a KeyError at start-up.
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float8", "float8_e4m3fn", "float8_e5m2")
+# The built-in trainer's model.dtype (the compute dtype); float8 is a storage dtype there, for transformer_dtype.
 BUILTIN_TRAINER_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 # Shorthands people carry over from other trainers, spelled out before the close-match guess.
 _SHORTHANDS: tuple[tuple[str, str], ...] = (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32"))
