@@ -319,3 +319,19 @@ def test_chroma_sample_with_a_negative_prompt_matches_chroma_pipeline(work: Path
         generator=torch.Generator().manual_seed(11),
     ).images[0]
     assert np.abs(_pixels(png) - np.asarray(want).astype(np.int16)).max() <= 1
+
+
+def test_progress_keeps_the_newest_sample_per_prompt() -> None:
+    progress = Progress()
+    for obj in (
+        {"event": "sample", "path": "/r/samples/5_0.png", "step": 5, "epoch": 1, "index": 0, "prompt": "a"},
+        {"event": "sample", "path": "/r/samples/3_0.png", "step": 3, "epoch": 1, "index": 0, "prompt": "a"},
+        {"event": "sample", "path": "/r/samples/5_1.png", "step": 5, "epoch": "x", "index": 1},
+        {"event": "sample", "path": "/r/samples/9_9.png", "step": 9, "index": True},  # a bool is no index
+        {"event": "sample", "path": 7, "step": 9, "index": 2},
+    ):
+        feed_line(progress, "[dpdeck] " + json.dumps(obj))
+    assert progress.samples == {
+        0: {"path": "/r/samples/5_0.png", "step": 5, "epoch": 1, "prompt": "a"},
+        1: {"path": "/r/samples/5_1.png", "step": 5, "epoch": None, "prompt": ""},
+    }

@@ -125,7 +125,9 @@ def _feed_event(progress: Progress, obj: dict[str, Any], now: float) -> None:
 
 def _on_sample(progress: Progress, obj: dict[str, Any]) -> None:
     index, step, path = obj.get("index"), obj.get("step"), obj.get("path")
-    if not (_is_int(index) and _is_int(step) and isinstance(path, str)):
+    if not (isinstance(index, int) and isinstance(step, int) and _is_int(index) and _is_int(step)):
+        return  # (isinstance for the type checker; _is_int also refuses booleans)
+    if not isinstance(path, str):
         return
     known = progress.samples.get(index)
     if known is not None and known["step"] > step:

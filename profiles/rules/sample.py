@@ -8,7 +8,7 @@ per-family facts are tables, and nothing here needs torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from profiles.document import TomlFile
 from profiles.rules import unknown_keys
@@ -61,7 +61,7 @@ class Issue:
     expected: str | None = None
 
 
-def _int(value: Any, low: int, high: int | None = None) -> bool:
+def _int(value: Any, low: int, high: int | None = None) -> TypeGuard[int]:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     return ok and (high is None or value <= high)
 
