@@ -58,19 +58,22 @@ def main() -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     if BASELINE not in families:
         families.insert(0, BASELINE)  # the ratio needs its baseline from this run, on this machine's load
-    best: dict[str, float] = {}
-    for family in families:
-        walls = []
-        for i in range(args.runs):
+    walls: dict[str, list[float]] = {family: [] for family in families}
+    # Runs interleave the families, so that a machine whose load drifts skews every family alike.
+    for i in range(args.runs):
+        for family in families:
             wall, result = run_once(family, args.direct)
-            walls.append(wall)
+            walls[family].append(wall)
             print(
                 f"{family} run {i + 1}: {wall:.1f} s wall (via {result['via']}, {result['steps']} steps, "
                 f"loss {result['first_loss']:.4f} -> {result['last_loss']:.4f})",
                 flush=True,
             )
-        best[family] = min(walls)
-    print(f"\ndpdeck demo wall time on {os.cpu_count()} CPU(s), best of {args.runs}:")
+    best = {family: min(w) for family, w in walls.items()}
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\ndpdeck demo wall time on {os.cpu_count()} CPU(s) (load average now {load}), best of {args.runs}:"
+    )
     for family, wall in best.items():
         target = TARGETS_S.get(family)
         verdict = f", target < {target:.0f} s: {'met' if wall < target else 'MISSED'}" if target else ""
