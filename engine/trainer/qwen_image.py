@@ -202,7 +202,7 @@ class QwenImage(Family):
     def text_encoders(self) -> list[torch.nn.Module]:
         return [self.text_encoder]
 
-    def _load_diffusers_part(self, part: str, cls: Any, dtype: torch.dtype) -> torch.nn.Module:
+    def _load_diffusers_part(self, part: str, cls: Any, dtype: torch.dtype) -> Any:
         """From its diffusers folder, else the config of diffusers_path/<part>/ with the file's tensors."""
         path, what = self._source(part)
         if path.is_dir():
@@ -263,7 +263,8 @@ class QwenImage(Family):
         mean = torch.tensor(vae.config.latents_mean, device=self.device).view(shape)
         std = torch.tensor(vae.config.latents_std, device=self.device).view(shape)
         # The mode (= mean) keeps the cache deterministic, as diffusion-pipe and the Edit pipeline take it.
-        return ((dist.mode() - mean) / std)[:, :, 0].float().cpu()
+        latents: torch.Tensor = (dist.mode() - mean) / std
+        return latents[:, :, 0].float().cpu()
 
     @torch.no_grad()
     def encode_prompts(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
