@@ -115,6 +115,37 @@ def test_family_loads_the_single_files_exactly(
         torch.testing.assert_close(loaded[k], want[k], rtol=0, atol=0)
 
 
+def test_full_size_headers_give_the_real_configs() -> None:
+    """Headers of the real 2B NextDiT, Gemma 2 2B and Flux VAE (built on the meta device: shapes, no memory)
+    read back as the built-in configs, and the qkv split agrees with diffusers' converter at full size."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, Lumina2Transformer2DModel
+    from diffusers.loaders.single_file_utils import convert_lumina2_to_diffusers
+    from tiny_lumina2 import transformer_to_original
+    from tiny_models import _vae_to_ldm
+    from transformers import Gemma2Config, Gemma2Model
+
+    from engine.trainer import lumina2
+
+    here = Path("full.safetensors")
+    with init_empty_weights():
+        dit = Lumina2Transformer2DModel.from_config(lumina2.LUMINA2_CONFIG)
+        gemma = Gemma2Model(Gemma2Config(**lumina2.GEMMA2_2B_CONFIG))
+        vae = AutoencoderKL.from_config(lumina2.FLUX_VAE_CONFIG)
+    original = transformer_to_original(dit.state_dict())
+    config = lumina2.transformer_config({k: list(v.shape) for k, v in original.items()}, here)  # type: ignore[union-attr]
+    assert config == lumina2.LUMINA2_CONFIG
+    ours = lumina2.original_to_diffusers(dict(original), config)  # type: ignore[arg-type]
+    theirs = convert_lumina2_to_diffusers(dict(original))  # its split is hard-wired to this size
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert set(ours) == set(dit.state_dict())
+    llm = {f"model.{k}": list(v.shape) for k, v in gemma.state_dict().items()}
+    assert lumina2.gemma_config(llm, here) == lumina2.GEMMA2_2B_CONFIG
+    n_up = len(lumina2.FLUX_VAE_CONFIG["up_block_types"])
+    ldm = {_vae_to_ldm(k, n_up): list(v.shape) for k, v in vae.state_dict().items()}
+    assert lumina2.vae_config(ldm, here) == lumina2.FLUX_VAE_CONFIG
+
+
 def test_text_and_latents_match_diffusers(family, model: dict[str, Path]) -> None:  # noqa: ANN001
     import sentencepiece as spm
 
