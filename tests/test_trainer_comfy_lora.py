@@ -20,6 +20,7 @@ from. The tiny model's original-layout weights are its diffusers weights stacked
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -218,6 +219,7 @@ def _tiny(kind: str, seed: int) -> torch.nn.Module:
     )
 
 
+@functools.cache  # read-only once built; the converter runs once per family
 def _converter(kind: str) -> dict[str, list[tuple[int, str]]]:
     from diffusers.loaders import single_file_utils as sfu
 
@@ -394,6 +396,23 @@ def test_converter_correspondence_matches_comfyui_offsets() -> None:
         assert share == (offset[1] / heights[target], offset[2] / heights[target]), module
         fused += 1
     assert fused == 10  # img and txt q/k/v, a single block's q/k/v/mlp
+
+
+def test_bfloat16_save_replays_within_bfloat16_rounding(tmp_path: Path) -> None:
+    model = _tiny("flux", seed=5)
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    family = _family("flux", model)
+    config = add_lora(model, family, RANK, 0.0, init_random_b=True)
+    save_lora(tmp_path, model, family, config, "bfloat16")
+    lora = load_file(str(tmp_path / COMFY_FILE))
+    assert {v.dtype for k, v in lora.items() if not k.endswith(".alpha")} == {torch.bfloat16}
+    parts = _converter("flux")
+    patches, not_loaded = comfy_load_lora(lora, comfy_generic_key_map(sorted(parts)))
+    assert not not_loaded
+    patched = comfy_apply(original_layout(base, parts), patches)
+    merged = original_layout(_merged(model), parts)
+    for key, weight in merged.items():
+        torch.testing.assert_close(patched[key], weight, rtol=2e-2, atol=2e-2, msg=key)
 
 
 # ---- the writer's own checks refuse what ComfyUI would get wrong ------------------------------------------------
