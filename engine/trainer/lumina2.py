@@ -205,7 +205,8 @@ def original_to_diffusers(sd: dict[str, torch.Tensor], config: dict[str, Any]) -
                 split[key.replace(".qkv.", f".{name}.")] = part
         else:
             split[key] = tensor
-    return dict(convert_lumina2_to_diffusers(split))
+    converted: dict[str, torch.Tensor] = convert_lumina2_to_diffusers(split)  # type: ignore[no-untyped-call]
+    return converted
 
 
 class Lumina2(Family):
@@ -300,12 +301,12 @@ class Lumina2(Family):
         sd = load_file(str(path))
         self.tokenizer = _gemma_tokenizer(sd.pop(SPIECE_KEY), path)
         weights = {k[len(GEMMA_PREFIX) :]: v for k, v in sd.items() if k.startswith(GEMMA_PREFIX)}
-        with (
-            init_empty_weights()
-        ):  # as diffusion-pipe: no random init of a 2.6B model before the real weights
+        # As diffusion-pipe: no random init of a 2.6B model before the real weights.
+        with init_empty_weights():
             model = Gemma2Model(config)
         _assign(model, weights, "model.llm_path", path)
-        self.text_encoder = model.eval()
+        self.text_encoder = model.requires_grad_(False)
+        self.text_encoder.train(False)
 
     def _load_transformer(self, path: Path) -> torch.nn.Module:
         from accelerate import init_empty_weights
@@ -320,7 +321,7 @@ class Lumina2(Family):
             )
         config = transformer_config({k: list(v.shape) for k, v in sd.items()}, path)
         with init_empty_weights():
-            model = Lumina2Transformer2DModel.from_config(config)
+            model: torch.nn.Module = Lumina2Transformer2DModel.from_config(config)  # type: ignore[no-untyped-call]
         _assign(model, original_to_diffusers(sd, config), "model.transformer_path", path)
         return model.to(self.dtype)
 
@@ -342,7 +343,8 @@ class Lumina2(Family):
         dist = self.vae.encode(pixels.to(self.device, torch.float32)).latent_dist
         # (z - shift_factor) * scaling_factor as diffusion-pipe; the mean (not a sample) keeps the cache
         # deterministic, as for Flux.
-        return ((dist.mean - self.vae.config.shift_factor) * self.vae.config.scaling_factor).float().cpu()
+        latents: torch.Tensor = (dist.mean - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        return latents.float().cpu()
 
     @torch.no_grad()
     def encode_prompts(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
@@ -371,7 +373,7 @@ class Lumina2(Family):
     def denoise(
         self, model: Any, noisy: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]
     ) -> torch.Tensor:
-        out = model(
+        out: torch.Tensor = model(
             hidden_states=noisy,
             timestep=(1 - t).to(noisy.dtype),  # Lumina's timestep runs from noise (0) to image (1)
             encoder_hidden_states=kwargs["encoder_hidden_states"],
