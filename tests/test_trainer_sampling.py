@@ -73,7 +73,7 @@ def test_defaults_follow_the_family_and_the_run_seed() -> None:
         ("sd15", {"width": 8192}, r"sample\.width: out of range"),
         ("sd15", {"height": 8}, r"sample\.height: out of range .*16 to 4096"),
         ("sd15", {"before_first_step": "yes"}, r"sample\.before_first_step: not a boolean"),
-        ("sd3", {}, r"sample: samples while training are not built in for model\.type 'sd3'"),
+        ("qwen_image", {}, r"sample: samples while training are not built in for model\.type 'qwen_image'"),
     ],
 )
 def test_bad_sample_tables_name_file_key_and_expectation(
@@ -116,6 +116,19 @@ def test_profile_validate_reports_the_same_errors_with_lines(tmp_path: Path) -> 
     )
     keys = {p.key for p in validate_profile(load_profile(fixed), backend="builtin", check_paths="off")}
     assert not any(k.startswith("sample") for k in keys)
+    qwen = write_profile(
+        tmp_path / "qwen",
+        model_type="qwen_image",
+        model_dir=tmp_path,
+        directories=[{"path": str(tmp_path)}],
+        sample={"prompts": ["a cat"], "every_n_steps": 5},
+    )
+    (lacking,) = [
+        p
+        for p in validate_profile(load_profile(qwen), backend="builtin", check_paths="off")
+        if p.key == "sample"
+    ]
+    assert lacking.is_error and "not built in for model.type 'qwen_image'" in lacking.message
 
 
 # ---- rendering on tiny models ------------------------------------------------------------------------------
@@ -335,3 +348,35 @@ def test_progress_keeps_the_newest_sample_per_prompt() -> None:
         0: {"path": "/r/samples/5_0.png", "step": 5, "epoch": 1, "prompt": "a"},
         1: {"path": "/r/samples/5_1.png", "step": 5, "epoch": None, "prompt": ""},
     }
+
+
+def test_sd3_sample_matches_stable_diffusion_3_pipeline(work: Path) -> None:
+    """SD3: CLIP-L + CLIP-G + T5 embeddings and pooled CLIPs, cfg with the empty negative, unpacked latents."""
+    from diffusers import StableDiffusion3Pipeline
+    from tiny_sd3 import build_tiny_sd3
+
+    from engine.trainer.sd3 import SD3
+
+    model = build_tiny_sd3(work / "tiny_sd3")
+    settings = SampleSettings(("a red circle",), "", 32, 48, 2, 5.0, 13, 1, None, False)
+    fam = SD3({"type": "sd3", "diffusers_path": str(model)}, torch.float32, torch.device("cpu"))
+    fam.load()
+    add_lora(fam.transformer, fam, 4, 0.0, False)
+    sampler = Sampler(fam, settings)
+    sampler.encode()
+    fam.free_encoders(keep_vae=True)
+    (png,) = sampler.render(fam.transformer, 2, 1, work / "sd3_run")
+    assert Image.open(png).size == (32, 48) and _pixels(png).std() > 1.0
+    pipe = StableDiffusion3Pipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(
+        "a red circle",
+        negative_prompt="",
+        width=32,
+        height=48,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        max_sequence_length=256,  # engine/trainer/sd3.py T5_LENGTH, the pipeline's default
+        generator=torch.Generator().manual_seed(13),
+    ).images[0]
+    assert np.abs(_pixels(png) - np.asarray(want).astype(np.int16)).max() <= 1

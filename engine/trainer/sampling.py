@@ -138,6 +138,14 @@ def _flux_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
     }
 
 
+def _sd3_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
+    out = {"prompt_embeds": text["encoder_hidden_states"], "pooled_prompt_embeds": text["pooled_projections"]}
+    if negative is not None:
+        out["negative_prompt_embeds"] = negative["encoder_hidden_states"]
+        out["negative_pooled_prompt_embeds"] = negative["pooled_projections"]
+    return out
+
+
 def _chroma_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
     out = {"prompt_embeds": text["encoder_hidden_states"], "prompt_attention_mask": text["attention_mask"]}
     if negative is not None:
@@ -157,13 +165,16 @@ class PipelineSpec:
     # whether the pipeline needs the negative prompt's embeddings even when it is "" (else it would tokenize
     # "" itself, and the tokenizers are gone); SDXL zeroes an empty negative itself (force_zeros_for_empty_prompt)
     encode_empty_negative: bool
+    # whether the pipeline's latents come out packed in 2x2 patches (Flux, Chroma) rather than (B, C, h, w)
+    packed: bool = False
 
 
 FAMILY_PIPELINES: dict[str, PipelineSpec] = {
     "sd15": PipelineSpec(_sd15_kwargs, "unet", {"requires_safety_checker": False}, True),
     "sdxl": PipelineSpec(_sdxl_kwargs, "unet", {}, False),
-    "flux": PipelineSpec(_flux_kwargs, "transformer", {}, False),
-    "chroma": PipelineSpec(_chroma_kwargs, "transformer", {}, True),
+    "sd3": PipelineSpec(_sd3_kwargs, "transformer", {}, True),
+    "flux": PipelineSpec(_flux_kwargs, "transformer", {}, False, packed=True),
+    "chroma": PipelineSpec(_chroma_kwargs, "transformer", {}, True, packed=True),
 }
 
 
@@ -213,7 +224,7 @@ def build_pipeline(family: Family, denoiser: torch.nn.Module) -> Any:
 def _decode(pipe: Any, family: Family, latents: torch.Tensor, settings: SampleSettings) -> Any:
     """Latents -> a PIL image, decoded by the fp32 VAE (the pipelines would feed it bf16 latents)."""
     vae = pipe.vae
-    if family.schedule == "flow":
+    if FAMILY_PIPELINES[family.name].packed:
         scale = pipe.vae_scale_factor
         latents = flow.unpack_latents(latents, settings.height // scale, settings.width // scale)
     latents = latents.to(vae.device, torch.float32)

@@ -11,19 +11,21 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from profiles.document import TomlFile
+from profiles.model_types import BUILTIN_TYPES
 from profiles.rules import unknown_keys
 from profiles.rules.base import Ctx, num
 
 TABLE = "sample"
 # Width and height must be whole latent cells: the VAE's 8x, times the 2x2 latent patches flow families pack.
-SIZE_MULTIPLE: dict[str, int] = {"sd15": 8, "sdxl": 8, "flux": 16, "chroma": 16}
+SIZE_MULTIPLE: dict[str, int] = {"sd15": 8, "sdxl": 8, "sd3": 16, "flux": 16, "chroma": 16}
 # Families whose pipeline runs classifier-free guidance with a negative prompt (Flux-dev's guidance is a
 # distilled input of the transformer: there is no negative branch).
-USES_NEGATIVE: dict[str, bool] = {"sd15": True, "sdxl": True, "flux": False, "chroma": True}
+USES_NEGATIVE: dict[str, bool] = {"sd15": True, "sdxl": True, "sd3": True, "flux": False, "chroma": True}
 # What `guidance` means per family, for messages and docs.
 GUIDANCE_MEANING: dict[str, str] = {
     "sd15": "classifier-free guidance (cfg) scale",
     "sdxl": "classifier-free guidance (cfg) scale",
+    "sd3": "classifier-free guidance (cfg) scale",
     "flux": "the distilled guidance value fed to the transformer",
     "chroma": "classifier-free guidance (cfg) scale",
 }
@@ -31,6 +33,7 @@ GUIDANCE_MEANING: dict[str, str] = {
 DEFAULTS: dict[str, tuple[int, int, float]] = {
     "sd15": (512, 25, 7.0),
     "sdxl": (1024, 25, 6.0),
+    "sd3": (1024, 28, 7.0),
     "flux": (1024, 20, 3.5),
     "chroma": (1024, 26, 4.0),
 }
@@ -84,7 +87,12 @@ def issues(table: Any, model_type: str | None) -> list[Issue]:
                 out.append(
                     Issue(f"{TABLE}.prompts[{i}]", "each prompt must be non-empty text", p, "a string")
                 )
-    limits = {"width": (MIN_SIDE, MAX_SIDE), "height": (MIN_SIDE, MAX_SIDE), "steps": (1, MAX_STEPS), "seed": (0, None)}
+    limits = {
+        "width": (MIN_SIDE, MAX_SIDE),
+        "height": (MIN_SIDE, MAX_SIDE),
+        "steps": (1, MAX_STEPS),
+        "seed": (0, None),
+    }
     limits |= {"every_n_steps": (1, None), "every_n_epochs": (1, None)}
     for key, (low, high) in limits.items():
         if key in table and not _int(table[key], low, high):
@@ -139,6 +147,16 @@ def check(ctx: Ctx, toml: TomlFile, data: dict[str, Any], model_type: str | None
     if ctx.backend != "builtin":
         return  # diffusion-pipe does not read [sample]: unknown_keys warns about the table itself
     unknown_keys.check_table(ctx, toml, table, TABLE, [TABLE])
+    if model_type in BUILTIN_TYPES and model_type not in SIZE_MULTIPLE:
+        ctx.add(
+            "error",
+            toml,
+            TABLE,
+            f"samples while training are not built in for model.type {model_type!r} yet",
+            expected=f"no [sample] table (sampling exists for {', '.join(SIZE_MULTIPLE)})",
+            code="sample",
+        )
+        return
     builtin = model_type if model_type in SIZE_MULTIPLE else None
     for issue in issues(table, builtin):
         ctx.add(
