@@ -288,12 +288,22 @@ def test_text_encoder_lora_kohya_keys(te_run: tuple[Path, str], models: dict[str
     kohya = load_file(str(te_run[0] / "epoch2" / "lora_kohya.safetensors"))
     te_stems = {k.split(".", 1)[0] for k in kohya if k.startswith("lora_te_")}
     encoder = CLIPTextModel.from_pretrained(models["sd15"], subfolder="text_encoder")
-    # sd-scripts / ComfyUI: lora_te_ + the CLIPTextModel module path with "_" for ".".
-    linear = {
-        "lora_te_" + n.replace(".", "_") for n, m in encoder.named_modules() if isinstance(m, torch.nn.Linear)
+    # The names sd-scripts writes and ComfyUI's CLIP key map looks up (transformers 4's module paths, from the
+    # text_model level): lora_te_text_model_encoder_layers_<i>_<self_attn_q_proj | ... | mlp_fc2>.
+    parts = (
+        "self_attn_q_proj",
+        "self_attn_k_proj",
+        "self_attn_v_proj",
+        "self_attn_out_proj",
+        "mlp_fc1",
+        "mlp_fc2",
+    )
+    expected = {
+        f"lora_te_text_model_encoder_layers_{i}_{part}"
+        for i in range(encoder.config.num_hidden_layers)
+        for part in parts
     }
-    assert te_stems and te_stems <= linear
-    assert len(te_stems) == 6 * encoder.config.num_hidden_layers
+    assert te_stems == expected
     assert all(kohya[f"{s}.alpha"].item() == 4 for s in te_stems)
 
 
@@ -301,3 +311,52 @@ def test_text_encoder_lora_kohya_keys(te_run: tuple[Path, str], models: dict[str
 def test_text_encoder_lora_with_eval(te_run: tuple[Path, str]) -> None:
     events = _eval_events(te_run[1])
     assert [e["step"] for e in events] == [0, 4]  # before the first step, after epoch 2
+
+
+PROMPT: dict[str, Any] = {
+    "prompt": "a red square",
+    "device": torch.device("cpu"),
+    "num_images_per_prompt": 1,
+    "do_classifier_free_guidance": False,
+}
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_text_encoder_lora_files_load_in_diffusers(kind: str, models: dict[str, Path], work: Path) -> None:
+    """Both encoders of SDXL (lora_te1_ / lora_te2_) and SD1.5's (lora_te_): diffusers' loaders, fed the kohya
+    file or the diffusers file, give the prompt embeddings the live encoders give."""
+    from diffusers import DiffusionPipeline
+
+    from engine.trainer.text_lora import TEXT_ENCODER_ROWS, add_text_loras, text_lr_plan
+
+    family = _family(kind, models[kind])
+    lrs = {row[0]: 1e-4 for row in TEXT_ENCODER_ROWS[kind]}
+    plan, warnings = text_lr_plan(kind, lrs)
+    assert not warnings and len(plan) == len(family.text_encoders())
+    torch.manual_seed(0)
+    config = add_lora(family.unet, family, 4, 0.0, True)
+    loras = add_text_loras(kind, family.text_encoders(), plan, 4, 0.0, True)
+    save_dir = work / f"te_save_{kind}"
+    save_lora(save_dir, family.unet, family, config, "float32", loras)
+    prefixes = {
+        k.split("_text_model")[0] for k in load_file(str(save_dir / "lora_kohya.safetensors")) if "_te" in k
+    }
+    assert prefixes == {row[2] for row in TEXT_ENCODER_ROWS[kind]}
+    for te in family.text_encoders():
+        te.eval()
+    with torch.no_grad():
+        live = family.encode_text(["a red square"])
+    base = DiffusionPipeline.from_pretrained(models[kind])
+    with torch.no_grad():
+        assert not torch.allclose(
+            base.encode_prompt(**PROMPT)[0],
+            live["encoder_hidden_states"],
+        )
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        pipe = DiffusionPipeline.from_pretrained(models[kind])
+        pipe.load_lora_weights(str(save_dir), weight_name=name)
+        with torch.no_grad():
+            embeds = pipe.encode_prompt(**PROMPT)
+        torch.testing.assert_close(embeds[0], live["encoder_hidden_states"], rtol=1e-4, atol=1e-5, msg=name)
+        if kind == "sdxl":  # the pooled output of the second encoder (SDXL's text_embeds)
+            torch.testing.assert_close(embeds[2], live["text_embeds"], rtol=1e-4, atol=1e-5, msg=name)

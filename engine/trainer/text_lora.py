@@ -27,6 +27,7 @@ TEXT_ENCODER_ROWS: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
 }
 ALL_LR_KEYS = ("text_encoder_lr", "text_encoder_1_lr", "text_encoder_2_lr")
+KOHYA_TEXT_ROOT = "text_model."
 
 
 @dataclass
@@ -38,6 +39,11 @@ class TextLora:
     lr: float
 
     def kohya_name(self, module_path: str) -> str:
+        # sd-scripts, ComfyUI and A1111 name CLIP layers from the text_model level
+        # (lora_te_text_model_encoder_layers_0_self_attn_q_proj); transformers 5's CLIPTextModel dropped that
+        # level (CLIPTextModelWithProjection keeps it), so it is put back where missing.
+        if not module_path.startswith(KOHYA_TEXT_ROOT):
+            module_path = KOHYA_TEXT_ROOT + module_path
         return f"{self.kohya_prefix}_" + module_path.replace(".", "_")
 
 
