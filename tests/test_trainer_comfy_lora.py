@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.trainer.comfy_lora import COMFY_FILE, ComfyLoraError, comfy_state_dict, verify_comfy_file
-from engine.trainer.lora_io import DIFFUSERS_FILE, add_lora, lora_state_dict, save_lora
+from engine.trainer.lora_io import DIFFUSERS_FILE, LoraSaveError, add_lora, lora_state_dict, save_lora
 
 FULL = 3072  # the width diffusers' converters assume
 ROWS = 7 * FULL  # q, k, v (3 x 3072) + MLP (4 x 3072): splits as linear1, chunks by 3 (qkv) and 2
@@ -498,3 +498,20 @@ def test_chroma_run_saves_a_comfy_file_comfyui_applies_like_the_diffusers_file(
     assert any(not torch.equal(base[k], merged[k]) for k in base)  # training moved the weights
     for key in base:
         torch.testing.assert_close(patched[key], merged[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_linear_without_a_comfy_key_is_refused_when_the_lora_is_set_up() -> None:
+    model = _tiny("flux", seed=4)
+    model.transformer_blocks[0].attn.to_mystery = torch.nn.Linear(32, 32)  # a Linear the table does not know
+    family = _family("flux", model)
+    with pytest.raises(
+        LoraSaveError, match=r"transformer_blocks\.0\.attn\.to_mystery' has no key in the flux"
+    ):
+        add_lora(model, family, RANK, 0.0, init_random_b=True)
+    # ... and the same model trains once that Linear is excluded, as the message says.
+    model = _tiny("flux", seed=4)
+    model.transformer_blocks[0].attn.to_mystery = torch.nn.Linear(32, 32)
+    family = _family("flux", model)
+    add_lora(
+        model, family, RANK, 0.0, init_random_b=True, exclude_modules=["transformer_blocks.0.attn.to_mystery"]
+    )

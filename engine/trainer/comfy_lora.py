@@ -109,6 +109,22 @@ def targets_for(modules: list[str], layout_name: str) -> list[FusedTarget]:
     return [found[k] for k in sorted(found)]
 
 
+def lora_modules(unet: torch.nn.Module) -> list[str]:
+    """Paths of the modules that carry the trained ('default') peft LoRA."""
+    return sorted(
+        name
+        for name, module in unet.named_modules()
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})
+    )
+
+
+def check_layout(unet: torch.nn.Module, layout_name: str) -> None:
+    """Every LoRA layer has a key in the original layout: refused when the LoRA is set up, not at the first save."""
+    for target in targets_for(lora_modules(unet), layout_name):
+        for part in target.parts:
+            _out_features(unet, part)
+
+
 def _target_of(module: str, blocks: tuple[BlockLayout, ...], layout_name: str) -> FusedTarget:
     for block in blocks:
         m = re.fullmatch(rf"{re.escape(block.diffusers)}\.(\d+)\.(.+)", module)
@@ -202,11 +218,7 @@ def verify_comfy_file(path: Path, unet: torch.nn.Module, layout_name: str) -> No
     Parts without LoRA must get exact zeros, and every tensor must belong to a target (3 per target).
     """
     loaded = load_file(str(path))
-    live = {
-        name: module
-        for name, module in unet.named_modules()
-        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})
-    }
+    live = {name: unet.get_submodule(name) for name in lora_modules(unet)}
     gen = torch.Generator().manual_seed(0)
     targets = targets_for(sorted(live), layout_name)
     for target in targets:

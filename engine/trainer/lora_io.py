@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.trainer.comfy_lora import COMFY_FILE, ComfyLoraError, write_comfy_file
+from engine.trainer.comfy_lora import COMFY_FILE, ComfyLoraError, check_layout, write_comfy_file
 from engine.trainer.family import Family
 from engine.trainer.text_lora import TextLora, diffusers_parts, kohya_parts
 
@@ -56,6 +56,11 @@ def add_lora(
         **extra,
     )
     unet.add_adapter(config)
+    if family.comfy_layout:
+        try:
+            check_layout(unet, family.comfy_layout)
+        except ComfyLoraError as exc:
+            raise LoraSaveError(f"the ComfyUI file cannot hold this LoRA: {exc}") from exc
     for name, p in unet.named_parameters():
         p.requires_grad_("lora_" in name)
         if "lora_" in name:
