@@ -344,16 +344,16 @@ def _summarise(run_dir: Path | None) -> tuple[list[str], float | None, float | N
     return files, sum(losses[:k]) / k, sum(losses[-k:]) / k, len(losses)
 
 
-def demo_backend(family: str) -> tuple[str, str]:
-    """(the backend to queue the demo with, the 'runs on: ...' line that says why).
+def demo_backend(family: str, model: dict[str, Any]) -> tuple[str, str]:
+    """(the backend to queue the demo with, the 'runs on: ...' line that says why), for the demo profile's
+    `[model]` table.
 
     The queue's own rule (profiles.backend_choice) decides, except that a configured diffusion-pipe checkout
     never gets the demo: its tiny random model is dpdeck's, built for the built-in trainer.
     """
-    from profiles.backend_choice import AUTO, choose_backend, configured_checkout
+    from profiles.backend_choice import AUTO, choose_for_model
 
-    keys = list(family_spec(family).model_keys)
-    auto = choose_backend(family, keys, AUTO, configured_checkout())
+    auto = choose_for_model(model, family)
     if auto.backend == "builtin":
         return AUTO, auto.describe()
     # auto.reason here reads "diffusion-pipe at /path/to/checkout".
@@ -384,7 +384,9 @@ def run_demo(
         ok = code == 0 and bool(_summarise(run_dir)[0])
         state = "completed" if ok else f"failed (exit {code})"
         return _result(ok, "direct", None, state, run_dir, started, "" if ok else tail, family, "builtin")
-    backend, why = demo_backend(family)
+    from profiles.document import TomlFile
+
+    backend, why = demo_backend(family, TomlFile.load(main_toml).get("model", {}))
     log(why)
     client.ensure_daemon()
     name = "demo" if family == DEFAULT_FAMILY else f"demo-{family}"

@@ -236,17 +236,23 @@ def test_chroma_demo_names_a_transformer_file_beside_its_config(tmp_path: Path) 
 def test_demo_backend_follows_the_queue_rule_but_never_hands_diffusion_pipe_the_tiny_model(
     family: str, with_checkout: bool, backend: str, reason: str, tmp_path: Path
 ) -> None:
-    from engine.demo import demo_backend
+    from engine.demo import DemoLayout, _sd15_texts, demo_backend, family_texts
     from profiles.backend_choice import choose_for_model
     from statefiles import settings
 
     if with_checkout:
         settings.set_value("diffusion_pipe.path", str(tmp_path))
-    got, why = demo_backend(family)
+    layout = DemoLayout(tmp_path, family)
+    if family == "sd15":
+        main_text = _sd15_texts(layout, tmp_path / "data")[0]
+    else:
+        main_text = family_texts(family, layout.model_paths(), tmp_path / "data", layout.output)[0]
+    model = TomlFile.from_text(main_text).get("model")
+    got, why = demo_backend(family, model)
     assert (got, why.startswith("runs on: built-in trainer (")) == (backend, True)
     assert reason in why
-    # The queue's own rule, on the same [model] keys: what `auto` would pick for a user's profile.
-    queue_pick = choose_for_model({"diffusers_path": "x", "transformer_path": "y"}, family).backend
+    # The queue's own rule on the same profile: what `auto` would pick for a user's profile like it.
+    queue_pick = choose_for_model(model, family).backend
     assert queue_pick == ("builtin" if backend == "auto" else "diffusion-pipe")
 
 
