@@ -169,6 +169,28 @@ def test_text_and_latents_match_diffusers(family, model: dict[str, Path]) -> Non
     torch.testing.assert_close(family.encode_image(pixels), want)
 
 
+def test_lora_targets_every_block_linear_minus_exclude_modules(model: dict[str, Path]) -> None:
+    from engine.trainer.lora_io import add_lora
+    from engine.trainer.lumina2 import Lumina2
+
+    fam = Lumina2(_cfg(model), torch.float32, CPU)
+    fam.transformer = fam.unet = fam._load_transformer(model["transformer_path"])
+    linears = {n for n, m in fam.transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    targets = set(fam.lora_target_modules())
+    # Outside the blocks: the embedders and the final layer stay frozen, as in diffusion-pipe.
+    assert linears - targets == {
+        "x_embedder",
+        "time_caption_embed.timestep_embedder.linear_1",
+        "time_caption_embed.timestep_embedder.linear_2",
+        "time_caption_embed.caption_embedder.1",
+        "norm_out.linear_1",
+        "norm_out.linear_2",
+    }
+    add_lora(fam.transformer, fam, 4, 0.0, False, exclude_modules=r".*context_refiner.*")
+    lora = {n.rsplit(".lora_A", 1)[0] for n, _ in fam.transformer.named_parameters() if ".lora_A." in n}
+    assert lora == {t for t in targets if not t.startswith("context_refiner.")}
+
+
 def test_lumina_shift_matches_the_pipeline_dynamic_shift() -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.lumina2.pipeline_lumina2 import calculate_shift
