@@ -237,7 +237,9 @@ def te_run(work: Path, models: dict[str, Path]) -> tuple[Path, str]:
 
     data = build_synthetic_dataset(work / "te_data", count=4)
     held_out = build_synthetic_dataset(work / "te_eval_data", count=2)
-    config = _profile(work / "te_run", models["sd15"], data, held_out, eval_every_n_epochs=2)
+    config = _profile(
+        work / "te_run", models["sd15"], data, held_out, eval_every_n_epochs=2, checkpoint_every_n_steps=4
+    )
     import tomlkit
 
     doc = tomlkit.parse(config.read_text())
@@ -305,6 +307,21 @@ def test_text_encoder_lora_kohya_keys(te_run: tuple[Path, str], models: dict[str
     }
     assert te_stems == expected
     assert all(kohya[f"{s}.alpha"].item() == 4 for s in te_stems)
+
+
+@pytest.mark.slow
+def test_resume_without_text_encoder_lora_is_refused(te_run: tuple[Path, str]) -> None:
+    import tomlkit
+
+    run_dir = te_run[0]
+    config = run_dir.parents[1] / "main.toml"
+    doc = tomlkit.parse(config.read_text())
+    del doc["model"]["text_encoder_lr"]
+    changed = config.with_name("main_no_te.toml")
+    changed.write_text(tomlkit.dumps(doc))
+    code, out = launch_trainer(changed, args=("--resume_from_checkpoint",))
+    assert code == 1
+    assert "cannot resume: text_encoder_lora: checkpoint has [0], profile has None" in out
 
 
 @pytest.mark.slow

@@ -236,7 +236,14 @@ class Trainer:
         return run_dir, obj[1]
 
     def _identity(self) -> dict[str, object]:
-        return {"model_type": self.cfg.model_type, "rank": self.cfg.rank}
+        """What a checkpoint's LoRA layers depend on; a resume with a different value is refused. A key
+        missing from an older run folder reads as None, so None stands for what those runs did: no text
+        encoder LoRA, and attention-only UNet targets for sd15/sdxl (their default before adapter.targets)."""
+        ident: dict[str, object] = {"model_type": self.cfg.model_type, "rank": self.cfg.rank}
+        if self.cfg.model_type in ("sd15", "sdxl"):
+            ident["lora_targets"] = None if self.cfg.lora_targets == "attention" else self.cfg.lora_targets
+        ident["text_encoder_lora"] = [index for index, _ in self.text_plan] or None
+        return ident
 
     def _deepspeed_config(self) -> dict[str, Any]:
         cfg = self.cfg
