@@ -104,10 +104,12 @@ def test_family_loads_the_single_files_exactly(
     gemma = Gemma2Model.from_pretrained(model["diffusers"] / "text_encoder").state_dict()
     for k, v in family.text_encoder.state_dict().items():
         torch.testing.assert_close(v, gemma[k], rtol=0, atol=0)
-    # ComfyUI's all-in-one prefix is read as diffusion-pipe reads it.
+    # ComfyUI's all-in-one checkpoint is read as diffusion-pipe reads it: the prefixed transformer part only.
     prefixed = tmp_path / "comfy.safetensors"
-    sd = load_file(str(model["transformer_path"]))
-    save_file({f"model.diffusion_model.{k}": v for k, v in sd.items()}, str(prefixed))
+    sd = {f"model.diffusion_model.{k}": v for k, v in load_file(str(model["transformer_path"])).items()}
+    sd["first_stage_model.encoder.conv_in.weight"] = torch.zeros(32, 3, 3, 3)
+    sd["text_encoders.gemma2_2b.transformer.model.norm.weight"] = torch.zeros(32)
+    save_file(sd, str(prefixed))
     assert detect_single_file_family(prefixed) == "lumina_2"
     fam = Lumina2(_cfg(model, transformer_path=str(prefixed)), torch.float32, CPU)
     loaded = fam._load_transformer(prefixed).state_dict()

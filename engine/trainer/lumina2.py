@@ -313,7 +313,11 @@ class Lumina2(Family):
         from diffusers import Lumina2Transformer2DModel
         from safetensors.torch import load_file
 
-        sd = {k.removeprefix(COMFY_PREFIX): v for k, v in load_file(str(path)).items()}
+        sd = load_file(str(path))
+        if any(k.startswith(COMFY_PREFIX) for k in sd):
+            # A ComfyUI checkpoint (the all-in-one file holds the VAE and Gemma too): its transformer part only,
+            # as diffusion-pipe takes it.
+            sd = {k[len(COMFY_PREFIX) :]: v for k, v in sd.items() if k.startswith(COMFY_PREFIX)}
         if any(k.startswith("time_caption_embed.") for k in sd):
             raise ModelLoadError(
                 f"model.transformer_path: {path} is in diffusers' layout; diffusion-pipe (and dpdeck) read the "
