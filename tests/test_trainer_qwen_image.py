@@ -125,24 +125,34 @@ def test_text_and_latents_match_diffusers(model: Path) -> None:
     assert fam.vae_scale_factor == pipe.vae_scale_factor == 8
 
 
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k, v in sa.items():
+        torch.testing.assert_close(sb[k], v)
+
+
 def test_single_file_overrides_load_the_same_model(tmp_path: Path, model: Path) -> None:
-    """transformer_path (ComfyUI-prefixed), text_encoder_path and vae_path files give the folder's model."""
-    transformer = load_file(str(model / "transformer" / "diffusion_pytorch_model.safetensors"))
-    comfy = tmp_path / "qwen_image_bf16.safetensors"
-    save_file({f"model.diffusion_model.{k}": v for k, v in transformer.items()}, str(comfy))
+    """transformer_path, text_encoder_path and vae_path files give the folder's model; a transformer file with
+    ComfyUI's `model.diffusion_model.` prefix too."""
+    transformer = model / "transformer" / "diffusion_pytorch_model.safetensors"
+    plain = shutil.copy(transformer, tmp_path / "qwen_image_bf16.safetensors")
+    prefixed = tmp_path / "qwen_image_prefixed.safetensors"
+    save_file(
+        {f"model.diffusion_model.{k}": v for k, v in load_file(str(transformer)).items()}, str(prefixed)
+    )
     te = shutil.copy(model / "text_encoder" / "model.safetensors", tmp_path / "qwen_2.5_vl_7b.safetensors")
     vae = shutil.copy(model / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "vae.safetensors")
     folder = _family(diffusers_path=str(model))
     files = _family(
-        diffusers_path=str(model), transformer_path=str(comfy), text_encoder_path=str(te), vae_path=str(vae)
+        diffusers_path=str(model), transformer_path=str(plain), text_encoder_path=str(te), vae_path=str(vae)
     )
-    for fam in (folder, files):
+    comfy = _family(diffusers_path=str(model), transformer_path=str(prefixed))
+    for fam in (folder, files, comfy):
         fam.load()
-    for a, b in zip(
-        folder.transformer.state_dict().items(), files.transformer.state_dict().items(), strict=True
-    ):
-        assert a[0] == b[0]
-        torch.testing.assert_close(a[1], b[1])
+    _same_weights(folder.transformer, files.transformer)
+    _same_weights(folder.transformer, comfy.transformer)
+    _same_weights(folder.text_encoder, files.text_encoder)
     torch.testing.assert_close(
         folder.encode_prompts(["a cat"])[0]["prompt_embeds"],
         files.encode_prompts(["a cat"])[0]["prompt_embeds"],

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,26 @@ def _config_class(folder: Path, what: str) -> str:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{cfg}: unreadable ({exc})") from exc
     return str(data.get("_class_name") or (data.get("architectures") or ["unknown"])[0])
+
+
+@contextmanager
+def _linked_folder(config: Path, weight_name: str, weights: Path) -> Iterator[Path]:
+    """A temporary folder holding a copy of `config` and `weight_name` linking to `weights`, for from_pretrained."""
+    with tempfile.TemporaryDirectory(prefix="dpdeck-qwen-") as tmp:
+        folder = Path(tmp)
+        (folder / "config.json").write_bytes(config.read_bytes())
+        (folder / weight_name).symlink_to(weights.resolve())
+        yield folder
+
+
+def _load_prefixed(cls: Any, config: Path, path: Path, dtype: torch.dtype) -> Any:
+    """A file whose tensor names carry ComfyUI's checkpoint prefix: built from the config, the prefix dropped
+    (needs the model once in float32 in RAM, unlike the linked-folder route)."""
+    from safetensors.torch import load_file
+
+    model = cls.from_config(cls.load_config(str(config.parent)))
+    model.load_state_dict({k.removeprefix(COMFY_PREFIX): v for k, v in load_file(str(path)).items()})
+    return model.to(dtype)
 
 
 class QwenImage(Family):
@@ -203,40 +225,50 @@ class QwenImage(Family):
         return [self.text_encoder]
 
     def _load_diffusers_part(self, part: str, cls: Any, dtype: torch.dtype) -> Any:
-        """From its diffusers folder, else the config of diffusers_path/<part>/ with the file's tensors."""
+        """From its diffusers folder, or a file with diffusers_path/<part>/config.json as its config."""
         path, what = self._source(part)
         if path.is_dir():
             return cls.from_pretrained(path, torch_dtype=dtype)
-        from safetensors.torch import load_file
-
-        model = cls.from_config(cls.load_config(str(self._root() / PARTS[part][1])))
-        state = {k.removeprefix(COMFY_PREFIX): v for k, v in load_file(str(path)).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        config = self._root() / PARTS[part][1] / "config.json"
+        hint = " (ComfyUI's VAE is not supported: give the diffusers VAE)" if part == "vae" else ""
+        raw = _keys_of(path)
+        keys = {k.removeprefix(COMFY_PREFIX) for k in raw}
+        # diffusers' loader leaves a tensor the file lacks uninitialised (meta): compare the names first.
+        with torch.device("meta"):
+            expected = set(cls.from_config(cls.load_config(str(config.parent))).state_dict())
+        missing, unexpected = sorted(expected - keys), sorted(keys - expected)
         if missing or unexpected:
-            hint = " (ComfyUI's VAE is not supported: give the diffusers VAE)" if part == "vae" else ""
             raise ModelLoadError(
-                f"{what}: {path} does not match diffusers_path's {PARTS[part][1]}/config.json{hint}: "
-                f"missing {len(missing)} tensors (e.g. {missing[:2]}), unexpected {len(unexpected)} "
-                f"(e.g. {unexpected[:2]})"
+                f"{what}: {path} does not match diffusers_path's {config.parent.name}/config.json{hint}: missing "
+                f"{len(missing)} tensors (e.g. {missing[:2]}), unexpected {len(unexpected)} (e.g. {unexpected[:2]})"
             )
-        return model.to(dtype)
+        if any(k.startswith(COMFY_PREFIX) for k in raw):
+            return _load_prefixed(cls, config, path, dtype)
+        # diffusers' own loader (low memory, straight to dtype) on a folder linking the config and the file.
+        with _linked_folder(config, "diffusion_pytorch_model.safetensors", path) as folder:
+            return cls.from_pretrained(folder, torch_dtype=dtype)
 
     def _load_text_encoder(self) -> torch.nn.Module:
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         path, what = self._source("text_encoder")
-        folder = path
-        if path.is_file():
-            # A single file goes through transformers' own loader (and its key-layout conversion) from a folder
-            # holding diffusers_path's text_encoder config and a link to the file.
-            folder = Path(tempfile.mkdtemp(prefix="dpdeck-qwen-te-"))
-            (folder / "config.json").write_bytes((self._root() / "text_encoder" / "config.json").read_bytes())
-            (folder / "model.safetensors").symlink_to(path.resolve())
-        try:
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=self.dtype)
-        except Exception as exc:  # noqa: BLE001 - surface the path with the loader's reason
-            raise ModelLoadError(f"{what}: {path}: cannot load as Qwen2.5-VL ({exc})") from exc
-        return model
+
+        def load(folder: Path) -> torch.nn.Module:
+            try:
+                model: torch.nn.Module = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                    folder, dtype=self.dtype
+                )
+            except Exception as exc:  # noqa: BLE001 - surface the path with the loader's reason
+                raise ModelLoadError(f"{what}: {path}: cannot load as Qwen2.5-VL ({exc})") from exc
+            return model
+
+        if path.is_dir():
+            return load(path)
+        # A single file goes through transformers' own loader (and its key-layout conversion).
+        with _linked_folder(
+            self._root() / "text_encoder" / "config.json", "model.safetensors", path
+        ) as folder:
+            return load(folder)
 
     def identity(self, part: str) -> str:
         def ident(path: Path) -> str:
