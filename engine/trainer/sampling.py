@@ -254,7 +254,6 @@ class Sampler:
         self.texts: list[Text] = []
         self.negative: Text | None = None
         self.pipe: Any = None
-        self.last_step: int | None = None
         self.reencode = reencode
 
     def uses_negative(self) -> bool:
@@ -326,7 +325,6 @@ class Sampler:
                 paths.append(self._write(image, out_dir, step, epoch, n, time.monotonic() - t0))
         finally:
             denoiser.train(was_training)
-        self.last_step = step
         return paths
 
     def _write(self, image: Any, out_dir: Path, step: int, epoch: int, n: int, seconds: float) -> Path:
