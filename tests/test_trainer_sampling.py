@@ -380,3 +380,38 @@ def test_sd3_sample_matches_stable_diffusion_3_pipeline(work: Path) -> None:
         generator=torch.Generator().manual_seed(13),
     ).images[0]
     assert np.abs(_pixels(png) - np.asarray(want).astype(np.int16)).max() <= 1
+
+
+def test_sdxl_sample_matches_the_xl_pipeline_and_renders_in_bf16(work: Path) -> None:
+    """SDXL: pooled + penultimate states of both encoders, size conditioning, the zeroed empty negative (the
+    pipeline's force_zeros_for_empty_prompt); in bf16, as real runs train, it renders too."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from tiny_models import build_tiny_sdxl
+
+    from engine.trainer.sdxl import SDXL
+
+    model = build_tiny_sdxl(work / "tiny_sdxl")
+    settings = SampleSettings(("a red circle",), "", 48, 64, 2, 6.0, 17, 1, None, False)
+    pngs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        fam = SDXL({"type": "sdxl", "diffusers_path": str(model)}, dtype, torch.device("cpu"))
+        fam.load()
+        add_lora(fam.unet, fam, 4, 0.0, False)
+        sampler = Sampler(fam, settings)
+        sampler.encode()
+        fam.free_encoders(keep_vae=True)
+        (png,) = sampler.render(fam.unet, 1, 1, work / f"sdxl_run_{str(dtype)[6:]}")
+        assert Image.open(png).size == (48, 64) and _pixels(png).std() > 1.0
+        pngs.append(png)
+    pipe = StableDiffusionXLPipeline.from_pretrained(model)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(
+        "a red circle",
+        width=48,
+        height=64,
+        num_inference_steps=2,
+        guidance_scale=6.0,
+        generator=torch.Generator().manual_seed(17),
+    ).images[0]
+    assert np.abs(_pixels(pngs[0]) - np.asarray(want).astype(np.int16)).max() <= 1
