@@ -377,3 +377,26 @@ def test_text_encoder_lora_files_load_in_diffusers(kind: str, models: dict[str, 
         torch.testing.assert_close(embeds[0], live["encoder_hidden_states"], rtol=1e-4, atol=1e-5, msg=name)
         if kind == "sdxl":  # the pooled output of the second encoder (SDXL's text_embeds)
             torch.testing.assert_close(embeds[2], live["text_embeds"], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "targets", "message"),
+    [
+        ("sd15", "everything", "adapter.targets: expected one of all_linear, attention (found 'everything')"),
+        ("flux", "attention", "adapter.targets: 'attention' is for sd15, sdxl only (found 'flux')"),
+    ],
+)
+def test_bad_adapter_targets_are_named(tmp_path: Path, model_type: str, targets: str, message: str) -> None:
+    import tomlkit
+
+    from engine.trainer.config import TrainConfigError, load_train_config
+
+    config = write_profile(
+        tmp_path, model_type=model_type, model_dir=tmp_path, directories=[{"path": str(tmp_path)}]
+    )
+    doc = tomlkit.parse(config.read_text())
+    doc["adapter"]["targets"] = targets
+    config.write_text(tomlkit.dumps(doc))
+    with pytest.raises(TrainConfigError) as info:
+        load_train_config(config)
+    assert message in str(info.value) and str(config) in str(info.value)

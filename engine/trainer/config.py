@@ -19,12 +19,9 @@ from profiles.rules.dtypes import DTYPES as STORAGE_DTYPES
 SUPPORTED_TYPES = tuple(sorted(BUILTIN_TYPES))  # engine/trainer/families.py has a class for each
 DTYPES = ("float32", "float16", "bfloat16")
 SCHEDULERS = lr_schedulers.allowed("builtin")  # what engine.trainer.optim implements
-# adapter.targets: which UNet modules get LoRA (engine/trainer/sd15.py reads it); the flow families always
-# take every Linear of their blocks.
-LORA_TARGETS = {
-    "all_linear": ("sd15", "sdxl", "flux", "chroma", "sd3", "qwen_image", "lumina_2"),
-    "attention": ("sd15", "sdxl"),
-}
+# adapter.targets -> the model types that offer it (engine/trainer/sd15.py reads it): every family takes every
+# Linear of its blocks (the default, as diffusion-pipe); only the UNet families have attention-only.
+LORA_TARGETS = {"all_linear": SUPPORTED_TYPES, "attention": ("sd15", "sdxl")}
 
 
 class TrainConfigError(ValueError):
