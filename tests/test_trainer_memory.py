@@ -257,6 +257,42 @@ def test_block_swap_with_float8_and_checkpointing_matches() -> None:
     assert_same(loss_and_grads(ref), loss_and_grads(fam))
 
 
+def test_chroma_float8_swap_and_checkpointing_match() -> None:
+    """Chroma's blocks (single blocks return one tensor, the text mask rides in kwargs) under all three."""
+    from diffusers import ChromaTransformer2DModel
+
+    from engine.trainer.chroma import Chroma
+
+    def family(blocks_to_swap: int) -> Chroma:
+        torch.manual_seed(0)
+        dims = {k: v for k, v in DIMS.items() if k not in ("pooled_projection_dim", "guidance_embeds")}
+        model = ChromaTransformer2DModel(
+            **dims, approximator_num_channels=8, approximator_hidden_dim=32, approximator_layers=1
+        ).requires_grad_(False)
+        fam = Chroma({}, torch.float32, CPU)
+        fam.transformer = fam.unet = model
+        torch.manual_seed(1)
+        add_lora(model, fam, 4, 0.0, True)
+        fam.apply_memory_options("float8", blocks_to_swap)
+        model.enable_gradient_checkpointing()
+        return fam
+
+    def run(fam: Chroma) -> tuple[list[float], dict[str, torch.Tensor]]:
+        latents, noise, t, text = batch(torch.float32)
+        kwargs = {"encoder_hidden_states": text["encoder_hidden_states"], "attention_mask": torch.ones(2, 7)}
+        loss = flow.flow_loss(
+            lambda x, tt, kw: fam.denoise(fam.unet, x, tt, kw), latents, noise, t, kwargs, dtype=torch.float32
+        )
+        loss.backward()
+        return [float(loss.detach())], {n: p.grad for n, p in fam.unet.named_parameters() if p.requires_grad}
+
+    ref, swapped = family(0), family(2)
+    stored = {n for n, p in ref.unet.named_parameters() if p.dtype == torch.float8_e4m3fn}
+    assert stored and all(n.startswith(("transformer_blocks.", "single_transformer_blocks.")) for n in stored)
+    assert all(p.dtype == torch.float32 for p in ref.unet.distilled_guidance_layer.parameters())
+    assert_same(run(ref), run(swapped))
+
+
 def test_block_swap_limits_are_clear_errors() -> None:
     with pytest.raises(
         ModelLoadError,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +45,12 @@ class _UpcastLinear(torch.autograd.Function):
     """y = x W^T + b with W kept in its storage dtype; backward upcasts W again instead of saving a copy."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(weight)
         return F.linear(x, weight.to(x.dtype), bias)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, torch.Tensor | None]:
         (weight,) = ctx.saved_tensors
         grad_x = grad @ weight.to(grad.dtype) if ctx.needs_input_grad[0] else None
         grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
@@ -67,7 +65,10 @@ class StoredLinear(nn.Linear):
     compute_dtype: torch.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _UpcastLinear.apply(x.to(self.compute_dtype), self.weight, self.bias)
+        out: torch.Tensor = _UpcastLinear.apply(  # type: ignore[no-untyped-call]
+            x.to(self.compute_dtype), self.weight, self.bias
+        )
+        return out
 
 
 def store_linears(
@@ -86,7 +87,7 @@ def store_linears(
         module.weight.data = module.weight.data.to(storage)
         # Changing the class in place keeps the Parameter objects (no second copy of a 12B model in memory).
         module.__class__ = StoredLinear
-        module.compute_dtype = compute  # type: ignore[attr-defined]
+        cast(StoredLinear, module).compute_dtype = compute
         done.append(name)
     return done
 
@@ -96,12 +97,12 @@ class _Enter(torch.autograd.Function):
     """Identity on a block's outputs; in backward it fires before the block's own backward: load the block."""
 
     @staticmethod
-    def forward(ctx: Any, swapper: BlockSwapper, index: int, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(ctx: Any, swapper: BlockSwapper, index: int, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.swapper, ctx.index = swapper, index
         return tuple(x.view_as(x) for x in xs)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
         ctx.swapper._backward_enter(ctx.index)
         return (None, None, *grads)
 
@@ -110,12 +111,12 @@ class _Leave(torch.autograd.Function):
     """Identity on a block's inputs; in backward it fires once the block's backward is done: drop the block."""
 
     @staticmethod
-    def forward(ctx: Any, swapper: BlockSwapper, index: int, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(ctx: Any, swapper: BlockSwapper, index: int, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.swapper, ctx.index = swapper, index
         return tuple(x.view_as(x) for x in xs)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
         ctx.swapper._backward_leave(ctx.index)
         return (None, None, *grads)
 
@@ -127,7 +128,8 @@ def _wrap(fn: type[torch.autograd.Function], swapper: BlockSwapper, index: int, 
     if not slots or not torch.is_grad_enabled():
         return value
     out = list(items)
-    for i, y in zip(slots, fn.apply(swapper, index, *(items[i] for i in slots)), strict=True):
+    passed = fn.apply(swapper, index, *(items[i] for i in slots))  # type: ignore[no-untyped-call]
+    for i, y in zip(slots, passed, strict=True):
         out[i] = y
     return tuple(out) if isinstance(value, tuple) else out[0]
 
@@ -138,7 +140,7 @@ class BlockSwapper:
     def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.stream = torch.cuda.Stream(device) if self.cuda else None  # type: ignore[no-untyped-call]
         self.params: list[list[tuple[nn.Parameter, torch.Tensor]]] = []
         for block in blocks:
             for module in block.modules():
@@ -146,7 +148,7 @@ class BlockSwapper:
                     # Through the custom function, autograd keeps the weight Parameter itself for backward (a
                     # plain F.linear keeps a transposed view, which would pin the device copy until backward).
                     module.__class__ = StoredLinear
-                    module.compute_dtype = module.weight.dtype  # type: ignore[attr-defined]
+                    cast(StoredLinear, module).compute_dtype = module.weight.dtype
             homes = []
             for p in block.parameters():
                 if p.requires_grad:
@@ -194,7 +196,7 @@ class BlockSwapper:
             return
         with torch.cuda.stream(self.stream):
             copies = [home.to(self.device, non_blocking=True) for _, home in self.params[i]]
-            event = torch.cuda.Event()
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record(self.stream)
         self.pending[i] = (copies, event)
 
