@@ -400,3 +400,19 @@ def test_bad_adapter_targets_are_named(tmp_path: Path, model_type: str, targets:
     with pytest.raises(TrainConfigError) as info:
         load_train_config(config)
     assert message in str(info.value) and str(config) in str(info.value)
+
+
+@pytest.mark.slow
+def test_engine_progress_reader_keeps_eval_lines_apart(eval_runs: list[tuple[Path, str]]) -> None:
+    """The engine's log parser takes the run's progress from step lines only: an eval line (which also has a
+    step and a loss) must not move the step back or replace the training loss."""
+    from engine.jobs.progress import Progress, feed_line
+
+    out = eval_runs[0][1]
+    progress = Progress()
+    for line in out.splitlines():
+        feed_line(progress, line)
+    last = [m for m in run_metrics(eval_runs[0][0]) if m.get("event") == "progress"][-1]
+    assert (progress.step, progress.loss, progress.complete) == (last["step"], last["loss"], True)
+    # The last eval line came after that step's progress line, with another loss.
+    assert _eval_events(out)[-1]["step"] == last["step"] and _eval_events(out)[-1]["loss"] != last["loss"]
