@@ -359,9 +359,14 @@ def test_model_dtype_float8_points_at_transformer_dtype(tmp_path: Path) -> None:
 
 
 # ---- under the launcher ------------------------------------------------------------------------------------
+Run = tuple[list[float], str, Path]  # losses per step, console output, run folder
+
+
 @pytest.fixture(scope="module")
-def flux_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, object]]]:
-    """Two real runs on the same tiny Flux (3 + 5 blocks): bf16, and float8 + checkpointing + blocks_to_swap."""
+def flux_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Two real runs on the same tiny Flux (3 + 5 blocks) and global batch 2: bf16 on one rank, and float8 +
+    checkpointing + blocks_to_swap on two ranks of batch 1 (N ranks of batch B train as one of N*B), with a
+    DeepSpeed checkpoint written while blocks are swapped out."""
     from engine.demo import build_synthetic_dataset
 
     work = tmp_path_factory.mktemp("memory")
@@ -369,9 +374,10 @@ def flux_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[s
     tiny_transformer().save_pretrained(work / "transformer")
     data = build_synthetic_dataset(work / "shapes", count=4)
     runs = {}
-    for name, extra, main in (
-        ("bf16", "", {}),
-        ("float8", 'transformer_dtype = "float8"\n', {"activation_checkpointing": True, "blocks_to_swap": 2}),
+    float8 = {"activation_checkpointing": True, "blocks_to_swap": 2, "checkpoint_every_n_steps": 4}
+    for name, extra, gpus, main in (
+        ("bf16", "", 1, {"micro_batch_size_per_gpu": 2}),
+        ("float8", 'transformer_dtype = "float8"\n', 2, {"micro_batch_size_per_gpu": 1, **float8}),
     ):
         config = write_profile(
             work / name,
@@ -379,29 +385,26 @@ def flux_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[s
             model_dir=pipe,
             directories=[{"path": str(data)}],
             epochs=4,
-            micro_batch_size_per_gpu=2,
             save_every_n_epochs=4,
             lr=2e-2,
             **main,
         )
         model = f'dtype = "bfloat16"\ntransformer_path = "{work / "transformer"}"\n' + extra
         config.write_text(config.read_text().replace('dtype = "float32"\n', model, 1))
-        code, out = launch_trainer(config)
+        code, out = launch_trainer(config, num_gpus=gpus)
         assert code == 0, out[-6000:]
-        runs[name] = run_metrics(run_dir_of(out))
-        runs[name + "_log"] = [{"out": out}]
-        runs[name + "_dir"] = [{"path": str(run_dir_of(out))}]
+        run_dir = run_dir_of(out)
+        runs[name] = ([float(m["loss"]) for m in run_metrics(run_dir)], out, run_dir)  # type: ignore[arg-type]
     return runs
 
 
 @pytest.mark.slow
-def test_float8_swap_run_tracks_the_bf16_run(flux_runs: dict[str, list[dict[str, object]]]) -> None:
-    bf16 = [float(m["loss"]) for m in flux_runs["bf16"]]  # type: ignore[arg-type]
-    fp8 = [float(m["loss"]) for m in flux_runs["float8"]]  # type: ignore[arg-type]
+def test_float8_swap_run_tracks_the_bf16_run(flux_runs: dict[str, Run]) -> None:
+    bf16, _, _ = flux_runs["bf16"]
+    fp8, log, run_dir = flux_runs["float8"]
     assert len(bf16) == len(fp8) == 8
     assert fp8 == pytest.approx(bf16, rel=0.05)
     assert fp8 != bf16  # float8 weights really were in the forward
-    log = str(flux_runs["float8_log"][0]["out"])
     model = tiny_transformer()
     n = sum(
         isinstance(m, torch.nn.Linear)
@@ -413,9 +416,9 @@ def test_float8_swap_run_tracks_the_bf16_run(flux_runs: dict[str, list[dict[str,
         in log
     )
     assert "blocks_to_swap: 4 blocks" in log
-    saved = Path(str(flux_runs["float8_dir"][0]["path"])) / "epoch4" / "pytorch_lora_weights.safetensors"
+    assert (run_dir / "global_step4").is_dir() and (run_dir / "global_step8").is_dir()
     from safetensors.torch import load_file
 
-    lora = load_file(str(saved))  # LoRA weights only, saved at save_dtype, never float8
+    lora = load_file(str(run_dir / "epoch4" / "pytorch_lora_weights.safetensors"))
     assert lora and all(k.startswith("transformer.") for k in lora)
-    assert {t.dtype for t in lora.values()} == {torch.bfloat16}
+    assert {t.dtype for t in lora.values()} == {torch.bfloat16}  # LoRA only, at save_dtype, never float8
