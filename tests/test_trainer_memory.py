@@ -359,7 +359,7 @@ def test_model_dtype_float8_points_at_transformer_dtype(tmp_path: Path) -> None:
 
 
 # ---- under the launcher ------------------------------------------------------------------------------------
-Run = tuple[list[float], str, Path]  # losses per step, console output, run folder
+Run = tuple[list[float], str, Path, Path]  # losses per step, console output, run folder, main.toml
 
 
 @pytest.fixture(scope="module")
@@ -394,14 +394,15 @@ def flux_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         code, out = launch_trainer(config, num_gpus=gpus)
         assert code == 0, out[-6000:]
         run_dir = run_dir_of(out)
-        runs[name] = ([float(m["loss"]) for m in run_metrics(run_dir)], out, run_dir)  # type: ignore[arg-type]
+        losses = [float(m["loss"]) for m in run_metrics(run_dir)]  # type: ignore[arg-type]
+        runs[name] = (losses, out, run_dir, config)
     return runs
 
 
 @pytest.mark.slow
 def test_float8_swap_run_tracks_the_bf16_run(flux_runs: dict[str, Run]) -> None:
-    bf16, _, _ = flux_runs["bf16"]
-    fp8, log, run_dir = flux_runs["float8"]
+    bf16, _, _, _ = flux_runs["bf16"]
+    fp8, log, run_dir, _ = flux_runs["float8"]
     assert len(bf16) == len(fp8) == 8
     assert fp8 == pytest.approx(bf16, rel=0.05)
     assert fp8 != bf16  # float8 weights really were in the forward
@@ -422,3 +423,50 @@ def test_float8_swap_run_tracks_the_bf16_run(flux_runs: dict[str, Run]) -> None:
     lora = load_file(str(run_dir / "epoch4" / "pytorch_lora_weights.safetensors"))
     assert lora and all(k.startswith("transformer.") for k in lora)
     assert {t.dtype for t in lora.values()} == {torch.bfloat16}  # LoRA only, at save_dtype, never float8
+
+
+@pytest.mark.slow
+def test_float8_swap_run_resumes_with_the_same_losses(flux_runs: dict[str, Run]) -> None:
+    import shutil
+
+    full, _, run_dir, config = flux_runs["float8"]
+    # As after a crash at step 6: the newest checkpoint is global_step4; swapped blocks hold placeholders then.
+    (run_dir / "latest").write_text("global_step4")
+    for name in ("global_step8", "epoch4"):
+        shutil.rmtree(run_dir / name)
+    code, out = launch_trainer(config, num_gpus=2, args=("--resume_from_checkpoint",))
+    assert code == 0, out[-6000:]
+    resumed = [float(m["loss"]) for m in run_metrics(run_dir)][len(full) :]  # type: ignore[arg-type]
+    assert resumed == pytest.approx(full[4:], rel=1e-5, abs=1e-6)
+
+
+def test_memory_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/bench_trainer_memory.py on the smallest model it takes, so it does not rot before a GPU runs it."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_trainer_memory.py"
+    spec = importlib.util.spec_from_file_location("bench_trainer_memory", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = [
+        "--layers",
+        "2",
+        "--swap",
+        "1",
+        "--heads",
+        "1",
+        "--head-dim",
+        "16",
+        "--text-dim",
+        "16",
+        "--tokens",
+        "16",
+    ]
+    assert bench.main([*args, "--text-tokens", "4", "--rank", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.45 < report["ratio"] < 0.75  # float8 about halves the frozen base (kept layers stay bf16)
+    swapped = report["variants"][-1]
+    assert swapped["swapped_bytes"] > 0
+    assert swapped["frozen_bytes_on_device"] + swapped["swapped_bytes"] == report["frozen_base_bytes_float8"]
