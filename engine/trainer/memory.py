@@ -121,17 +121,26 @@ class _Leave(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def _wrap(fn: type[torch.autograd.Function], swapper: BlockSwapper, index: int, value: Any) -> Any:
-    """Pass the grad-requiring tensors of value (a tensor, or a tuple holding tensors) through fn."""
-    items = value if isinstance(value, tuple) else (value,)
-    slots = [i for i, v in enumerate(items) if isinstance(v, torch.Tensor) and v.requires_grad]
+def _wrap(
+    fn: type[torch.autograd.Function], swapper: BlockSwapper, index: int, values: list[Any]
+) -> list[Any]:
+    """Pass every grad-requiring tensor among values (tensors, or tuples holding tensors) through one call of
+    fn: one autograd node, so its backward runs once, after the gradients of all of them are complete."""
+    items = [list(v) if isinstance(v, tuple) else [v] for v in values]
+    slots = [
+        (i, j)
+        for i, group in enumerate(items)
+        for j, v in enumerate(group)
+        if isinstance(v, torch.Tensor) and v.requires_grad
+    ]
     if not slots or not torch.is_grad_enabled():
-        return value
-    out = list(items)
-    passed = fn.apply(swapper, index, *(items[i] for i in slots))  # type: ignore[no-untyped-call]
-    for i, y in zip(slots, passed, strict=True):
-        out[i] = y
-    return tuple(out) if isinstance(value, tuple) else out[0]
+        return values
+    passed = fn.apply(swapper, index, *(items[i][j] for i, j in slots))  # type: ignore[no-untyped-call]
+    for (i, j), y in zip(slots, passed, strict=True):
+        items[i][j] = y
+    return [
+        tuple(group) if isinstance(v, tuple) else group[0] for v, group in zip(values, items, strict=True)
+    ]
 
 
 class BlockSwapper:
@@ -230,9 +239,8 @@ class BlockSwapper:
             if self.in_backward[i]:
                 return None  # a checkpoint recompute inside backward: the block stays for its backward
             self._start(i + 1)
-            args = tuple(_wrap(_Leave, self, i, a) for a in args)
-            kwargs = {k: _wrap(_Leave, self, i, v) for k, v in kwargs.items()}
-            return args, kwargs
+            wrapped = _wrap(_Leave, self, i, [*args, *kwargs.values()])
+            return tuple(wrapped[: len(args)]), dict(zip(kwargs, wrapped[len(args) :], strict=True))
 
         return hook
 
@@ -240,7 +248,7 @@ class BlockSwapper:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
             if self.in_backward[i]:
                 return None
-            output = _wrap(_Enter, self, i, output)
+            (output,) = _wrap(_Enter, self, i, [output])
             self._unload(i)
             return output
 
