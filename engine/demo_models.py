@@ -186,10 +186,11 @@ def tiny_flow_transformer_kwargs() -> dict[str, object]:
     )
 
 
-def _tiny_flux_vae():  # type: ignore[no-untyped-def]
+def tiny_vae16(shift_factor: float = 0.1159, scaling_factor: float = 0.3611):  # type: ignore[no-untyped-def]
+    """A toy-width VAE with 16 latent channels and no quant convs: Flux's (and Lumina 2's) factors by default,
+    SD3 passes its own (0.0609, 1.5305)."""
     from diffusers import AutoencoderKL
 
-    # Flux's VAE: 16 latent channels with a shift factor as well as a scale (values of the real one).
     return AutoencoderKL(
         block_out_channels=[32, 32],
         in_channels=3,
@@ -201,8 +202,8 @@ def _tiny_flux_vae():  # type: ignore[no-untyped-def]
         sample_size=32,
         use_quant_conv=False,
         use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
+        shift_factor=shift_factor,
+        scaling_factor=scaling_factor,
     )
 
 
@@ -220,7 +221,7 @@ def build_tiny_flux(out_dir: Path, seed: int = 0, guidance_embeds: bool = True) 
         **tiny_flow_transformer_kwargs(), pooled_projection_dim=32, guidance_embeds=guidance_embeds
     )
     torch.manual_seed(seed + 1)
-    vae = _tiny_flux_vae()
+    vae = tiny_vae16()
     torch.manual_seed(seed + 2)
     clip = CLIPTextModel(CLIPTextConfig(**tiny_clip_config(projection_dim=32)))
     torch.manual_seed(seed + 3)

@@ -107,10 +107,12 @@ def build_tiny_lumina2(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     Returns the paths by profile key, plus "diffusers" (the reference folder) and "spm" (tokenizer.model).
     """
     import torch
-    from diffusers import AutoencoderKL, Lumina2Transformer2DModel
+    from diffusers import Lumina2Transformer2DModel
     from safetensors.torch import save_file
     from tiny_models import _vae_to_ldm
     from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+
+    from engine.demo_models import tiny_vae16
 
     out_dir = Path(out_dir)
     ref = out_dir / "diffusers"
@@ -136,21 +138,7 @@ def build_tiny_lumina2(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         cap_feat_dim=TEXT_WIDTH,
     )
     torch.manual_seed(seed + 1)
-    # Flux's VAE at toy width: 16 latent channels, the real shift and scale, no quant convs.
-    vae = AutoencoderKL(
-        block_out_channels=[32, 32],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
-    )
+    vae = tiny_vae16()  # Flux's VAE (its real shift and scale), at toy width
     torch.manual_seed(seed + 2)
     gemma = Gemma2Model(
         Gemma2Config(

@@ -16,6 +16,7 @@ from engine.demo_models import (
     build_tiny_sd15,
     tiny_clip_config,
     tiny_vae,
+    tiny_vae16,
     write_tiny_t5_tokenizer,
     write_tiny_tokenizer,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "build_tiny_sdxl",
     "tiny_clip_config",
     "tiny_vae",
+    "tiny_vae16",
     "write_tiny_t5_tokenizer",
     "write_tiny_tokenizer",
 ]

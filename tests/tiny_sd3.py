@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 # Through tiny_models: it re-exports the shared tiny builders wherever they live in engine/.
-from tiny_models import tiny_clip_config, write_tiny_t5_tokenizer, write_tiny_tokenizer
+from tiny_models import tiny_clip_config, tiny_vae16, write_tiny_t5_tokenizer, write_tiny_tokenizer
 
 CLIP_L_WIDTH = 32
 CLIP_G_WIDTH = 48
@@ -41,26 +41,6 @@ def tiny_sd3_transformer(seed: int = 0):  # type: ignore[no-untyped-def]
     )
 
 
-def _tiny_sd3_vae():  # type: ignore[no-untyped-def]
-    from diffusers import AutoencoderKL
-
-    # SD3's VAE: 16 latent channels, shift and scale factors of the real one, no quant convs.
-    return AutoencoderKL(
-        block_out_channels=[32, 32],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5305,
-    )
-
-
 def build_tiny_sd3(out_dir: Path, seed: int = 0, with_t5: bool = True) -> Path:
     """The folder a `diffusers_path` names; with_t5=False leaves out text_encoder_3 (a bad-input case)."""
     import torch
@@ -76,7 +56,7 @@ def build_tiny_sd3(out_dir: Path, seed: int = 0, with_t5: bool = True) -> Path:
     out_dir = Path(out_dir)
     tiny_sd3_transformer(seed).save_pretrained(out_dir / "transformer")
     torch.manual_seed(seed + 1)
-    _tiny_sd3_vae().save_pretrained(out_dir / "vae")
+    tiny_vae16(shift_factor=0.0609, scaling_factor=1.5305).save_pretrained(out_dir / "vae")  # SD3's factors
     for i, (sub, width) in enumerate((("text_encoder", CLIP_L_WIDTH), ("text_encoder_2", CLIP_G_WIDTH))):
         torch.manual_seed(seed + 2 + i)
         clip = CLIPTextModelWithProjection(

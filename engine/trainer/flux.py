@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from engine.trainer import flow
-from engine.trainer.family import Family, ModelLoadError, file_identity, folder_identity
+from engine.trainer.family import ModelLoadError, file_identity, folder_identity
+from engine.trainer.flow_family import FlowFamily
 
 T5_MAX_LENGTH = 512  # diffusion-pipe's and the Flux-dev / Chroma pipelines' T5 length
 BLOCK_PREFIXES = ("transformer_blocks.", "single_transformer_blocks.")
@@ -47,13 +48,11 @@ def _guidance_bypass_forward(
     return timesteps_emb + self.text_embedder(pooled_projection)
 
 
-class Flux(Family):
+class Flux(FlowFamily):
     name = "flux"
     pipeline_class_name = "FluxPipeline"
-    schedule = "flow"
-    lora_prefix = "transformer"
-    has_kohya = False
     comfy_layout = "flux"
+    block_prefixes = BLOCK_PREFIXES
     transformer_class_name = "FluxTransformer2DModel"
     text_parts: tuple[str, ...] = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
     # diffusion-pipe's flux KEEP_IN_HIGH_PRECISION, plus the top-level proj_out / norm_out it also keeps.
@@ -64,14 +63,6 @@ class Flux(Family):
         "^proj_out",
         "^norm_out",
     )
-
-    def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
-        super().__init__(model_cfg, dtype, device)
-        try:
-            flow.check_flow_config(model_cfg)
-        except flow.FlowConfigError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        self.vae: Any = None
 
     def _pipeline_cls(self) -> Any:
         from diffusers import FluxPipeline
@@ -306,18 +297,6 @@ class Flux(Family):
         ).sample
         return flow.unpack_latents(out, h, w)
 
-    def probe_timestep(self) -> torch.Tensor:
-        return torch.tensor([0.5])
-
-    # ---- LoRA --------------------------------------------------------------------------------------------
-    def lora_target_modules(self) -> list[str]:
-        # diffusion-pipe: every Linear of the transformer blocks (adapter.exclude_modules is applied by peft).
-        return sorted(
-            name
-            for name, module in self.transformer.named_modules()
-            if name.startswith(BLOCK_PREFIXES) and isinstance(module, torch.nn.Linear)
-        )
-
     def swap_blocks(self, n: int) -> list[torch.nn.Module]:
         # diffusion-pipe's split (after Musubi Tuner): n // 2 double blocks and (n - n // 2) * 2 + 1 single ones,
         # the last of each list, so a profile's blocks_to_swap frees what it frees there.
@@ -334,9 +313,6 @@ class Flux(Family):
         except ValueError as exc:
             split = "n // 2 double blocks, (n - n // 2) * 2 + 1 single blocks"
             raise ModelLoadError(f"{exc} (diffusion-pipe's split: {split})") from None
-
-    def kohya_name(self, module_path: str) -> str:
-        raise NotImplementedError(f"{self.name}: no kohya keys; its ComfyUI file uses comfy_lora.LAYOUTS")
 
 
 def _folder_family(root: Path) -> str:

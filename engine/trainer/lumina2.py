@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from engine.trainer import flow
-from engine.trainer.family import Family, ModelLoadError, detect_single_file_family, file_identity
+from engine.trainer.family import ModelLoadError, detect_single_file_family, file_identity
+from engine.trainer.flow_family import FlowFamily
 from engine.trainer.flux import write_config_folder
 
 # Alpha-VLLM/Lumina-Image-2.0 transformer/config.json (= diffusion-pipe's NextDiT_2B_GQA_patch2_Adaln_Refiner).
@@ -209,20 +209,13 @@ def original_to_diffusers(sd: dict[str, torch.Tensor], config: dict[str, Any]) -
     return converted
 
 
-class Lumina2(Family):
+class Lumina2(FlowFamily):
     name = "lumina_2"
     pipeline_class_name = "Lumina2Pipeline"
-    schedule = "flow"
-    lora_prefix = "transformer"
-    has_kohya = False
+    block_prefixes = BLOCK_PREFIXES
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(model_cfg, dtype, device)
-        try:
-            flow.check_flow_config(model_cfg)
-        except flow.FlowConfigError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        self.vae: Any = None
         self.text_encoder: Any = None
         self.tokenizer: Any = None
 
@@ -384,20 +377,6 @@ class Lumina2(Family):
             encoder_attention_mask=kwargs["encoder_attention_mask"],
         ).sample
         return -out
-
-    def probe_timestep(self) -> torch.Tensor:
-        return torch.tensor([0.5])
-
-    # ---- LoRA --------------------------------------------------------------------------------------------
-    def lora_target_modules(self) -> list[str]:
-        return sorted(
-            name
-            for name, module in self.transformer.named_modules()
-            if name.startswith(BLOCK_PREFIXES) and isinstance(module, torch.nn.Linear)
-        )
-
-    def kohya_name(self, module_path: str) -> str:
-        raise NotImplementedError(f"{self.name}: ComfyUI-format LoRA keys are not built in yet")
 
 
 def _assign(model: torch.nn.Module, weights: dict[str, torch.Tensor], key: str, path: Path) -> None:

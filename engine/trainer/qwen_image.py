@@ -29,13 +29,13 @@ import torch
 
 from engine.trainer import flow
 from engine.trainer.family import (
-    Family,
     ModelLoadError,
     detect_folder_family,
     detect_single_file_family,
     file_identity,
     folder_identity,
 )
+from engine.trainer.flow_family import FlowFamily
 
 # QwenImagePipeline's text-to-image prompt template and how many of its leading tokens are dropped (diffusers
 # 0.42 pipeline_qwenimage.py; diffusion-pipe's prompt_template_encode / _start_idx hold the same).
@@ -114,20 +114,13 @@ def _load_prefixed(cls: Any, config: Path, path: Path, dtype: torch.dtype) -> An
     return model.to(dtype)
 
 
-class QwenImage(Family):
+class QwenImage(FlowFamily):
     name = "qwen_image"
     pipeline_class_name = "QwenImagePipeline"
-    schedule = "flow"
-    lora_prefix = "transformer"
-    has_kohya = False  # diffusion-pipe saves ComfyUI names; dpdeck's ComfyUI writer is issue 15 item 2
+    block_prefixes = (BLOCK_PREFIX,)  # the QwenImageTransformerBlocks, as diffusion-pipe
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(model_cfg, dtype, device)
-        try:
-            flow.check_flow_config(model_cfg)
-        except flow.FlowConfigError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        self.vae: Any = None
         self.text_encoder: Any = None
         self.tokenizer: Any = None
 
@@ -345,18 +338,3 @@ class QwenImage(Family):
             **kwargs,
         ).sample
         return flow.unpack_latents(out, h, w)
-
-    def probe_timestep(self) -> torch.Tensor:
-        return torch.tensor([0.5])
-
-    # ---- LoRA --------------------------------------------------------------------------------------------
-    def lora_target_modules(self) -> list[str]:
-        # diffusion-pipe: every Linear of the QwenImageTransformerBlocks (exclude_modules is applied by peft).
-        return sorted(
-            name
-            for name, module in self.transformer.named_modules()
-            if name.startswith(BLOCK_PREFIX) and isinstance(module, torch.nn.Linear)
-        )
-
-    def kohya_name(self, module_path: str) -> str:
-        raise NotImplementedError(f"{self.name}: ComfyUI-format LoRA keys are not built in yet")

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from engine.trainer import flow
-from engine.trainer.family import Family, ModelLoadError, detect_folder_family, folder_identity
+from engine.trainer.family import ModelLoadError, detect_folder_family, folder_identity
+from engine.trainer.flow_family import FlowFamily
 
 T5_LENGTH = 256  # diffusion-pipe calls _get_t5_prompt_embeds with its default, StableDiffusion3Pipeline's 256
 BLOCK_PREFIX = "transformer_blocks."
@@ -40,23 +40,18 @@ SUBFOLDERS: dict[str, str] = {
 TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
 
 
-class SD3(Family):
+class SD3(FlowFamily):
     name = "sd3"
     pipeline_class_name = "StableDiffusion3Pipeline"
-    schedule = "flow"
-    lora_prefix = "transformer"
-    has_kohya = False  # diffusion-pipe saves SD3 LoRAs in diffusers format only (ComfyUI reads it)
+    # diffusion-pipe targets JointTransformerBlock: every Linear inside the joint blocks (attention, the dual
+    # attention of SD3.5's MMDiT-X, both MLPs, the AdaLN modulations).
+    block_prefixes = (BLOCK_PREFIX,)
     # transformer_dtype: diffusion-pipe's sd3.py KEEP_IN_HIGH_PRECISION (module-path regexes here).
     keep_in_high_precision = ("^pos_embed", "^time_text_embed", "^context_embedder", "^norm_out", "^proj_out")
     block_lists = ("transformer_blocks",)  # the MMDiT has no single-stream blocks
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(model_cfg, dtype, device)
-        try:
-            flow.check_flow_config(model_cfg)
-        except flow.FlowConfigError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        self.vae: Any = None
         self.text_encoder: Any = None
         self.text_encoder_2: Any = None
         self.text_encoder_3: Any = None
@@ -200,22 +195,6 @@ class SD3(Family):
     ) -> torch.Tensor:
         # t in (0, 1) from the flow sampler; the transformer's timestep embedding expects sigma * 1000.
         return model(hidden_states=noisy, timestep=t.float() * 1000, **kwargs).sample
-
-    def probe_timestep(self) -> torch.Tensor:
-        return torch.tensor([0.5])
-
-    # ---- LoRA --------------------------------------------------------------------------------------------
-    def lora_target_modules(self) -> list[str]:
-        # diffusion-pipe targets JointTransformerBlock: every Linear inside the joint blocks (attention, the
-        # dual attention of SD3.5's MMDiT-X, both MLPs, the AdaLN modulations); exclude_modules goes to peft.
-        return sorted(
-            name
-            for name, module in self.transformer.named_modules()
-            if name.startswith(BLOCK_PREFIX) and isinstance(module, torch.nn.Linear)
-        )
-
-    def kohya_name(self, module_path: str) -> str:
-        raise NotImplementedError("sd3: LoRAs are saved in diffusers format only (as diffusion-pipe)")
 
 
 def _config_class(folder: Path) -> str:
