@@ -1,4 +1,5 @@
-"""ComfyUI-format LoRA files of the flow families (chroma, flux), checked by an independent replay of ComfyUI.
+"""ComfyUI-format LoRA files of the flow families (chroma, flux, lumina_2, qwen_image), checked by an independent
+replay of ComfyUI.
 
 The ComfyUI side is replayed here from ComfyUI's own rules (comfyanonymous/ComfyUI, read, not imported):
 - comfy/lora.py model_lora_keys_unet: every weight `diffusion_model.<k>.weight` of the loaded model answers to
@@ -11,9 +12,17 @@ The ComfyUI side is replayed here from ComfyUI's own rules (comfyanonymous/Comfy
   logged "lora key not loaded".
 - calculate_weight: weight.narrow(*offset) += strength * (alpha / down.shape[0]) * up @ down, with the factor
   1.0 when there is no alpha.
+- model_lora_keys_unet's per-model branches, added after the generic map (a later entry wins): QwenImage maps
+  `<k>` and `transformer.<k>` to `diffusion_model.<k>.weight`; Lumina2 maps the Z-Image diffusers names of
+  comfy/utils.py z_image_to_diffusers (`layers.<i>.attention.to_q` etc., q/k/v at 0, h, 2h of qkv) under
+  `diffusion_model.`, `transformer.` and no prefix.
+- The original names: Qwen-Image's ComfyUI model (comfy/ldm/qwen_image/model.py) names its block Linears as
+  diffusers does; Lumina 2's NextDiT (comfy/ldm/lumina/model.py) has attention.qkv (rows: heads x head_dim, then
+  kv heads x head_dim twice), attention.out, feed_forward.w1/w2/w3 and adaLN_modulation.1 (not in the context
+  refiner, built without modulation). Both are listed below as read there.
 
 The original layout comes from diffusers' own single-file converters (convert_flux_ / convert_chroma_
-transformer_checkpoint_to_diffusers). They hard-code width 3072, so they are run on a full-width checkpoint
+transformer_checkpoint_to_diffusers, convert_lumina2_to_diffusers, fed ComfyUI's NextDiT key names). They hard-code width 3072, so they are run on a full-width checkpoint
 whose tensors are one column of row tags: each converted tensor then says which original key and rows it came
 from. The tiny model's original-layout weights are its diffusers weights stacked by that correspondence.
 """
@@ -46,38 +55,90 @@ TINY = dict(
     axes_dims_rope=(4, 6, 6),
 )
 RANK = 4
+LUMINA_ROWS = 2304 + 768 + 768  # convert_lumina2_to_diffusers splits qkv at the 2B model's q, k, v heights
+# Sizes: heads 96 wide (RoPE axes), 3 heads over 1 kv head: q:k:v = 3:1:1 as in the 2B model (24 over 8).
+TINY_LUMINA = dict(
+    sample_size=16,
+    patch_size=2,
+    in_channels=16,
+    hidden_size=288,
+    num_layers=2,
+    num_refiner_layers=2,
+    num_attention_heads=3,
+    num_kv_heads=1,
+    multiple_of=16,
+    axes_dim_rope=(32, 32, 32),
+    axes_lens=(300, 512, 512),
+    cap_feat_dim=32,
+)
+TINY_QWEN = dict(
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    axes_dims_rope=(4, 6, 6),
+)
+# ComfyUI's block Linears, as comfy/ldm/qwen_image/model.py and comfy/ldm/lumina/model.py name them.
+COMFY_QWEN_BLOCK = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_out.0",
+    "attn.to_add_out",
+    "img_mod.1",
+    "txt_mod.1",
+    "img_mlp.net.0.proj",
+    "img_mlp.net.2",
+    "txt_mlp.net.0.proj",
+    "txt_mlp.net.2",
+)
+COMFY_NEXTDIT_BLOCK = (
+    "attention.qkv",
+    "attention.out",
+    "feed_forward.w1",
+    "feed_forward.w2",
+    "feed_forward.w3",
+    "adaLN_modulation.1",
+)
 
 
 # ---- diffusers' converter, run backwards by row tags --------------------------------------------------------
 class _TaggedCheckpoint(dict):  # type: ignore[type-arg]
     """Hands the converter a full-height tensor of row tags for whatever key it pops."""
 
-    def __init__(self, seeds: list[str]) -> None:
+    def __init__(self, seeds: list[str], rows: int) -> None:
         super().__init__({k: None for k in seeds})
         self.ids: dict[str, int] = {}
+        self.rows = rows
 
     def pop(self, key: str, *default: Any) -> torch.Tensor:
         if key in self:
             super().pop(key)
         index = self.ids.setdefault(key, len(self.ids))
-        return (index * ROWS + torch.arange(ROWS)).unsqueeze(1)
+        return (index * self.rows + torch.arange(self.rows)).unsqueeze(1)
 
 
 def converter_parts(
-    convert: Callable[..., dict[str, torch.Tensor]], seeds: list[str]
+    convert: Callable[..., dict[str, torch.Tensor]], seeds: list[str], rows: int = ROWS
 ) -> dict[str, list[tuple[int, str]]]:
     """Original key -> [(first row, diffusers key)] as diffusers' converter splits it (row partitions only)."""
-    checkpoint = _TaggedCheckpoint(seeds)
+    checkpoint = _TaggedCheckpoint(seeds, rows)
     converted = convert(checkpoint)
     names = {i: k for k, i in checkpoint.ids.items()}
     parts: dict[str, list[tuple[int, str]]] = {k: [] for k in checkpoint.ids}
     for diffusers_key, tags in converted.items():
         tags = tags.flatten()
-        source = {int(t) // ROWS for t in tags}
+        source = {int(t) // rows for t in tags}
         assert len(source) == 1, diffusers_key
-        rows = tags % ROWS
-        if torch.equal(rows, torch.arange(int(rows[0]), int(rows[0]) + len(rows))):
-            parts[names[source.pop()]].append((int(rows[0]), diffusers_key))
+        first = tags % rows
+        if torch.equal(first, torch.arange(int(first[0]), int(first[0]) + len(first))):
+            parts[names[source.pop()]].append((int(first[0]), diffusers_key))
         else:  # a permuted weight (the final layer's scale/shift swap): not a LoRA target, left out
             parts.pop(names[source.pop()], None)
     return {k: sorted(v) for k, v in parts.items() if v}
@@ -88,6 +149,17 @@ def _flux_seeds(n_double: int, n_single: int) -> list[str]:
     return [f"double_blocks.{i}.x" for i in range(n_double)] + [
         f"single_blocks.{i}.x" for i in range(n_single)
     ]
+
+
+def _nextdit_keys(n_layers: int, n_refiner: int) -> list[str]:
+    """ComfyUI's NextDiT block Linear weights (the context refiner has no adaLN_modulation)."""
+    keys = []
+    for prefix, count in (("layers", n_layers), ("noise_refiner", n_refiner), ("context_refiner", n_refiner)):
+        for i in range(count):
+            for name in COMFY_NEXTDIT_BLOCK:
+                if not (prefix == "context_refiner" and name.startswith("adaLN")):
+                    keys.append(f"{prefix}.{i}.{name}.weight")
+    return keys
 
 
 def original_layout(
@@ -119,6 +191,42 @@ def comfy_generic_key_map(original_keys: list[str]) -> dict[str, Target]:
     for k in original_keys:
         full = f"diffusion_model.{k}"
         key_map[full.removesuffix(".weight") if k.endswith(".weight") else full] = (full, None)
+    return key_map
+
+
+def comfy_key_map(kind: str, original_keys: list[str], hidden: int = 0) -> dict[str, Target]:
+    """model_lora_keys_unet for the model `kind` loads as: the generic map, then that model's own branch."""
+    key_map = comfy_generic_key_map(original_keys)
+    if kind == "qwen_image":
+        for k in original_keys:
+            stem = k.removesuffix(".weight")
+            for lora_key in (stem, f"transformer.{stem}", f"lycoris_{stem.replace('.', '_')}"):
+                key_map[lora_key] = (f"diffusion_model.{k}", None)
+    if kind == "lumina_2":
+        key_map.update(comfy_z_image_key_map(original_keys, hidden))
+    return key_map
+
+
+def comfy_z_image_key_map(original_keys: list[str], hidden: int) -> dict[str, Target]:
+    """The Lumina2 branch: z_image_to_diffusers' Linear weights under its three LoRA prefixes (and none)."""
+    blocks = sorted({m[1] for k in original_keys if (m := re.match(r"((?:layers|\w+_refiner)\.\d+)\.", k))})
+    names: dict[str, Target] = {}
+    for block in blocks:
+        qkv = f"diffusion_model.{block}.attention.qkv.weight"
+        for j, name in enumerate(("to_q", "to_k", "to_v")):
+            names[f"{block}.attention.{name}"] = (qkv, (0, j * hidden, hidden))
+        names[f"{block}.attention.to_out.0"] = (f"diffusion_model.{block}.attention.out.weight", None)
+        for name in ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0"):
+            names[f"{block}.{name}"] = (f"diffusion_model.{block}.{name}.weight", None)
+    key_map: dict[str, Target] = {}
+    for stem, target in names.items():
+        for lora_key in (
+            f"diffusion_model.{stem}",
+            f"transformer.{stem}",
+            f"lycoris_{stem.replace('.', '_')}",
+            stem,
+        ):
+            key_map[lora_key] = target
     return key_map
 
 
@@ -202,16 +310,28 @@ def comfy_apply(
 def _family(kind: str, model: torch.nn.Module) -> Any:
     from engine.trainer.chroma import Chroma
     from engine.trainer.flux import Flux
+    from engine.trainer.lumina2 import Lumina2
+    from engine.trainer.qwen_image import QwenImage
 
-    family = {"flux": Flux, "chroma": Chroma}[kind]({}, torch.float32, torch.device("cpu"))
+    classes = {"flux": Flux, "chroma": Chroma, "lumina_2": Lumina2, "qwen_image": QwenImage}
+    family = classes[kind]({}, torch.float32, torch.device("cpu"))
     family.transformer = family.unet = model
     return family
 
 
 def _tiny(kind: str, seed: int) -> torch.nn.Module:
-    from diffusers import ChromaTransformer2DModel, FluxTransformer2DModel
+    from diffusers import (
+        ChromaTransformer2DModel,
+        FluxTransformer2DModel,
+        Lumina2Transformer2DModel,
+        QwenImageTransformer2DModel,
+    )
 
     torch.manual_seed(seed)
+    if kind == "lumina_2":
+        return Lumina2Transformer2DModel(**TINY_LUMINA)
+    if kind == "qwen_image":
+        return QwenImageTransformer2DModel(**TINY_QWEN)
     if kind == "flux":
         return FluxTransformer2DModel(**TINY, pooled_projection_dim=32, guidance_embeds=True)
     return ChromaTransformer2DModel(
@@ -223,6 +343,16 @@ def _tiny(kind: str, seed: int) -> torch.nn.Module:
 def _converter(kind: str) -> dict[str, list[tuple[int, str]]]:
     from diffusers.loaders import single_file_utils as sfu
 
+    if kind == "qwen_image":  # no converter: ComfyUI's names are diffusers' (checked against the model below)
+        n = int(TINY_QWEN["num_layers"])  # type: ignore[call-overload]
+        return {
+            f"transformer_blocks.{i}.{name}.weight": [(0, f"transformer_blocks.{i}.{name}.weight")]
+            for i in range(n)
+            for name in COMFY_QWEN_BLOCK
+        }
+    if kind == "lumina_2":
+        seeds = _nextdit_keys(TINY_LUMINA["num_layers"], TINY_LUMINA["num_refiner_layers"])  # type: ignore[arg-type]
+        return converter_parts(sfu.convert_lumina2_to_diffusers, seeds, LUMINA_ROWS)
     seeds = _flux_seeds(TINY["num_layers"], TINY["num_single_layers"])  # type: ignore[arg-type]
     if kind == "flux":
         return converter_parts(
@@ -256,6 +386,29 @@ CASES = {
     ),
     "flux-alpha2x-exclude": ("flux", 2.0 * RANK, ["transformer_blocks.0.attn.to_q", "ff.net.2"]),
     "chroma-alpha-half": ("chroma", 0.5 * RANK, None),
+    "qwen_image": ("qwen_image", None, None),
+    "qwen_image-alpha2x-exclude": (
+        "qwen_image",
+        2.0 * RANK,
+        ["transformer_blocks.0.attn.to_q", "img_mlp.net.2"],
+    ),
+    "lumina_2-exclude": ("lumina_2", None, ["layers.0.attn.to_k", "context_refiner.1.attn.to_v"]),
+    "lumina_2-alpha-half": ("lumina_2", 0.5 * RANK, None),
+}
+ROWS_OF = {"flux": ROWS, "chroma": ROWS, "lumina_2": LUMINA_ROWS, "qwen_image": 1}
+# A key fragment each kind's file must hold: its fused Linears where it has them.
+EXPECTED_KEYS = {
+    "flux": (".img_attn.qkv.lora_A.weight", ".linear1.lora_B.weight"),
+    "chroma": (".img_attn.qkv.lora_A.weight", ".linear1.lora_B.weight"),
+    "lumina_2": (".attention.qkv.lora_A.weight", "noise_refiner.1.adaLN_modulation.1.lora_B.weight"),
+    "qwen_image": (".attn.add_k_proj.lora_A.weight", ".txt_mod.1.lora_B.weight"),
+}
+# An alpha whose scaling the writer's check must catch: a fused one where the layout has them.
+ALPHA_TO_BREAK = {
+    "flux": "linear1.alpha",
+    "chroma": "linear1.alpha",
+    "lumina_2": "qkv.alpha",
+    "qwen_image": "to_v.alpha",
 }
 
 
@@ -293,6 +446,7 @@ def saved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         "exclude": exclude,
         "model": model,
         "alpha_is_rank": alpha is None,
+        "key_map": comfy_key_map(kind, sorted(parts), int(TINY_LUMINA["hidden_size"])),  # type: ignore[call-overload]
     }
 
 
@@ -301,14 +455,14 @@ def test_comfy_file_is_written_beside_the_diffusers_file(saved: dict[str, Any]) 
     assert sorted(p.name for p in saved["out"].iterdir()) == sorted([DIFFUSERS_FILE, COMFY_FILE])
     keys = load_file(str(saved["out"] / COMFY_FILE))
     assert all(k.startswith("diffusion_model.") for k in keys)
-    assert any(".img_attn.qkv.lora_A.weight" in k for k in keys)
-    assert any(".linear1.lora_B.weight" in k for k in keys)
+    for fragment in EXPECTED_KEYS[saved["kind"]]:
+        assert any(fragment in k for k in keys), fragment
 
 
 def test_every_key_maps_to_an_original_weight(saved: dict[str, Any]) -> None:
     lora = load_file(str(saved["out"] / COMFY_FILE))
     original_keys = sorted(saved["parts"])  # every key diffusers' converter reads from an original checkpoint
-    patches, not_loaded = comfy_load_lora(lora, comfy_generic_key_map(original_keys))
+    patches, not_loaded = comfy_load_lora(lora, saved["key_map"])
     assert not not_loaded, f"ComfyUI would log 'lora key not loaded' for {sorted(not_loaded)[:4]}"
     assert patches and all(key.removeprefix("diffusion_model.") in original_keys for (key, _), *_ in patches)
     assert all(alpha is not None for *_, alpha in patches)  # a real .alpha per layer
@@ -317,7 +471,7 @@ def test_every_key_maps_to_an_original_weight(saved: dict[str, Any]) -> None:
 def test_comfyui_patch_equals_the_merged_trained_model(saved: dict[str, Any]) -> None:
     lora = load_file(str(saved["out"] / COMFY_FILE))
     base, merged = saved["base"], saved["merged"]
-    patches, _ = comfy_load_lora(lora, comfy_generic_key_map(sorted(saved["parts"])))
+    patches, _ = comfy_load_lora(lora, saved["key_map"])
     patched = comfy_apply(base, patches)
     changed = [k for k in base if not torch.equal(base[k], merged[k])]
     assert len(changed) >= 10  # random non-zero B: the LoRA moves every fused and plain target
@@ -329,17 +483,17 @@ def test_comfyui_patch_equals_the_merged_trained_model(saved: dict[str, Any]) ->
 
 
 def tiny_rows(
-    parts: dict[str, list[tuple[int, str]]], base: dict[str, torch.Tensor]
+    parts: dict[str, list[tuple[int, str]]], base: dict[str, torch.Tensor], rows: int = ROWS
 ) -> dict[str, tuple[str, int, int]]:
     """diffusers key -> (original key, first row, end row) in the tiny model: the same share as at full width."""
     out = {}
     for original, pieces in parts.items():
         if original not in base:
             continue
-        starts = [s for s, _ in pieces] + [ROWS]
+        starts = [s for s, _ in pieces] + [rows]
         height = base[original].shape[0]
         for i, (_, key) in enumerate(pieces):
-            out[key] = (original, starts[i] * height // ROWS, starts[i + 1] * height // ROWS)
+            out[key] = (original, starts[i] * height // rows, starts[i + 1] * height // rows)
     return out
 
 
@@ -347,11 +501,11 @@ def test_excluded_parts_of_a_fused_weight_stay_untouched(saved: dict[str, Any]) 
     if not saved["exclude"]:
         pytest.skip("no exclude_modules in this case")
     lora = load_file(str(saved["out"] / COMFY_FILE))
-    patches, _ = comfy_load_lora(lora, comfy_generic_key_map(sorted(saved["parts"])))
+    patches, _ = comfy_load_lora(lora, saved["key_map"])
     base = saved["base"]
     patched = comfy_apply(base, patches)
     checked = 0
-    for key, (original, first, end) in tiny_rows(saved["parts"], base).items():
+    for key, (original, first, end) in tiny_rows(saved["parts"], base, ROWS_OF[saved["kind"]]).items():
         module = key.removesuffix(".weight")
         if key.endswith(".weight") and any(module == e or module.endswith(f".{e}") for e in saved["exclude"]):
             assert torch.equal(patched[original][first:end], base[original][first:end]), key
@@ -361,6 +515,8 @@ def test_excluded_parts_of_a_fused_weight_stay_untouched(saved: dict[str, Any]) 
 
 def test_comfyui_reads_the_diffusers_file_the_same_way(saved: dict[str, Any]) -> None:
     """ComfyUI also loads the diffusers file (flux_to_diffusers offsets): same patch, when alpha = rank."""
+    if saved["kind"] not in ("flux", "chroma"):
+        pytest.skip("Flux-derived models only (flux_to_diffusers)")
     if not saved["alpha_is_rank"]:
         pytest.skip("the diffusers file keeps alpha in its metadata, which ComfyUI does not read")
     lora = load_file(str(saved["out"] / DIFFUSERS_FILE))
@@ -371,6 +527,39 @@ def test_comfyui_reads_the_diffusers_file_the_same_way(saved: dict[str, Any]) ->
     patched = comfy_apply(saved["base"], patches)
     for key in saved["base"]:
         torch.testing.assert_close(patched[key], saved["merged"][key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_comfyui_reads_a_qwen_image_diffusers_file_but_not_a_lumina_2_one(saved: dict[str, Any]) -> None:
+    """Why both get a ComfyUI file: Qwen-Image's diffusers keys load (same names; alpha only when alpha = rank),
+    Lumina 2's do not (its branch knows Z-Image's diffusers names, `attention.to_q`, not `attn.to_q`)."""
+    if saved["kind"] not in ("qwen_image", "lumina_2"):
+        pytest.skip("flux kinds: test_comfyui_reads_the_diffusers_file_the_same_way")
+    lora = load_file(str(saved["out"] / DIFFUSERS_FILE))
+    patches, not_loaded = comfy_load_lora(lora, saved["key_map"])
+    if saved["kind"] == "lumina_2":
+        assert not patches and not_loaded == set(lora)
+        return
+    assert not not_loaded
+    patched = comfy_apply(saved["base"], patches)
+    same = all(torch.allclose(patched[k], saved["merged"][k], rtol=1e-5, atol=1e-5) for k in saved["base"])
+    assert same == saved["alpha_is_rank"]  # the file's alpha lives in metadata ComfyUI does not read
+
+
+def test_comfyui_keys_cover_every_lora_target() -> None:
+    """ComfyUI's block Linears, taken to diffusers names (identity for Qwen-Image, diffusers' converter for
+    Lumina 2), are exactly the Linears the trainer puts LoRA on; the qkv rows split as ComfyUI's NextDiT does."""
+    for kind in ("qwen_image", "lumina_2"):
+        model = _tiny(kind, seed=0)
+        targets = {f"{m}.weight" for m in _family(kind, model).lora_target_modules()}
+        converted = {d for pieces in _converter(kind).values() for _, d in pieces}
+        assert converted == targets, (kind, sorted(converted ^ targets)[:6])
+    parts = _converter("lumina_2")["layers.1.attention.qkv.weight"]
+    heads, kv_heads, head_dim = 24, 8, 96  # the 2B model: qkv = heads, kv heads, kv heads (x head_dim) rows
+    assert parts == [
+        (0, "layers.1.attn.to_q.weight"),
+        (heads * head_dim, "layers.1.attn.to_k.weight"),
+        ((heads + kv_heads) * head_dim, "layers.1.attn.to_v.weight"),
+    ]
 
 
 def test_converter_correspondence_matches_comfyui_offsets() -> None:
@@ -421,7 +610,7 @@ def test_verify_refuses_a_file_with_a_wrong_alpha(saved: dict[str, Any], tmp_pat
 
     verify_comfy_file(saved["out"] / COMFY_FILE, saved["model"], saved["kind"])  # the real file passes
     lora = load_file(str(saved["out"] / COMFY_FILE))
-    key = next(k for k in lora if k.endswith("linear1.alpha"))
+    key = next(k for k in lora if k.endswith(ALPHA_TO_BREAK[saved["kind"]]))
     lora[key] = lora[key] / 4  # as if the fused rank were one part's rank
     save_file(lora, str(tmp_path / COMFY_FILE))
     with pytest.raises(ComfyLoraError, match="different output"):

@@ -11,8 +11,10 @@ stacked (fused rank = the sum of their ranks), B = block diagonal, each part's B
 (zero rows for a part without LoRA, e.g. one left out by exclude_modules), and alpha = scale * fused rank, so
 alpha / rank is training's scale. The per-family key tables below are data; a family names its table in
 `Family.comfy_layout`. The correspondence is the one in diffusers' single-file converters
-(convert_flux_transformer_checkpoint_to_diffusers / convert_chroma_..., rows of a fused weight in the order
-listed) and ComfyUI's comfy/utils.py flux_to_diffusers.
+(convert_flux_transformer_checkpoint_to_diffusers / convert_chroma_... / convert_lumina2_to_diffusers, rows of
+a fused weight in the order listed) and ComfyUI's comfy/utils.py flux_to_diffusers; Lumina 2's fused Linear is
+the attention's qkv. Qwen-Image needs no renaming (its original names are diffusers'), but still gets the file:
+ComfyUI reads `diffusion_model.<key>` with a real alpha the same way for every model.
 """
 
 from __future__ import annotations
@@ -63,6 +65,38 @@ _FLUX_SINGLE: dict[str, tuple[str, ...]] = {
 }
 # Chroma is Flux with the per-block modulation Linears pruned (one distilled_guidance_layer feeds every block).
 _PRUNED = ("img_mod.lin", "txt_mod.lin", "modulation.lin")
+# Qwen-Image's original checkpoint is in diffusers' names, and ComfyUI's QwenImageTransformerBlock
+# (comfy/ldm/qwen_image/model.py) names its Linears the same way: nothing is fused, every key is the identity.
+_QWEN_IMAGE_BLOCK: dict[str, tuple[str, ...]] = {
+    name: (name,)
+    for name in (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_out.0",
+        "attn.to_add_out",
+        "img_mod.1",
+        "txt_mod.1",
+        "img_mlp.net.0.proj",
+        "img_mlp.net.2",
+        "txt_mlp.net.0.proj",
+        "txt_mlp.net.2",
+    )
+}
+# Lumina 2's NextDiT JointTransformerBlock (ComfyUI comfy/ldm/lumina/model.py, diffusers'
+# convert_lumina2_to_diffusers): q/k/v fused into attention.qkv, rows q (heads x head_dim) then k and v
+# (kv heads x head_dim each, GQA); w1/w2/w3 are diffusers' linear_1/2/3; adaLN_modulation.1 is norm1.linear.
+_LUMINA2_BLOCK: dict[str, tuple[str, ...]] = {
+    "attention.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "attention.out": ("attn.to_out.0",),
+    "feed_forward.w1": ("feed_forward.linear_1",),
+    "feed_forward.w2": ("feed_forward.linear_2",),
+    "feed_forward.w3": ("feed_forward.linear_3",),
+    "adaLN_modulation.1": ("norm1.linear",),
+}
 
 LAYOUTS: dict[str, tuple[BlockLayout, ...]] = {
     "flux": (
@@ -79,6 +113,17 @@ LAYOUTS: dict[str, tuple[BlockLayout, ...]] = {
             "single_transformer_blocks",
             "single_blocks",
             {k: v for k, v in _FLUX_SINGLE.items() if k not in _PRUNED},
+        ),
+    ),
+    "qwen_image": (BlockLayout("transformer_blocks", "transformer_blocks", _QWEN_IMAGE_BLOCK),),
+    "lumina_2": (
+        BlockLayout("layers", "layers", _LUMINA2_BLOCK),
+        BlockLayout("noise_refiner", "noise_refiner", _LUMINA2_BLOCK),
+        # The context refiner is built without modulation: no adaLN_modulation Linear there.
+        BlockLayout(
+            "context_refiner",
+            "context_refiner",
+            {k: v for k, v in _LUMINA2_BLOCK.items() if k != "adaLN_modulation.1"},
         ),
     ),
 }

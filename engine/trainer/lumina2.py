@@ -211,6 +211,8 @@ def original_to_diffusers(sd: dict[str, torch.Tensor], config: dict[str, Any]) -
 
 class Lumina2(FlowFamily):
     name = "lumina_2"
+    # diffusion_model.<NextDiT key>, q/k/v fused into attention.qkv as ComfyUI and diffusion-pipe hold it.
+    comfy_layout = "lumina_2"
     pipeline_class_name = "Lumina2Pipeline"
     block_prefixes = BLOCK_PREFIXES
 

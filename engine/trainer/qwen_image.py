@@ -116,6 +116,8 @@ def _load_prefixed(cls: Any, config: Path, path: Path, dtype: torch.dtype) -> An
 
 class QwenImage(FlowFamily):
     name = "qwen_image"
+    # diffusion_model.<diffusers key>: the names ComfyUI and diffusion-pipe's save hook use for Qwen-Image.
+    comfy_layout = "qwen_image"
     pipeline_class_name = "QwenImagePipeline"
     block_prefixes = (BLOCK_PREFIX,)  # the QwenImageTransformerBlocks, as diffusion-pipe
 
