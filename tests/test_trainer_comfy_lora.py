@@ -604,6 +604,22 @@ def test_bfloat16_save_replays_within_bfloat16_rounding(tmp_path: Path) -> None:
         torch.testing.assert_close(patched[key], weight, rtol=2e-2, atol=2e-2, msg=key)
 
 
+def check_saved_comfy_file(
+    save: Path, kind: str, original: dict[str, torch.Tensor], merged: dict[str, torch.Tensor], hidden: int
+) -> None:
+    """A trainer's saved lora_comfy.safetensors through the ComfyUI replay: every key loads onto `original` (the
+    base model's weights under ComfyUI's names) and the patch gives `merged` (the trained model merged by peft,
+    in the same names), weight by weight."""
+    lora = load_file(str(save / COMFY_FILE))
+    patches, not_loaded = comfy_load_lora(lora, comfy_key_map(kind, sorted(original), hidden))
+    assert patches and not not_loaded, sorted(not_loaded)[:4]
+    patched = comfy_apply(original, patches)
+    moved = [k for k in merged if not torch.equal(original[k].float(), merged[k].float())]
+    assert moved, "training moved no weight: the comparison would be vacuous"
+    for key, weight in merged.items():
+        torch.testing.assert_close(patched[key], weight.float(), rtol=1e-5, atol=1e-6, msg=key)
+
+
 # ---- the writer's own checks refuse what ComfyUI would get wrong ------------------------------------------------
 def test_verify_refuses_a_file_with_a_wrong_alpha(saved: dict[str, Any], tmp_path: Path) -> None:
     from safetensors.torch import save_file

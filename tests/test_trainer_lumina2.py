@@ -359,3 +359,18 @@ def test_lumina2_trains_saves_and_reloads(
     pipe = _pipe(model)
     pipe.load_lora_weights(str(save))
     torch.testing.assert_close(_probe_output(pipe.transformer, probe), probe["output"], rtol=1e-4, atol=1e-5)
+
+    # The ComfyUI file, replayed onto the run's own original-layout transformer file (ComfyUI's NextDiT names).
+    from test_trainer_comfy_lora import _merged, check_saved_comfy_file
+    from tiny_lumina2 import transformer_to_original
+
+    assert sorted(p.name for p in save.iterdir()) == [
+        "lora_comfy.safetensors",
+        "probe.safetensors",
+        "pytorch_lora_weights.safetensors",
+    ]
+    original = load_file(str(model["transformer_path"]))
+    merged = transformer_to_original(_merged(pipe.transformer))
+    blocks = ("layers.", "noise_refiner.", "context_refiner.")
+    merged = {k: v for k, v in merged.items() if k.startswith(blocks)}  # type: ignore[misc]
+    check_saved_comfy_file(save, "lumina_2", original, merged, hidden=96)  # type: ignore[arg-type]

@@ -249,3 +249,15 @@ def test_qwen_image_trains_saves_and_reloads(qwen_run: tuple[Path, str], model: 
     pipe = _pipe(model)
     pipe.load_lora_weights(str(save))
     torch.testing.assert_close(_probe_output(pipe, probe), probe["output"], rtol=1e-4, atol=1e-5)
+
+    # The ComfyUI file: ComfyUI's QwenImage names are diffusers' (tests/test_trainer_comfy_lora.py checks that).
+    from test_trainer_comfy_lora import _merged, check_saved_comfy_file
+
+    assert sorted(p.name for p in save.iterdir()) == [
+        "lora_comfy.safetensors",
+        "probe.safetensors",
+        "pytorch_lora_weights.safetensors",
+    ]
+    original = load_file(str(model / "transformer" / "diffusion_pytorch_model.safetensors"))
+    merged = {k: v for k, v in _merged(pipe.transformer).items() if k.startswith("transformer_blocks.")}
+    check_saved_comfy_file(save, "qwen_image", original, merged, hidden=0)
