@@ -545,6 +545,20 @@ def test_comfyui_reads_a_qwen_image_diffusers_file_but_not_a_lumina_2_one(saved:
     assert same == saved["alpha_is_rank"]  # the file's alpha lives in metadata ComfyUI does not read
 
 
+def test_qwen_image_file_has_diffusion_pipes_key_names(saved: dict[str, Any]) -> None:
+    """diffusion-pipe's models/qwen_image.py save hook writes `diffusion_model.` + the peft parameter's name
+    without `.default` (utils/saver.py); the same LoRA gets the same names here, plus a real `.alpha`."""
+    if saved["kind"] != "qwen_image":
+        pytest.skip("Qwen-Image only: its names need no fusing")
+    lora = load_file(str(saved["out"] / COMFY_FILE))
+    upstream = {
+        "diffusion_model." + name.replace(".default", "")
+        for name, _ in saved["model"].named_parameters()
+        if "lora_" in name
+    }
+    assert {k for k in lora if not k.endswith(".alpha")} == upstream
+
+
 def test_comfyui_keys_cover_every_lora_target() -> None:
     """ComfyUI's block Linears, taken to diffusers names (identity for Qwen-Image, diffusers' converter for
     Lumina 2), are exactly the Linears the trainer puts LoRA on; the qkv rows split as ComfyUI's NextDiT does."""
