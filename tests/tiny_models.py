@@ -8,6 +8,7 @@ here, so the package never depends on tests/; the SDXL and single-file builders 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.demo_models import (
@@ -149,12 +150,21 @@ def write_profile(
 
 
 def launch_trainer(
-    config: Path, *, num_gpus: int = 1, args: tuple[str, ...] = (), timeout: float = 400
+    config: Path,
+    *,
+    num_gpus: int = 1,
+    args: tuple[str, ...] = (),
+    timeout: float = 400,
+    on_line: Callable[[str], None] | None = None,
 ) -> tuple[int, str]:
-    """Run the trainer under the real deepspeed launcher on CPU; returns (exit code, stdout+stderr)."""
+    """Run the trainer under the real deepspeed launcher on CPU; returns (exit code, stdout+stderr).
+
+    on_line: called with each output line as it comes (to act on a running trainer, e.g. touch save_quit).
+    """
     import os
     import subprocess
     import sys
+    import threading
 
     from engine.jobs import ports
 
@@ -191,11 +201,26 @@ def launch_trainer(
         start_new_session=True,
     )
     try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, _ = proc.communicate()
-        raise AssertionError(f"trainer timed out after {timeout}s:\n{out[-4000:]}") from None
+        if on_line is None:
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                out, _ = proc.communicate()
+                raise AssertionError(f"trainer timed out after {timeout}s:\n{out[-4000:]}") from None
+        else:
+            timer = threading.Timer(timeout, os.killpg, (proc.pid, 9))
+            timer.start()
+            lines: list[str] = []
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                on_line(line)
+            proc.wait()
+            timer.cancel()
+            out = "".join(lines)
+            if proc.returncode == -9:
+                raise AssertionError(f"trainer timed out after {timeout}s:\n{out[-4000:]}")
     finally:
         ports.release(reservation)
     return proc.returncode, out
