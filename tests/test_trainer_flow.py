@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tiny_models import (
+    assert_resume_repeats_the_run,
     build_tiny_chroma,
     build_tiny_flux,
     launch_trainer,
@@ -398,22 +398,9 @@ def test_flux_trains_saves_and_reloads(flux_run: tuple[Path, str, Path], flux_mo
 def test_chroma_resume_continues_at_the_same_step_with_the_same_loss(
     chroma_run: tuple[Path, str, Path],
 ) -> None:
-    run_dir, _, config = chroma_run
-    full = run_metrics(run_dir)
-    final = load_file(str(run_dir / "epoch10" / "pytorch_lora_weights.safetensors"))
     # As after a crash at step 20: the newest checkpoint is global_step16 (the end of epoch 4 of 4 steps).
-    (run_dir / "latest").write_text("global_step16")
-    for name in ("global_step24", "global_step32", "global_step40", "epoch10"):
-        shutil.rmtree(run_dir / name)
-    code, out = launch_trainer(config, args=("--resume_from_checkpoint",))
-    assert code == 0, out[-6000:]
-    assert "at step 16 (epoch 4, batch 4)" in out and "TRAINING COMPLETE!" in out
-    resumed = run_metrics(run_dir)[len(full) :]
-    assert [m["step"] for m in resumed] == list(range(17, 41))
-    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in full[16:]], rel=1e-5, abs=1e-6)
-    again = load_file(str(run_dir / "epoch10" / "pytorch_lora_weights.safetensors"))
-    for k, v in final.items():
-        torch.testing.assert_close(again[k], v, rtol=1e-5, atol=1e-6)
+    run_dir, _, config = chroma_run
+    assert_resume_repeats_the_run(run_dir, config, 16, "epoch10")
 
 
 def test_flux_guidance_bypass_and_exclude_modules(flux_model: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tiny_lumina2 import build_tiny_lumina2
-from tiny_models import launch_trainer, run_dir_of, run_metrics, write_profile
+from tiny_models import assert_resume_repeats_the_run, launch_trainer, run_dir_of, run_metrics, write_profile
 
 from engine.demo import build_synthetic_dataset
 from engine.trainer import flow
@@ -304,7 +304,7 @@ def _profile(folder: Path, model: dict[str, Path], data: Path, **main: object) -
 
 @pytest.fixture(scope="module")
 def run(work: Path, model: dict[str, Path], shapes: Path) -> tuple[Path, str]:
-    code, out = launch_trainer(_profile(work / "run", model, shapes))
+    code, out = launch_trainer(_profile(work / "run", model, shapes, checkpoint_every_n_steps=16))
     assert code == 0, out[-6000:]
     return run_dir_of(out), out
 
@@ -374,3 +374,9 @@ def test_lumina2_trains_saves_and_reloads(
     blocks = ("layers.", "noise_refiner.", "context_refiner.")
     merged = {k: v for k, v in merged.items() if k.startswith(blocks)}  # type: ignore[misc]
     check_saved_comfy_file(save, "lumina_2", original, merged, hidden=96)  # type: ignore[arg-type]
+
+
+def test_lumina2_resume_continues_at_the_same_step_with_the_same_loss(
+    run: tuple[Path, str], work: Path
+) -> None:
+    assert_resume_repeats_the_run(run[0], work / "run" / "main.toml", 16, "epoch8")

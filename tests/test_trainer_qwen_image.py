@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import launch_trainer, run_dir_of, run_metrics, write_profile
+from tiny_models import assert_resume_repeats_the_run, launch_trainer, run_dir_of, run_metrics, write_profile
 from tiny_qwen_image import build_tiny_qwen_image
 
 from engine.demo import build_synthetic_dataset
@@ -177,6 +177,7 @@ def _train(work: Path, name: str, model: Path, shapes: Path, lr: float) -> tuple
         epochs=10,
         micro_batch_size_per_gpu=2,
         save_every_n_epochs=10,
+        checkpoint_every_n_steps=16,
         lr=lr,
     )
     text = config.read_text().replace(
@@ -261,3 +262,9 @@ def test_qwen_image_trains_saves_and_reloads(qwen_run: tuple[Path, str], model: 
     original = load_file(str(model / "transformer" / "diffusion_pytorch_model.safetensors"))
     merged = {k: v for k, v in _merged(pipe.transformer).items() if k.startswith("transformer_blocks.")}
     check_saved_comfy_file(save, "qwen_image", original, merged, hidden=0)
+
+
+def test_qwen_image_resume_continues_at_the_same_step_with_the_same_loss(
+    qwen_run: tuple[Path, str], work: Path
+) -> None:
+    assert_resume_repeats_the_run(qwen_run[0], work / "run" / "main.toml", 16, "epoch10")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import launch_trainer, run_dir_of, run_metrics, write_profile
+from tiny_models import assert_resume_repeats_the_run, launch_trainer, run_dir_of, run_metrics, write_profile
 from tiny_sd3 import build_tiny_sd3
 
 from engine.demo import build_synthetic_dataset
@@ -158,7 +158,7 @@ def _profile(folder: Path, model: Path, data: Path, **main: object) -> Path:
 
 @pytest.fixture(scope="module")
 def sd3_run(work: Path, sd3_model: Path, shapes: Path) -> tuple[Path, str]:
-    code, out = launch_trainer(_profile(work / "run", sd3_model, shapes))
+    code, out = launch_trainer(_profile(work / "run", sd3_model, shapes, checkpoint_every_n_steps=16))
     assert code == 0, out[-6000:]
     return run_dir_of(out), out
 
@@ -214,3 +214,9 @@ def test_sd3_saves_a_lora_that_diffusers_reloads(sd3_run: tuple[Path, str], sd3_
     pipe = _pipe(sd3_model)
     pipe.load_lora_weights(str(save_dir))
     torch.testing.assert_close(_probe_output(pipe.transformer, probe), probe["output"], rtol=1e-4, atol=1e-5)
+
+
+def test_sd3_resume_continues_at_the_same_step_with_the_same_loss(
+    sd3_run: tuple[Path, str], work: Path
+) -> None:
+    assert_resume_repeats_the_run(sd3_run[0], work / "run" / "main.toml", 16, "epoch10")

@@ -320,3 +320,38 @@ def run_dir_of(out: str) -> Path:
         json.loads(line[len("[dpdeck] ") :]) for line in out.splitlines() if line.startswith("[dpdeck] ")
     ]
     return Path(next(e["path"] for e in events if e["event"] == "run_dir"))
+
+
+def assert_resume_repeats_the_run(run_dir: Path, config: Path, from_step: int, final_save: str) -> None:
+    """As after a crash: global_step`from_step` is left as the newest checkpoint (later ones and the final save
+    removed) and the run resumes; its steps must repeat the uninterrupted run's losses and final LoRA."""
+    import shutil
+
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    def steps(metrics: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [m for m in metrics if "event" not in m]  # training steps, not eval lines
+
+    full = steps(run_metrics(run_dir))
+    lora = run_dir / final_save / "pytorch_lora_weights.safetensors"
+    final = load_file(str(lora))
+    (run_dir / "latest").write_text(f"global_step{from_step}")
+    for ckpt in run_dir.glob("global_step*"):
+        if int(ckpt.name[len("global_step") :]) > from_step:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(run_dir / final_save)
+    code, out = launch_trainer(config, args=("--resume_from_checkpoint",))
+    assert code == 0, out[-6000:]
+    assert f"at step {from_step} (" in out and "TRAINING COMPLETE!" in out, out[-3000:]
+    resumed = steps(run_metrics(run_dir))[len(full) :]
+    assert [m["step"] for m in resumed] == [m["step"] for m in full[from_step:]]
+    assert [m["loss"] for m in resumed] == pytest.approx(
+        [m["loss"] for m in full[from_step:]], rel=1e-5, abs=1e-6
+    )
+    again = load_file(str(lora))
+    assert again.keys() == final.keys()
+    for k, v in final.items():
+        torch.testing.assert_close(again[k], v, rtol=1e-5, atol=1e-6)
+
