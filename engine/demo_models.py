@@ -186,17 +186,20 @@ def tiny_flow_transformer_kwargs() -> dict[str, object]:
     )
 
 
-def tiny_vae16(shift_factor: float = 0.1159, scaling_factor: float = 0.3611):  # type: ignore[no-untyped-def]
+def tiny_vae16(  # type: ignore[no-untyped-def]
+    shift_factor: float = 0.1159, scaling_factor: float = 0.3611, levels: int = 2
+):
     """A toy-width VAE with 16 latent channels and no quant convs: Flux's (and Lumina 2's) factors by default,
-    SD3 passes its own (0.0609, 1.5305)."""
+    SD3 passes its own (0.0609, 1.5305). `levels` resolution levels downsample 2 ** (levels - 1) times: 4 is the
+    real VAE's 8x (which Lumina2Pipeline assumes)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=[32, 32],
+        block_out_channels=[32] * levels,
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        down_block_types=["DownEncoderBlock2D"] * levels,
+        up_block_types=["UpDecoderBlock2D"] * levels,
         latent_channels=16,
         norm_num_groups=32,
         sample_size=32,

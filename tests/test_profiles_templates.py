@@ -277,3 +277,33 @@ def test_a_builtin_only_shape_is_queued_on_the_builtin_trainer(tmp_path: Path) -
     assert pick_backend(load_template("sdxl-diffusers"), "auto") == "builtin"
     assert pick_backend(load_template("sdxl-single-file"), "auto") == "diffusion-pipe"
     assert pick_backend(load_template("sdxl-diffusers"), "diffusion-pipe") == "diffusion-pipe"
+
+
+def _uncomment_sample(text: str) -> str:
+    """The template's commented-out `#[sample]` block (up to the first blank line or the end) as live TOML."""
+    lines = [*text.splitlines(), ""]
+    start = lines.index("#[sample]")
+    end = lines.index("", start)
+    return "\n".join([*lines[:start], *(line[1:] for line in lines[start:end]), *lines[end:]]) + "\n"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "\n#[sample]\n" in template_texts(n)["main.toml"]])
+def test_a_commented_sample_table_validates_once_uncommented(name: str, tmp_path: Path) -> None:
+    """Templates that keep [sample] off for memory say why, and the table they offer is right for the built-in
+    trainer (no sample.* problem) once uncommented."""
+    texts = template_texts(name)
+    main = texts["main.toml"]
+    comment = main[: main.index("\n#[sample]\n")].rsplit("\n\n", 1)[-1]
+    assert "memory" in comment and "GiB" in comment, comment
+    for fname, text in texts.items():
+        (tmp_path / fname).write_text(_uncomment_sample(text) if fname == "main.toml" else text)
+    profile = load_profile(tmp_path / "main.toml")
+    assert profile.main.get("sample.prompts")
+    problems = validate_profile(profile, backend="builtin", check_paths="off")
+    assert not [str(p) for p in problems if p.key.startswith("sample")]
+
+
+def test_the_chroma_templates_keep_samples_off() -> None:
+    for name in ("chroma-e6ai-512", "chroma-e6ai-1024"):
+        assert "\n#[sample]\n" in template_texts(name)["main.toml"]
+        assert not load_template(name).main.has("sample")

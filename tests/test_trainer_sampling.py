@@ -73,7 +73,9 @@ def test_defaults_follow_the_family_and_the_run_seed() -> None:
         ("sd15", {"width": 8192}, r"sample\.width: out of range"),
         ("sd15", {"height": 8}, r"sample\.height: out of range .*16 to 4096"),
         ("sd15", {"before_first_step": "yes"}, r"sample\.before_first_step: not a boolean"),
-        ("qwen_image", {}, r"sample: samples while training are not built in for model\.type 'qwen_image'"),
+        ("qwen_image", {"width": 1000}, r"sample\.width: qwen_image samples need a multiple of 16"),
+        ("lumina_2", {"height": 520}, r"sample\.height: lumina_2 samples need a multiple of 16"),
+        ("wan", {}, r"sample: samples while training are not built in for model\.type 'wan'"),
     ],
 )
 def test_bad_sample_tables_name_file_key_and_expectation(
@@ -116,19 +118,38 @@ def test_profile_validate_reports_the_same_errors_with_lines(tmp_path: Path) -> 
     )
     keys = {p.key for p in validate_profile(load_profile(fixed), backend="builtin", check_paths="off")}
     assert not any(k.startswith("sample") for k in keys)
-    qwen = write_profile(
-        tmp_path / "qwen",
-        model_type="qwen_image",
-        model_dir=tmp_path,
-        directories=[{"path": str(tmp_path)}],
-        sample={"prompts": ["a cat"], "every_n_steps": 5},
-    )
-    (lacking,) = [
-        p
-        for p in validate_profile(load_profile(qwen), backend="builtin", check_paths="off")
-        if p.key == "sample"
-    ]
-    assert lacking.is_error and "not built in for model.type 'qwen_image'" in lacking.message
+    for model_type in ("qwen_image", "lumina_2"):
+        config = write_profile(
+            tmp_path / model_type,
+            model_type=model_type,
+            model_dir=tmp_path,
+            directories=[{"path": str(tmp_path)}],
+            sample={"prompts": ["a cat"], "negative_prompt": "blurry", "width": 48, "every_n_steps": 5},
+        )
+        found = validate_profile(load_profile(config), backend="builtin", check_paths="off")
+        assert not [p for p in found if p.key.startswith("sample")], model_type
+        bad = write_profile(
+            tmp_path / f"{model_type}_bad",
+            model_type=model_type,
+            model_dir=tmp_path,
+            directories=[{"path": str(tmp_path)}],
+            sample={"prompts": ["a cat"], "width": 40, "every_n_steps": 5},
+        )
+        found = validate_profile(load_profile(bad), backend="builtin", check_paths="off")
+        assert [p.message for p in found if p.key == "sample.width"] == [
+            f"{model_type} samples need a multiple of 16 (whole latent cells)"
+        ]
+
+
+def test_every_builtin_family_samples() -> None:
+    """The trainer's pipelines and the validation tables cover the same families: every built-in one."""
+    from engine.trainer.sampling import FAMILY_PIPELINES
+    from profiles.model_types import BUILTIN_TYPES
+    from profiles.rules import sample as spec
+
+    tables = (FAMILY_PIPELINES, spec.SIZE_MULTIPLE, spec.USES_NEGATIVE, spec.GUIDANCE_MEANING, spec.DEFAULTS)
+    for table in tables:
+        assert set(table) == set(BUILTIN_TYPES)
 
 
 # ---- rendering on tiny models ------------------------------------------------------------------------------
@@ -415,3 +436,205 @@ def test_sdxl_sample_matches_the_xl_pipeline_and_renders_in_bf16(work: Path) -> 
         generator=torch.Generator().manual_seed(17),
     ).images[0]
     assert np.abs(_pixels(pngs[0]) - np.asarray(want).astype(np.int16)).max() <= 1
+
+
+def _randomize_lora(model: torch.nn.Module) -> None:
+    """Nonzero LoRA B weights: the adapter now changes the denoiser's output."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+
+
+def test_qwen_image_sample_matches_qwen_image_pipeline(work: Path) -> None:
+    """Qwen-Image: the chat-template prompt embeddings, true cfg against a negative prompt, packed latents and
+    the video VAE's one frame, as diffusers' QwenImagePipeline (with its own text encoder) renders them."""
+    from diffusers import QwenImagePipeline
+    from tiny_qwen_image import build_tiny_qwen_image
+
+    from engine.trainer.qwen_image import QwenImage
+
+    model = build_tiny_qwen_image(work / "tiny_qwen_image")
+    settings = SampleSettings(("a red circle",), "blurry", 32, 48, 2, 4.0, 19, 1, None, False)
+    fam = QwenImage({"type": "qwen_image", "diffusers_path": str(model)}, torch.float32, torch.device("cpu"))
+    fam.load()
+    add_lora(fam.transformer, fam, 4, 0.0, False)
+    sampler = Sampler(fam, settings)
+    sampler.encode()
+    fam.free_encoders(keep_vae=True)
+    assert fam.text_encoder is None and fam.vae is not None
+    run = work / "qwen_run"
+    (png,) = sampler.render(fam.transformer, 1, 1, run)
+    assert Image.open(png).size == (32, 48) and _pixels(png).std() > 1.0
+    pipe = QwenImagePipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(
+        "a red circle",
+        negative_prompt="blurry",
+        true_cfg_scale=4.0,
+        width=32,
+        height=48,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(19),
+    ).images[0]
+    assert np.abs(_pixels(png) - np.asarray(want).astype(np.int16)).max() <= 1
+    # The tiny transformer hears its text faintly (a prompt moves few pixels by 1), so the latents are compared
+    # too: equal to the pipeline's, and apart from those without the negative branch (cfg really runs).
+    call = {"width": 32, "height": 48, "num_inference_steps": 2, "output_type": "latent"}
+    ref = pipe(
+        "a red circle",
+        negative_prompt="blurry",
+        true_cfg_scale=4.0,
+        generator=torch.Generator().manual_seed(19),
+        **call,
+    ).images
+    plain = pipe("a red circle", generator=torch.Generator().manual_seed(19), **call).images
+    ours = sampler.latents(0)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    assert (ours - plain).abs().max() > 1e-2
+
+    _randomize_lora(fam.transformer)
+    (trained,) = sampler.render(fam.transformer, 2, 1, run)
+    assert Image.open(trained).size == (32, 48)
+    assert np.abs(_pixels(trained) - _pixels(png)).mean() > 1.0
+
+
+def test_lumina2_sample_matches_lumina2_pipeline_on_the_training_embeddings(work: Path) -> None:
+    """Lumina 2: Lumina2Pipeline fed diffusion-pipe's prompt embeddings (Gemma's second-to-last state of the bare
+    prompt, 256 tokens padded right: no system prompt), normalised cfg against the empty negative, and the
+    shift-6 flow schedule ComfyUI samples Lumina 2 with."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        Lumina2Pipeline,
+        Lumina2Transformer2DModel,
+    )
+    from tiny_lumina2 import build_tiny_lumina2
+    from transformers import Gemma2Model, GemmaTokenizer
+
+    from engine.trainer.lumina2 import Lumina2
+
+    # An 8x VAE as the real one: Lumina2Pipeline's vae_scale_factor is fixed at 8.
+    model = build_tiny_lumina2(work / "tiny_lumina2", vae_levels=4)
+    settings = SampleSettings(("a red circle",), "", 32, 48, 2, 4.0, 23, 1, None, False)
+    cfg = {"type": "lumina_2", **{k: str(model[k]) for k in ("transformer_path", "llm_path", "vae_path")}}
+    fam = Lumina2(cfg, torch.float32, torch.device("cpu"))
+    fam.load()
+    add_lora(fam.transformer, fam, 4, 0.0, False)
+    sampler = Sampler(fam, settings)
+    sampler.encode()
+    fam.free_encoders(keep_vae=True)
+    assert fam.text_encoder is None and fam.vae is not None
+    run = work / "lumina_run"
+    (png,) = sampler.render(fam.transformer, 1, 1, run)
+    assert Image.open(png).size == (32, 48) and _pixels(png).std() > 1.0
+
+    ref = model["diffusers"]
+    pipe = Lumina2Pipeline(
+        # ComfyUI's Lumina2 sampling_settings: shift 6.0 (a fixed shift, no resolution-dependent one).
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=6.0),
+        vae=AutoencoderKL.from_pretrained(ref / "vae"),
+        text_encoder=Gemma2Model.from_pretrained(ref / "text_encoder"),
+        tokenizer=GemmaTokenizer.from_pretrained(ref / "tokenizer"),
+        transformer=Lumina2Transformer2DModel.from_pretrained(ref / "transformer"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    # The pipeline's own Gemma encoding of the bare prompt (its system prompt is added one level up, in
+    # encode_prompt, which embeddings bypass); diffusion-pipe's models/lumina_2.py encodes captions this way.
+    with torch.no_grad():
+        embeds, mask = pipe._get_gemma_prompt_embeds("a red circle", max_sequence_length=256)
+        neg_embeds, neg_mask = pipe._get_gemma_prompt_embeds("", max_sequence_length=256)
+    want = pipe(
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=neg_embeds,
+        negative_prompt_attention_mask=neg_mask,
+        width=32,
+        height=48,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(23),
+    ).images[0]
+    assert np.abs(_pixels(png) - np.asarray(want).astype(np.int16)).max() <= 1
+    # Latents too (the tiny transformer hears its text faintly): equal to the pipeline's on these embeddings,
+    # apart from its own default encoding, which prepends the system prompt.
+    call = {
+        "width": 32,
+        "height": 48,
+        "num_inference_steps": 2,
+        "guidance_scale": 4.0,
+        "output_type": "latent",
+    }
+    ref = pipe(
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask,
+        negative_prompt_embeds=neg_embeds,
+        negative_prompt_attention_mask=neg_mask,
+        generator=torch.Generator().manual_seed(23),
+        **call,
+    ).images
+    prompted = pipe("a red circle", generator=torch.Generator().manual_seed(23), **call).images
+    ours = sampler.latents(0)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    assert (ours - prompted).abs().max() > 1e-2
+
+    _randomize_lora(fam.transformer)
+    (trained,) = sampler.render(fam.transformer, 2, 1, run)
+    assert Image.open(trained).size == (32, 48)
+    assert np.abs(_pixels(trained) - _pixels(png)).mean() > 1.0
+
+
+def test_a_vae_of_another_depth_than_the_pipeline_assumes_is_refused(work: Path) -> None:
+    """Lumina2Pipeline's vae_scale_factor is fixed at 8: a 2x VAE would render quarter-size images silently."""
+    from tiny_lumina2 import build_tiny_lumina2
+
+    from engine.trainer.lumina2 import Lumina2
+
+    model = build_tiny_lumina2(work / "tiny_lumina2_2x")  # the training tests' 2x VAE
+    cfg = {"type": "lumina_2", **{k: str(model[k]) for k in ("transformer_path", "llm_path", "vae_path")}}
+    fam = Lumina2(cfg, torch.float32, torch.device("cpu"))
+    fam.load()
+    sampler = Sampler(fam, SampleSettings(("a red circle",), "", 32, 32, 1, 4.0, 1, 1, None, False))
+    sampler.encode()
+    with pytest.raises(
+        TrainConfigError, match=r"Lumina2Pipeline assumes a VAE that downsamples 8x, but .* 2x"
+    ):
+        sampler.render(fam.transformer, 0, 1, work / "lumina_2x_run")
+
+
+@pytest.mark.slow
+def test_qwen_image_samples_during_a_launched_run(work: Path) -> None:
+    """The trainer keeps Qwen-Image's video VAE for rank 0 and renders before the first step and after step 2."""
+    from tiny_qwen_image import build_tiny_qwen_image
+
+    from engine.demo import build_synthetic_dataset
+
+    model = build_tiny_qwen_image(work / "tiny_qwen_launched")
+    data = build_synthetic_dataset(work / "qwen_shapes", count=4)
+    config = write_profile(
+        work / "qwen_launched",
+        model_type="qwen_image",
+        model_dir=model,
+        directories=[{"path": str(data)}],
+        epochs=1,
+        micro_batch_size_per_gpu=2,
+        lr=5e-2,
+        sample={
+            "prompts": ["a red circle"],
+            "negative_prompt": "blurry",
+            "width": 48,
+            "height": 32,
+            "steps": 2,
+            "every_n_steps": 2,
+            "before_first_step": True,
+        },
+    )
+    code, out = launch_trainer(config)
+    assert code == 0, out[-6000:]
+    found = list_samples(run_dir_of(out))
+    assert [(s.step, s.index) for s in found] == [(0, 0), (2, 0)]
+    for s in found:
+        assert Image.open(s.path).size == (48, 32) and (s.width, s.height, s.steps) == (48, 32, 2)
+    before, after = (_pixels(Path(s.path)) for s in found)
+    assert np.abs(after - before).mean() > 0.5  # two steps at a high lr show in the render
+    assert "TRAINING COMPLETE!" in out

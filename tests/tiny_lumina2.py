@@ -101,10 +101,12 @@ def transformer_to_original(sd: dict[str, object]) -> dict[str, object]:
     return out
 
 
-def build_tiny_lumina2(out_dir: Path, seed: int = 0) -> dict[str, Path]:
+def build_tiny_lumina2(out_dir: Path, seed: int = 0, vae_levels: int = 2) -> dict[str, Path]:
     """Writes out_dir/diffusers/{transformer,vae,text_encoder,tokenizer} and the three single files.
 
-    Returns the paths by profile key, plus "diffusers" (the reference folder) and "spm" (tokenizer.model).
+    vae_levels: 2 (2x, the smallest latents for training tests) or 4 (8x as the real VAE, which Lumina2Pipeline
+    assumes: its vae_scale_factor is fixed at 8). Returns the paths by profile key, plus "diffusers" (the
+    reference folder) and "spm" (tokenizer.model).
     """
     import torch
     from diffusers import Lumina2Transformer2DModel
@@ -138,7 +140,7 @@ def build_tiny_lumina2(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         cap_feat_dim=TEXT_WIDTH,
     )
     torch.manual_seed(seed + 1)
-    vae = tiny_vae16()  # Flux's VAE (its real shift and scale), at toy width
+    vae = tiny_vae16(levels=vae_levels)  # Flux's VAE (its real shift and scale), at toy width
     torch.manual_seed(seed + 2)
     gemma = Gemma2Model(
         Gemma2Config(

@@ -8,7 +8,7 @@ forward; none of them has kohya names (their ComfyUI files, where built in, come
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -22,6 +22,9 @@ class FlowFamily(Family):
     has_kohya = False
     # Module-name prefixes of the transformer blocks whose Linears get LoRA.
     block_prefixes: tuple[str, ...] = ()
+    # FlowMatchEulerDiscreteScheduler settings for [sample] renders when the model comes without a diffusers
+    # folder holding scheduler/scheduler_config.json (engine/trainer/sampling.py); {} = diffusers' defaults.
+    sample_scheduler: ClassVar[dict[str, Any]] = {}
     transformer: torch.nn.Module
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:

@@ -49,6 +49,10 @@ LUMINA2_CONFIG: dict[str, Any] = {
     "axes_lens": [300, 512, 512],
     "cap_feat_dim": 2304,
 }
+# How Lumina 2 is sampled: ComfyUI's supported_models.Lumina2 sampling_settings (shift 6.0, multiplier 1.0), a
+# fixed shift t' = 6t / (1 + 5t), which is FlowMatchEulerDiscreteScheduler's static `shift`. The files carry no
+# scheduler config, so [sample] renders take it from here (engine/trainer/sampling.py).
+LUMINA2_SAMPLE_SCHEDULER: dict[str, Any] = {"shift": 6.0, "use_dynamic_shifting": False}
 # google/gemma-2-2b config.json (diffusion-pipe's configs/gemma_2_2b).
 GEMMA2_2B_CONFIG: dict[str, Any] = {
     "model_type": "gemma2",
@@ -215,6 +219,7 @@ class Lumina2(FlowFamily):
     comfy_layout = "lumina_2"
     pipeline_class_name = "Lumina2Pipeline"
     block_prefixes = BLOCK_PREFIXES
+    sample_scheduler = LUMINA2_SAMPLE_SCHEDULER
 
     def __init__(self, model_cfg: dict[str, Any], dtype: torch.dtype, device: torch.device) -> None:
         super().__init__(model_cfg, dtype, device)

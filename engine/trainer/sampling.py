@@ -154,6 +154,31 @@ def _chroma_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
     return out
 
 
+def _qwen_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
+    def real(embeds: torch.Tensor) -> torch.Tensor:
+        # A batch of one is cached at its own length, so every token is real (the pipeline drops an all-ones mask).
+        return torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+    out = {"prompt_embeds": text["prompt_embeds"], "prompt_embeds_mask": real(text["prompt_embeds"])}
+    if negative is not None:
+        out["negative_prompt_embeds"] = negative["prompt_embeds"]
+        out["negative_prompt_embeds_mask"] = real(negative["prompt_embeds"])
+    return out
+
+
+def _lumina2_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
+    # Embeddings passed in, so the pipeline never applies its system prompt: the prompts are encoded as the
+    # captions were (engine/trainer/lumina2.py, diffusion-pipe's way: no system prompt).
+    out = {
+        "prompt_embeds": text["encoder_hidden_states"],
+        "prompt_attention_mask": text["encoder_attention_mask"],
+    }
+    if negative is not None:
+        out["negative_prompt_embeds"] = negative["encoder_hidden_states"]
+        out["negative_prompt_attention_mask"] = negative["encoder_attention_mask"]
+    return out
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     # cached prompt tensors (+ the negative prompt's, when used) -> the pipeline call's embedding arguments
@@ -167,6 +192,11 @@ class PipelineSpec:
     encode_empty_negative: bool
     # whether the pipeline's latents come out packed in 2x2 patches (Flux, Chroma) rather than (B, C, h, w)
     packed: bool = False
+    # the pipeline call's argument that takes [sample] guidance (QwenImagePipeline's cfg is `true_cfg_scale`;
+    # its `guidance_scale` is for guidance-distilled transformers only)
+    guidance_arg: str = "guidance_scale"
+    # whether the VAE is a video VAE taking (B, C, frames, h, w): an image is its one frame (Qwen-Image)
+    frames: bool = False
 
 
 FAMILY_PIPELINES: dict[str, PipelineSpec] = {
@@ -175,19 +205,25 @@ FAMILY_PIPELINES: dict[str, PipelineSpec] = {
     "sd3": PipelineSpec(_sd3_kwargs, "transformer", {}, True),
     "flux": PipelineSpec(_flux_kwargs, "transformer", {}, False, packed=True),
     "chroma": PipelineSpec(_chroma_kwargs, "transformer", {}, True, packed=True),
+    # An empty negative prompt is encoded, not left out: without negative embeddings QwenImagePipeline skips
+    # cfg altogether, whatever true_cfg_scale says (ComfyUI's Qwen-Image workflows run cfg on an empty negative).
+    "qwen_image": PipelineSpec(
+        _qwen_kwargs, "transformer", {}, True, packed=True, guidance_arg="true_cfg_scale", frames=True
+    ),
+    "lumina_2": PipelineSpec(_lumina2_kwargs, "transformer", {}, True),
 }
 
 
 def _scheduler(family: Family) -> Any:
     """The sampling scheduler: Euler over the training schedule (DDPM families) or the folder's flow-matching
-    scheduler (flow families)."""
+    scheduler (flow families; one without a diffusers folder, as lumina_2, names its own settings)."""
     if family.schedule == "flow":
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         root = Path(str(family.cfg.get("diffusers_path", ""))).expanduser()
-        if (root / "scheduler" / "scheduler_config.json").is_file():
+        if family.cfg.get("diffusers_path") and (root / "scheduler" / "scheduler_config.json").is_file():
             return FlowMatchEulerDiscreteScheduler.from_pretrained(root, subfolder="scheduler")
-        return FlowMatchEulerDiscreteScheduler()
+        return FlowMatchEulerDiscreteScheduler(**getattr(family, "sample_scheduler", {}))
     from diffusers import EulerDiscreteScheduler
 
     from engine.trainer.ddpm import DEFAULTS, schedule_of, scheduler_config
@@ -217,6 +253,13 @@ def build_pipeline(family: Family, denoiser: torch.nn.Module) -> Any:
     components.update(vae=vae, scheduler=_scheduler(family), **pipe_spec.extra)
     components[pipe_spec.denoiser] = denoiser
     pipe = cls(**components)
+    # Lumina2Pipeline fixes its factor at 8 (the Flux VAE's); a VAE of another depth would render at the wrong
+    # size without a word, so say so here.
+    if pipe.vae_scale_factor != family.vae_scale_factor:
+        raise SampleConfigError(
+            f"sample: {cls.__name__} assumes a VAE that downsamples {pipe.vae_scale_factor}x, but the loaded VAE "
+            f"downsamples {family.vae_scale_factor}x; expected the family's standard VAE"
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -224,19 +267,26 @@ def build_pipeline(family: Family, denoiser: torch.nn.Module) -> Any:
 def _decode(pipe: Any, family: Family, latents: torch.Tensor, settings: SampleSettings) -> Any:
     """Latents -> a PIL image, decoded by the fp32 VAE (the pipelines would feed it bf16 latents)."""
     vae = pipe.vae
-    if FAMILY_PIPELINES[family.name].packed:
+    pipe_spec = FAMILY_PIPELINES[family.name]
+    if pipe_spec.packed:
         scale = pipe.vae_scale_factor
         latents = flow.unpack_latents(latents, settings.height // scale, settings.width // scale)
     latents = latents.to(vae.device, torch.float32)
+    if pipe_spec.frames:
+        latents = latents[:, :, None]  # one frame
+    # A video VAE (Qwen-Image) has no scaling factor: its statistics alone normalise the latents.
+    scaling = getattr(vae.config, "scaling_factor", None) or 1.0
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:  # SDXL-style VAEs that carry latent statistics
-        shape = (1, len(mean), 1, 1)
+    if mean is not None and std is not None:  # VAEs that carry latent statistics (SDXL-style, Qwen-Image)
+        shape = (1, len(mean)) + (1,) * (latents.ndim - 2)
         mean_t = torch.tensor(mean).view(shape).to(latents)
         std_t = torch.tensor(std).view(shape).to(latents)
-        latents = latents * std_t / vae.config.scaling_factor + mean_t
+        latents = latents * std_t / scaling + mean_t
     else:
-        latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        latents = latents / scaling + (getattr(vae.config, "shift_factor", None) or 0.0)
     image = vae.decode(latents, return_dict=False)[0]
+    if pipe_spec.frames:
+        image = image[:, :, 0]
     return pipe.image_processor.postprocess(image, output_type="pil")[0]
 
 
@@ -307,25 +357,35 @@ class Sampler:
         denoiser.eval()
         paths: list[Path] = []
         try:
-            for n, text in enumerate(self.texts):
+            for n in range(len(self.texts)):
                 t0 = time.monotonic()
-                kwargs = self.spec.call_kwargs(self._on_device(text) or {}, self._on_device(self.negative))
-                # A CPU generator: the same seed gives the same start noise on any device.
-                gen = torch.Generator().manual_seed(s.seed)
-                latents = self.pipe(
-                    width=s.width,
-                    height=s.height,
-                    num_inference_steps=s.steps,
-                    guidance_scale=s.guidance,
-                    generator=gen,
-                    output_type="latent",
-                    **kwargs,
-                ).images
+                latents = self.latents(n)
                 image = _decode(self.pipe, self.family, latents, s)
                 paths.append(self._write(image, out_dir, step, epoch, n, time.monotonic() - t0))
         finally:
             denoiser.train(was_training)
         return paths
+
+    @torch.no_grad()
+    def latents(self, n: int) -> torch.Tensor:
+        """Prompt n's final latents, as the pipeline returns them (packed for Flux-style families); render()
+        decodes them. Needs the pipeline render() builds, with the denoiser in the mode it should run in."""
+        if self.pipe is None:
+            raise RuntimeError("Sampler.latents before Sampler.render")
+        s = self.settings
+        kwargs = self.spec.call_kwargs(self._on_device(self.texts[n]) or {}, self._on_device(self.negative))
+        # A CPU generator: the same seed gives the same start noise on any device.
+        gen = torch.Generator().manual_seed(s.seed)
+        latents: torch.Tensor = self.pipe(
+            width=s.width,
+            height=s.height,
+            num_inference_steps=s.steps,
+            generator=gen,
+            **{self.spec.guidance_arg: s.guidance},
+            output_type="latent",
+            **kwargs,
+        ).images
+        return latents
 
     def _write(self, image: Any, out_dir: Path, step: int, epoch: int, n: int, seconds: float) -> Path:
         s = self.settings

@@ -17,10 +17,26 @@ from profiles.rules.base import Ctx, num
 
 TABLE = "sample"
 # Width and height must be whole latent cells: the VAE's 8x, times the 2x2 latent patches flow families pack.
-SIZE_MULTIPLE: dict[str, int] = {"sd15": 8, "sdxl": 8, "sd3": 16, "flux": 16, "chroma": 16}
+SIZE_MULTIPLE: dict[str, int] = {
+    "sd15": 8,
+    "sdxl": 8,
+    "sd3": 16,
+    "flux": 16,
+    "chroma": 16,
+    "qwen_image": 16,
+    "lumina_2": 16,
+}
 # Families whose pipeline runs classifier-free guidance with a negative prompt (Flux-dev's guidance is a
 # distilled input of the transformer: there is no negative branch).
-USES_NEGATIVE: dict[str, bool] = {"sd15": True, "sdxl": True, "sd3": True, "flux": False, "chroma": True}
+USES_NEGATIVE: dict[str, bool] = {
+    "sd15": True,
+    "sdxl": True,
+    "sd3": True,
+    "flux": False,
+    "chroma": True,
+    "qwen_image": True,
+    "lumina_2": True,
+}
 # What `guidance` means per family, for messages and docs.
 GUIDANCE_MEANING: dict[str, str] = {
     "sd15": "classifier-free guidance (cfg) scale",
@@ -28,6 +44,8 @@ GUIDANCE_MEANING: dict[str, str] = {
     "sd3": "classifier-free guidance (cfg) scale",
     "flux": "the distilled guidance value fed to the transformer",
     "chroma": "classifier-free guidance (cfg) scale",
+    "qwen_image": "classifier-free guidance (QwenImagePipeline's true_cfg_scale; 1 or less: no cfg)",
+    "lumina_2": "classifier-free guidance (cfg) scale, norm-rescaled as Lumina2Pipeline does",
 }
 # Defaults near each pipeline's own: (width = height, steps, guidance).
 DEFAULTS: dict[str, tuple[int, int, float]] = {
@@ -36,6 +54,8 @@ DEFAULTS: dict[str, tuple[int, int, float]] = {
     "sd3": (1024, 28, 7.0),
     "flux": (1024, 20, 3.5),
     "chroma": (1024, 26, 4.0),
+    "qwen_image": (1024, 30, 4.0),
+    "lumina_2": (1024, 30, 4.0),
 }
 MIN_SIDE = 16  # one latent patch of the flow families; tiny tests sample at 32-64 px
 MAX_SIDE = 4096
