@@ -15,7 +15,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import ParseError as TomlKitParseError
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import AoT
+from tomlkit.items import AoT, String, StringType
 
 from profiles.errors import ProfileError, ProfileParseError
 
@@ -146,7 +146,7 @@ class TomlFile:
             old = node[last]
             # Keep the trailing comment of a value we replace.
             comment = getattr(getattr(old, "trivia", None), "comment", "")
-            node[last] = value
+            node[last] = _quoted_like(old, value)
             if comment:
                 new = node[last]
                 if hasattr(new, "trivia"):
@@ -425,3 +425,36 @@ def load_profile(path: Path | str, extra_roots: list[Path] | None = None) -> Pro
                 if found is not None and found.is_file():
                     profile.eval_datasets[str(entry.get("name", entry["config"]))] = TomlFile.load(found)
     return profile
+
+
+# Which quoting a new string may take: literal strings cannot hold a quote of their own kind or (single-line) a
+# newline; basic strings escape anything.
+_LITERAL_FORBIDS: dict[StringType, tuple[str, ...]] = {
+    StringType.SLL: ("'", "\n", "\r"),
+    StringType.MLL: ("'''",),
+}
+
+
+# How each kind of string opens, longest first (String.type is not public before tomlkit 0.14).
+_OPENINGS: tuple[tuple[str, StringType], ...] = (
+    ("'''", StringType.MLL),
+    ('"""', StringType.MLB),
+    ("'", StringType.SLL),
+    ('"', StringType.SLB),
+)
+
+
+def _quoted_like(old: Any, value: Any) -> Any:
+    """A string replacing a string keeps its quoting ('x' stays 'x'), so an edit changes only the value.
+
+    tomlkit 0.15 does this itself and 0.13/0.14 wrote every new string double-quoted; doing it here makes a
+    saved profile's bytes the same whichever tomlkit is installed.
+    """
+    if not isinstance(old, String) or not isinstance(value, str) or isinstance(value, String):
+        return value
+    raw = old.as_string()
+    kind = next((k for prefix, k in _OPENINGS if raw.startswith(prefix)), StringType.SLB)
+    if any(bad in value for bad in _LITERAL_FORBIDS.get(kind, ())):
+        return value
+    return String.from_raw(value, kind)
+

@@ -35,7 +35,9 @@ def test_load_dumps_is_byte_identical(path: Path) -> None:
 def test_one_edit_changes_only_its_line(path: Path) -> None:
     toml = TomlFile.load(path)
     before = toml.dumps()
-    for key, value in (("epochs", 7), ("model.dtype", "float16"), ("optimizer.lr", 3e-4)):
+    for key, wanted in (("epochs", (7, 8)), ("model.dtype", ("float16", "float32")), ("optimizer.lr", (3e-4, 4e-4))):
+        # A value the file does not hold already, so the edit has a line to change.
+        value = next(v for v in wanted if toml.get(key) != v)
         edited = TomlFile.from_text(before)
         old_line = find_line(before, key)
         assert old_line is not None and edited.has(key)
