@@ -340,6 +340,15 @@ CASES: dict[str, tuple[str, str, str]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def diffusion_pipe_configured() -> None:
+    """A diffusion-pipe user's box: with a checkout configured, `dataset buckets` counts by upstream's rules (without
+    one, flux and chroma would run on the built-in trainer, and the preview would say so)."""
+    from statefiles import settings
+
+    settings.set_value("diffusion_pipe.path", str(UPSTREAM))
+
+
 def _write_case(tmp_path: Path, dirs: dict[str, Path], case: tuple[str, str, str]) -> tuple[Path, Path]:
     body, main_extra, model_type = case
     toml = tmp_path / "dataset.toml"
