@@ -92,6 +92,9 @@ def test_exit_classification(code: int, line: str, reason: str) -> None:
 
 def test_enqueue_freezes_profile(tmp_path: Path) -> None:
     setup_engine()
+    # Paused, so the daemon that enqueue starts cannot take the job before it is read back (a CI race: it was
+    # once 'starting' already).
+    client.set_queue_paused(True)
     main = make_profile(tmp_path, name="frozen", epochs=1)
     job_id = client.enqueue(str(main), name="frozen")
     job = client.get_job(job_id)
