@@ -116,42 +116,17 @@ def check_fits(settings: SampleSettings, main_path: Path, device_bytes: int | No
 Text = dict[str, torch.Tensor]
 
 
-def _sd15_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
-    out = {"prompt_embeds": text["encoder_hidden_states"]}
-    if negative is not None:
-        out["negative_prompt_embeds"] = negative["encoder_hidden_states"]
-    return out
+def _embeds(args: dict[str, str], negative: bool = True) -> Callable[[Text, Text | None], dict[str, Any]]:
+    """The pipeline call's embedding arguments from cached prompt tensors, {argument: cache key}; the negative
+    prompt's go to the same arguments prefixed `negative_`, as every pipeline here names them."""
 
+    def call(text: Text, neg: Text | None) -> dict[str, Any]:
+        out = {arg: text[key] for arg, key in args.items()}
+        if negative and neg is not None:
+            out |= {f"negative_{arg}": neg[key] for arg, key in args.items()}
+        return out
 
-def _sdxl_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
-    out = {"prompt_embeds": text["encoder_hidden_states"], "pooled_prompt_embeds": text["text_embeds"]}
-    if negative is not None:
-        out["negative_prompt_embeds"] = negative["encoder_hidden_states"]
-        out["negative_pooled_prompt_embeds"] = negative["text_embeds"]
-    return out
-
-
-def _flux_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
-    return {
-        "prompt_embeds": text["encoder_hidden_states"],
-        "pooled_prompt_embeds": text["pooled_projections"],
-    }
-
-
-def _sd3_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
-    out = {"prompt_embeds": text["encoder_hidden_states"], "pooled_prompt_embeds": text["pooled_projections"]}
-    if negative is not None:
-        out["negative_prompt_embeds"] = negative["encoder_hidden_states"]
-        out["negative_pooled_prompt_embeds"] = negative["pooled_projections"]
-    return out
-
-
-def _chroma_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
-    out = {"prompt_embeds": text["encoder_hidden_states"], "prompt_attention_mask": text["attention_mask"]}
-    if negative is not None:
-        out["negative_prompt_embeds"] = negative["encoder_hidden_states"]
-        out["negative_prompt_attention_mask"] = negative["attention_mask"]
-    return out
+    return call
 
 
 def _qwen_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
@@ -163,19 +138,6 @@ def _qwen_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
     if negative is not None:
         out["negative_prompt_embeds"] = negative["prompt_embeds"]
         out["negative_prompt_embeds_mask"] = real(negative["prompt_embeds"])
-    return out
-
-
-def _lumina2_kwargs(text: Text, negative: Text | None) -> dict[str, Any]:
-    # Embeddings passed in, so the pipeline never applies its system prompt: the prompts are encoded as the
-    # captions were (engine/trainer/lumina2.py, diffusion-pipe's way: no system prompt).
-    out = {
-        "prompt_embeds": text["encoder_hidden_states"],
-        "prompt_attention_mask": text["encoder_attention_mask"],
-    }
-    if negative is not None:
-        out["negative_prompt_embeds"] = negative["encoder_hidden_states"]
-        out["negative_prompt_attention_mask"] = negative["encoder_attention_mask"]
     return out
 
 
@@ -200,17 +162,54 @@ class PipelineSpec:
 
 
 FAMILY_PIPELINES: dict[str, PipelineSpec] = {
-    "sd15": PipelineSpec(_sd15_kwargs, "unet", {"requires_safety_checker": False}, True),
-    "sdxl": PipelineSpec(_sdxl_kwargs, "unet", {}, False),
-    "sd3": PipelineSpec(_sd3_kwargs, "transformer", {}, True),
-    "flux": PipelineSpec(_flux_kwargs, "transformer", {}, False, packed=True),
-    "chroma": PipelineSpec(_chroma_kwargs, "transformer", {}, True, packed=True),
+    "sd15": PipelineSpec(
+        _embeds({"prompt_embeds": "encoder_hidden_states"}), "unet", {"requires_safety_checker": False}, True
+    ),
+    "sdxl": PipelineSpec(
+        _embeds({"prompt_embeds": "encoder_hidden_states", "pooled_prompt_embeds": "text_embeds"}),
+        "unet",
+        {},
+        False,
+    ),
+    "sd3": PipelineSpec(
+        _embeds({"prompt_embeds": "encoder_hidden_states", "pooled_prompt_embeds": "pooled_projections"}),
+        "transformer",
+        {},
+        True,
+    ),
+    "flux": PipelineSpec(
+        # Flux takes no negative prompt (validation refuses one).
+        _embeds(
+            {"prompt_embeds": "encoder_hidden_states", "pooled_prompt_embeds": "pooled_projections"},
+            negative=False,
+        ),
+        "transformer",
+        {},
+        False,
+        packed=True,
+    ),
+    "chroma": PipelineSpec(
+        _embeds({"prompt_embeds": "encoder_hidden_states", "prompt_attention_mask": "attention_mask"}),
+        "transformer",
+        {},
+        True,
+        packed=True,
+    ),
     # An empty negative prompt is encoded, not left out: without negative embeddings QwenImagePipeline skips
     # cfg altogether, whatever true_cfg_scale says (ComfyUI's Qwen-Image workflows run cfg on an empty negative).
     "qwen_image": PipelineSpec(
         _qwen_kwargs, "transformer", {}, True, packed=True, guidance_arg="true_cfg_scale", frames=True
     ),
-    "lumina_2": PipelineSpec(_lumina2_kwargs, "transformer", {}, True),
+    "lumina_2": PipelineSpec(
+        # Embeddings passed in, so the pipeline never applies its system prompt: the prompts are encoded as the
+        # captions were (engine/trainer/lumina2.py, diffusion-pipe's way: no system prompt).
+        _embeds(
+            {"prompt_embeds": "encoder_hidden_states", "prompt_attention_mask": "encoder_attention_mask"}
+        ),
+        "transformer",
+        {},
+        True,
+    ),
 }
 
 
