@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from profiles.backend_choice import BackendChoice
     from profiles.history import VersionInfo
     from tui.engine_api import Engine
 
@@ -101,8 +102,11 @@ def validate_files(files: dict[str, str]) -> Validation:
     from profiles import store
     from profiles.errors import ProfileParseError
 
-    checked = store.validate_files(files, check_paths="warn", backend="auto")
-    out = Validation(runs_on=_runs_on(files.get("main.toml", "")))
+    chosen = _backend_for(files.get("main.toml", ""))
+    # Checked against the backend named in the header (the queue's own choice), decided once here.
+    backend = (chosen.backend or "diffusion-pipe") if chosen else "auto"
+    checked = store.validate_files(files, check_paths="warn", backend=backend)
+    out = Validation(runs_on=chosen.describe() if chosen else "")
     for prob in checked.problems:
         if isinstance(prob, ProfileParseError):
             fname = Path(str(prob.file)).name if getattr(prob, "file", None) else "main.toml"
@@ -128,8 +132,8 @@ def validate_files(files: dict[str, str]) -> Validation:
     return out
 
 
-def _runs_on(main_text: str) -> str:
-    """The backend the queue would pick for this text (the rule validation just used), for people."""
+def _backend_for(main_text: str) -> BackendChoice | None:
+    """The backend the queue would pick for this text; None while it does not parse."""
     from profiles.backend_choice import choose_for_model
     from profiles.document import TomlFile
     from profiles.errors import ProfileParseError
@@ -137,10 +141,10 @@ def _runs_on(main_text: str) -> str:
     try:
         main = TomlFile.from_text(main_text, source="main.toml").data()
     except ProfileParseError:
-        return ""
+        return None
     model = main.get("model")
     mtype = model.get("type") if isinstance(model, dict) else None
-    return choose_for_model(model, mtype if isinstance(mtype, str) else None).describe()
+    return choose_for_model(model, mtype if isinstance(mtype, str) else None)
 
 
 def save_profile(
