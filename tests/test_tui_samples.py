@@ -2,7 +2,7 @@
 
 The images are written by the trainer's own writer (engine/trainer/sampling.py write_sample: PNG, JSON
 sidecar, the `sample` event) into a real run folder; the job around it is the deck's in-memory engine stand-in
-(tests/test_tui_live.py FakeEngine), as in the other Run screen tests.
+(tests/fake_engine.py FakeEngine), as in the other Run screen tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from engine.trainer.sampling import write_sample
-from tests.test_tui_live import FakeEngine, make_job
+from tests.fake_engine import FakeEngine, make_job
 from tests.tui_helpers import screen_text, wait_text, wait_until
 from tui.app import DeckApp
 from tui.widgets.image_preview import ImagePreview

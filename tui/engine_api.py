@@ -2,7 +2,7 @@
 
 `DeckApp(engine=...)` takes any object with these methods; by default the real one,
 engine/jobs/facade.py `ClientEngine`, whose methods call engine/jobs/client.py. The tests' stand-in
-(tests/test_tui_live.py `FakeEngine`) implements the same Protocol and is type-checked against it.
+(tests/fake_engine.py `FakeEngine`) implements the same Protocol and is type-checked against it.
 Screens reach it with `engine_of(self.app)`, and call it only from worker threads (each call may block).
 """
 
