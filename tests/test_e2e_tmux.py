@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -236,3 +238,120 @@ def test_deck_in_tmux_runs_the_demo_job_and_survives_a_closed_deck(tmux: Tmux, d
     time.sleep(1.0)
     text = tmux.screen()
     assert "Overlay the loss curve" not in text and "not in the last" not in text, text
+
+
+# The README's "first run" paragraph, as it must read: the keys in it are taken from the README itself, so a
+# changed key (the enqueue key moved from `q` to `E` with issue 16) changes the walk, and a reworded paragraph
+# fails here first, naming what to check.
+FIRST_RUN = re.compile(
+    r"A first run, keyboard only: `(?P<profiles>[^`]+)`, highlight the `(?P<template>[^`]+)` template, "
+    r"Enter \(name it\), `(?P<save>[^`]+)`, `(?P<close>[^`]+)`, `(?P<enqueue>[^`]+)`; "
+    r"`(?P<queue>[^`]+)` shows it queued; Enter on it follows it to completed with its curve and saves\."
+)
+SAVE_LINE = re.compile(r"✓ (epoch|step|final)\b")  # a Saves line; the header's state reads "✓ completed"
+# README key -> the binding id that must carry it (the README is checked against the app, not only walked).
+FIRST_RUN_IDS = {
+    "profiles": "deck.profiles",
+    "save": "editor.save",
+    "close": "editor.close",
+    "enqueue": "profiles.enqueue",
+    "queue": "deck.queue",
+}
+
+
+def first_run_steps() -> dict[str, str]:
+    """The README's first-run keys by role; an assertion names the paragraph when it no longer parses."""
+    text = " ".join((REPO / "README.md").read_text().split())
+    found = FIRST_RUN.search(text)
+    assert found, (
+        "README.md's 'A first run, keyboard only: ...' paragraph changed shape: update FIRST_RUN in "
+        "tests/test_e2e_tmux.py to the new wording (and check the walk below still matches it)"
+    )
+    return found.groupdict()
+
+
+def tmux_key(readme_key: str) -> str:
+    """`ctrl+s` (README and Textual spelling) -> `C-s` (tmux send-keys spelling)."""
+    mod, plus, key = readme_key.partition("+")
+    return f"C-{key}" if plus and mod == "ctrl" else readme_key
+
+
+def bound_keys(binding_id: str) -> set[str]:
+    """The keys the app binds under `binding_id` (Textual's binding ids are what keymap.toml names)."""
+    from textual.binding import Binding
+
+    from tui.app import DeckApp
+    from tui.screens.editor import EditorScreen
+    from tui.screens.profiles import ProfilesScreen
+
+    keys: set[str] = set()
+    for cls in (DeckApp, ProfilesScreen, EditorScreen):
+        for binding in cls.BINDINGS:
+            if isinstance(binding, Binding) and binding.id == binding_id:
+                keys |= {k.strip() for k in binding.key.split(",")}
+    return keys
+
+
+def test_readme_first_run_keys_are_the_apps_keys() -> None:
+    """Fast half of the first-run check: every key the README names is bound to what the README says it does."""
+    steps = first_run_steps()
+    for role, binding_id in FIRST_RUN_IDS.items():
+        assert steps[role] in bound_keys(binding_id), (
+            f"README's first run says `{steps[role]}` for {role}, but {binding_id} is bound to "
+            f"{sorted(bound_keys(binding_id))}"
+        )
+    from profiles import templates
+
+    assert steps["template"] in {t.name for t in templates.list_templates()}
+
+
+@pytest.mark.slow
+def test_readme_first_run_walked_in_tmux(tmux: Tmux, dpdeck_home: Path) -> None:
+    """README's first run, keyboard only, at 80x24: template -> named profile -> saved -> closed -> enqueued ->
+    Queue shows it -> Enter follows it to completed, with its loss curve and its saves in the Run screen."""
+    pytest.importorskip("deepspeed")
+    steps = first_run_steps()
+    template = steps["template"]
+    tmux.start(f"{sys.executable} -m tui.cli; sleep 30")  # the sleep keeps the pane readable if it dies early
+    tmux.wait("Templates")
+    tmux.keys(tmux_key(steps["profiles"]))
+    # "highlight the template": filter the list down to it, then the last row is the only template left.
+    tmux.keys(f"/{template}")
+    tmux.wait(f"{template}  [")
+    tmux.keys("Enter")
+    time.sleep(0.3)  # the list takes the focus back from the filter before G moves in it
+    tmux.keys("G")
+    tmux.wait("A tiny random SD1.5")  # the template's description: it is the highlighted row
+    tmux.keys("Enter")
+    tmux.wait("Name:")
+    tmux.keys("Enter")  # "name it": the suggested name
+    name = f"my-{template}"
+    tmux.wait("new, not saved yet")
+    tmux.keys(tmux_key(steps["save"]))
+    tmux.wait(f"Saved {name} v1")
+    tmux.keys(tmux_key(steps["close"]))
+    tmux.wait("Your profiles")
+    tmux.wait(f"{name}  [")
+    tmux.keys(tmux_key(steps["enqueue"]))
+    # Not in the README's sentence: the GPU question, whose Enter means "any free GPU".
+    tmux.wait("GPUs (e.g. 0,1")
+    tmux.keys("Enter")
+    tmux.wait(f"queued {name} as job 1", timeout=120)  # the demo model is built first (seconds, once)
+    tmux.keys(tmux_key(steps["queue"]))
+    # "shows it queued": its row, in whatever state it reached (the daemon may have started it already).
+    tmux.wait_any(["queued", "▶ running", "✓ completed"])
+    tmux.wait(name)
+    tmux.keys("Enter")
+    tmux.wait("job 1")
+    text = tmux.wait("✓ completed", timeout=300)
+    assert name in text
+    # "and saves": the Saves panel lists at least one complete save (`✓ <kind> <name>`).
+    text = tmux.wait("Saves", timeout=30)
+    deadline = time.monotonic() + 30
+    while not SAVE_LINE.search(text) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        text = tmux.screen()
+    assert SAVE_LINE.search(text), text
+    # "with its curve": the loss chart is drawn, not its empty placeholder.
+    assert "loss" in text and "no data yet" not in text, text
+
