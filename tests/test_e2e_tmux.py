@@ -336,11 +336,27 @@ def test_readme_first_run_walked_in_tmux(tmux: Tmux, dpdeck_home: Path) -> None:
     # Not in the README's sentence: the GPU question, whose Enter means "any free GPU".
     tmux.wait("GPUs (e.g. 0,1")
     tmux.keys("Enter")
-    tmux.wait(f"queued {name} as job 1", timeout=120)  # the demo model is built first (seconds, once)
+    deadline = time.monotonic() + 30
+    while "GPUs (e.g. 0,1" in tmux.screen() and time.monotonic() < deadline:
+        time.sleep(0.2)  # a key sent while the dialog is still closing would land in its input
     tmux.keys(tmux_key(steps["queue"]))
-    # "shows it queued": its row, in whatever state it reached (the daemon may have started it already).
-    tmux.wait_any(["queued", "▶ running", "✓ completed"])
-    tmux.wait(name)
+    # "shows it queued": its row (the demo model is built before the enqueue lands: seconds, once), in whatever
+    # state it reached by then (the daemon may have started it already).
+    from engine.jobs.job import JobState
+    from tui.theme import STATE_BADGES
+
+    badges = [
+        f"{STATE_BADGES[s][0]} {s.value}"
+        for s in (JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.COMPLETED)
+    ]
+    # The row: a state badge, then the name in the next column (a notification names the job too).
+    row = re.compile("(" + "|".join(map(re.escape, badges)) + r")\s+" + re.escape(name))
+    deadline = time.monotonic() + 120
+    text = tmux.screen()
+    while not row.search(text) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        text = tmux.screen()
+    assert row.search(text), text
     tmux.keys("Enter")
     tmux.wait("job 1")
     text = tmux.wait("✓ completed", timeout=300)
@@ -354,4 +370,3 @@ def test_readme_first_run_walked_in_tmux(tmux: Tmux, dpdeck_home: Path) -> None:
     assert SAVE_LINE.search(text), text
     # "with its curve": the loss chart is drawn, not its empty placeholder.
     assert "loss" in text and "no data yet" not in text, text
-
