@@ -203,8 +203,9 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fixed]:
     shutil.rmtree(ROOT, ignore_errors=True)
     state = Fixed(ROOT / "home", ROOT / "work", ROOT / "work" / "dataset", ROOT / "work" / "train.log")
     for name in list(os.environ):
-        # A developer's own settings (models dir, image protocol, hub cache) would change what is drawn.
-        if name.startswith(("DPDECK_", "HF_")):
+        # A developer's own settings (models dir, image protocol, hub cache, colours) would change what is drawn.
+        textual = name.startswith("TEXTUAL_") and not name.startswith("TEXTUAL_SNAPSHOT_")  # the plugin's own
+        if name.startswith(("DPDECK_", "HF_")) or textual or name in ("NO_COLOR", "FORCE_COLOR"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DPDECK_HOME", str(state.home))
     monkeypatch.setenv("HF_HUB_CACHE", str(ROOT / "hf-cache"))
