@@ -56,7 +56,8 @@ def running_pid(dl_id: str, not_pid: int | None = None) -> int:
 
 
 def gets(hub: HubServer, name: str) -> list[str | None]:
-    return [r["range"] for r in hub.requests if r["method"] == "GET" and r["path"].endswith(name)]
+    """The Range of every GET of the file's bytes (from the CDN, where the Hub's 302 sends them)."""
+    return [r["range"] for r in hub.requests if r["method"] == "GET" and (r["file"] or "").endswith(name)]
 
 
 def test_daemon_resumes_a_killed_worker_to_a_verified_file(hub: HubServer) -> None:
