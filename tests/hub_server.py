@@ -22,7 +22,7 @@ CloudFront answers. It never needs a token, and records whether one was sent.
 
 `cdn=False` serves LFS bytes straight from resolve/ (the old behaviour, for comparisons). Every request is
 recorded in `requests`: method, host ("hub"/"cdn"), path, file (path in the repo), range, auth ("yes" when
-an Authorization header came), status.
+an Authorization header came), status, and for the CDN every header as received.
 
 Faults for tests: `cut_after[path] = n` closes the connection after n body bytes (once per path),
 `throttle` limits bytes/s per response, `corrupt` serves other bytes than the advertised hash, `stall`
@@ -267,7 +267,8 @@ def _make_handler(hub: HubServer, role: str) -> type[BaseHTTPRequestHandler]:
             path = unquote(parsed.path)
             self.entry = {"method": self.command, "host": role, "path": path, "file": None,
                           "range": self.headers.get("Range"),
-                          "auth": "yes" if self.headers.get("Authorization") else None, "status": None}
+                          "auth": "yes" if self.headers.get("Authorization") else None, "status": None,
+                          "headers": str(self.headers) if role == "cdn" else None}
             hub.log_entry(self.entry)
             if role == "cdn":
                 return self._cdn(path, parsed.query)

@@ -29,7 +29,7 @@ from engine.models.errors import DownloadError
 from engine.models.fetch import TRANSPORT_ERRORS, RawBody, SignatureRefused, open_body
 from engine.models.hub import FileMeta, file_metadata, hf_token, translate
 from engine.models.settings import models_dir
-from engine.models.xet import XetStream, XetUnavailable
+from engine.models.xet import XetStream, XetUnavailable, unavailable_reason
 from statefiles.atomic import fsync_dir
 
 SAVE_EVERY_S = 0.5
@@ -133,7 +133,14 @@ class Worker:
         self.spent: dict[str, float] = {"write_s": 0.0, "hash_wait_s": 0.0, "fsync_s": 0.0}
         self.got = 0  # bytes received by the current attempt
         self.no_xet: set[str] = set()  # files whose xet transfer failed: HTTP from then on
+        self._xet_off: tuple[str | None] | None = None
         self.last_flush = time.monotonic()
+
+    def xet_off(self) -> str | None:
+        """Why hf_xet cannot be used in this worker (None: it can); asked once."""
+        if self._xet_off is None:
+            self._xet_off = (unavailable_reason(),)
+        return self._xet_off[0]
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def cancelled(self) -> bool:
@@ -253,6 +260,9 @@ class Worker:
             f.state = "downloading"
             self.got = 0
             xet = bool(meta.xet_hash and meta.xet_refresh) and f.path not in self.no_xet
+            if xet and (why := self.xet_off()) is not None:
+                xet = False
+                print(f"[dpdeck] {f.path} is stored in xet; {why}: reading it over HTTP", file=sys.stderr)
             f.via = ("xet" if xet else "xet+http" if f.via == "xet" else f.via or "http")
             try:
                 if xet:
