@@ -35,6 +35,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 
+TIMING_KEYS = ("startup_s", "transfer_s", "write_s", "hash_wait_s", "fsync_s")
+LAST: dict[str, str] = {}  # the last dpdeck round's worker timings, for the round's line
+
+
 def _dpdeck(repo: str, name: str) -> Callable[[Path], float]:
     def run(_out: Path) -> float:
         from engine.models import downloads
@@ -47,6 +51,8 @@ def _dpdeck(repo: str, name: str) -> Callable[[Path], float]:
             raise SystemExit(f"dpdeck download failed: {final.error}")
         Path(final.dest).unlink()
         downloads.state_path(dl.id).unlink()
+        LAST["dpdeck"] = ", ".join(f"{k} {final.timings.get(k, 0):.2f}" for k in TIMING_KEYS)
+        LAST["dpdeck"] += f"; via {final.files[0].via}"
         return took
     return run
 
@@ -93,6 +99,7 @@ def _rounds(work: Path, size: int, rounds: int, tools: dict[str, Callable[[Path]
             times[name].append(took)
             line.append(f"{name} {took:.2f} s ({size / took / 1e6:.0f} MB/s)")
         print(f"  round {r + 1}: " + " | ".join(line), flush=True)
+        print(f"           dpdeck worker: {LAST.get('dpdeck', '')}", flush=True)
     return times
 
 

@@ -402,10 +402,15 @@ class Worker:
         f.done = offset
         with XetStream(meta.xet_hash, meta.xet_refresh, size, offset, hf_token(), self.cancelled) as stream:
             for chunk in stream:
-                self._guard(f, size, len(chunk))
-                self._write(fd, chunk, f)
-                hasher.update(chunk)
-                self._took(f, len(chunk))
+                # hf_xet hands over whole reconstructed ranges (up to ~64 MB): written, hashed and counted a
+                # MB at a time, so progress and cancel stay live and each write stays cache-sized.
+                whole = memoryview(chunk)
+                for at in range(0, len(whole), READ_BYTES):
+                    piece = whole[at:at + READ_BYTES]
+                    self._guard(f, size, len(piece))
+                    self._write(fd, piece, f)
+                    hasher.update(piece)
+                    self._took(f, len(piece))
         if self.cancelled():  # the watcher cancelled the stream, which then just ends
             raise Cancelled()
 
