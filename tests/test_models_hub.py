@@ -210,3 +210,35 @@ def test_xet_failure_falls_back_to_http_and_keeps_the_bytes(hub: HubServer) -> N
     assert final.files[0].via == "xet+http"
     assert [r["status"] for r in _cdn(hub, "b.safetensors")] == ["200"]
     assert "xet transfer unavailable" in _log(final.id)
+
+
+@needs_xet
+def test_folder_of_xet_files_shares_one_cas_token(hub: HubServer, models_root: Path) -> None:
+    from engine.models.registry import Component, Entry
+
+    blobs = {f"transformer/part-{i}.safetensors": os.urandom(700_000 + i) for i in range(3)}
+    hub.add("acme/xdir", {"model_index.json": b"{}", **{k: HubFile(data=v, xet=True) for k, v in blobs.items()}})
+    comp = Component(key="diffusers_path", repo="acme/xdir", kind="folder", include=["*"], check=["model_index.json"])
+    [dl] = downloads.pull_entry(Entry(id="x", title="x", model_type="flux", licence="x", components=[comp]))
+    final = downloads.wait(dl.id, WAIT)
+    assert final.state == "completed", final.error
+    for name, data in blobs.items():
+        assert (models_root / "acme--xdir" / name).read_bytes() == data
+    assert sorted(f.via or "" for f in final.files) == ["http", "xet", "xet", "xet"]  # model_index.json: HTTP
+    assert len([r for r in hub.requests if "xet-read-token" in r["path"]]) == 1  # one token for the repo
+
+
+@needs_xet
+def test_xet_stream_stops_when_asked(hub: HubServer) -> None:
+    from engine.models.hub import file_metadata
+    from engine.models.xet import XetStream
+
+    data = os.urandom(3_000_000)
+    hub.add("acme/xstop", {"s.safetensors": HubFile(data=data, xet=True)})
+    meta = file_metadata("acme/xstop", "s.safetensors")
+    assert meta.xet_hash == hub.repos["acme/xstop"].files["s.safetensors"].xet_hash and meta.xet_refresh
+    with XetStream(meta.xet_hash, meta.xet_refresh, meta.size, 1_000_000, None, lambda: False) as stream:
+        assert b"".join(stream) == data[1_000_000:]  # start= is a byte offset into the file
+    with XetStream(meta.xet_hash, meta.xet_refresh, meta.size, 0, None, lambda: True) as stream:
+        time.sleep(0.6)  # the watcher polls every 0.25 s and cancels the stream
+        assert sum(len(c) for c in stream) < len(data)
