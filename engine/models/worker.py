@@ -214,6 +214,7 @@ class Worker:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         failures = 0
+        refusals, refused_at = 0, -1
         while True:
             if self.cancelled():
                 raise Cancelled()
@@ -269,7 +270,9 @@ class Worker:
                     self._read_xet(fd, f, meta, offset, size, hasher)
                     if size is not None and f.done < size:
                         raise XetUnavailable(f"the xet stream ended at byte {f.done} of {size}")
+                    t = time.perf_counter()
                     self.digest = hasher.hexdigest()
+                    self.spent["hash_wait_s"] += time.perf_counter() - t
                     return
                 try:
                     body = open_body(meta.url, headers, self.read_timeout, signed=not meta.same_host)
@@ -305,9 +308,11 @@ class Worker:
             except SignatureRefused as exc:
                 # The CDN refuses a signed URL whose time is up (the Hub's last about an hour; a resume after a
                 # long stall, or a planned URL used late): the HEAD of the next attempt signs a fresh one.
+                # Only refusals with no byte in between count towards giving up.
                 hasher.hexdigest()
-                failures += 1
-                if failures >= MAX_RETRIES:
+                refusals = refusals + 1 if f.done == refused_at else 1
+                refused_at = f.done
+                if refusals >= MAX_RETRIES:
                     raise DownloadError(
                         f"{f.path}: the download host kept refusing the Hub's signed URL (HTTP {exc.status}); "
                         f"{f.done} bytes kept, `dpdeck models resume {self.dl.id}` continues", "forbidden") from exc
