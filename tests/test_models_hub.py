@@ -242,3 +242,21 @@ def test_xet_stream_stops_when_asked(hub: HubServer) -> None:
     with XetStream(meta.xet_hash, meta.xet_refresh, meta.size, 0, None, lambda: True) as stream:
         time.sleep(0.6)  # the watcher polls every 0.25 s and cancels the stream
         assert sum(len(c) for c in stream) < len(data)
+
+
+@needs_xet
+def test_cli_says_a_download_went_through_xet(hub: HubServer) -> None:
+    import json
+    import subprocess
+
+    hub.add("acme/xcli", {"c.safetensors": HubFile(data=os.urandom(1_000_000), xet=True)})
+    final = downloads.wait(downloads.pull_file("acme/xcli", "c.safetensors").id, WAIT)
+    assert final.state == "completed", final.error
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    run = [sys.executable, "-m", "tui.cli", "models", "downloads"]
+    text = subprocess.run(run, capture_output=True, text=True, env=env, check=True).stdout
+    assert final.id in text and "verified" in text and "(xet)" in text
+    listed = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True, env=env, check=True).stdout)
+    [mine] = [d for d in listed if d["id"] == final.id]
+    assert [f["via"] for f in mine["files"]] == ["xet"]

@@ -197,6 +197,8 @@ def _line(dl: Any) -> str:
         tail = dl.wait_reason or "starting"
     else:
         tail = f"{human(dl.speed)}/s ETA {eta(dl.eta_s)}"
+    if dl.state in ("running", "completed") and any("xet" in (f.via or "") for f in dl.files):
+        tail += " (xet)"  # moved by hf_xet, not read as one HTTP stream (docs/models.md)
     if dl.retries and dl.state in ("queued", "running", "completed"):
         tail += f" (retry {dl.retries}: the last worker {dl.last_death})"
     return (f"{dl.id} {name[:22]:<22} {dl.state:<11} {_bar(dl.progress)} {pct} "
