@@ -11,7 +11,8 @@ The Hub (`server.url`; point HF_ENDPOINT at it):
     `Link: <...xet-read-token...>; rel="xet-auth"` header: what huggingface_hub's
     parse_xet_file_data_from_response looks for;
   - gated repos: 401 without a token and 403 with a token lacking access, X-Error-Code: GatedRepo and the
-    Hub's X-Error-Message; 404 + RepoNotFound / EntryNotFound / RevisionNotFound.
+    Hub's X-Error-Message; RepoNotFound (401 without a token, as the Hub hides private repos; 404 with one),
+    404 + EntryNotFound / RevisionNotFound.
 - GET /api/models/{repo}/xet-read-token/{rev}: X-Xet-Cas-Url / X-Xet-Access-Token / X-Xet-Token-Expiration
   headers and the same as JSON (casUrl / accessToken / exp), which hf_xet's token refresh reads. The CAS is
   hf_xet's own local simulation (`local://DIR`, filled by uploading each xet file with hf_xet when it is
@@ -286,7 +287,8 @@ def _make_handler(hub: HubServer, role: str) -> type[BaseHTTPRequestHandler]:
         def _repo(self, repo_id: str, rev: str) -> HubRepo | None:
             repo = hub.repos.get(repo_id)
             if repo is None:
-                self._error(404, "RepoNotFound", "Repository not found")
+                # Without a token the Hub answers 401, so that a private repo and a missing one look the same.
+                self._error(401 if self._token() is None else 404, "RepoNotFound", "Repository not found")
                 return None
             if rev not in repo.revisions and rev != repo.commit:
                 self._error(404, "RevisionNotFound", "Invalid rev id: " + rev)
