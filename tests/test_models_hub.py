@@ -260,3 +260,30 @@ def test_cli_says_a_download_went_through_xet(hub: HubServer) -> None:
     listed = json.loads(subprocess.run([*run, "--json"], capture_output=True, text=True, env=env, check=True).stdout)
     [mine] = [d for d in listed if d["id"] == final.id]
     assert [f["via"] for f in mine["files"]] == ["xet"]
+
+
+# ---- the emulation itself, checked with huggingface_hub's own download code ----------------------------------
+
+def test_huggingface_hub_downloads_from_the_emulation_as_from_the_hub(hub: HubServer, tmp_path: Path) -> None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError
+
+    lfs, small = os.urandom(300_000), b'{"x": 1}'
+    files: dict[str, bytes | Path | HubFile] = {"w.safetensors": lfs, "config.json": small}
+    if unavailable_reason() is None:
+        files["x.safetensors"] = HubFile(data=lfs[::-1], xet=True)
+    hub.add("corp/mirror", files, gated=True, tokens={TOKEN})
+    out = tmp_path / "hf"
+    for name, data in [("w.safetensors", lfs), ("config.json", small)] + (
+            [("x.safetensors", lfs[::-1])] if "x.safetensors" in files else []):
+        got = hf_hub_download("corp/mirror", name, local_dir=out, endpoint=hub.url, token=TOKEN)
+        assert Path(got).read_bytes() == data
+    cdn = [r for r in hub.requests if r["host"] == "cdn"]
+    assert [r["file"] for r in cdn] == ["w.safetensors"] and cdn[0]["auth"] is None  # the library's own rule
+    if "x.safetensors" in files:
+        assert any("xet-read-token" in r["path"] and r["auth"] == "yes" for r in hub.requests)
+    for token, status in [(None, 401), ("hf_notallowednotallowed", 403)]:
+        with pytest.raises(GatedRepoError) as exc:
+            hf_hub_download("corp/mirror", "w.safetensors", local_dir=tmp_path / "no", endpoint=hub.url,
+                            token=token or False)
+        assert exc.value.response is not None and exc.value.response.status_code == status
