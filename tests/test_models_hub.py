@@ -287,3 +287,23 @@ def test_huggingface_hub_downloads_from_the_emulation_as_from_the_hub(hub: HubSe
             hf_hub_download("corp/mirror", "w.safetensors", local_dir=tmp_path / "no", endpoint=hub.url,
                             token=token or False)
         assert exc.value.response is not None and exc.value.response.status_code == status
+
+
+@pytest.mark.parametrize("intact", [True, False])
+def test_a_partial_that_is_already_complete_is_checked_not_fetched(hub: HubServer, models_root: Path,
+                                                                   intact: bool) -> None:
+    # A worker killed after its last byte and before the rename leaves a full-size partial: the next one
+    # hashes it and places it (no byte fetched again), or quarantines it when its bytes are wrong.
+    data = os.urandom(400_000)
+    hub.add("acme/full", {"f.safetensors": data})
+    part = models_root / "acme--full" / ".f.safetensors.dpdeck-part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data if intact else data[::-1])
+    final = downloads.wait(downloads.pull_file("acme/full", "f.safetensors").id, WAIT)
+    assert not _cdn(hub, "f.safetensors")
+    if intact:
+        assert final.state == "completed", final.error
+        assert Path(final.dest).read_bytes() == data
+    else:
+        assert final.state == "failed" and final.code == "hash_mismatch", final.error
+        assert not Path(final.dest).exists() and len(final.quarantined) == 1
