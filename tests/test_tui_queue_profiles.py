@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from engine_helpers import make_profile, setup_engine
 from textual.screen import Screen
 from textual.widgets import DataTable, Input
@@ -301,8 +302,9 @@ async def test_copy_rename_and_delete_a_profile() -> None:
     assert store.exists("renamed")
 
 
-async def test_summary_pane_shows_settings_verdict_and_last_runs() -> None:
+async def test_summary_pane_shows_settings_verdict_and_last_runs(dpdeck_home: Path) -> None:
     store.create_from_template("sd15", "summ")
+    (dpdeck_home / "keymap.toml").write_text('"profiles.diff" = "f5"\n')  # the pane's hints follow it
     engine = FakeEngine()
     engine.jobs[7] = make_job(
         7,
@@ -330,6 +332,7 @@ async def test_summary_pane_shows_settings_verdict_and_last_runs() -> None:
         ):
             assert needle in text, f"{needle!r} not in pane:\n{text}"
         assert "job 8" not in text
+        assert "F5 Diff" in text and "= Diff" not in text
 
 
 # ---- feedback right after enqueue -------------------------------------------------------------------------
@@ -424,3 +427,28 @@ async def test_import_prompt_completes_paths_on_tab(tmp_path: Path) -> None:
         assert box.value == f"{tmp_path}/mi" and box.has_focus  # Tab did not move the focus
         await pilot.press("n", "tab")
         await wait_until(pilot, lambda: box.value == f"{tmp_path}/mine.dpdeck.tar.gz", what="completed")
+
+
+@pytest.mark.slow
+async def test_demo_model_builds_while_the_gpus_are_typed() -> None:
+    """The ten seconds after enqueueing a fresh demo profile were the demo model's build; it now starts when
+    the GPU prompt opens, so a user who takes a few seconds there waits less (real build, real engine)."""
+    from tui import data
+
+    store.save("demo", data.template_files("demo-tiny"), "test", create=True)
+    assert data.demo_build_needed("demo")
+    job_store.set_setting(job_store.connect(), "paused", "1")  # queued, never trained, in this test
+    app = DeckApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _on_profile(pilot, app, "demo")
+        await pilot.press(key_for(app.screen, "profiles.enqueue"))
+        await wait_until(pilot, lambda: isinstance(app.screen, PromptDialog), what="GPU prompt")
+        await wait_until(
+            pilot, lambda: not data.demo_build_needed("demo"), timeout=120, what="built meanwhile"
+        )
+        started = time.monotonic()
+        await pilot.press("enter")
+        await wait_note(pilot, "queued: demo", timeout=60)
+        waited = time.monotonic() - started
+    print(f"enqueue after the build: {waited:.2f} s")
+    assert waited < 5, waited

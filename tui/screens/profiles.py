@@ -204,7 +204,10 @@ class ProfilesScreen(DeckScreen):
 
     def _pane_keys(self) -> list[tuple[str, str]]:
         """The pane's key hints from the screen's live bindings (a keymap override shows its own key)."""
-        bound = {b.id: b for bs in self._bindings.key_to_bindings.values() for b in bs if b.id}
+        bindings = self._bindings.copy()
+        if self.app._keymap:  # Textual applies keymap.toml to a copy per lookup; so do we
+            bindings.apply_keymap(self.app._keymap)
+        bound = {b.id: b for bs in bindings.key_to_bindings.values() for b in bs if b.id}
         return [
             (self.app.get_key_display(bound[bid]), bound[bid].description) for bid in self.PANE_KEYS if bid in bound
         ]
@@ -402,6 +405,16 @@ class ProfilesScreen(DeckScreen):
         self.app.push_screen(
             PromptDialog(f"Enqueue {row.name}. GPUs (e.g. 0,1; empty = any free GPU):", "", check), go
         )
+        self._prebuild_demo(row.name)
+
+    @work(thread=True, group="profiles-prebuild")
+    def _prebuild_demo(self, name: str) -> None:
+        """Start the demo model's build (the ten seconds of an enqueue) while the GPUs are being typed; the
+        enqueue waits for it (tui/data.py holds one build at a time) and reports a failure itself."""
+        try:
+            data.build_demo_data_if_used(name)
+        except Exception:  # noqa: BLE001 - the enqueue builds again and shows the reason
+            return
 
     @work(thread=True, group="profiles-enqueue")
     def _enqueue(self, name: str, gpus: list[int] | None) -> None:

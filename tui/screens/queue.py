@@ -241,7 +241,8 @@ class QueueScreen(DeckScreen):
         self.jobs = fresh
         self.positions = queue_positions(message.jobs)
         self._fit_columns()  # a first answer, or ids grown a digit
-        if [k.value for k in table.rows] != list(fresh):  # a move, a new job, a removal: the engine's order
+        kept = [k.value for k in table.rows if k.value in fresh]
+        if kept != list(fresh)[: len(kept)]:  # a move, or a job placed between others: the engine's order
             self._rebuild_rows()
         now = time.time()
         for key, job in fresh.items():
