@@ -332,7 +332,7 @@ async def test_summary_pane_shows_settings_verdict_and_last_runs(dpdeck_home: Pa
         ):
             assert needle in text, f"{needle!r} not in pane:\n{text}"
         assert "job 8" not in text
-        assert "F5 Diff" in text and "= Diff" not in text
+        assert "f5 Diff" in text and "= Diff" not in text
 
 
 # ---- feedback right after enqueue -------------------------------------------------------------------------

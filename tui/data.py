@@ -280,16 +280,23 @@ _demo_build = threading.Lock()  # one build at a time: two quick enqueues must n
 
 
 def demo_build_needed(profile: str) -> bool:
-    """Whether the stored profile points at the demo model or dataset and they are not built yet."""
+    """Whether an enqueue of the stored profile would wait for the demo model: it points at the demo model or
+    dataset and they are not built yet, or their build is under way (the files appear before it ends)."""
+    uses, built = _demo_state(profile)
+    return uses and (not built or _demo_build.locked())
+
+
+def _demo_state(profile: str) -> tuple[bool, bool]:
+    """(the stored profile points at the demo folders, they hold a built model and captions)."""
     from profiles import store
 
     paths = demo_paths()
     if not paths or not store.exists(profile):
-        return False
+        return False, False
     text = "".join(store.read_files(profile).values())
     model, dataset = Path(paths["<DEMO_MODEL_DIR>"]), Path(paths["<DEMO_DATASET_DIR>"])
     uses = str(model) in text or str(dataset) in text
-    return uses and not ((model / "model_index.json").is_file() and any(dataset.glob("*.txt")))
+    return uses, (model / "model_index.json").is_file() and any(dataset.glob("*.txt"))
 
 
 def build_demo_data_if_used(profile: str) -> bool:
@@ -299,7 +306,8 @@ def build_demo_data_if_used(profile: str) -> bool:
     True when it built them.
     """
     with _demo_build:
-        if not demo_build_needed(profile):
+        uses, built = _demo_state(profile)
+        if not uses or built:
             return False
         _build_demo()
     return True
