@@ -388,6 +388,7 @@ async def test_every_notification_is_kept_with_its_time() -> None:
         first = next(i for i, line in enumerate(lines) if "first note" in line)
         assert second < first  # newest first
         assert time.strftime("%H:") in lines[first] and "!" in lines[second]
+        assert "second note" in lines[second]  # the text the toast showed, not its markup
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, NotificationsScreen), what="closed")
 

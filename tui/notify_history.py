@@ -30,9 +30,21 @@ class NotifyHistory(App[None]):
         timeout: float | None = None,
         markup: bool = True,
     ) -> None:
-        self.note_log.add(Note(time.time(), str(severity), title, str(message)))
+        self.note_log.add(
+            Note(time.time(), str(severity), title, _plain(str(message)) if markup else str(message))
+        )
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def action_notifications(self) -> None:
         if not isinstance(self.screen, NotificationsScreen):
             self.push_screen(NotificationsScreen(self.note_log.newest_first()))
+
+
+def _plain(message: str) -> str:
+    """The text a toast shows for a markup message ('[b]x[/b]' -> 'x'); the message itself if it is not markup."""
+    from textual.content import Content
+
+    try:
+        return Content.from_markup(message).plain
+    except Exception:  # noqa: BLE001 - brackets that are not markup: the toast shows them as they are too
+        return message
