@@ -216,13 +216,29 @@ def test_dismissed_jobs_stay_in_the_store_and_live_ones_are_refused(tmp_path: Pa
 # ---- the editor's verdict is `dpdeck profile validate`'s ------------------------------------------------
 
 
-async def test_editor_verdict_and_backend_equal_the_cli_on_the_same_profile() -> None:
-    store.create_from_template("sd15", "sd")
+@pytest.mark.parametrize(
+    ("template", "checkout", "trainer"),
+    [
+        ("sd15", False, "built-in trainer"),
+        # A configured diffusion-pipe does not take sd15: validate must not check it against diffusion-pipe.
+        ("sd15", True, "built-in trainer"),
+        # The issue's case: its four placeholders were "0 error(s), 4 warning(s)" in the editor, "INVALID (4
+        # error(s))" in the CLI.
+        ("flux-dev", True, "diffusion-pipe (diffusion-pipe at "),
+    ],
+)
+async def test_editor_verdict_and_backend_equal_the_cli_on_the_same_profile(
+    template: str, checkout: bool, trainer: str
+) -> None:
+    if checkout:
+        setup_engine()  # diffusion_pipe.path -> tests/fake_diffusion_pipe
+    store.create_from_template(template, "sd")
     cli = dpdeck("profile", "validate", "sd")
     assert cli.returncode == 1
     summary = cli.stderr.strip().splitlines()[-1]  # "sd: INVALID (3 error(s), 0 warning(s)); runs on: ..."
     verdict, runs_on = summary.split(": ", 1)[1].split("; ", 1)
-    assert "diffusion-pipe" not in runs_on and "built-in trainer" in runs_on  # sd15 is dpdeck's own type
+    assert runs_on.startswith(f"runs on: {trainer}"), runs_on
+    assert verdict.startswith("INVALID (") and " 0 error(s)" not in verdict
     assert (
         "still the template's placeholder '<PATH TO IMAGE FOLDER>'; set it to your images folder"
         in cli.stdout
