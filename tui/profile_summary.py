@@ -95,7 +95,10 @@ def summary_text(summary: Summary) -> str:
     lines += ["", f"validate: {summary.verdict or 'validating…'}"]
     if summary.runs_on:
         lines.append(summary.runs_on)
-    lines += [f"  {p}" for p in summary.first_problems]
+    # Runs before the problems: a short pane shows the verdict and the runs, the problems scroll.
     lines += ["", "last runs:" if summary.runs else "last runs: none yet"]
     lines += [f"  {run_line(job)}" for job in summary.runs]
+    if summary.first_problems:
+        lines += ["", "first problems (Enter opens the editor, ctrl+n steps through them):"]
+        lines += [f"  {p}" for p in summary.first_problems]
     return "\n".join(lines)
