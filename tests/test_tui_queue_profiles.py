@@ -386,6 +386,13 @@ async def test_enqueue_says_so_at_once_and_the_queue_shows_it_pending() -> None:
         assert "enqueueing slow" not in screen_text(app)
 
 
+async def test_empty_queue_names_the_enqueue_key_the_user_has(dpdeck_home: Path) -> None:
+    (dpdeck_home / "keymap.toml").write_text('"profiles.enqueue" = "f6"\n')
+    app = DeckApp(start_mode="queue", engine=FakeEngine())
+    async with app.run_test(size=(100, 24)) as pilot:
+        await wait_text(pilot, "highlight a profile and press f6 to enqueue it")
+
+
 # ---- notification history, path completion --------------------------------------------------------------
 
 

@@ -268,10 +268,21 @@ class QueueScreen(DeckScreen):
                 empty,
                 "\n".join(pending)
                 if pending
-                else "No jobs yet. Press 1 for Profiles, highlight a profile and press q to enqueue it.",
+                else f"No jobs yet. Press 1 for Profiles, highlight a profile and press {self._enqueue_key()} "
+                "to enqueue it.",
             )
         elif not fresh:
             set_content(empty, "The queue cannot be read right now; it refreshes every second.")
+
+    def _enqueue_key(self) -> str:
+        """The key Profiles enqueues with now: its binding's, or the user's keymap.toml override."""
+        from tui.screens.profiles import ProfilesScreen
+
+        default = next(
+            b.key for b in ProfilesScreen.BINDINGS if isinstance(b, Binding) and b.id == "profiles.enqueue"
+        )
+        key = (self.app._keymap or {}).get("profiles.enqueue", default).split(",")[0]
+        return self.app.get_key_display(Binding(key, ""))
 
     def _show_detail(self) -> None:
         job = self.selected_job()
