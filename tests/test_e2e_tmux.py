@@ -210,7 +210,7 @@ def test_deck_in_tmux_runs_the_demo_job_and_survives_a_closed_deck(tmux: Tmux, d
     tmux.wait("GPUs (e.g. 0,1")
     tmux.keys("Enter")  # any free GPU (CPU here)
     # The deck's own answer first: a key sent while the dialog is still closing would land in its input.
-    tmux.wait("queued demo as job 1")
+    tmux.wait("job 1 queued: demo")
     tmux.keys("2")
     tmux.wait("▶ running", timeout=120)
 

@@ -49,6 +49,7 @@ class FakeEngine:
         self.metrics: list[dict[str, Any]] = []
         self.tb: dict[str, Any] = {"epoch_loss": [], "evals": {}, "note": None}
         self.enqueued: list[str] = []
+        self.dismissed: set[int] = set()
 
     def update(self, job_id: int, **fields: Any) -> None:
         self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], **fields)
@@ -71,6 +72,13 @@ class FakeEngine:
             return Result(False, refusal)
         self.requests.append((request.job_id, request.action.value, request.arg))
         return Result(True, f"{request.action} done")
+
+    def dismissed_jobs(self) -> set[int]:
+        return self.dismissed
+
+    def dismiss_jobs(self, job_ids: list[int]) -> list[int]:
+        self.dismissed |= set(job_ids)
+        return sorted(job_ids)
 
     def queue_paused(self) -> bool:
         return self.paused
@@ -144,7 +152,7 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
     engine = FakeEngine()
     engine.jobs[1] = make_job(1, "alpha", state="running", step=10, started_at=time.time() - 65, loss=0.5)
     engine.jobs[2] = make_job(2, "beta", state="completed", step=100, exit_reason="completed")
-    # The screen decides nothing about what a job allows: the daemon's refusal is what the user reads.
+    # The screen checks the engine's rule (engine/jobs/verbs.py) before it asks; the words are the daemon's.
     engine.refusals[(2, Action.CANCEL)] = "job 2 already ended (completed)"
     engine.refusals[(1, Action.RETRY)] = "job 1 is still running; retry needs an ended job"
     app = DeckApp(start_mode="queue", engine=engine)
@@ -161,10 +169,8 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
         del engine.jobs[3]
         await wait_until(pilot, lambda: table.row_count == 2, what="row removed")
 
-        await pilot.press("j")  # beta: already completed
+        await pilot.press("j")  # beta: already completed: refused before any confirmation (engine/jobs/verbs.py)
         await pilot.press("c")
-        await wait_text(pilot, "Cancel job 2")
-        await pilot.press("y")
         await wait_note(pilot, "job 2 already ended (completed)")
         assert engine.requests == []
 
@@ -172,8 +178,9 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
         await wait_text(pilot, "Stop job 1")
         await pilot.press("y")
         await wait_until(pilot, lambda: engine.requests == [(1, "stop", None)], what="stop request")
-        await pilot.press("K")
-        await wait_until(pilot, lambda: (1, "move", "up") in engine.requests, what="move request")
+        await pilot.press("K")  # only queued jobs move: alpha is running
+        await wait_note(pilot, "job 1 is running; only queued jobs move")
+        assert (1, "move", "up") not in engine.requests
         await pilot.press("t")  # retry is for ended jobs: alpha is running, and the daemon says so
         await wait_note(pilot, "job 1 is still running; retry needs an ended job")
         assert (1, "retry", None) not in engine.requests

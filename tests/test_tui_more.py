@@ -190,12 +190,12 @@ async def test_a_profile_from_the_demo_template_enqueues_as_it_is(dpdeck_home: P
             await pilot.press("enter")
             await wait_until(
                 pilot,
-                lambda: any("queued my-demo-tiny" in n or "cannot enqueue" in n for n in notes(app)),
+                lambda: any("queued: my-demo-tiny" in n or "cannot enqueue" in n for n in notes(app)),
                 timeout=180,
                 what="enqueued (after building the demo model)",
             )
-            note = next(n for n in notes(app) if "my-demo-tiny as job" in n or "cannot enqueue" in n)
-            assert "queued my-demo-tiny as job" in note, note
+            note = next(n for n in notes(app) if "queued: my-demo-tiny" in n or "cannot enqueue" in n)
+            assert "queued: my-demo-tiny" in note, note
             assert (dpdeck_home / "demo" / "model" / "model_index.json").is_file()
     finally:
         engine_client.stop_daemon(kill_jobs=True)

@@ -150,7 +150,7 @@ async def test_diff_against_another_profile() -> None:
         await wait_until(
             pilot, lambda: (r := app.screen.selected()) is not None and r.name == "left", what="left selected"
         )
-        await pilot.press("d")
+        await pilot.press("equals_sign")  # diff (`d` deletes, issue 16 key scheme)
         await wait_text(pilot, "Diff left against")
         await pilot.press("slash")  # not a list key: ignored by the choice list
         choice = app.screen.query_one("#choice-list")

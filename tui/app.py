@@ -18,6 +18,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 
 from engine.jobs.facade import ClientEngine
+from tui.notify_history import NotifyHistory
 from tui.theme import DECK_THEME
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class DeckCommands(Provider):
                 yield Hit(score, matcher.highlight(name), callback, help=help_text)
 
 
-class DeckApp(App[None]):
+class DeckApp(NotifyHistory):
     CSS_PATH = "app.tcss"
     TITLE = "dpdeck"
     MODES = {mode: factory for mode, (_, _, factory) in AREAS.items()}
@@ -110,6 +111,7 @@ class DeckApp(App[None]):
         ],
         Binding("question_mark,f1", "help", "Help", id="deck.help", key_display="?"),
         Binding("ctrl+q", "quit", "Quit", id="deck.quit", priority=True),
+        Binding("exclamation_mark", "notifications", "Notifications", id="deck.notifications", key_display="!"),
     ]
 
     def __init__(

@@ -36,6 +36,7 @@ from engine.jobs import (
     protocol,
     record,
     store,
+    verbs,
 )
 from engine.jobs.health import Health
 from engine.jobs.job import LIVE_IN, Job, JobState
@@ -266,7 +267,7 @@ class Daemon:
         return Result(True, f"reclaimed {len(killed)} orphan process(es)", killed=[m.pid for m in killed])
 
     def on_cancel(self, request: Request) -> Result:
-        job = self.requested_job(request)
+        job = self.allowed_job(request)
         if job.state == JobState.QUEUED:
             self.set_job(job.id, state=JobState.CANCELLED, exit_reason="cancelled", ended_at=time.time())
             self.record_end(job.id)
@@ -277,38 +278,35 @@ class Daemon:
             self.set_job(job.id, state=JobState.STOPPING)
             self.kill_job(job)
             return Result(True, f"job {job.id} cancelling")
-        raise Refused(f"job {job.id} already ended ({job.state})")
+        raise Refused(f"job {job.id} cannot be cancelled ({job.state})")  # a state verbs.REFUSALS missed
 
     def on_stop(self, request: Request) -> Result:
-        job = self.requested_job(request)
+        job = self.allowed_job(request)
         if job.state == JobState.QUEUED:
             return self.on_cancel(request)
-        if job.state in (JobState.STARTING, JobState.RUNNING):
-            return self.graceful_stop(job)
-        raise Refused(f"job {job.id} is {job.state}: nothing to stop")
+        return self.graceful_stop(job)
 
     def on_retry(self, request: Request) -> Result:
-        job = self.ended_job(request)
+        job = self.allowed_job(request)
         new_id = self.clone_job(job, None)
         return Result(True, f"job {new_id} queued (retry of {job.id})", new_job=new_id)
 
     def on_resume(self, request: Request) -> Result:
-        job = self.ended_job(request)
-        if not job.run_dir:
-            raise Refused(f"job {job.id} has no run folder to resume from")
+        job = self.allowed_job(request)
+        assert job.run_dir  # verbs.REFUSALS checked it
         new_id = self.clone_job(job, Path(job.run_dir).name)
         return Result(True, f"job {new_id} queued (resume of {job.id})", new_job=new_id)
 
-    def ended_job(self, request: Request) -> Job:
+    def allowed_job(self, request: Request) -> Job:
+        """The request's job, when engine/jobs/verbs.py allows the action on it (the deck asks the same)."""
         job = self.requested_job(request)
-        if not job.finished:
-            raise Refused(f"job {job.id} is still {job.state}; {request.action} needs an ended job")
+        reason = verbs.refusal(request.action, job)
+        if reason:
+            raise Refused(reason)
         return job
 
     def on_move(self, request: Request) -> Result:
-        job = self.requested_job(request)
-        if job.state != JobState.QUEUED:
-            raise Refused(f"job {job.id} is {job.state}; only queued jobs move")
+        job = self.allowed_job(request)
         return self.move(job, request.arg or "")
 
     def on_cancel_download(self, request: Request) -> Result:

@@ -12,6 +12,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.screens.list_keys import VIM_LIST_BINDINGS
+from tui.widgets.path_input import PathInput, candidates_line
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -36,22 +37,39 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 class PromptDialog(ModalScreen[str | None]):
-    """One line of text. `check(value)` returns an error message (shown, dialog stays) or None."""
+    """One line of text. `check(value)` returns an error message (shown, dialog stays) or None.
+
+    path=True: the text is a file system path and Tab completes it (tui/widgets/path_input.py).
+    """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
 
-    def __init__(self, label: str, value: str = "", check: Callable[[str], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        value: str = "",
+        check: Callable[[str], str | None] | None = None,
+        *,
+        path: bool = False,
+    ) -> None:
         super().__init__()
         self.label = label
         self.value = value
         self.check = check
+        self.path = path
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.label, classes="dialog-text", markup=False)
-            yield Input(self.value, id="prompt-input")
-            yield Static("", id="prompt-error", classes="problem")
-            yield Static("[b]Enter[/b] ok    [b]Esc[/b] cancel", classes="dialog-keys")
+            yield PathInput(self.value, id="prompt-input") if self.path else Input(self.value, id="prompt-input")
+            yield Static("", id="prompt-error", classes="problem", markup=False)
+            yield Static("", id="prompt-candidates", markup=False)
+            keys = "[b]Tab[/b] complete    " if self.path else ""
+            yield Static(f"{keys}[b]Enter[/b] ok    [b]Esc[/b] cancel", classes="dialog-keys")
+
+    def on_path_input_candidates(self, event: PathInput.Candidates) -> None:
+        event.stop()
+        self.query_one("#prompt-candidates", Static).update(candidates_line(event.names))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

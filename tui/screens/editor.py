@@ -150,9 +150,7 @@ class EditorScreen(Screen[None]):
             # Counts of an older text (or none yet) would read as a verdict on this one.
             verdict = "validating…"
         else:
-            errors = len(self.validation.errors)
-            warnings = len(self.validation.problems) - errors
-            verdict = f"{errors} error(s), {warnings} warning(s)"
+            verdict = self.validation.verdict()
             if self.validation.runs_on:
                 verdict += f" · {self.validation.runs_on}"
         self.query_one("#editor-status", Static).update(
