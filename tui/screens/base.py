@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Static, TextArea
+from textual.widgets import Input, Static, TextArea
+
+from tui.widgets.deck_footer import DeckFooter
+
+SHORT_TITLES = {"Datasets": "Data"}  # the title bar fits 80 columns
 
 
 class DeckScreen(Screen[None]):
@@ -21,10 +26,24 @@ class DeckScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(self._title_line(), id="title-bar")
         yield from self.compose_body()
-        yield Footer()
+        yield DeckFooter()
 
     def _title_line(self) -> str:
-        return f" dpdeck · {self.TITLE_TEXT}  │ 1 Profiles 2 Queue 3 Run 4 System 5 Data 6 Models ? help"
+        """The areas with the keys in force (a keymap.toml override shows here too; an area whose key a clash
+        took is listed without one)."""
+        from tui.areas import AREA_CLASSES
+        from tui.keymap import keys_in_force
+
+        app = self.app
+        in_force = keys_in_force(app._bindings, app._keymap)
+        parts = []
+        for mode, (_, title, _) in AREA_CLASSES.items():
+            keys = in_force.get(f"deck.{mode}", [])
+            name = SHORT_TITLES.get(title, title)
+            parts.append(f"{app.get_key_display(Binding(keys[0], '', ''))} {name}" if keys else name)
+        help_keys = in_force.get("deck.help", [])
+        help_key = app.get_key_display(Binding(help_keys[0], "", "")) if help_keys else "ctrl+p"
+        return f" dpdeck · {self.TITLE_TEXT}  │ {' '.join(parts)} {help_key} help"
 
     def compose_body(self) -> ComposeResult:
         yield from ()

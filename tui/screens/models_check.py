@@ -1,7 +1,7 @@
 """Check a profile's model files: what is missing, which registry entry provides it, pull it all with one key,
 watch the downloads, then fill the profile so it validates.
 
-This is the issue's "done when" as a screen: an empty box, the Chroma E6AI 512 profile, `a` pulls the
+This is the issue's "done when" as a screen: an empty box, the Chroma E6AI 512 profile, `p` pulls the
 missing files (the daemon runs them: a dropped ssh session does not stop them), `u` fills the paths.
 """
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
 from engine.models import downloads
 from engine.models.fill import ModelFileIssue
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.models_text import download_line
 from tui.screens.use_in_profile import UseInProfile
@@ -64,10 +64,10 @@ class CheckScreen(UseInProfile, DeckScreen):
     TITLE_TEXT = "Models · check profile"
     POLL_SECONDS = 1.0
     BINDINGS = [
-        Binding("a", "pull_all", "Pull all missing", id="models.check.pull_all"),
-        Binding("u", "use", "Use in profile", id="models.check.use"),
-        Binding("r", "recheck", "Re-check", id="models.check.recheck"),
-        Binding("escape,q", "back", "Back", id="models.check.back"),
+        bind("models.check.pull_all", "pull_all", "Pull all missing"),
+        bind("models.check.use", "use", "Use in profile"),
+        bind("models.check.recheck", "recheck", "Re-check"),
+        bind("models.check.back", "back", "Back"),
     ]
 
     def __init__(self, name: str) -> None:
@@ -101,9 +101,15 @@ class CheckScreen(UseInProfile, DeckScreen):
             self.query_one("#check-issues", Static).update(f"cannot read the profile: {st.failure}")
             return
         if st.issues:
-            lines = [f"{i.key}: {i.problem}" + (f" <- {', '.join(i.provided_by[:2])}" if i.provided_by else
-                                                 " (no registry entry provides it: `models use FILE`)")
-                     for i in st.issues]
+            lines = [
+                f"{i.key}: {i.problem}"
+                + (
+                    f" <- {', '.join(i.provided_by[:2])}"
+                    if i.provided_by
+                    else " (no registry entry provides it: `models use FILE`)"
+                )
+                for i in st.issues
+            ]
             lines.append(f"a: pull {', '.join(st.plan)}; u: fill the profile's paths" if st.plan else "")
         else:
             lines = ["all model files are in place"]
@@ -113,8 +119,11 @@ class CheckScreen(UseInProfile, DeckScreen):
         if st.dls and not live and st.issues:
             text += "\nno download running: press u to fill the profile"
         self.query_one("#check-downloads", Static).update(text or "none started (a pulls)")
-        verdict = "the profile validates" if not st.errors else f"{len(st.errors)} error(s) left:\n" + "\n".join(
-            e[-76:] for e in st.errors[:4])
+        verdict = (
+            "the profile validates"
+            if not st.errors
+            else f"{len(st.errors)} error(s) left:\n" + "\n".join(e[-76:] for e in st.errors[:4])
+        )
         self.query_one("#check-validation", Static).update(verdict)
 
     def action_recheck(self) -> None:
@@ -140,8 +149,11 @@ class CheckScreen(UseInProfile, DeckScreen):
             except Exception as exc:  # the message says what to do (gated, no space, offline)
                 self._note(f"pull {entry_id}: {exc}", error=True)
                 return
-        self._note(f"{started} download(s) started; they keep going if you close the deck" if started
-                   else "every part is already downloaded: press u to fill the profile")
+        self._note(
+            f"{started} download(s) started; they keep going if you close the deck"
+            if started
+            else "every part is already downloaded: press u to fill the profile"
+        )
         self.load()
 
     def action_use(self) -> None:

@@ -8,7 +8,6 @@ from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, OptionList, Static
@@ -16,6 +15,7 @@ from textual.widgets.option_list import Option
 
 from tui import data
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 
@@ -60,16 +60,16 @@ class ProfilesScreen(DeckScreen):
     TITLE_TEXT = "Profiles"
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("enter", "open", "Open", id="profiles.open"),
-        Binding("n", "new", "New", id="profiles.new"),
-        Binding("q", "enqueue", "Enqueue", id="profiles.enqueue"),
-        Binding("h", "history", "History", id="profiles.history"),
-        Binding("d", "diff", "Diff", id="profiles.diff"),
-        Binding("x", "export", "Export", id="profiles.export"),
-        Binding("i", "import", "Import", id="profiles.import"),
+        bind("profiles.open", "open", "Open"),
+        bind("profiles.enqueue", "enqueue", "Enqueue"),
+        bind("profiles.new", "new", "New"),
         # priority + open_field: the letters typed in the same burst as `/` land in the filter
-        Binding("slash", "search", "Search", id="profiles.search", key_display="/", priority=True),
-        Binding("r", "reload", "Reload", id="profiles.reload", show=False),
+        bind("profiles.search", "search", "Search", priority=True),
+        bind("profiles.history", "history", "History"),
+        bind("profiles.diff", "diff", "Diff"),
+        bind("profiles.import", "import", "Import"),
+        bind("profiles.export", "export", "Export"),
+        bind("profiles.reload", "reload", "Reload", show=False),
     ]
 
     def __init__(self) -> None:

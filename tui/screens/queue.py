@@ -11,13 +11,14 @@ import time
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from engine.jobs.job import Job
 from engine.jobs.protocol import Action, Request
 from tui.engine_api import engine_of
+from tui.keymap import shown_key
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.screens.queue_columns import fit, plan_columns
@@ -44,7 +45,9 @@ def job_cells(job: Job, now: float | None = None) -> dict[str, Text | str]:
         "name": job.name or job.profile,
         "gpus": ",".join(str(x) for x in job.gpus or []) or "-",
         "progress": progress,
-        "epoch": f"{epoch}/{epochs}" if epoch is not None and epochs else (str(epoch) if epoch is not None else "-"),
+        "epoch": f"{epoch}/{epochs}"
+        if epoch is not None and epochs
+        else (str(epoch) if epoch is not None else "-"),
         "loss": f"{job.loss:.4f}" if job.loss is not None else "-",
         "sps": f"{job.samples_per_s:.2f}" if job.samples_per_s is not None else "-",
         "eta": duration(job.eta_s) if not job.finished else "-",
@@ -90,14 +93,14 @@ class QueueScreen(DeckScreen):
     POLL_SECONDS = 1.0
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("enter", "open", "Run view", id="queue.open"),
-        Binding("c", "cancel", "Cancel", id="queue.cancel"),
-        Binding("s", "stop", "Stop (save)", id="queue.stop"),
-        Binding("t", "retry", "Retry", id="queue.retry"),
-        Binding("u", "resume", "Resume", id="queue.resume"),
-        Binding("K", "move('up')", "Move up", id="queue.move_up"),
-        Binding("J", "move('down')", "Move down", id="queue.move_down"),
-        Binding("p", "pause", "Pause queue", id="queue.pause"),
+        bind("queue.open", "open", "Run view"),
+        bind("queue.cancel", "cancel", "Cancel"),
+        bind("queue.stop", "stop", "Stop (save)"),
+        bind("queue.retry", "retry", "Retry"),
+        bind("queue.resume", "resume", "Resume"),
+        bind("queue.pause", "pause", "Pause queue"),
+        bind("queue.move_up", "move('up')", "Move up"),
+        bind("queue.move_down", "move('down')", "Move down"),
     ]
 
     def __init__(self) -> None:
@@ -213,7 +216,9 @@ class QueueScreen(DeckScreen):
             empty.display = not fresh
         if not fresh and not message.error:
             set_content(
-                empty, "No jobs yet. Press 1 for Profiles, highlight a profile and press q to enqueue it."
+                empty,
+                f"No jobs yet. Press {shown_key(self.app, 'deck.profiles')} for Profiles, highlight a profile and "
+                f"press {shown_key(self.app, 'profiles.enqueue')} to enqueue it.",
             )
         elif not fresh:
             set_content(empty, "The queue cannot be read right now; it refreshes every second.")
@@ -284,7 +289,9 @@ class QueueScreen(DeckScreen):
         if not result.ok:
             self.app.call_from_thread(self.notify, result.message, severity="warning", timeout=8)
             return
-        self.app.call_from_thread(self.notify, result.message or f"{request.action} sent to job {request.job_id}")
+        self.app.call_from_thread(
+            self.notify, result.message or f"{request.action} sent to job {request.job_id}"
+        )
         self.load()
 
     def action_cancel(self) -> None:

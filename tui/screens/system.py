@@ -9,13 +9,13 @@ from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from tui import data
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 
 
@@ -25,7 +25,11 @@ def _gib(n: float) -> str:
 
 class SystemLoaded(Message):
     def __init__(
-        self, gpus: list[dict[str, Any]], stats: dict[str, Any], daemon: dict[str, Any], backend: dict[str, Any]
+        self,
+        gpus: list[dict[str, Any]],
+        stats: dict[str, Any],
+        daemon: dict[str, Any],
+        backend: dict[str, Any],
     ) -> None:
         super().__init__()
         self.gpus = gpus
@@ -56,8 +60,10 @@ def backend_text(rep: dict[str, Any]) -> str:
         failed = [s for s in progress.get("steps", []) if s.get("state") == "failed"]
         if failed or progress.get("ok") is False:
             lines.append(f"  last {progress.get('action')} failed:")
-            lines += [f"    {s['n']} {s['name']}: {s['state']} {s.get('detail', '')}".rstrip()
-                      for s in progress.get("steps", [])]
+            lines += [
+                f"    {s['n']} {s['name']}: {s['state']} {s.get('detail', '')}".rstrip()
+                for s in progress.get("steps", [])
+            ]
         elif progress.get("finished") is None:
             lines.append(f"  last {progress.get('action')}: {progress.get('summary')}")
     if not rep.get("managed"):
@@ -96,9 +102,9 @@ class SystemScreen(DeckScreen):
     TITLE_TEXT = "System"
     POLL_SECONDS = 3.0  # NVML plus a process scan (ours vs foreign): a few ms each time
     BINDINGS = [
-        Binding("R", "reclaim", "Reclaim orphans", id="system.reclaim"),
-        Binding("r", "refresh", "Refresh", id="system.refresh"),
-        Binding("B", "backend", "Install/update diffusion-pipe", id="system.backend"),
+        bind("system.reclaim", "reclaim", "Reclaim orphans"),
+        bind("system.refresh", "refresh", "Refresh"),
+        bind("system.backend", "backend", "Install/update diffusion-pipe"),
     ]
     _backend: dict[str, Any] | None = None  # the last backend report shown
     _proc: subprocess.Popen[bytes] | None = None  # a backend run B started (reaped by poll)
@@ -139,9 +145,13 @@ class SystemScreen(DeckScreen):
         engine = engine_of(self.app)
         try:
             daemon = engine.daemon_status()
-        except Exception as exc:  # a damaged or locked store: the GPUs and host figures are still worth showing
+        except (
+            Exception
+        ) as exc:  # a damaged or locked store: the GPUs and host figures are still worth showing
             daemon = {"running": False, "detail": str(exc)}
-        self.post_message(SystemLoaded(engine.gpu_report(), data.system_stats(engine), daemon, backend_report()))
+        self.post_message(
+            SystemLoaded(engine.gpu_report(), data.system_stats(engine), daemon, backend_report())
+        )
 
     def on_system_loaded(self, message: SystemLoaded) -> None:
         self.query_one("#gpu-summary", Static).update(gpu_summary(message.gpus))
@@ -189,8 +199,11 @@ class SystemScreen(DeckScreen):
             self.notify(f"a backend {progress.get('action')} is already running (pid {progress.get('pid')})")
             return
         argv = backend_command(rep)
-        self.confirm(f"Run `dpdeck {' '.join(argv[3:])}`?\nIts steps show here as they run; "
-                     "its output goes to the backend log in the state dir.", lambda: self._start_backend(argv))
+        self.confirm(
+            f"Run `dpdeck {' '.join(argv[3:])}`?\nIts steps show here as they run; "
+            "its output goes to the backend log in the state dir.",
+            lambda: self._start_backend(argv),
+        )
 
     def _start_backend(self, argv: list[str]) -> None:
         from statefiles import paths
@@ -198,8 +211,9 @@ class SystemScreen(DeckScreen):
         log = paths.subdir("backend") / "diffusion-pipe.log"
         with open(log, "ab") as out:
             # Its own session: quitting the deck must not kill a clone or pip install half way.
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.notify(f"started `dpdeck {' '.join(argv[3:])}`; log: {log}")
         self.load()
 
