@@ -28,17 +28,14 @@ def _run(action: str, args: argparse.Namespace) -> int:
 
     try:
         if action == "install":
-            outcome = pipeline.install(
-                url=args.url, ref=args.ref, home=args.path, base_python=args.python, on_step=_print_step
-            )
+            outcome = pipeline.install(url=args.url, ref=args.ref, home=args.path, base_python=args.python,
+                                       on_step=_print_step)
         else:
             outcome = pipeline.update(ref=args.ref, on_step=_print_step)
     except StepError as exc:
         print(str(exc), file=sys.stderr)
-        error(
-            f"backend {action} stopped at step {exc.step} ({exc.name}); the checkout that was in use stays "
-            "configured; run the command again after the fix (done steps are skipped)"
-        )
+        error(f"backend {action} stopped at step {exc.step} ({exc.name}); the checkout that was in use stays "
+              "configured; run the command again after the fix (done steps are skipped)")
         return 1
     except pipeline.BackendError as exc:
         error(str(exc))
@@ -68,8 +65,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "backend",
-        help="install, inspect and update a managed diffusion-pipe checkout",
+        "backend", help="install, inspect and update a managed diffusion-pipe checkout",
         description="A diffusion-pipe checkout that dpdeck clones (with submodules), gives a venv over the "
         "system torch, verifies and configures. See docs/backend.md.",
     )
@@ -78,17 +74,10 @@ def register(subparsers: Any) -> None:
     i = sub.add_parser("install", help="clone, make a venv, install requirements, verify, configure")
     i.add_argument("backend", choices=BACKENDS)
     i.add_argument("--ref", help="a tag or commit to pin (kept by update), or a branch to track")
-    i.add_argument(
-        "--url",
-        help="the repository (default https://github.com/tdrussell/diffusion-pipe; "
-        "a local path or a carried copy works too)",
-    )
-    i.add_argument(
-        "--path", help="folder for its checkouts and venvs (default $DPDECK_HOME/backend/diffusion-pipe)"
-    )
-    i.add_argument(
-        "--python", help="interpreter whose packages (its torch) the venv reuses (default: dpdeck's)"
-    )
+    i.add_argument("--url", help="the repository (default https://github.com/tdrussell/diffusion-pipe; "
+                   "a local path or a carried copy works too)")
+    i.add_argument("--path", help="folder for its checkouts and venvs (default $DPDECK_HOME/backend/diffusion-pipe)")
+    i.add_argument("--python", help="interpreter whose packages (its torch) the venv reuses (default: dpdeck's)")
     i.set_defaults(func=_cmd_install)
 
     s = sub.add_parser("status", help="commit, dirty, how far behind its remote, venv, verified")

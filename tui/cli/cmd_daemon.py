@@ -29,20 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_gpus)
 
-    doc = sub.add_parser(
-        "doctor", help="check python, torch/CUDA, deepspeed, diffusion-pipe, disk, lingering"
-    )
+    doc = sub.add_parser("doctor", help="check python, torch/CUDA, deepspeed, diffusion-pipe, disk, lingering")
     doc.add_argument("--json", action="store_true")
-    doc.add_argument(
-        "--fix",
-        action="store_true",
-        help="clear stale torch extension build locks and build deepspeed's op once, then check",
-    )
-    doc.add_argument(
-        "--repair",
-        action="store_true",
-        help="rebuild the job store from the job folders (a damaged one is kept aside)",
-    )
+    doc.add_argument("--fix", action="store_true",
+                     help="clear stale torch extension build locks and build deepspeed's op once, then check")
+    doc.add_argument("--repair", action="store_true",
+                     help="rebuild the job store from the job folders (a damaged one is kept aside)")
     doc.set_defaults(func=_doctor)
 
     c = sub.add_parser("config", help="dpdeck settings (diffusion_pipe.path, scheduler.cpu_slots, ...)")
@@ -57,9 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     unsetp = cs.add_parser("unset", help="remove a setting from config.toml (back to its default)")
     unsetp.add_argument("key")
     unsetp.set_defaults(func=_config_unset)
-    lst = cs.add_parser(
-        "list", help="every setting: value, default, where it comes from, help (docs/config.md)"
-    )
+    lst = cs.add_parser("list", help="every setting: value, default, where it comes from, help (docs/config.md)")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_config_list)
 
@@ -135,18 +125,11 @@ def _gpus(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for g in report:
-        procs = "; ".join(
-            f"{p['pid']} {p['name']} ({'ours' if p['ours'] else 'FOREIGN'})" for p in g["processes"]
-        )
-        rows.append(
-            [
-                str(g["index"]),
-                g["name"],
-                f"{g['util'] if g['util'] is not None else '-'}%",
-                f"{g['mem_used'] // 2**20}/{g['mem_total'] // 2**20} MiB",
-                procs or "-",
-            ]
-        )
+        procs = "; ".join(f"{p['pid']} {p['name']} ({'ours' if p['ours'] else 'FOREIGN'})" for p in g["processes"])
+        rows.append([
+            str(g["index"]), g["name"], f"{g['util'] if g['util'] is not None else '-'}%",
+            f"{g['mem_used'] // 2**20}/{g['mem_total'] // 2**20} MiB", procs or "-",
+        ])
     print(table(rows, ["GPU", "NAME", "UTIL", "MEMORY", "PROCESSES"]))
     return 0
 
@@ -196,31 +179,18 @@ def _config_list(args: argparse.Namespace) -> int:
 
     report = settings.load_report()
     if args.json:
-        print_json(
-            {
-                "settings": {
-                    k.key: {
-                        "value": report.value(k.key),
-                        "default": k.default,
-                        "origin": report.origins[k.key],
-                        "type": k.expected(),
-                        "help": k.help,
-                        "env": k.meta.env,
-                    }
-                    for k in settings.iter_keys()
-                },
-                "problems": [asdict(p) for p in report.problems],
-            }
-        )
+        print_json({
+            "settings": {
+                k.key: {"value": report.value(k.key), "default": k.default, "origin": report.origins[k.key],
+                        "type": k.expected(), "help": k.help, "env": k.meta.env}
+                for k in settings.iter_keys()
+            },
+            "problems": [asdict(p) for p in report.problems],
+        })
         return 0
     rows = [
-        [
-            k.key,
-            _config_text(report.value(k.key)),
-            _config_text(k.default),
-            "" if report.origins[k.key] == "default" else report.origins[k.key],
-            k.help,
-        ]
+        [k.key, _config_text(report.value(k.key)), _config_text(k.default),
+         "" if report.origins[k.key] == "default" else report.origins[k.key], k.help]
         for k in settings.iter_keys()
     ]
     print(table(rows, ["KEY", "VALUE", "DEFAULT", "FROM", "HELP"]))

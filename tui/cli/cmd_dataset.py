@@ -162,9 +162,7 @@ def _scan(args: argparse.Namespace) -> int:
     if t["videos"]:
         n_unknown = t["video_unknown_frames"]
         unknown = f" ({n_unknown} with no frame count in the header)" if n_unknown else ""
-        print(
-            f"videos: {t['videos']}, {t['video_frames']} frames, {t['video_seconds']:.1f} s in total{unknown}"
-        )
+        print(f"videos: {t['videos']}, {t['video_frames']} frames, {t['video_seconds']:.1f} s in total{unknown}")
     if report.resolutions:
         print("resolutions: " + ", ".join(f"{k} x{v}" for k, v in list(report.resolutions.items())[:10]))
         print("aspects: " + ", ".join(f"{k} x{v}" for k, v in report.aspects.items()))
@@ -188,9 +186,7 @@ def _video_line(meta: dict[str, Any]) -> str:
     size = f"{meta['width']}x{meta['height']}" if meta["width"] and meta["height"] else "size unknown"
     if meta["frames"] is None:
         return f"{size}; {meta['note'] or 'frame count unknown'}"
-    frames = (
-        f"{'~' if meta['frames_estimated'] else ''}{meta['frames']} frame{'' if meta['frames'] == 1 else 's'}"
-    )
+    frames = f"{'~' if meta['frames_estimated'] else ''}{meta['frames']} frame{'' if meta['frames'] == 1 else 's'}"
     fps = f" at {meta['fps']:.3f} fps" if meta["fps"] else ""
     seconds = f", {meta['duration']:.2f} s" if meta["duration"] is not None else ""
     return f"{size}, {frames}{fps}{seconds}"
@@ -523,9 +519,5 @@ def _undo(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        print(
-            _esc(
-                f"undone {result['id']} ({result['description']}): {len(result['restored'])} file(s) restored"
-            )
-        )
+        print(_esc(f"undone {result['id']} ({result['description']}): {len(result['restored'])} file(s) restored"))
     return 0

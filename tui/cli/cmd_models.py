@@ -26,26 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--type", dest="model_type", help="only this model type (e.g. chroma, sdxl)")
     sp = add("scan", _scan, "find diffusers folders and .safetensors files (configured folders + HF cache)")
     sp.add_argument("folders", nargs="*", type=Path, help="folders to scan instead of the configured ones")
-    sp = add(
-        "info", _info, "what a .safetensors file is (family, kind, dtype; header only), or a registry entry"
-    )
+    sp = add("info", _info, "what a .safetensors file is (family, kind, dtype; header only), or a registry entry")
     sp.add_argument("target", help="a .safetensors file, a model folder, or a registry entry id")
-    sp = add(
-        "pull",
-        _pull,
-        "download a registry entry's missing parts, or files from a Hub repo, in the background",
-    )
+    sp = add("pull", _pull, "download a registry entry's missing parts, or files from a Hub repo, in the background")
     sp.add_argument("target", help="registry entry id, or OWNER/NAME repo id")
     sp.add_argument("--file", action="append", default=[], help="file in the repo (repeatable)")
     sp.add_argument("--include", action="append", default=[], help="glob of repo files for a folder pull")
     sp.add_argument("--revision", default="main")
-    sp.add_argument(
-        "--no-wait", action="store_true", help="start and return (progress: `dpdeck models downloads`)"
-    )
+    sp.add_argument("--no-wait", action="store_true", help="start and return (progress: `dpdeck models downloads`)")
     sp.add_argument("--wait", action="store_true", help="with --json: wait and print the final state")
-    sp = add(
-        "downloads", _downloads, "downloads (run by the daemon) with bytes, speed, ETA, retries, reasons"
-    )
+    sp = add("downloads", _downloads, "downloads (run by the daemon) with bytes, speed, ETA, retries, reasons")
     sp.add_argument("--active", action="store_true", help="only queued / running / interrupted / failed ones")
     sp.add_argument("--watch", action="store_true", help="follow live until all are finished")
     sp = add("cancel", _cancel, "stop a download and delete its partial files")
@@ -62,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---- formatting --------------------------------------------------------------------------------
-
 
 def human(n: float | None) -> str:
     if n is None:
@@ -95,7 +84,6 @@ def _models_errors() -> tuple[type[Exception], ...]:
 
 # ---- list / scan / info ---------------------------------------------------------------------------
 
-
 def _list(args: argparse.Namespace) -> int:
     from engine.models.registry import component_status, entry_status, load_registry
 
@@ -108,22 +96,11 @@ def _list(args: argparse.Namespace) -> int:
             for c in e.components:
                 st, where = component_status(c)
                 comps.append({**c.model_dump(), "status": st, "local_path": str(where or c.local_path())})
-            out.append(
-                {**e.model_dump(exclude={"components"}), "status": entry_status(e), "components": comps}
-            )
+            out.append({**e.model_dump(exclude={"components"}), "status": entry_status(e), "components": comps})
         print_json(out)
         return 0
-    rows = [
-        [
-            e.id,
-            e.model_type,
-            entry_status(e),
-            f"~{e.approx_gb:g} GB",
-            {True: "gated", False: "open", None: "?"}[e.gated],
-            e.licence[:40],
-        ]
-        for e in entries
-    ]
+    rows = [[e.id, e.model_type, entry_status(e), f"~{e.approx_gb:g} GB",
+             {True: "gated", False: "open", None: "?"}[e.gated], e.licence[:40]] for e in entries]
     print(table(rows, ["ENTRY", "TYPE", "STATUS", "SIZE", "ACCESS", "LICENCE"]))
     return 0
 
@@ -139,16 +116,8 @@ def _scan(args: argparse.Namespace) -> int:
     if args.json:
         print_json([i.model_dump() for i in items])
         return 0
-    rows = [
-        [
-            i.family or "-",
-            i.kind + (f" ({i.variant})" if i.variant else ""),
-            i.dtype or "-",
-            human(i.size),
-            i.path + (f"  !! {i.error}" if i.error else ""),
-        ]
-        for i in items
-    ]
+    rows = [[i.family or "-", i.kind + (f" ({i.variant})" if i.variant else ""), i.dtype or "-", human(i.size),
+             i.path + (f"  !! {i.error}" if i.error else "")] for i in items]
     print(table(rows, ["FAMILY", "KIND", "DTYPE", "SIZE", "PATH"]) if rows else "no models found")
     return 0
 
@@ -170,10 +139,8 @@ def _info(args: argparse.Namespace) -> int:
         if args.json:
             print_json({**e.model_dump(), "status": [s for _c, s, _w in comps]})
             return 0
-        print(
-            f"{e.id}: {e.title}\n  type {e.model_type}, licence {e.licence}, "
-            f"{'gated' if e.gated else 'open' if e.gated is False else 'access unknown'}"
-        )
+        print(f"{e.id}: {e.title}\n  type {e.model_type}, licence {e.licence}, "
+              f"{'gated' if e.gated else 'open' if e.gated is False else 'access unknown'}")
         if e.notes:
             print(f"  {e.notes}")
         for c, st, where in comps:
@@ -196,28 +163,19 @@ def _info(args: argparse.Namespace) -> int:
         return _fail(exc)
     item = inspect_file(path)
     if args.json:
-        print_json(
-            {
-                **item.model_dump(),
-                "metadata": header.metadata,
-                "dtypes": dict(header.dtypes),
-                "parameters": header.parameters,
-            }
-        )
+        print_json({**item.model_dump(), "metadata": header.metadata, "dtypes": dict(header.dtypes),
+                    "parameters": header.parameters})
         return 0
-    print(
-        f"{path}\n  family   {item.family or 'unknown'}\n  kind     {item.kind}"
-        + (f" ({item.variant})" if item.variant else "")
-        + f"\n  dtype    {item.dtype}  ({', '.join(sorted(header.dtypes))})\n  size     {human(item.size)}, "
-        f"{item.tensors} tensors, {header.parameters / 1e9:.2f} B parameters"
-    )
+    print(f"{path}\n  family   {item.family or 'unknown'}\n  kind     {item.kind}"
+          + (f" ({item.variant})" if item.variant else "")
+          + f"\n  dtype    {item.dtype}  ({', '.join(sorted(header.dtypes))})\n  size     {human(item.size)}, "
+          f"{item.tensors} tensors, {header.parameters / 1e9:.2f} B parameters")
     for ev in item.evidence:
         print(f"  because  {ev}")
     return 0
 
 
 # ---- downloads ------------------------------------------------------------------------------------
-
 
 def _bar(frac: float | None, width: int = 24) -> str:
     if frac is None:
@@ -241,10 +199,8 @@ def _line(dl: Any) -> str:
         tail = f"{human(dl.speed)}/s ETA {eta(dl.eta_s)}"
     if dl.retries and dl.state in ("queued", "running", "completed"):
         tail += f" (retry {dl.retries}: the last worker {dl.last_death})"
-    return (
-        f"{dl.id} {name[:22]:<22} {dl.state:<11} {_bar(dl.progress)} {pct} "
-        f"{human(dl.bytes_done)}/{human(dl.bytes_total)} {tail}"
-    )
+    return (f"{dl.id} {name[:22]:<22} {dl.state:<11} {_bar(dl.progress)} {pct} "
+            f"{human(dl.bytes_done)}/{human(dl.bytes_total)} {tail}")
 
 
 def _watch(ids: list[str]) -> list[Any]:
@@ -300,14 +256,8 @@ def _pull(args: argparse.Namespace) -> int:
             for f in args.file:
                 started.append(downloads.pull_file(args.target, f, revision=args.revision))
         else:
-            comp = Component(
-                key="diffusers_path",
-                repo=args.target,
-                kind="folder",
-                revision=args.revision,
-                include=args.include or ["*"],
-                check=[],
-            )
+            comp = Component(key="diffusers_path", repo=args.target, kind="folder", revision=args.revision,
+                             include=args.include or ["*"], check=[])
             adhoc = Entry(id=args.target, title=args.target, model_type="?", licence="?", components=[comp])
             started = [downloads.pull_component(adhoc, comp)]
     except _models_errors() as exc:
@@ -385,7 +335,6 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 # ---- profiles -------------------------------------------------------------------------------------
-
 
 def _load_profile(ref: str) -> tuple[Any, str | None]:
     """(profile, stored name or None when it is a plain file)."""

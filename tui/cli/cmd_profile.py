@@ -219,9 +219,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(redact(str(p)))
         where = profile.name or str(profile.main.path or profile.main.source)
         status = "valid" if valid else "INVALID"
-        print(
-            f"{where}: {status} ({n_err} error(s), {n_warn} warning(s)); {chosen.describe()}", file=sys.stderr
-        )
+        print(f"{where}: {status} ({n_err} error(s), {n_warn} warning(s)); {chosen.describe()}", file=sys.stderr)
     return 0 if valid else 1
 
 

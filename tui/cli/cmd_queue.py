@@ -116,15 +116,8 @@ def _add(args: argparse.Namespace) -> int:
             args.hostfile, args.launcher, args.include, args.exclude, args.num_nodes, args.master_addr
         )
         job_id = client.enqueue(
-            args.profile,
-            gpus=gpus,
-            num_gpus=args.num_gpus,
-            backend=args.backend,
-            name=args.name,
-            priority=args.priority,
-            after=args.after,
-            hang_timeout_s=args.hang_timeout,
-            launcher_args=extra or None,
+            args.profile, gpus=gpus, num_gpus=args.num_gpus, backend=args.backend, name=args.name,
+            priority=args.priority, after=args.after, hang_timeout_s=args.hang_timeout, launcher_args=extra or None,
         )
     except ProfileError as exc:
         error(str(exc))
@@ -161,11 +154,7 @@ def _row(job: Job) -> list[str]:
     progress = "-"
     if job.step is not None:
         progress = f"{job.step}/{job.total_steps}" if job.total_steps else str(job.step)
-    epoch = (
-        "-"
-        if job.epoch is None
-        else (f"{job.epoch}/{job.total_epochs}" if job.total_epochs else str(job.epoch))
-    )
+    epoch = "-" if job.epoch is None else (f"{job.epoch}/{job.total_epochs}" if job.total_epochs else str(job.epoch))
     return [
         str(job.id),
         job.name[:24],

@@ -116,8 +116,7 @@ class ModelsScreen(UseInProfile, DeckScreen):
         )
         self.query_one("#models-found", Static).update(
             "\n".join(
-                f"{_short(d)}  {d.kind} {d.family or '?'} {size_text(d.size)}"
-                + (f"  ({d.error})" if d.error else "")
+                f"{_short(d)}  {d.kind} {d.family or '?'} {size_text(d.size)}" + (f"  ({d.error})" if d.error else "")
                 for d in message.found
             )
             or "nothing found in the model folders"
@@ -228,9 +227,7 @@ class ModelsScreen(UseInProfile, DeckScreen):
 
         names = [(p.name, f"{p.name}  ({p.model_type or '?'})") for p in store.list_profiles()]
         if not names:
-            self.notify(
-                "no stored profiles yet: create one on the Profiles screen (key 1)", severity="warning"
-            )
+            self.notify("no stored profiles yet: create one on the Profiles screen (key 1)", severity="warning")
             return
         self._choose("Which profile?", names, then)
 

@@ -101,15 +101,9 @@ class CheckScreen(UseInProfile, DeckScreen):
             self.query_one("#check-issues", Static).update(f"cannot read the profile: {st.failure}")
             return
         if st.issues:
-            lines = [
-                f"{i.key}: {i.problem}"
-                + (
-                    f" <- {', '.join(i.provided_by[:2])}"
-                    if i.provided_by
-                    else " (no registry entry provides it: `models use FILE`)"
-                )
-                for i in st.issues
-            ]
+            lines = [f"{i.key}: {i.problem}" + (f" <- {', '.join(i.provided_by[:2])}" if i.provided_by else
+                                                 " (no registry entry provides it: `models use FILE`)")
+                     for i in st.issues]
             lines.append(f"a: pull {', '.join(st.plan)}; u: fill the profile's paths" if st.plan else "")
         else:
             lines = ["all model files are in place"]
@@ -119,11 +113,8 @@ class CheckScreen(UseInProfile, DeckScreen):
         if st.dls and not live and st.issues:
             text += "\nno download running: press u to fill the profile"
         self.query_one("#check-downloads", Static).update(text or "none started (a pulls)")
-        verdict = (
-            "the profile validates"
-            if not st.errors
-            else f"{len(st.errors)} error(s) left:\n" + "\n".join(e[-76:] for e in st.errors[:4])
-        )
+        verdict = "the profile validates" if not st.errors else f"{len(st.errors)} error(s) left:\n" + "\n".join(
+            e[-76:] for e in st.errors[:4])
         self.query_one("#check-validation", Static).update(verdict)
 
     def action_recheck(self) -> None:
@@ -149,11 +140,8 @@ class CheckScreen(UseInProfile, DeckScreen):
             except Exception as exc:  # the message says what to do (gated, no space, offline)
                 self._note(f"pull {entry_id}: {exc}", error=True)
                 return
-        self._note(
-            f"{started} download(s) started; they keep going if you close the deck"
-            if started
-            else "every part is already downloaded: press u to fill the profile"
-        )
+        self._note(f"{started} download(s) started; they keep going if you close the deck" if started
+                   else "every part is already downloaded: press u to fill the profile")
         self.load()
 
     def action_use(self) -> None:

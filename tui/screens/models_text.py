@@ -17,6 +17,4 @@ def download_line(dl: downloads.Download) -> str:
     speed = f" {size_text(dl.speed)}/s" if dl.state == "running" and dl.speed else ""
     retry = f" retry {dl.retries}" if dl.retries else ""
     why = dl.error or (dl.wait_reason if dl.state == "queued" else None)
-    return f"{dl.id[:8]} {what} {dl.state} {pct} {size_text(dl.bytes_done)}{speed}{eta}{retry}" + (
-        f" {why}" if why else ""
-    )
+    return f"{dl.id[:8]} {what} {dl.state} {pct} {size_text(dl.bytes_done)}{speed}{eta}{retry}" + (f" {why}" if why else "")

@@ -45,9 +45,7 @@ def job_cells(job: Job, now: float | None = None) -> dict[str, Text | str]:
         "name": job.name or job.profile,
         "gpus": ",".join(str(x) for x in job.gpus or []) or "-",
         "progress": progress,
-        "epoch": f"{epoch}/{epochs}"
-        if epoch is not None and epochs
-        else (str(epoch) if epoch is not None else "-"),
+        "epoch": f"{epoch}/{epochs}" if epoch is not None and epochs else (str(epoch) if epoch is not None else "-"),
         "loss": f"{job.loss:.4f}" if job.loss is not None else "-",
         "sps": f"{job.samples_per_s:.2f}" if job.samples_per_s is not None else "-",
         "eta": duration(job.eta_s) if not job.finished else "-",
@@ -289,9 +287,7 @@ class QueueScreen(DeckScreen):
         if not result.ok:
             self.app.call_from_thread(self.notify, result.message, severity="warning", timeout=8)
             return
-        self.app.call_from_thread(
-            self.notify, result.message or f"{request.action} sent to job {request.job_id}"
-        )
+        self.app.call_from_thread(self.notify, result.message or f"{request.action} sent to job {request.job_id}")
         self.load()
 
     def action_cancel(self) -> None:

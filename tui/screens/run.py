@@ -88,9 +88,7 @@ def tb_text(tb: dict[str, Any]) -> str:
     for name, points in evals.items():
         if points:
             last = points[-1]
-            lines.append(
-                escape(f"eval {name}: {last['loss']:.4f} @ step {last['step']} ({len(points)} evals)")
-            )
+            lines.append(escape(f"eval {name}: {last['loss']:.4f} @ step {last['step']} ({len(points)} evals)"))
     if tb.get("note"):
         lines.append(escape(str(tb["note"])))
     return "\n".join(lines)
@@ -351,7 +349,9 @@ class RunScreen(DeckScreen):
         now = time.monotonic()
         fresh = len(self.metrics) != self.last_metrics_len or self.last_metrics_len < 0
         # The first points are drawn at once: "no data yet" must not linger for PLOT_EVERY_S.
-        if fresh and (now - self.last_plot >= PLOT_EVERY_S or ended or self.last_metrics_len <= 0):
+        if fresh and (
+            now - self.last_plot >= PLOT_EVERY_S or ended or self.last_metrics_len <= 0
+        ):
             self.last_plot = now
             self.last_metrics_len = len(self.metrics)
             runs = [(f"job {self.job_id}", self.metrics), *self.compare]

@@ -25,11 +25,7 @@ def _gib(n: float) -> str:
 
 class SystemLoaded(Message):
     def __init__(
-        self,
-        gpus: list[dict[str, Any]],
-        stats: dict[str, Any],
-        daemon: dict[str, Any],
-        backend: dict[str, Any],
+        self, gpus: list[dict[str, Any]], stats: dict[str, Any], daemon: dict[str, Any], backend: dict[str, Any]
     ) -> None:
         super().__init__()
         self.gpus = gpus
@@ -60,10 +56,8 @@ def backend_text(rep: dict[str, Any]) -> str:
         failed = [s for s in progress.get("steps", []) if s.get("state") == "failed"]
         if failed or progress.get("ok") is False:
             lines.append(f"  last {progress.get('action')} failed:")
-            lines += [
-                f"    {s['n']} {s['name']}: {s['state']} {s.get('detail', '')}".rstrip()
-                for s in progress.get("steps", [])
-            ]
+            lines += [f"    {s['n']} {s['name']}: {s['state']} {s.get('detail', '')}".rstrip()
+                      for s in progress.get("steps", [])]
         elif progress.get("finished") is None:
             lines.append(f"  last {progress.get('action')}: {progress.get('summary')}")
     if not rep.get("managed"):
@@ -145,13 +139,9 @@ class SystemScreen(DeckScreen):
         engine = engine_of(self.app)
         try:
             daemon = engine.daemon_status()
-        except (
-            Exception
-        ) as exc:  # a damaged or locked store: the GPUs and host figures are still worth showing
+        except Exception as exc:  # a damaged or locked store: the GPUs and host figures are still worth showing
             daemon = {"running": False, "detail": str(exc)}
-        self.post_message(
-            SystemLoaded(engine.gpu_report(), data.system_stats(engine), daemon, backend_report())
-        )
+        self.post_message(SystemLoaded(engine.gpu_report(), data.system_stats(engine), daemon, backend_report()))
 
     def on_system_loaded(self, message: SystemLoaded) -> None:
         self.query_one("#gpu-summary", Static).update(gpu_summary(message.gpus))
@@ -199,11 +189,8 @@ class SystemScreen(DeckScreen):
             self.notify(f"a backend {progress.get('action')} is already running (pid {progress.get('pid')})")
             return
         argv = backend_command(rep)
-        self.confirm(
-            f"Run `dpdeck {' '.join(argv[3:])}`?\nIts steps show here as they run; "
-            "its output goes to the backend log in the state dir.",
-            lambda: self._start_backend(argv),
-        )
+        self.confirm(f"Run `dpdeck {' '.join(argv[3:])}`?\nIts steps show here as they run; "
+                     "its output goes to the backend log in the state dir.", lambda: self._start_backend(argv))
 
     def _start_backend(self, argv: list[str]) -> None:
         from statefiles import paths
@@ -211,9 +198,8 @@ class SystemScreen(DeckScreen):
         log = paths.subdir("backend") / "diffusion-pipe.log"
         with open(log, "ab") as out:
             # Its own session: quitting the deck must not kill a clone or pip install half way.
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
         self.notify(f"started `dpdeck {' '.join(argv[3:])}`; log: {log}")
         self.load()
 

@@ -31,14 +31,11 @@ class UseInProfile:
 
     def _note(self, text: str, error: bool = False) -> None:
         """notify() from a worker thread."""
-        self.app.call_from_thread(
-            self.notify, text, severity="error" if error else "information", timeout=8 if error else 4
-        )
+        self.app.call_from_thread(self.notify, text, severity="error" if error else "information",
+                                  timeout=8 if error else 4)
 
     @work(thread=True, group="models-use")
-    def propose_use(
-        self, name: str, edit: Callable[[Profile], tuple[list[object], str]], message: str
-    ) -> None:
+    def propose_use(self, name: str, edit: Callable[[Profile], tuple[list[object], str]], message: str) -> None:
         """Apply `edit` to a loaded copy, show the changed lines, save (with history) only on `y`."""
         from profiles import store
 

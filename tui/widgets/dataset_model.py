@@ -50,9 +50,7 @@ def _has_images(folder: Path) -> bool:
 
     try:
         with os.scandir(folder) as it:
-            return any(
-                os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS for e in it if entry_is_file(e)
-            )
+            return any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS for e in it if entry_is_file(e))
     except OSError:
         return False
 
@@ -64,9 +62,7 @@ def image_folders(folder: Path, depth: int = SUBDIR_DEPTH) -> list[Path]:
     found: list[Path] = [folder] if _has_images(folder) else []
     if depth > 0:
         try:
-            subs = sorted(
-                e.path for e in os.scandir(folder) if entry_is_dir(e) and not e.name.startswith(".")
-            )
+            subs = sorted(e.path for e in os.scandir(folder) if entry_is_dir(e) and not e.name.startswith("."))
         except OSError:
             subs = []
         for sub in subs:
@@ -419,12 +415,7 @@ def bucket_settings(source: DatasetSource, profile: str | None) -> BucketSetting
     backend = preview_backend(prof)
     if source.toml_data is not None and source.toml_base is not None:
         return BucketSettings(
-            label,
-            source.toml_data,
-            source.toml_base,
-            batches,
-            framerate=framerate,
-            round_to=round_to,
+            label, source.toml_data, source.toml_base, batches, framerate=framerate, round_to=round_to,
             backend=backend,
         )
     if prof.dataset is None:

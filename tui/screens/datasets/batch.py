@@ -70,10 +70,8 @@ class BatchAndUndo(FileList):
         self.app.push_screen(dialog, answer)
 
     def on_applied(self, message: msg.Applied) -> None:
-        self.notify(
-            f"changed {message.count} caption(s): op {message.op_id} ({shown_key(self.app, 'datasets.undo')} to undo)",
-            timeout=8,
-        )
+        undo = shown_key(self.app, "datasets.undo")
+        self.notify(f"changed {message.count} caption(s): op {message.op_id} ({undo} to undo)", timeout=8)
         self._reload(message.folders)
 
     def action_undo(self) -> None:
