@@ -59,7 +59,10 @@ def commands(app: DeckApp, screen: object) -> Iterator[Command]:
         for _, binding in cls._merge_bindings():  # one entry per key: a binding with two keys comes twice
             if binding.show and binding.id and binding.description and binding.id not in seen:
                 seen.add(binding.id)
-                keys = [app.get_key_display(binding.with_key(k, key_display=None)) for k in in_force.get(binding.id, [])]
+                keys = [
+                    app.get_key_display(binding.with_key(k, key_display=None))
+                    for k in in_force.get(binding.id, [])
+                ]
                 yield Command(
                     f"{title}: {binding.description}",
                     f"{title} · {_keys_text(keys)}",
