@@ -4,6 +4,8 @@ first. Read from the live bindings, as `?` is: a new binding is offered by being
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -12,6 +14,7 @@ from typing import Any
 from textual.app import App
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+SETTLE_S = 3.0
 DeckApp = App[Any]  # the deck's app; not imported (it imports this module)
 
 
@@ -29,7 +32,19 @@ async def _run_here(app: DeckApp, action: str, node: object) -> None:
 async def _run_in_area(app: DeckApp, mode: str, action: str) -> None:
     if app.current_mode != mode:
         await app.switch_mode(mode)
+        await _settle(app)
     await app.run_action(action, app.screen)
+
+
+async def _settle(app: DeckApp) -> None:
+    """Let a screen just opened load what its actions act on (its rows come from workers, then a message),
+    or give up after SETTLE_S: a poll worker that never ends must not hold the action back for good."""
+    screen = app.screen
+    pending = [w for w in app.workers if w.node is screen and not w.is_finished]
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(w.wait() for w in pending), return_exceptions=True), SETTLE_S)
+    for _ in range(3):  # the workers' result messages, then the refresh they ask for
+        await asyncio.sleep(0.02)
 
 
 def _keys_text(keys: list[str]) -> str:

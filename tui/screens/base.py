@@ -81,6 +81,18 @@ class DeckScreen(Screen[None]):
         field.display = True
         self.set_focus(field)
 
+    def key_hint(self, binding_id: str) -> str:
+        """A binding's key in force, bold, for a hint line ("E enqueue"): the user's keymap shows here too."""
+        from rich.markup import escape
+
+        from tui.keymap import shown_key
+
+        return f"[b]{escape(shown_key(self.app, binding_id))}[/b]"
+
+    def key_hints(self, hints: list[tuple[str, str]]) -> str:
+        """(binding id, what it does) pairs as one hint line."""
+        return "   ".join(f"{self.key_hint(ident)} {does}" for ident, does in hints)
+
     def confirm(self, message: str, then: Callable[[], None]) -> None:
         from tui.screens.dialogs import ConfirmDialog
 

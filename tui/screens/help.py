@@ -76,6 +76,14 @@ def binding_sections(screen: Screen[object]) -> list[HelpSection]:
             key = app.get_key_display(binding)
             if key not in row.keys:
                 row.keys.append(key)
+    for node, rows in grouped.values():
+        # A binding whose key a keymap.toml clash took is not in the chain any more: listed, with no key.
+        for _key, binding in node._merge_bindings():
+            if binding.id and binding.description and binding.id not in rows:
+                state = app._check_action_state(binding.action, node)
+                rows[binding.id] = HelpRow(
+                    [], binding.description, binding.id, bool(state), binding.action, node
+                )
     sections: list[HelpSection] = []
     focused: list[HelpRow] = []
     for node, rows in grouped.values():
@@ -119,7 +127,7 @@ def help_table(sections: list[HelpSection]) -> Table:
         table.add_row(f"[b underline]{section.title}[/]", "", "")
         for row in section.rows:
             does = row.description if row.enabled else f"[dim]{row.description} (not now)[/]"
-            table.add_row(" ".join(row.keys), does, row.binding_id)
+            table.add_row(" ".join(row.keys) or "[dim]no key[/]", does, row.binding_id)
     table.add_row("", "", "")
     table.add_row("ctrl+p", "command palette (every action by name, with its key)", "")
     return table

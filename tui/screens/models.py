@@ -209,7 +209,12 @@ class ModelsScreen(UseInProfile, DeckScreen):
         self.load()
 
     def action_resume(self) -> None:
-        self._pick_download(RESUMABLE, "resume", self._resume)
+        def confirm(dl_id: str) -> None:  # resume confirms on every screen (tui/keyscheme.py)
+            dl = next((d for d in self._dls if d.id == dl_id), None)
+            label = download_line(dl)[:60] if dl else dl_id
+            self.confirm(f"Resume {label}?\nIt downloads the rest.", lambda: self._resume(dl_id))
+
+        self._pick_download(RESUMABLE, "resume", confirm)
 
     @work(thread=True, group="models-resume")
     def _resume(self, download_id: str) -> None:

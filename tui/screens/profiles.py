@@ -172,12 +172,20 @@ class ProfilesScreen(DeckScreen):
         if row.kind == "template":
             text = (
                 f"[b]{row.name}[/b]  template · {row.model_type}\n\n{row.detail}\n\n"
-                "[b]Enter[/b]/[b]n[/b] new profile from this template"
+                f"{self.key_hint('profiles.open')}/{self.key_hint('profiles.new')} new profile from this template"
             )
         else:
             text = (
                 f"[b]{row.name}[/b]  profile · {row.model_type}\n{row.detail}\n\n"
-                "[b]Enter[/b] edit   [b]q[/b] enqueue   [b]h[/b] history   [b]d[/b] diff   [b]x[/b] export"
+                + self.key_hints(
+                    [
+                        ("profiles.open", "edit"),
+                        ("profiles.enqueue", "enqueue"),
+                        ("profiles.history", "history"),
+                        ("profiles.diff", "diff"),
+                        ("profiles.export", "export"),
+                    ]
+                )
             )
         detail.update(text)
 

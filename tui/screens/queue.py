@@ -189,8 +189,9 @@ class QueueScreen(DeckScreen):
         else:
             self.paused = message.paused
             # The table's own Enter hides the screen's in the footer: say here what it does.
-            state = "‖ queue PAUSED (p resumes)" if message.paused else "▶ queue running (p pauses)"
-            set_content(status, f"{state} · Enter opens the highlighted job's Run view (3)")
+            pause, run = shown_key(self.app, "queue.pause"), shown_key(self.app, "deck.run")
+            state = f"‖ queue PAUSED ({pause} resumes)" if message.paused else f"▶ queue running ({pause} pauses)"
+            set_content(status, f"{state} · Enter opens the highlighted job's Run view ({run})")
         fresh = {str(j.id): j for j in message.jobs}
         self.jobs = fresh
         self._fit_columns()  # a first answer, or ids grown a digit
@@ -297,10 +298,10 @@ class QueueScreen(DeckScreen):
         self._request(Action.STOP, confirm="Stop job {id} ({name}) gracefully? It saves, then exits.")
 
     def action_retry(self) -> None:
-        self._request(Action.RETRY)
+        self._request(Action.RETRY, confirm="Retry job {id} ({name})? A new job trains it again from the start.")
 
     def action_resume(self) -> None:
-        self._request(Action.RESUME)
+        self._request(Action.RESUME, confirm="Resume job {id} ({name})? A new job goes on from its last checkpoint.")
 
     def action_move(self, direction: str) -> None:
         self._request(Action.MOVE, direction)

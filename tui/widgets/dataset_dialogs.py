@@ -9,6 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tui.keymap import shown_key
 from tui.keyscheme import bind
 from tui.widgets.dataset_model import OP_FIELDS, OPS, BatchSpec, check_spec
 
@@ -113,7 +114,8 @@ class ApplyDialog(ModalScreen[bool]):
             with VerticalScroll(id="apply-diff", can_focus=True):
                 yield Static(diff_text(self.diff) if self.diff else Text("(no file would change)"))
             yield Static(
-                "[b]y[/b] apply (undo with u)    [b]n[/b]/[b]Esc[/b] cancel    arrows/PgUp/PgDn scroll",
+                f"[b]y[/b] apply (undo with {shown_key(self.app, 'datasets.undo')})    [b]n[/b]/[b]Esc[/b] cancel    "
+                "arrows/PgUp/PgDn scroll",
                 classes="dialog-keys",
             )
 

@@ -31,7 +31,15 @@ def key_width(widget: Widget, compact: bool) -> int:
 
 class DeckFooter(Footer):
     def compose(self) -> ComposeResult:
-        widgets = list(super().compose())
+        # In the screen's BINDINGS order (Textual's follows the focus chain, so a focused field's key could come
+        # first); the focused widget's and the app's keys after the screen's.
+        rank = {}
+        for _key, binding in self.screen._merge_bindings():
+            rank.setdefault(binding.action, len(rank))
+        widgets = sorted(
+            super().compose(),
+            key=lambda w: rank.get(w.action, len(rank)) if isinstance(w, FooterKey) else len(rank),
+        )
         compact = self.compact
         kept = {id(w) for w in widgets if w.has_class("-command-palette")}
         kept |= {id(w) for w in widgets if isinstance(w, FooterKey) and w.action in ALWAYS}
