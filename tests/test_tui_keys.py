@@ -20,7 +20,18 @@ from tests.test_tui_live import FakeEngine, make_job
 from tests.tui_helpers import notes, screen_text, wait_note, wait_text, wait_until
 from tui.app import AREAS, QUIT_NOTE, DeckApp
 from tui.keymap import clashes, deck_bindings, shown_key
-from tui.keyscheme import BY_NAME, GLOBAL, SCHEME, Confirm, bind, key_label, scheme_table, verb_of
+from tui.keyscheme import (
+    BY_NAME,
+    GLOBAL,
+    SCHEME,
+    WHERE,
+    Confirm,
+    bind,
+    key_label,
+    place_of,
+    scheme_table,
+    verb_of,
+)
 from tui.screens.dialogs import ConfirmDialog
 from tui.screens.editor import EditorScreen
 from tui.screens.help import HelpScreen
@@ -65,6 +76,19 @@ def test_every_binding_has_its_verbs_key() -> None:
         elif not set(_keys(binding)) <= set(verb.keys):
             bad.append(f"{cls.__name__} {binding.id}: {binding.key} is not {verb.name}'s {verb.keys}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_scheme_names_every_place_a_verb_is_bound() -> None:
+    assert set(WHERE) == set(BY_NAME)
+    unlisted = []
+    for cls, binding in _id_bindings():
+        verb = verb_of(binding.id or "")
+        assert verb is not None
+        if place_of(binding.id or "") not in WHERE[verb.name].split(", "):
+            unlisted.append(
+                f"{binding.id} ({cls.__name__}): add {place_of(binding.id or '')!r} to WHERE[{verb.name!r}]"
+            )
+    assert not unlisted, "\n".join(unlisted)
 
 
 def test_a_global_key_is_bound_by_the_app_alone() -> None:

@@ -148,6 +148,91 @@ SCHEME: tuple[Verb, ...] = (
     Verb("no", ("n", "escape", "q"), "no", dialog=True),
 )
 
+# Where each verb acts: the screens (by the first part of their binding ids, see `place_of`) and the reserved
+# ones that another screen is about to bind. tests/test_tui_keys.py checks every binding's place is listed.
+WHERE: dict[str, str] = {
+    **{area: "everywhere" for area in ("profiles", "queue", "run", "system", "datasets", "models")},
+    "help": "everywhere, help",
+    "back": "everywhere, help, history, dialogs, Run, Datasets, Models, editor",
+    "quit": "everywhere",
+    "notifications": "everywhere",
+    "down": "lists, help",
+    "up": "lists, help",
+    "top": "lists, help",
+    "bottom": "lists, help",
+    "open": "Profiles, Queue, Datasets",
+    "search": "Profiles, Run, Datasets, help",
+    "next_match": "Run",
+    "prev_match": "Run",
+    "edit": "Datasets",
+    "save": "editor, Datasets",
+    "revert": "Datasets",
+    "next_tab": "editor",
+    "close": "editor",
+    "next_problem": "editor, Run",
+    "new": "Profiles",
+    "enqueue": "Profiles",
+    "delete": "Profiles, Queue",
+    "delete_ended": "Queue",
+    "rename": "Profiles",
+    "copy": "Profiles",
+    "history": "Profiles",
+    "import": "Profiles",
+    "export": "Profiles",
+    "compare": "Profiles, Run",
+    "clear_compare": "Run",
+    "refresh": "Profiles, System, Datasets, Models",
+    "cancel": "Queue, Models",
+    "stop": "Queue",
+    "retry": "Queue",
+    "resume": "Queue, Models",
+    "move_up": "Queue",
+    "move_down": "Queue",
+    "pause": "Queue",
+    "follow": "Run",
+    "wrap": "Run",
+    "events": "Run",
+    "rank_prev": "Run",
+    "rank_next": "Run",
+    "sample_older": "Run",
+    "sample_newer": "Run",
+    "sample_prompt": "Run",
+    "reclaim": "System",
+    "backend": "System",
+    "open_folder": "Datasets",
+    "open_profile": "Datasets",
+    "use": "Datasets, Models",
+    "use_file": "Models",
+    "undo": "Datasets, history",
+    "batch": "Datasets",
+    "info": "Datasets, Models",
+    "buckets": "Datasets",
+    "bucket_profile": "Datasets",
+    "missing": "Datasets",
+    "bucket_filter": "Datasets",
+    "dupes": "Datasets",
+    "clear_filters": "Datasets",
+    "next_image": "Datasets",
+    "prev_image": "Datasets",
+    "pull": "Models",
+    "pull_part": "Models",
+    "check": "Models",
+    "yes": "dialogs",
+    "no": "dialogs",
+}
+# A binding id's first part -> the place WHERE names it by.
+PLACES = {
+    "deck": "everywhere", "list": "lists", "profiles": "Profiles", "queue": "Queue", "run": "Run",
+    "system": "System", "datasets": "Datasets", "models": "Models", "editor": "editor", "help": "help",
+    "history": "history", "confirm": "dialogs", "apply": "dialogs", "prompt": "dialogs", "choice": "dialogs",
+    "text": "dialogs", "batch": "dialogs",
+}  # fmt: skip
+
+
+def place_of(binding_id: str) -> str:
+    return PLACES.get(binding_id.split(".", 1)[0], binding_id.split(".", 1)[0])
+
+
 GLOBAL = frozenset({"profiles", "queue", "run", "system", "datasets", "models", "quit", "notifications"})
 BY_NAME: dict[str, Verb] = {verb.name: verb for verb in SCHEME}
 _BY_ID: dict[str, Verb] = {binding_id: verb for verb in SCHEME for binding_id in verb.ids}
@@ -185,11 +270,10 @@ def key_label(key: str) -> str:
 
 def scheme_table() -> str:
     """SCHEME as the markdown table in docs/tui.md (between its `keyscheme` markers)."""
-    lines = ["| key | verb | confirms |", "| --- | --- | --- |"]
+    lines = ["| key | verb | where | confirms |", "| --- | --- | --- | --- |"]
     for verb in SCHEME:
         keys = " ".join(f"`{key_label(k)}`" for k in verb.keys)
-        scope = " (dialogs)" if verb.dialog else " (everywhere)" if verb.name in GLOBAL else ""
-        lines.append(f"| {keys} | {verb.does}{scope} | {verb.confirms.value} |")
+        lines.append(f"| {keys} | {verb.does} | {WHERE[verb.name]} | {verb.confirms.value} |")
     return "\n".join(lines)
 
 
