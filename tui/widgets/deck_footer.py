@@ -9,7 +9,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Footer
-from textual.widgets._footer import FooterKey
+from textual.widgets._footer import FooterKey  # not re-exported by textual.widgets: the items Footer yields
 
 ALWAYS = frozenset({"help"})  # actions whose key is never dropped
 
