@@ -426,3 +426,19 @@ def test_every_screen_a_user_can_stand_on_has_a_way_back() -> None:
         if issubclass(cls, ModalScreen) or (issubclass(cls, Screen) and cls.__name__ in {"EditorScreen"}):
             keys = {k for _, b in cls._merge_bindings() for k in _keys(b)}
             assert keys & (back | {"n"}), f"{cls.__name__} has no way back"
+
+
+async def test_title_bar_shows_remapped_area_keys_and_ends_in_an_ellipsis_when_long(
+    dpdeck_home: Path,
+) -> None:
+    (dpdeck_home / "keymap.toml").write_text(
+        '"deck.profiles" = "f11"\n"deck.queue" = "f12"\n"deck.run" = "ctrl+f3"\n'
+    )
+    app = DeckApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_text(pilot, "Templates")
+        title = screen_text(app).splitlines()[0].rstrip()
+        assert title.startswith(" dpdeck · Profiles  │ f11 Profiles f12 Queue ^f3 Run 4 System"), title
+        assert len(title) <= 80 and title.endswith("…")  # cut whole, with a mark, not mid-word silently
+        await pilot.press("f12")
+        await wait_until(pilot, lambda: app.current_mode == "queue", what="f12 -> queue")

@@ -18,6 +18,8 @@ SHORT_TITLES = {"Datasets": "Data"}  # the title bar fits 80 columns
 class DeckScreen(Screen[None]):
     """A top-level screen (one per mode). Subclasses implement `compose_body` and optionally `poll`."""
 
+    # A long title (a sub-screen's, or keys remapped to f-keys) ends in "…" rather than in half a word.
+    DEFAULT_CSS = "#title-bar { text-wrap: nowrap; text-overflow: ellipsis; }"
     TITLE_TEXT = "dpdeck"
     POLL_SECONDS: float = 0.0  # 0 = no polling
     # Actions that open a text field, bound with priority=True and opened with `open_field` (see there).
