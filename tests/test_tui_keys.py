@@ -19,7 +19,7 @@ from profiles import store
 from tests.test_tui_live import FakeEngine, make_job
 from tests.tui_helpers import notes, screen_text, wait_note, wait_text, wait_until
 from tui.app import AREAS, QUIT_NOTE, DeckApp
-from tui.keymap import clashes, deck_bindings, shown_key
+from tui.keymap import bad_keys, clashes, deck_bindings, shown_key
 from tui.keyscheme import (
     BY_NAME,
     GLOBAL,
@@ -210,7 +210,9 @@ def test_docs_scheme_table_is_the_scheme() -> None:
 async def test_remapped_area_key_shows_everywhere_and_the_clash_is_reported(dpdeck_home: Path) -> None:
     """The issue's example: `deck.queue = "3"` takes Run's key. The deck says so at start, and the title bar,
     help and the palette show the keys in force."""
-    (dpdeck_home / "keymap.toml").write_text('"deck.queue" = "3"\n"deck.helpp" = "f9"\n')
+    (dpdeck_home / "keymap.toml").write_text(
+        '"deck.queue" = "3"\n"deck.helpp" = "f9"\n"deck.system" = "F4"\n'
+    )
     app = DeckApp()
     async with app.run_test(size=(100, 40)) as pilot:
         await wait_text(pilot, "Templates")
@@ -218,8 +220,9 @@ async def test_remapped_area_key_shows_everywhere_and_the_clash_is_reported(dpde
         assert "deck.queue and deck.run" in note and "(everywhere)" in note
         unknown = await wait_note(pilot, "unknown binding id")
         assert '"deck.helpp"; did you mean "deck.help"?' in unknown
+        assert '"deck.system" = "F4": \'F4\' is not a key' in unknown and 'did you mean "f4"?' in unknown
         title = screen_text(app).splitlines()[0]
-        assert "1 Profiles 3 Queue Run 4 System" in title, title  # Run has no key left, and says so by none
+        assert "1 Profiles 3 Queue Run F4 System" in title, title  # Run has no key left, and says so by none
         await pilot.press("3")
         await wait_until(pilot, lambda: app.current_mode == "queue", what="3 -> queue")
         await pilot.press("question_mark")
@@ -245,6 +248,21 @@ async def test_remapped_screen_key_shows_in_footer_help_palette_and_messages(dpd
         await pilot.press(*"enqueue")
         await wait_text(pilot, "Profiles · key f9")
         assert not [n for n in notes(app) if "keymap" in n]  # f9 was free: nothing to report
+
+
+def test_keys_textual_cannot_deliver_are_named() -> None:
+    good = {
+        "a": "f2",
+        "b": "ctrl+shift+up",
+        "c": "question_mark",
+        "d": "?",
+        "e": "ä",
+        "f": "x,less_than_sign",
+    }
+    assert bad_keys(good) == []
+    lines = bad_keys({"deck.run": "ctlr+t", "deck.queue": "banana", "deck.help": "ctrl+"})
+    assert len(lines) == 3 and all("is not a key" in line for line in lines)
+    assert "'ctlr+t'" in lines[0] and "did you mean" not in lines[0]
 
 
 def test_clashes_name_the_screen_and_skip_keys_the_keymap_did_not_move() -> None:

@@ -85,9 +85,9 @@ class DeckApp(App[None]):
         """Name the ids that match no binding and the keys the keymap made mean two things (either would
         otherwise do nothing, silently). In a thread: knowing every id imports every screen, which the first
         paint should not wait for."""
-        from tui.keymap import binding_ids, clashes, unknown_ids
+        from tui.keymap import bad_keys, binding_ids, clashes, unknown_ids
 
-        problems = unknown_ids(keymap, binding_ids()) + clashes(keymap, type(self))
+        problems = unknown_ids(keymap, binding_ids()) + bad_keys(keymap) + clashes(keymap, type(self))
         if problems:
             self.call_from_thread(
                 self.notify, "\n".join(problems), title="keymap", severity="warning", timeout=20

@@ -15,6 +15,7 @@ from types import ModuleType
 from textual.app import App
 from textual.binding import Binding, BindingsMap, BindingType
 from textual.dom import DOMNode
+from textual.keys import Keys, key_to_character
 from textual.screen import ModalScreen, Screen
 
 from statefiles import toml as tomllib
@@ -24,6 +25,9 @@ KEYMAP_FILE = "keymap.toml"
 # Where the deck's bindings live: the app module and every module of these packages (walked, not listed, so a
 # new screen's ids are known without an edit here).
 BINDING_HOMES = ("tui.app", "tui.screens", "tui.widgets")
+
+
+_KEY_NAMES = frozenset(k.value for k in Keys) | {"space", "enter", "tab", "escape", "backspace"}
 
 
 class KeymapError(Exception):
@@ -76,6 +80,36 @@ def unknown_ids(keymap: dict[str, str], known: set[str]) -> list[str]:
         close = difflib.get_close_matches(binding_id, sorted(known), n=1)
         hint = f'; did you mean "{close[0]}"?' if close else " (`?` lists the ids of each screen)"
         lines.append(f'{KEYMAP_FILE}: unknown binding id "{binding_id}"{hint}')
+    return lines
+
+
+MODIFIERS = frozenset({"ctrl", "shift", "alt", "meta", "super", "hyper"})
+
+
+def _known_key(key: str) -> bool:
+    """A key Textual can deliver: a character, one of its key names (`f2`, `escape`, `ctrl+down`), or the name
+    of an ASCII symbol (`less_than_sign`), after any modifiers."""
+    *mods, base = key.split("+")
+    if not base or not set(mods) <= MODIFIERS:
+        return False
+    if len(base) == 1 or base in _KEY_NAMES:
+        return True
+    char = key_to_character(base)
+    return char is not None and char.isascii()
+
+
+def bad_keys(keymap: dict[str, str]) -> list[str]:
+    """One line per override whose key Textual would never deliver (a typo like "F2" or "ctlr+t" would
+    otherwise leave the binding without a working key, silently)."""
+    lines = []
+    for binding_id, keys in keymap.items():
+        bad = [k.strip() for k in keys.split(",") if not _known_key(k.strip())]
+        if bad:
+            hint = f'; did you mean "{bad[0].lower()}"?' if _known_key(bad[0].lower()) else ""
+            lines.append(
+                f'{KEYMAP_FILE}: "{binding_id}" = "{keys}": {", ".join(repr(b) for b in bad)} is not a key '
+                f'(keys look like "x", "f2", "ctrl+t", "escape"){hint}'
+            )
     return lines
 
 
