@@ -93,12 +93,6 @@ class DeckApp(App[None]):
                 self.notify, "\n".join(problems), title="keymap", severity="warning", timeout=20
             )
 
-    def keys_of(self, binding_id: str) -> list[str]:
-        """The keys an app-level binding has now, the user's keymap applied ([] when a clash took its key)."""
-        from tui.keymap import keys_in_force
-
-        return keys_in_force(self._bindings, self._keymap).get(binding_id, [])
-
     @work(thread=True, exclusive=True, group="daemon")
     def _ensure_daemon(self) -> None:
         """The deck is a client: it starts the engine's daemon when there is none (the daemon outlives it)."""

@@ -26,7 +26,7 @@ class DeckScreen(Screen[None]):
     FIELD_ACTIONS: frozenset[str] = frozenset()
 
     def compose(self) -> ComposeResult:
-        yield Static(self._title_line(), id="title-bar")
+        yield Static(self._title_line(), id="title-bar", markup=False)  # a key may be "["
         yield from self.compose_body()
         yield DeckFooter()
 
