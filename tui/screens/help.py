@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rich.markup import escape
 from rich.table import Table
 from textual import on
 from textual.app import ComposeResult
@@ -126,8 +127,9 @@ def help_table(sections: list[HelpSection]) -> Table:
     for section in sections:
         table.add_row(f"[b underline]{section.title}[/]", "", "")
         for row in section.rows:
-            does = row.description if row.enabled else f"[dim]{row.description} (not now)[/]"
-            table.add_row(" ".join(row.keys) or "[dim]no key[/]", does, row.binding_id)
+            # Escaped: a key may be `[` (Run's ranks), a description may hold brackets.
+            does = escape(row.description) if row.enabled else f"[dim]{escape(row.description)} (not now)[/]"
+            table.add_row(escape(" ".join(row.keys)) or "[dim]no key[/]", does, row.binding_id)
     table.add_row("", "", "")
     table.add_row("ctrl+p", "command palette (every action by name, with its key)", "")
     return table
