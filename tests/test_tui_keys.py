@@ -348,6 +348,28 @@ async def test_palette_finds_every_areas_main_actions_with_their_keys(query: str
         await wait_text(pilot, expect)
 
 
+async def test_palette_offers_every_binding_of_the_screen_and_each_areas_footer_keys() -> None:
+    from tui.palette import commands
+    from tui.screens.queue import QueueScreen
+    from tui.screens.system import SystemScreen
+
+    engine = FakeEngine()
+    engine.jobs[1] = make_job(1, "alpha")
+    app = DeckApp(start_mode="queue", engine=engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_text(pilot, "alpha")
+        offered = {c.name: c.help for c in commands(app, app.screen)}
+        # Every Queue action, shown in the footer or not (Textual's own focus cycling has no id: not an action).
+        for _, binding in QueueScreen._merge_bindings():
+            if binding.id:
+                assert binding.description in offered, binding.id
+        assert offered["Cancel"] == "Queue · key c" and offered["Go to Run"] == "Everywhere · key 3"
+        for _, binding in SystemScreen._merge_bindings():
+            if binding.id:
+                assert offered[f"System: {binding.description}"].startswith("System · key ")
+        assert "Queue: Cancel" not in offered  # this area's actions come once, from the live screen
+
+
 async def test_palette_runs_this_screens_action_and_another_areas_after_switching() -> None:
     store.create_from_template("demo-tiny", "palette-job")
     engine = FakeEngine()
