@@ -175,17 +175,14 @@ class ProfilesScreen(DeckScreen):
                 f"{self.key_hint('profiles.open')}/{self.key_hint('profiles.new')} new profile from this template"
             )
         else:
-            text = (
-                f"[b]{row.name}[/b]  profile · {row.model_type}\n{row.detail}\n\n"
-                + self.key_hints(
-                    [
-                        ("profiles.open", "edit"),
-                        ("profiles.enqueue", "enqueue"),
-                        ("profiles.history", "history"),
-                        ("profiles.diff", "diff"),
-                        ("profiles.export", "export"),
-                    ]
-                )
+            text = f"[b]{row.name}[/b]  profile · {row.model_type}\n{row.detail}\n\n" + self.key_hints(
+                [
+                    ("profiles.open", "edit"),
+                    ("profiles.enqueue", "enqueue"),
+                    ("profiles.history", "history"),
+                    ("profiles.diff", "diff"),
+                    ("profiles.export", "export"),
+                ]
             )
         detail.update(text)
 
