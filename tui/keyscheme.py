@@ -130,7 +130,7 @@ SCHEME: tuple[Verb, ...] = (
     Verb("use_file", ("U",), "use one file in a profile", C.PROMPT),
     Verb("undo", ("z",), "undo / roll back", C.YES, ids=("history.rollback",)),
     Verb("batch", ("A",), "batch caption operation (preview, then apply)", C.YES),
-    Verb("info", ("i",), "info panel on/off", ids=("datasets.stats",)),
+    Verb("info", ("i",), "info panel on/off", ids=("datasets.stats", "models.details")),
     Verb("buckets", ("b",), "bucket panel"),
     Verb("bucket_profile", ("B",), "the profile the bucket panel uses"),
     Verb("missing", ("m",), "filter: missing captions"),
