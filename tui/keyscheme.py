@@ -66,6 +66,7 @@ SCHEME: tuple[Verb, ...] = (
             "run.search_close",
             "editor.close_esc",
             "datasets.back",
+            "notifications.close",
         ),
     ),
     Verb("quit", ("ctrl+q",), "quit the deck (jobs keep running)", C.UNSAVED),
@@ -84,6 +85,7 @@ SCHEME: tuple[Verb, ...] = (
     Verb("revert", ("ctrl+r",), "drop the unsaved edit"),
     Verb("next_tab", ("ctrl+t",), "next tab"),
     Verb("close", ("ctrl+w",), "close the editor", C.UNSAVED),
+    Verb("complete", ("tab",), "complete the path typed in a prompt"),
     Verb("next_problem", ("ctrl+n",), "next problem / error line", ids=("run.next_error",)),
     # Profiles.
     Verb("new", ("a",), "new (add)", C.PROMPT),
@@ -169,6 +171,7 @@ WHERE: dict[str, str] = {
     "revert": "Datasets",
     "next_tab": "editor",
     "close": "editor",
+    "complete": "dialogs",
     "next_problem": "editor, Run",
     "new": "Profiles",
     "enqueue": "Profiles",
@@ -225,7 +228,7 @@ PLACES = {
     "deck": "everywhere", "list": "lists", "profiles": "Profiles", "queue": "Queue", "run": "Run",
     "system": "System", "datasets": "Datasets", "models": "Models", "editor": "editor", "help": "help",
     "history": "history", "confirm": "dialogs", "apply": "dialogs", "prompt": "dialogs", "choice": "dialogs",
-    "text": "dialogs", "batch": "dialogs",
+    "text": "dialogs", "batch": "dialogs", "picker": "dialogs", "path": "dialogs", "notifications": "dialogs",
 }  # fmt: skip
 
 
