@@ -182,9 +182,11 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
         await wait_note(pilot, "job 1 is running; only queued jobs move")
         assert (1, "move", "up") not in engine.requests
         await pilot.press("t")  # retry is for ended jobs: alpha is running, and the daemon says so
+        await wait_text(pilot, "Retry job 1")  # retry starts training again: it confirms (tui/keyscheme.py)
+        await pilot.press("y")
         await wait_note(pilot, "job 1 is still running; retry needs an ended job")
         assert (1, "retry", None) not in engine.requests
-        await pilot.press("p")
+        await pilot.press("space")
         await wait_text(pilot, "PAUSED")
         assert engine.paused
 
@@ -220,13 +222,13 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
         await wait_until(pilot, lambda: plot.points == 39, what="loss points")
         log_pane = app.screen.query_one("#run-log", LogPane)
         await wait_until(pilot, lambda: log_pane.total_written == 3, what="log lines")
-        await pilot.press("e")
+        await pilot.press("ctrl+n")
         await wait_until(pilot, lambda: app.screen.search_at == 2, what="jump to the error line")
         assert not log_pane.auto_scroll
-        await pilot.press("f")
+        await pilot.press("F")
         assert log_pane.auto_scroll
         engine.jobs[8] = make_job(8, "other", state="completed")
-        await pilot.press("c")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
+        await pilot.press("equals_sign")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
         await wait_text(pilot, "Overlay the loss curve")
         app.screen.query_one("#prompt-input").value = "8"
         await pilot.press("enter")
@@ -323,7 +325,7 @@ async def test_run_log_search_typed_in_one_burst(monkeypatch: pytest.MonkeyPatch
         await pilot.press("enter")
         pane = app.screen.query_one("#run-log", LogPane)
         await wait_until(pilot, lambda: pane.total_written == 56, what="log lines")
-        send_burst(app, "/needle")  # `n` and `e` are Run keys: a lost focus race would fire them instead
+        send_burst(app, "/needle")  # `n` is a Run key: a lost focus race would fire it instead
         box = app.screen.query_one("#run-search", Input)
         await wait_until(pilot, lambda: box.value == "needle", what="search text in the field")
         await pilot.press("enter")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tui.keyscheme import bind
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.widgets.path_input import PathInput, candidates_line
 
@@ -19,8 +19,8 @@ class ConfirmDialog(ModalScreen[bool]):
     """Yes/no. `y`/Enter confirms; `n`/Esc cancels (Esc is never the only way out: `n` works too)."""
 
     BINDINGS = [
-        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
-        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
+        bind("confirm.yes", "answer(True)", "Yes"),
+        bind("confirm.no", "answer(False)", "No"),
     ]
 
     def __init__(self, message: str) -> None:
@@ -42,7 +42,7 @@ class PromptDialog(ModalScreen[str | None]):
     path=True: the text is a file system path and Tab completes it (tui/widgets/path_input.py).
     """
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
+    BINDINGS = [bind("prompt.cancel", "cancel", "Cancel", keys="escape")]
 
     def __init__(
         self,
@@ -86,7 +86,7 @@ class PromptDialog(ModalScreen[str | None]):
 class ChoiceDialog(ModalScreen[str | None]):
     """Pick one of several (id, label) choices."""
 
-    BINDINGS = [*VIM_LIST_BINDINGS, Binding("escape,q", "cancel", "Cancel", id="choice.cancel")]
+    BINDINGS = [*VIM_LIST_BINDINGS, bind("choice.cancel", "cancel", "Cancel")]
 
     def __init__(self, title: str, choices: list[tuple[str, str]]) -> None:
         super().__init__()
@@ -122,7 +122,7 @@ class ChoiceDialog(ModalScreen[str | None]):
 class TextDialog(ModalScreen[None]):
     """Scrollable read-only text (diffs, previews)."""
 
-    BINDINGS = [Binding("escape,q", "close", "Close", id="text.close")]
+    BINDINGS = [bind("text.close", "close", "Close")]
 
     def __init__(self, title: str, text: str) -> None:
         super().__init__()

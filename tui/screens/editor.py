@@ -8,14 +8,15 @@ from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
+from textual.widgets import Static, TabbedContent, TabPane, TextArea
 
 from tui import data
+from tui.keyscheme import bind
+from tui.widgets.deck_footer import DeckFooter
 from tui.widgets.field import FieldRow
 
 TABS = ("easy", "advanced", "toml")
@@ -57,11 +58,11 @@ class Saved(Message):
 
 class EditorScreen(Screen[None]):
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save", id="editor.save", priority=True),
-        Binding("ctrl+t", "next_tab", "Easy/Adv/TOML", id="editor.next_tab", priority=True),
-        Binding("ctrl+w", "close", "Close", id="editor.close", priority=True),
-        Binding("escape", "close", "Close", show=False, id="editor.close_esc"),
-        Binding("ctrl+n", "next_problem", "Next problem", id="editor.next_problem", priority=True),
+        bind("editor.save", "save", "Save", priority=True),
+        bind("editor.next_tab", "next_tab", "Easy/Adv/TOML", priority=True),
+        bind("editor.next_problem", "next_problem", "Next problem", priority=True),
+        bind("editor.close", "close", "Close", priority=True),
+        bind("editor.close_esc", "close", "Close", keys="escape", show=False),
     ]
 
     def __init__(self, name: str, files: dict[str, str], *, template: str | None, is_new: bool) -> None:
@@ -102,7 +103,7 @@ class EditorScreen(Screen[None]):
                     for i, (fname, text) in enumerate(self.files.items()):
                         with TabPane(fname, id=f"file-{i}"):
                             yield TextArea(text, id=f"text-{i}", classes="toml-text", show_line_numbers=True)
-        yield Footer()
+        yield DeckFooter()
 
     def _value(self, file: str, keypath: str) -> Any:
         doc = self.docs.get(file)

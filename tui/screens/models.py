@@ -1,7 +1,7 @@
 """Models: registry entries with their local status, discovered model files, and downloads with progress.
 
-Keys: p pull an entry's missing parts, o pull one part, c cancel a download, R resume one, u use the entry in
-a stored profile, f use a discovered file in a profile, v check a profile (missing files, pull them, fill it).
+Keys: p pull an entry's missing parts, P pull one part, c cancel a download, R resume one, u use the entry in
+a stored profile, U use a discovered file in a profile, v check a profile (missing files, pull them, fill it).
 Downloads are run by the engine's daemon: they keep going when this deck closes or the ssh session drops.
 """
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
@@ -21,6 +20,7 @@ from engine.models import downloads
 from engine.models.discovery import Discovered, scan
 from engine.models.registry import component_status, entry_status, load_registry
 from profiles.document import Profile
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.screens.models_text import download_line, size_text
@@ -56,19 +56,19 @@ class ModelsLoaded(Message):
 
 class ModelsScreen(UseInProfile, DeckScreen):
     TITLE_TEXT = "Models"
-    # Status walks the model folders and the HF cache and discovery reads headers only: cheap enough for 2 s,
+    # Status walks the model folders and the HF cache and discovery reads headers only: cheap enough for 2 s
     # and downloads need a live-ish progress line.
     POLL_SECONDS = 2.0
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("p", "pull", "Pull", id="models.pull"),
-        Binding("o", "pull_part", "Pull part", id="models.pull_part"),
-        Binding("c", "cancel", "Cancel dl", id="models.cancel"),
-        Binding("R", "resume", "Resume dl", id="models.resume", key_display="R"),
-        Binding("u", "use_entry", "Use in profile", id="models.use"),
-        Binding("f", "use_file", "Use file", id="models.use_file"),
-        Binding("v", "check", "Check profile", id="models.check"),
-        Binding("r", "refresh", "Refresh", id="models.refresh", show=False),
+        bind("models.pull", "pull", "Pull"),
+        bind("models.cancel", "cancel", "Cancel dl"),
+        bind("models.check", "check", "Check profile"),
+        bind("models.use", "use_entry", "Use in profile"),
+        bind("models.pull_part", "pull_part", "Pull part"),
+        bind("models.resume", "resume", "Resume dl"),
+        bind("models.use_file", "use_file", "Use file"),
+        bind("models.refresh", "refresh", "Refresh", show=False),
     ]
 
     def __init__(self) -> None:
@@ -209,7 +209,12 @@ class ModelsScreen(UseInProfile, DeckScreen):
         self.load()
 
     def action_resume(self) -> None:
-        self._pick_download(RESUMABLE, "resume", self._resume)
+        def confirm(dl_id: str) -> None:  # resume confirms on every screen (tui/keyscheme.py)
+            dl = next((d for d in self._dls if d.id == dl_id), None)
+            label = download_line(dl)[:60] if dl else dl_id
+            self.confirm(f"Resume {label}?\nIt downloads the rest.", lambda: self._resume(dl_id))
+
+        self._pick_download(RESUMABLE, "resume", confirm)
 
     @work(thread=True, group="models-resume")
     def _resume(self, download_id: str) -> None:

@@ -1,7 +1,7 @@
 """Check a profile's model files: what is missing, which registry entry provides it, pull it all with one key,
 watch the downloads, then fill the profile so it validates.
 
-This is the issue's "done when" as a screen: an empty box, the Chroma E6AI 512 profile, `a` pulls the
+This is the issue's "done when" as a screen: an empty box, the Chroma E6AI 512 profile, `p` pulls the
 missing files (the daemon runs them: a dropped ssh session does not stop them), `u` fills the paths.
 """
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
 from engine.models import downloads
 from engine.models.fill import ModelFileIssue
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.models_text import download_line
 from tui.screens.use_in_profile import UseInProfile
@@ -64,10 +64,10 @@ class CheckScreen(UseInProfile, DeckScreen):
     TITLE_TEXT = "Models · check profile"
     POLL_SECONDS = 1.0
     BINDINGS = [
-        Binding("a", "pull_all", "Pull all missing", id="models.check.pull_all"),
-        Binding("u", "use", "Use in profile", id="models.check.use"),
-        Binding("r", "recheck", "Re-check", id="models.check.recheck"),
-        Binding("escape,q", "back", "Back", id="models.check.back"),
+        bind("models.check.pull_all", "pull_all", "Pull all missing"),
+        bind("models.check.use", "use", "Use in profile"),
+        bind("models.check.recheck", "recheck", "Re-check"),
+        bind("models.check.back", "back", "Back"),
     ]
 
     def __init__(self, name: str) -> None:

@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, OptionList, Static
@@ -18,6 +17,7 @@ from textual.widgets.option_list import Option
 
 from tui import data
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 
@@ -69,19 +69,19 @@ class ProfilesScreen(DeckScreen):
     TITLE_TEXT = "Profiles"
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("enter", "open", "Open", id="profiles.open"),
-        Binding("n", "new", "New", id="profiles.new"),
-        Binding("q", "enqueue", "Enqueue", id="profiles.enqueue"),
-        Binding("h", "history", "History", id="profiles.history"),
-        Binding("equals_sign", "diff", "Diff", id="profiles.diff", key_display="="),
-        Binding("d", "delete", "Delete", id="profiles.delete"),
-        Binding("M", "rename", "Rename", id="profiles.rename"),
-        Binding("y", "copy", "Copy", id="profiles.copy"),
-        Binding("x", "export", "Export", id="profiles.export"),
-        Binding("i", "import", "Import", id="profiles.import"),
+        bind("profiles.open", "open", "Open"),
+        bind("profiles.enqueue", "enqueue", "Enqueue"),
+        bind("profiles.new", "new", "New"),
+        bind("profiles.delete", "delete", "Delete"),
+        bind("profiles.rename", "rename", "Rename"),
+        bind("profiles.copy", "copy", "Copy"),
         # priority + open_field: the letters typed in the same burst as `/` land in the filter
-        Binding("slash", "search", "Search", id="profiles.search", key_display="/", priority=True),
-        Binding("r", "reload", "Reload", id="profiles.reload", show=False),
+        bind("profiles.search", "search", "Search", priority=True),
+        bind("profiles.history", "history", "History"),
+        bind("profiles.diff", "diff", "Diff"),
+        bind("profiles.import", "import", "Import"),
+        bind("profiles.export", "export", "Export"),
+        bind("profiles.reload", "reload", "Reload", show=False),
     ]
 
     def __init__(self) -> None:
@@ -186,7 +186,7 @@ class ProfilesScreen(DeckScreen):
         if row.kind == "template":
             text = (
                 f"[b]{row.name}[/b]  template · {row.model_type}\n\n{row.detail}\n\n"
-                "[b]Enter[/b]/[b]n[/b] new profile from this template"
+                f"{self.key_hint('profiles.open')}/{self.key_hint('profiles.new')} new profile from this template"
             )
         else:
             summary = self.summaries.get(row.name)
@@ -194,23 +194,19 @@ class ProfilesScreen(DeckScreen):
                 f"[b]{row.name}[/b]  profile · {row.model_type}\n{row.detail}\n\n"
                 + (escape(summary) if summary is not None else "reading its settings and runs…")
                 + "\n\n"
-                + "   ".join(f"[b]{escape(k)}[/b] {v}" for k, v in self._pane_keys())
+                + self.key_hints(
+                    [
+                        ("profiles.open", "edit"),
+                        ("profiles.enqueue", "enqueue"),
+                        ("profiles.history", "history"),
+                        ("profiles.diff", "diff"),
+                        ("profiles.delete", "delete"),
+                    ]
+                )
             )
             if summary is None:
                 self._load_summary(row.name)
         detail.update(text)
-
-    PANE_KEYS = ("profiles.open", "profiles.enqueue", "profiles.history", "profiles.diff", "profiles.delete")
-
-    def _pane_keys(self) -> list[tuple[str, str]]:
-        """The pane's key hints from the screen's live bindings (a keymap override shows its own key)."""
-        bindings = self._bindings.copy()
-        if self.app._keymap:  # Textual applies keymap.toml to a copy per lookup; so do we
-            bindings.apply_keymap(self.app._keymap)
-        bound = {b.id: b for bs in bindings.key_to_bindings.values() for b in bs if b.id}
-        return [
-            (self.app.get_key_display(bound[bid]), bound[bid].description) for bid in self.PANE_KEYS if bid in bound
-        ]
 
     @work(thread=True, exclusive=True, group="profiles-summary")
     def _load_summary(self, name: str) -> None:

@@ -13,7 +13,6 @@ import time
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
@@ -23,6 +22,8 @@ from engine.jobs.protocol import Action, Request
 from engine.jobs.verbs import refusal
 from tui import data
 from tui.engine_api import engine_of
+from tui.keymap import shown_key
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.screens.queue_columns import fit, plan_columns
@@ -121,16 +122,16 @@ class QueueScreen(DeckScreen):
     POLL_SECONDS = 1.0
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("enter", "open", "Run view", id="queue.open"),
-        Binding("c", "cancel", "Cancel", id="queue.cancel"),
-        Binding("s", "stop", "Stop (save)", id="queue.stop"),
-        Binding("t", "retry", "Retry", id="queue.retry"),
-        Binding("u", "resume", "Resume", id="queue.resume"),
-        Binding("K", "move('up')", "Move up", id="queue.move_up"),
-        Binding("J", "move('down')", "Move down", id="queue.move_down"),
-        Binding("p", "pause", "Pause queue", id="queue.pause"),
-        Binding("d", "delete", "Remove ended", id="queue.delete"),
-        Binding("D", "delete_ended", "Remove all ended", id="queue.delete_ended"),
+        bind("queue.open", "open", "Run view"),
+        bind("queue.cancel", "cancel", "Cancel"),
+        bind("queue.stop", "stop", "Stop (save)"),
+        bind("queue.retry", "retry", "Retry"),
+        bind("queue.resume", "resume", "Resume"),
+        bind("queue.pause", "pause", "Pause queue"),
+        bind("queue.move_up", "move('up')", "Move up"),
+        bind("queue.move_down", "move('down')", "Move down"),
+        bind("queue.delete", "delete", "Remove ended"),
+        bind("queue.delete_ended", "delete_ended", "Remove all ended"),
     ]
 
     def __init__(self) -> None:
@@ -231,12 +232,13 @@ class QueueScreen(DeckScreen):
         else:
             self.paused = message.paused
             # The table's own Enter hides the screen's in the footer: say here what it does.
-            state = "‖ queue PAUSED (p resumes)" if message.paused else "▶ queue running (p pauses)"
+            pause, run = shown_key(self.app, "queue.pause"), shown_key(self.app, "deck.run")
+            state = f"‖ queue PAUSED ({pause} resumes)" if message.paused else f"▶ queue running ({pause} pauses)"
             removed = f" · {message.dismissed} ended removed (dpdeck ls --all)" if message.dismissed else ""
             pending = data.pending_enqueues()
             waiting = f" · {pending[0]}" if pending else ""
             # What changed first: the Enter hint is the part a narrow terminal may cut.
-            set_content(status, f"{state}{waiting}{removed} · Enter opens the highlighted job's Run view (3)")
+            set_content(status, f"{state}{waiting}{removed} · Enter opens the highlighted job's Run view ({run})")
         fresh = {str(j.id): j for j in message.jobs}
         self.jobs = fresh
         self.positions = queue_positions(message.jobs)
@@ -268,21 +270,11 @@ class QueueScreen(DeckScreen):
                 empty,
                 "\n".join(pending)
                 if pending
-                else f"No jobs yet. Press 1 for Profiles, highlight a profile and press {self._enqueue_key()} "
-                "to enqueue it.",
+                else f"No jobs yet. Press {shown_key(self.app, 'deck.profiles')} for Profiles, highlight a profile "
+                f"and press {shown_key(self.app, 'profiles.enqueue')} to enqueue it.",
             )
         elif not fresh:
             set_content(empty, "The queue cannot be read right now; it refreshes every second.")
-
-    def _enqueue_key(self) -> str:
-        """The key Profiles enqueues with now: its binding's, or the user's keymap.toml override."""
-        from tui.screens.profiles import ProfilesScreen
-
-        default = next(
-            b.key for b in ProfilesScreen.BINDINGS if isinstance(b, Binding) and b.id == "profiles.enqueue"
-        )
-        key = (self.app._keymap or {}).get("profiles.enqueue", default).split(",")[0]
-        return self.app.get_key_display(Binding(key, ""))
 
     def _show_detail(self) -> None:
         job = self.selected_job()
@@ -366,10 +358,10 @@ class QueueScreen(DeckScreen):
         self._request(Action.STOP)
 
     def action_retry(self) -> None:
-        self._request(Action.RETRY)
+        self._request(Action.RETRY, confirm="Retry job {id} ({name})? A new job trains it again from the start.")
 
     def action_resume(self) -> None:
-        self._request(Action.RESUME)
+        self._request(Action.RESUME, confirm="Resume job {id} ({name})? A new job goes on from its last checkpoint.")
 
     def action_move(self, direction: str) -> None:
         self._request(Action.MOVE, direction)

@@ -11,7 +11,6 @@ from typing import Any
 from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Static
@@ -20,6 +19,7 @@ from engine.jobs.job import Job, JobState
 from engine.jobs.samples import SAMPLES_DIR, SampleImage, by_prompt, list_samples
 from tui import data
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.queue import duration
 from tui.screens.system import stats_text
@@ -112,19 +112,19 @@ class RunScreen(DeckScreen):
     TITLE_TEXT = "Run"
     POLL_SECONDS = 2.0  # step, loss and log arrive continuously; 2 s keeps the deck light beside a job
     BINDINGS = [
-        Binding("f", "toggle_follow", "Follow log", id="run.follow"),
         # priority: it runs before the next key is read, so `/error` typed in one burst lands in the field
-        Binding("slash", "search", "Search log", id="run.search", key_display="/", priority=True),
-        Binding("escape", "close_search", "Close search", id="run.search_close", show=False),
-        Binding("n", "search_next", "Next match", id="run.search_next"),
-        Binding("e", "next_error", "Next error", id="run.next_error"),
-        Binding("left_square_bracket", "rank(-1)", "Prev rank", id="run.rank_prev", key_display="["),
-        Binding("right_square_bracket", "rank(1)", "Next rank", id="run.rank_next", key_display="]"),
-        Binding("c", "compare", "Compare", id="run.compare"),
-        Binding("C", "clear_compare", "Clear compare", id="run.clear_compare", show=False),
-        Binding("comma", "sample_step(-1)", "Older sample", id="run.sample_older", key_display=","),
-        Binding("full_stop", "sample_step(1)", "Newer sample", id="run.sample_newer", key_display="."),
-        Binding("p", "sample_prompt(1)", "Next prompt", id="run.sample_prompt", show=False),
+        bind("run.search", "search", "Search log", priority=True),
+        bind("run.search_next", "search_next", "Next match"),
+        bind("run.next_error", "next_error", "Next error"),
+        bind("run.follow", "toggle_follow", "Follow log"),
+        bind("run.compare", "compare", "Compare"),
+        bind("run.rank_prev", "rank(-1)", "Prev rank"),
+        bind("run.rank_next", "rank(1)", "Next rank"),
+        bind("run.sample_older", "sample_step(-1)", "Older sample"),
+        bind("run.sample_newer", "sample_step(1)", "Newer sample"),
+        bind("run.sample_prompt", "sample_prompt(1)", "Next prompt", show=False),
+        bind("run.clear_compare", "clear_compare", "Clear compare", show=False),
+        bind("run.search_close", "close_search", "Close search", keys="escape", show=False),
     ]
 
     FIELD_ACTIONS = frozenset({"search"})

@@ -9,13 +9,13 @@ from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from tui import data
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 
 
@@ -96,9 +96,9 @@ class SystemScreen(DeckScreen):
     TITLE_TEXT = "System"
     POLL_SECONDS = 3.0  # NVML plus a process scan (ours vs foreign): a few ms each time
     BINDINGS = [
-        Binding("R", "reclaim", "Reclaim orphans", id="system.reclaim"),
-        Binding("r", "refresh", "Refresh", id="system.refresh"),
-        Binding("B", "backend", "Install/update diffusion-pipe", id="system.backend"),
+        bind("system.reclaim", "reclaim", "Reclaim orphans"),
+        bind("system.refresh", "refresh", "Refresh"),
+        bind("system.backend", "backend", "Install/update diffusion-pipe"),
     ]
     _backend: dict[str, Any] | None = None  # the last backend report shown
     _proc: subprocess.Popen[bytes] | None = None  # a backend run B started (reaped by poll)

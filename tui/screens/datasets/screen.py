@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, Input, OptionList, Static, TextArea
 
+from tui.keyscheme import bind
 from tui.screens.datasets import messages as msg
 from tui.screens.datasets.batch import BatchAndUndo
 from tui.screens.datasets.captions import CaptionEditing
@@ -37,26 +37,27 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         # Priority: the app runs these before routing the next key, so the letters typed right after `o`, `/`,
         # `e` or Enter land in the field they open, not in the list they were typed over (and lost). Textual drops
         # a priority letter binding by itself while a text field has the focus.
-        Binding("o", "open", "Open", id="datasets.open", priority=True),
-        Binding("p", "open_profile", "Profile's data", id="datasets.profile", show=False),
-        Binding("e,enter", "edit", "Edit", id="datasets.edit", show=False, priority=True),
-        Binding("ctrl+s", "save", "Save", id="datasets.save"),
+        bind("datasets.open", "open", "Open", priority=True),
+        bind("datasets.edit", "edit", "Edit", show=False, priority=True),
+        bind("datasets.edit_enter", "edit", "Edit", show=False, priority=True),
+        bind("datasets.save", "save", "Save"),
         # Priority: the editor would type alt+n as an "n".
-        Binding("ctrl+down,alt+n", "next_image", "Next", id="datasets.next", key_display="^↓", priority=True),
-        Binding("ctrl+up,alt+p", "prev_image", "Prev", id="datasets.prev", key_display="^↑", priority=True),
-        Binding("ctrl+r", "revert", "Revert caption", id="datasets.revert", show=False),
-        Binding("m", "filter_missing", "Missing", id="datasets.missing"),
-        Binding("slash", "filter_tag", "Tag", id="datasets.tag", key_display="/", priority=True),
-        Binding("f", "filter_bucket", "Bucket filter", id="datasets.bucket_filter", show=False),
-        Binding("d", "filter_dupes", "Dupes", id="datasets.dupes", show=False),
-        Binding("c", "clear_filters", "Clear filters", id="datasets.clear", show=False),
-        Binding("s", "panel('ds-stats')", "Stats", id="datasets.stats"),
-        Binding("b", "panel('ds-buckets')", "Buckets", id="datasets.buckets"),
-        Binding("P", "bucket_profile", "Batch profile", id="datasets.bucket_profile", show=False),
-        Binding("a", "batch", "Batch", id="datasets.batch"),
-        Binding("u", "undo", "Undo", id="datasets.undo"),
-        Binding("r", "rescan", "Rescan", id="datasets.rescan", show=False),
-        Binding("escape", "leave", "Back", id="datasets.back"),
+        bind("datasets.next", "next_image", "Next", priority=True),
+        bind("datasets.prev", "prev_image", "Prev", priority=True),
+        bind("datasets.tag", "filter_tag", "Tag", priority=True),
+        bind("datasets.missing", "filter_missing", "Missing"),
+        bind("datasets.stats", "panel('ds-stats')", "Stats"),
+        bind("datasets.buckets", "panel('ds-buckets')", "Buckets"),
+        bind("datasets.batch", "batch", "Batch"),
+        bind("datasets.undo", "undo", "Undo"),
+        bind("datasets.back", "leave", "Back", keys="escape"),
+        bind("datasets.profile", "open_profile", "Profile's data", show=False),
+        bind("datasets.revert", "revert", "Revert caption", show=False),
+        bind("datasets.bucket_filter", "filter_bucket", "Bucket filter", show=False),
+        bind("datasets.dupes", "filter_dupes", "Dupes", show=False),
+        bind("datasets.clear", "clear_filters", "Clear filters", show=False),
+        bind("datasets.bucket_profile", "bucket_profile", "Batch profile", show=False),
+        bind("datasets.rescan", "rescan", "Rescan", show=False),
     ]
 
     def compose_body(self) -> ComposeResult:
