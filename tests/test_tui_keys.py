@@ -12,7 +12,7 @@ import pytest
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 from textual.widgets._footer import FooterKey
 
 from profiles import store
@@ -131,16 +131,36 @@ async def test_queue_keys_confirm_exactly_as_the_scheme_says() -> None:
     engine = FakeEngine()
     engine.jobs[1] = make_job(1, "alpha", state="running", step=10)
     engine.jobs[2] = make_job(2, "beta", state="queued")
+    engine.jobs[3] = make_job(3, "gamma", state="completed", run_dir="/runs/3")
     app = DeckApp(start_mode="queue", engine=engine)
+    from engine.jobs.protocol import Action
+    from engine.jobs.verbs import refusal
     from tui.screens.queue import QueueScreen
 
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_text(pilot, "beta")
+        await wait_text(pilot, "gamma")
+        screen = app.screen
+        assert isinstance(screen, QueueScreen)
+        table = screen.query_one("#queue-table", DataTable)
         checked = []
         for _, binding in QueueScreen._merge_bindings():
             verb = verb_of(binding.id or "")
             if verb is None or binding.id in ("queue.open",) or binding.id.startswith("list."):
                 continue
+            # Highlight a job the verb allows: a refusal (engine/jobs/verbs.py) comes before any question.
+            action = {"move_up": Action.MOVE, "move_down": Action.MOVE, "delete_ended": None}.get(
+                verb.name, next((a for a in Action if a.value == verb.name), None)
+            )
+            want = "completed" if verb.name in ("delete", "delete_ended") else None
+            row = next(
+                i
+                for i, key in enumerate(table.rows)
+                if (job := screen.jobs[str(key.value)])
+                and (want is None or job.state == want)
+                and (action is None or refusal(action, job) is None)
+            )
+            table.move_cursor(row=row)
+            await pilot.pause()
             before = list(engine.requests), engine.paused
             await pilot.press(binding.key)
             if verb.confirms is Confirm.YES:

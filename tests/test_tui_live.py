@@ -21,6 +21,7 @@ from engine.jobs.job import Job, JobState
 from engine.jobs.protocol import Action, Request, Result
 from tests.tui_helpers import screen_text, send_burst, wait_note, wait_text, wait_until
 from tui.app import DeckApp
+from tui.screens.dialogs import ConfirmDialog
 from tui.widgets.log_pane import LogPane, clean_line
 from tui.widgets.loss_plot import smooth
 
@@ -181,10 +182,9 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
         await pilot.press("K")  # only queued jobs move: alpha is running
         await wait_note(pilot, "job 1 is running; only queued jobs move")
         assert (1, "move", "up") not in engine.requests
-        await pilot.press("t")  # retry is for ended jobs: alpha is running, and the daemon says so
-        await wait_text(pilot, "Retry job 1")  # retry starts training again: it confirms (tui/keyscheme.py)
-        await pilot.press("y")
+        await pilot.press("t")  # retry is for ended jobs: refused before its confirmation (engine/jobs/verbs.py)
         await wait_note(pilot, "job 1 is still running; retry needs an ended job")
+        assert not isinstance(app.screen, ConfirmDialog)
         assert (1, "retry", None) not in engine.requests
         await pilot.press("space")
         await wait_text(pilot, "PAUSED")

@@ -52,7 +52,9 @@ def job_cells(job: Job, now: float | None = None, position: int | None = None) -
         "name": job.name or job.profile,
         "gpus": ",".join(str(x) for x in job.gpus or []) or "-",
         "progress": progress,
-        "epoch": f"{epoch}/{epochs}" if epoch is not None and epochs else (str(epoch) if epoch is not None else "-"),
+        "epoch": f"{epoch}/{epochs}"
+        if epoch is not None and epochs
+        else (str(epoch) if epoch is not None else "-"),
         "loss": f"{job.loss:.4f}" if job.loss is not None else "-",
         "sps": f"{job.samples_per_s:.2f}" if job.samples_per_s is not None else "-",
         "eta": duration(job.eta_s) if not job.finished else "-",
@@ -62,9 +64,7 @@ def job_cells(job: Job, now: float | None = None, position: int | None = None) -
 
 
 class JobsLoaded(Message):
-    def __init__(
-        self, jobs: list[Job], paused: bool | None, error: str | None, dismissed: int = 0
-    ) -> None:
+    def __init__(self, jobs: list[Job], paused: bool | None, error: str | None, dismissed: int = 0) -> None:
         super().__init__()
         self.jobs = jobs
         self.paused = paused
@@ -79,8 +79,14 @@ CONFIRMS: dict[tuple[Action, JobState | None], str] = {
     (Action.CANCEL, JobState.QUEUED): "Cancel queued job {id} ({name})? It leaves the queue without running.",
     (Action.STOP, None): "Stop job {id} ({name}) gracefully? It saves, then exits.",
     (Action.STOP, JobState.QUEUED): "Stop queued job {id} ({name})? It has nothing to save: it is cancelled.",
-    (Action.RETRY, None): "Retry job {id} ({name}) from the start? A new job is queued with its frozen profile.",
-    (Action.RESUME, None): "Resume job {id} ({name}) from its last save? A new job is queued that continues it.",
+    (
+        Action.RETRY,
+        None,
+    ): "Retry job {id} ({name}) from the start? A new job is queued with its frozen profile.",
+    (
+        Action.RESUME,
+        None,
+    ): "Resume job {id} ({name}) from its last save? A new job is queued that continues it.",
     (Action.RESUME, JobState.COMPLETED): (
         "Job {id} ({name}) completed. Train job {id} again from its last save? A new job is queued that "
         "continues its run past the end."
@@ -233,12 +239,16 @@ class QueueScreen(DeckScreen):
             self.paused = message.paused
             # The table's own Enter hides the screen's in the footer: say here what it does.
             pause, run = shown_key(self.app, "queue.pause"), shown_key(self.app, "deck.run")
-            state = f"‖ queue PAUSED ({pause} resumes)" if message.paused else f"▶ queue running ({pause} pauses)"
+            state = (
+                f"‖ queue PAUSED ({pause} resumes)" if message.paused else f"▶ queue running ({pause} pauses)"
+            )
             removed = f" · {message.dismissed} ended removed (dpdeck ls --all)" if message.dismissed else ""
             pending = data.pending_enqueues()
             waiting = f" · {pending[0]}" if pending else ""
             # What changed first: the Enter hint is the part a narrow terminal may cut.
-            set_content(status, f"{state}{waiting}{removed} · Enter opens the highlighted job's Run view ({run})")
+            set_content(
+                status, f"{state}{waiting}{removed} · Enter opens the highlighted job's Run view ({run})"
+            )
         fresh = {str(j.id): j for j in message.jobs}
         self.jobs = fresh
         self.positions = queue_positions(message.jobs)
@@ -348,7 +358,9 @@ class QueueScreen(DeckScreen):
         if not result.ok:
             self.app.call_from_thread(self.notify, result.message, severity="warning", timeout=8)
             return
-        self.app.call_from_thread(self.notify, result.message or f"{request.action} sent to job {request.job_id}")
+        self.app.call_from_thread(
+            self.notify, result.message or f"{request.action} sent to job {request.job_id}"
+        )
         self.load()
 
     def action_cancel(self) -> None:
@@ -358,10 +370,10 @@ class QueueScreen(DeckScreen):
         self._request(Action.STOP)
 
     def action_retry(self) -> None:
-        self._request(Action.RETRY, confirm="Retry job {id} ({name})? A new job trains it again from the start.")
+        self._request(Action.RETRY)
 
     def action_resume(self) -> None:
-        self._request(Action.RESUME, confirm="Resume job {id} ({name})? A new job goes on from its last checkpoint.")
+        self._request(Action.RESUME)
 
     def action_move(self, direction: str) -> None:
         self._request(Action.MOVE, direction)
@@ -385,7 +397,7 @@ class QueueScreen(DeckScreen):
             return
         if not job.finished:
             self.notify(
-                f"job {job.id} is {job.state}: only ended jobs leave the list (cancel it first: c)",
+                f"job {job.id} is {job.state}: only ended jobs leave the list (cancel it first: {shown_key(self.app, 'queue.cancel')})",
                 severity="warning",
                 timeout=8,
             )
