@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,58 @@ def test_dataset_buckets_takes_a_folder(tmp_path: Path) -> None:
     )
     via_toml = json.loads(_cli("dataset", "buckets", str(toml), "--json").stdout)
     assert sum(b["items"] + b["dropped"] for b in via_toml["buckets"]) == 4
+
+
+# ---- human units ---------------------------------------------------------------------------------------
+
+
+def test_units_read_as_a_person_writes_them() -> None:
+    from tui import units
+
+    now = 1_796_152_493.0
+    assert units.when(now - 180, now).endswith(" (3 min ago)")
+    assert units.when(now - 180, now)[:16] == time.strftime("%Y-%m-%d %H:%M", time.localtime(now - 180))
+    assert units.age(now + 300, now) == "in 5 min" and units.age(now - 2, now) == "just now"
+    assert [units.duration(s) for s in (42, 200, 180, 7500, 3 * 86400 + 4 * 3600)] == [
+        "42 s",
+        "3 min 20 s",
+        "3 min",
+        "2 h 05 min",
+        "3 d 04 h",
+    ]
+    assert units.counts({"cancelled": 2, "completed": 1}) == "2 cancelled, 1 completed"
+    assert units.counts({"queued": 1, "running": 2, "failed": 0}, order=["running"]) == "2 running, 1 queued"
+    assert units.counts({}) == "none"
+    assert (units.yes_no(True), units.yes_no(False), units.yes_no(None)) == ("yes", "no", "unknown")
+    assert units.size(23.8e9) == "23.8 GB" and units.size(900) == "900 B"
+    path = "/home/user/work/loras/x.safetensors"
+    assert units.middle(path, 80) == path
+    assert units.middle(path, 30) == "/home/…/loras/x.safetensors"
+    for width in range(2, 40):
+        assert len(units.middle(path, width)) <= width
+        assert units.middle(path, width).endswith(("s", "…"))  # the end (the file) stays as long as it fits
+
+
+def test_show_prints_times_as_local_dates_with_age(tmp_path: Path) -> None:
+    from engine.jobs import client
+    from tests.engine_helpers import make_profile, setup_engine
+
+    setup_engine()
+    client.set_queue_paused(True)  # the job stays queued: nothing runs
+    job_id = client.enqueue(str(make_profile(tmp_path, name="shown", epochs=1)), name="shown")
+    out = _cli("show", str(job_id))
+    assert out.returncode == 0, out.stderr
+    created = next(line for line in out.stdout.splitlines() if line.strip().startswith("created_at:"))
+    stamp = client.get_job(job_id).created_at
+    assert created.split(": ", 1)[1].startswith(time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)))
+    assert created.endswith("ago)") or created.endswith("(just now)"), created
+    raw = json.loads(_cli("show", str(job_id), "--json").stdout)
+    assert raw["created_at"] == stamp  # scripts keep the raw number
+
+
+def test_doctor_names_the_torch_runtime_in_words() -> None:
+    pytest.importorskip("torch")
+    out = _cli("doctor", "--json")
+    line = next(c for c in json.loads(out.stdout) if c["name"] == "torch runtime")
+    assert not line["detail"].endswith((" True", " False")), line
+    assert "CUDA" in line["detail"], line
