@@ -133,7 +133,7 @@ async def test_open_move_preview_edit_save_and_undo(tmp_path: Path) -> None:
         assert (folder / "a_red.txt").read_bytes() == b"red, square, solo\n"  # the trailing newline kept
         assert not screen(app).dirty
         # Undo lists the op; Enter picks it, y confirms; the file gets its exact old bytes back.
-        await pilot.press("escape", "u")
+        await pilot.press("escape", "z")
         await wait_text(pilot, "edit caption of a_red.png")
         await pilot.press("enter")
         await wait_text(pilot, "old bytes back")
@@ -186,7 +186,7 @@ async def test_missing_filter_fix_and_add_trigger_with_diff(tmp_path: Path) -> N
         assert (folder / "a_red.txt").read_bytes() == b"e6ai, red, square\n"
         assert (folder / "d_white.txt").read_bytes() == b"e6ai"
         op_id = note.split("op ")[1].split(" ")[0]
-        await pilot.press("u")
+        await pilot.press("z")
         await wait_text(pilot, op_id)
         await pilot.press("enter", "y")  # the newest op is first
         await wait_note(pilot, f"undone {op_id}")

@@ -16,9 +16,12 @@ def change_lines(profile: Profile, changes: list[object], source: str) -> str:
     out = []
     for c in changes:
         key, old, new = c.key, c.old, c.new  # type: ignore[attr-defined]
-        line = profile.main.line_of(key)
+        # `dataset:KEY` is a key of the dataset TOML (Datasets' "use this folder"); the rest are main.toml's.
+        file, _, key = key.rpartition(":")
+        doc, where = (profile.dataset, "dataset.toml") if file == "dataset" and profile.dataset else (profile.main, source)
+        line = doc.line_of(key)
         was = f"   (was {old!r})" if old not in (None, "") else "   (new key)"
-        out.append(f"{source}:{line or '?'}: {key} = {new!r}{was}")
+        out.append(f"{where}:{line or '?'}: {key} = {new!r}{was}")
     return "\n".join(out)
 
 

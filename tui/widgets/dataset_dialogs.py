@@ -113,7 +113,7 @@ class ApplyDialog(ModalScreen[bool]):
             with VerticalScroll(id="apply-diff", can_focus=True):
                 yield Static(diff_text(self.diff) if self.diff else Text("(no file would change)"))
             yield Static(
-                "[b]y[/b] apply (undo with u)    [b]n[/b]/[b]Esc[/b] cancel    arrows/PgUp/PgDn scroll",
+                "[b]y[/b] apply (undo with z)    [b]n[/b]/[b]Esc[/b] cancel    arrows/PgUp/PgDn scroll",
                 classes="dialog-keys",
             )
 

@@ -69,7 +69,7 @@ class BatchAndUndo(FileList):
         self.app.push_screen(dialog, answer)
 
     def on_applied(self, message: msg.Applied) -> None:
-        self.notify(f"changed {message.count} caption(s): op {message.op_id} (u to undo)", timeout=8)
+        self.notify(f"changed {message.count} caption(s): op {message.op_id} (z to undo)", timeout=8)
         self._reload(message.folders)
 
     def action_undo(self) -> None:

@@ -32,7 +32,7 @@ class CaptionEditing(FileList):
             if self.drafts.get(image) == text:  # typed on since? then that newer text stays a draft
                 del self.drafts[image]
         op_id = message.op_id
-        self.notify(f"saved {len(message.drafts)} caption(s)" + (f"; u undoes ({op_id})" if op_id else ""))
+        self.notify(f"saved {len(message.drafts)} caption(s)" + (f"; z undoes ({op_id})" if op_id else ""))
         self._reload({p.parent for p in message.drafts})
 
     def action_revert(self) -> None:

@@ -11,15 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, DataTable, Input, OptionList, Static, TextArea
 
 from tui.screens.datasets import messages as msg
 from tui.screens.datasets.batch import BatchAndUndo
 from tui.screens.datasets.captions import CaptionEditing
 from tui.screens.datasets.filters import FiltersAndPanels
+from tui.screens.datasets.use_folder import UseFolder
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.widgets.image_preview import ImagePreview
 
@@ -27,7 +30,7 @@ from tui.widgets.image_preview import ImagePreview
 TYPING_ACTIONS = {"save", "next_image", "prev_image", "revert", "leave"}
 
 
-class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
+class DatasetsScreen(UseFolder, CaptionEditing, BatchAndUndo, FiltersAndPanels):
     TITLE_TEXT = "Datasets"
     # Screen classes for app.tcss: wider folder column and taller caption editor on big terminals.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
@@ -54,7 +57,8 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         Binding("b", "panel('ds-buckets')", "Buckets", id="datasets.buckets"),
         Binding("P", "bucket_profile", "Batch profile", id="datasets.bucket_profile", show=False),
         Binding("a", "batch", "Batch", id="datasets.batch"),
-        Binding("u", "undo", "Undo", id="datasets.undo"),
+        Binding("z", "undo", "Undo", id="datasets.undo"),
+        Binding("u", "use_folder", "Use in profile", id="datasets.use"),
         Binding("r", "rescan", "Rescan", id="datasets.rescan", show=False),
         Binding("escape", "leave", "Back", id="datasets.back"),
     ]
@@ -86,8 +90,16 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         # Flags and size first: a long file name is the only thing that may run off the right edge at 80 columns.
         for key, label, width in (("flags", "c d", 3), ("size", "size", 9), ("name", "name", None)):
             table.add_column(label, key=key, width=width)
+        # Text fields are entered on purpose (e/Enter, o, /) and left with Esc: out of the Tab chain until then,
+        # so Tab cycles the lists and panels and `j j` after a Tab moves the list instead of typing "jj".
+        for field in self.query("#ds-caption, #ds-input"):
+            field.can_focus = False
         self.set_focus(table)
         self._open("last", "")
+
+    def open_field(self, field: Widget) -> None:
+        field.can_focus = True
+        super().open_field(field)
 
     def on_profiles_listed(self, message: msg.ProfilesListed) -> None:
         self._choose(message.title, message.choices, message.then)
@@ -152,7 +164,9 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
     def on_descendant_focus(self) -> None:
         self.refresh_bindings()
 
-    def on_descendant_blur(self) -> None:
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        if isinstance(event.widget, (TextArea, Input)):
+            event.widget.can_focus = False  # left (Esc, Tab, a list key): back out of the Tab chain
         self.refresh_bindings()
 
     # The input line: open a path, filter by tag.

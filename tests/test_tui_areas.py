@@ -1,0 +1,168 @@
+"""Issue 16 in the Datasets, Models, System areas and the editor's TOML tab: focus rules (lists keep the focus,
+text fields are entered on purpose and left with Esc, Tab never lands in a text field), a focus colour that is
+not the warning amber, "use this folder in profile X", and values shown in human units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.color import Color
+from textual.widgets import DataTable, Input, Static, TextArea
+
+from profiles import store
+from tests.test_tui_datasets import make_dataset, open_target, screen
+from tests.tui_helpers import screen_text, wait_note, wait_text, wait_until
+from tui.app import DeckApp
+from tui.screens.system import daemon_text
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # open_target types paths relative to where the deck started
+
+
+async def test_datasets_tab_cycles_lists_and_never_types_into_the_caption(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path)
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_target(pilot, app, folder)
+        files = app.screen.query_one("#ds-files", DataTable)
+        caption = app.screen.query_one("#ds-caption", TextArea)
+        assert files.has_focus
+        for _ in range(4):  # round the whole Tab chain: never a text field
+            await pilot.press("tab")
+            assert not isinstance(app.focused, (TextArea, Input)), app.focused
+        await pilot.press("j", "j")
+        assert "jj" not in caption.text and not screen(app).drafts  # j j moved a list; it typed nothing
+        # The list keeps the focus after moving.
+        await pilot.press("tab")
+        while not files.has_focus:
+            await pilot.press("tab")
+        row = files.cursor_row
+        await pilot.press("g", "j", "j", "k")
+        assert files.has_focus and files.cursor_row == 1, row
+        # Entered on purpose (Enter), left with Esc: the list has it back, and Tab skips the editor again.
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: caption.has_focus, what="editor entered with Enter")
+        await pilot.press("escape")
+        assert files.has_focus
+        await pilot.press("tab")
+        assert not caption.has_focus
+        # `e` enters it too; shift+tab out of it, then the list's keys move the list, not the text.
+        await pilot.press("shift+tab")
+        while not files.has_focus:
+            await pilot.press("tab")
+        await pilot.press("e")
+        await wait_until(pilot, lambda: caption.has_focus, what="editor entered with e")
+        await pilot.press("escape")
+        assert files.has_focus and not screen(app).drafts
+
+
+async def test_empty_folder_typing_stays_out_of_the_input_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_target(pilot, app, tmp_path / "empty", rows=0)
+        box = app.screen.query_one("#ds-input", Input)
+        await pilot.press("x", "y", "tab", "q")
+        assert box.value == "" and not box.has_focus
+        await pilot.press("o")  # on purpose: the input line takes the keys
+        assert box.has_focus
+        await pilot.press("escape")
+        assert not box.has_focus and box.value == ""
+
+
+async def test_toml_tab_gives_its_text_the_focus() -> None:
+    from tests.test_tui_profiles import _new_from_template
+
+    app = DeckApp(start_mode="profiles")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _new_from_template(pilot, app, "demo-tiny", "focus-toml")
+        tabs = app.screen.query_one("#editor-tabs")
+        for tab in ("advanced", "toml"):
+            await pilot.press("ctrl+t")
+            await wait_until(pilot, lambda tab=tab: tabs.active == tab, what=f"{tab} tab")
+        await wait_until(pilot, lambda: isinstance(app.focused, TextArea), what="TOML text focused")
+        assert app.focused is not None and "toml-text" in app.focused.classes
+
+
+async def test_focus_border_is_not_the_warning_colour(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path)
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_target(pilot, app, folder)
+        files = app.screen.query_one("#ds-files", DataTable)
+        assert files.has_focus
+        focus_type, focus_colour = files.styles.border_top
+        assert focus_type != "none"
+        warning = Static("careful", classes="problem warning")
+        await app.screen.mount(warning)
+        await pilot.pause()
+        warning_colour = warning.styles.color
+        error = Static("broken", classes="problem")
+        await app.screen.mount(error)
+        await pilot.pause()
+        theme_warning = Color.parse(app.current_theme.warning or "")
+        assert max(abs(a - b) for a, b in zip(warning_colour.rgb, theme_warning.rgb, strict=True)) < 8
+        for other in (warning_colour, error.styles.color):
+            # Far apart, not merely unequal: amber vs cyan differ by well over 100 in some channel.
+            assert max(abs(a - b) for a, b in zip(focus_colour.rgb, other.rgb, strict=True)) > 100, (
+                focus_colour,
+                other,
+            )
+
+
+async def test_use_this_folder_in_a_profile(tmp_path: Path) -> None:
+    store.create_from_template("demo-tiny", "target")
+    folder = make_dataset(tmp_path)
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_target(pilot, app, folder)
+        await pilot.press("u")
+        await wait_text(pilot, "Use ")
+        await wait_text(pilot, "target")
+        await pilot.press("enter")  # the only stored profile
+        text = await wait_text(pilot, "dataset.toml:")
+        assert "directory[0].path" in text and "(was " in text
+        await pilot.press("y")
+        await wait_note(pilot, "profile target: 1 line(s) changed")
+    stored = store.load_stored("target")
+    assert stored.dataset is not None and stored.dataset.get("directory[0].path") == str(folder)
+    assert len(store.list_versions("target")) == 2  # a new history version, undoable
+
+
+async def test_use_folder_declined_changes_nothing(tmp_path: Path) -> None:
+    store.create_from_template("demo-tiny", "keep")
+    before = store.read_files("keep")
+    folder = make_dataset(tmp_path)
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_target(pilot, app, folder)
+        await pilot.press("u")
+        await wait_text(pilot, "keep")
+        await pilot.press("enter")
+        await wait_text(pilot, "dataset.toml:")
+        await pilot.press("n")
+        await pilot.pause(0.3)
+    assert store.read_files("keep") == before
+
+
+def test_system_daemon_lines_are_sentences() -> None:
+    text = daemon_text(
+        {"running": True, "pid": 42, "state_dir": "/s", "paused": False, "jobs": {"cancelled": 2, "completed": 1},
+         "problems": []}
+    )
+    assert "jobs: 2 completed, 2 cancelled" not in text  # counts are the store's, not invented
+    assert "jobs: 1 completed, 2 cancelled" in text
+    assert "queue paused: no" in text and "● running (pid 42)" in text
+    assert "False" not in text and "{" not in text
+    idle = daemon_text({"running": False, "pid": None, "paused": True, "jobs": {}, "problems": ["disk full"]})
+    assert "jobs: none yet" in idle and "queue paused: yes" in idle and "problem: disk full" in idle
+
+
+async def test_system_screen_shows_no_raw_values() -> None:
+    app = DeckApp(start_mode="system")
+    async with app.run_test(size=(100, 40)) as pilot:
+        text = await wait_text(pilot, "queue paused:")
+        assert "paused: False" not in text and "jobs: {" not in screen_text(app)
