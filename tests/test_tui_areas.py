@@ -150,8 +150,14 @@ async def test_use_folder_declined_changes_nothing(tmp_path: Path) -> None:
 
 def test_system_daemon_lines_are_sentences() -> None:
     text = daemon_text(
-        {"running": True, "pid": 42, "state_dir": "/s", "paused": False, "jobs": {"cancelled": 2, "completed": 1},
-         "problems": []}
+        {
+            "running": True,
+            "pid": 42,
+            "state_dir": "/s",
+            "paused": False,
+            "jobs": {"cancelled": 2, "completed": 1},
+            "problems": [],
+        }
     )
     assert "jobs: 2 completed, 2 cancelled" not in text  # counts are the store's, not invented
     assert "jobs: 1 completed, 2 cancelled" in text
@@ -166,3 +172,74 @@ async def test_system_screen_shows_no_raw_values() -> None:
     async with app.run_test(size=(100, 40)) as pilot:
         text = await wait_text(pilot, "queue paused:")
         assert "paused: False" not in text and "jobs: {" not in screen_text(app)
+
+
+# ---- Models: the detail pane and the size question before a pull --------------------------------------------
+
+
+@pytest.fixture
+def models_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "models"
+    monkeypatch.setenv("DPDECK_MODELS_DIR", str(root))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    return root
+
+
+async def test_models_detail_pane_follows_the_cursor_and_toggles(models_root: Path) -> None:
+    from engine.models.registry import load_registry
+
+    app = DeckApp(start_mode="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#models-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count > 0, what="rows")
+        pane = app.screen.query_one("#models-detail", Static)
+        table.move_cursor(row=table.get_row_index("sd15"))
+        entry = load_registry().get("sd15")
+        comp = entry.components[0]
+        await wait_text(pilot, f"{comp.key}: missing, ~4.3 GB to download")
+        text = str(pane.render())
+        assert (
+            entry.title in text and f"<- {comp.repo}:{comp.file}" in text
+        )  # the pane's text, before the cut
+        assert "into " in text and "GB free" in text
+        # A part on disk: its real size there, and where.
+        target = comp.local_path()
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"\0" * 3_000_000)
+        await pilot.press("r")
+        await wait_text(pilot, f"{comp.key}: present, 3.0 MB on disk")
+        await wait_text(pilot, "every part is present")
+        await pilot.press("i")
+        assert not pane.display
+        await pilot.press("i")
+        assert pane.display
+
+
+async def test_large_pull_asks_with_size_and_free_space_and_no_means_nothing(models_root: Path) -> None:
+    from engine.models import downloads
+
+    app = DeckApp(start_mode="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#models-table", DataTable)
+        await wait_until(pilot, lambda: table.row_count > 0, what="rows")
+        table.move_cursor(row=table.get_row_index("flux-dev"))
+        await pilot.press("p")
+        text = await wait_text(pilot, "Pull flux-dev: ~33.7 GB into ")
+        assert "Free space there:" in text and "GB" in text
+        await pilot.press("n")
+        await pilot.pause(0.5)
+        assert downloads.list_downloads() == []  # declined: nothing started
+
+
+def test_pull_question_is_none_for_a_small_pull_and_warns_when_it_will_not_fit(tmp_path: Path) -> None:
+    from tui.screens.models_text import PartInfo, pull_question
+
+    def part(gb: float) -> PartInfo:
+        return PartInfo("k", "missing", "r:f", tmp_path / "r" / "f.safetensors", None, None, gb * 1e9)
+
+    assert pull_question("tiny", [part(0.2)], free=10**12) is None
+    big = pull_question("big", [part(23.8)], free=120 * 10**9)
+    assert big is not None and big.startswith(f"Pull big: ~23.8 GB into {tmp_path / 'r'}?")
+    assert "Free space there: 120.0 GB" in big and "does not fit" not in big
+    tight = pull_question("big", [part(23.8)], free=20 * 10**9)
+    assert tight is not None and "does not fit" in tight
