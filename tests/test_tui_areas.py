@@ -243,3 +243,38 @@ def test_pull_question_is_none_for_a_small_pull_and_warns_when_it_will_not_fit(t
     assert "Free space there: 120.0 GB" in big and "does not fit" not in big
     tight = pull_question("big", [part(23.8)], free=20 * 10**9)
     assert tight is not None and "does not fit" in tight
+
+
+async def test_datasets_status_shortens_a_long_path_in_the_middle(tmp_path: Path) -> None:
+    deep = tmp_path / "a-rather-long-folder-name" / "another-long-level" / "and-one-more-level-here"
+    deep.mkdir(parents=True)
+    folder = make_dataset(deep)
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_target(pilot, app, folder)
+        await pilot.pause(0.2)
+        status = app.screen.query_one("#ds-status", Static)
+        line = str(status.render())
+        assert len(str(folder)) > 60 and "…" in line, line
+        assert line.endswith(folder.name) and line.startswith("5/5 shown"), line
+        assert len(line) <= 80
+
+
+def test_use_in_profile_shadows_nothing_of_the_screens_that_mix_it_in() -> None:
+    """The mixin's helpers once shadowed Datasets' caption `_save` (same name, other arguments)."""
+    from tui.screens.datasets.screen import DatasetsScreen
+    from tui.screens.datasets.use_folder import UseFolder
+    from tui.screens.models import ModelsScreen
+    from tui.screens.models_check import CheckScreen
+    from tui.screens.use_in_profile import UseInProfile
+
+    mixins = (UseInProfile, UseFolder)
+    for screen_class in (DatasetsScreen, ModelsScreen, CheckScreen):
+        others = [c for c in screen_class.__mro__ if c not in mixins and c is not object]
+        for mixin in mixins:
+            if mixin not in screen_class.__mro__:
+                continue
+            for name in vars(mixin):
+                if not name.startswith("__"):
+                    clash = [c.__name__ for c in others if name in vars(c)]
+                    assert not clash, f"{mixin.__name__}.{name} shadows {clash} in {screen_class.__name__}"

@@ -23,6 +23,13 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _reading(value: object, unit: str) -> str:
+    """One NVML reading with its unit; `-` when the driver reports none (never `None W`)."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
 class SystemLoaded(Message):
     def __init__(
         self, gpus: list[dict[str, Any]], stats: dict[str, Any], daemon: dict[str, Any], backend: dict[str, Any]
@@ -91,7 +98,7 @@ STATE_ORDER = ("running", "starting", "stopping", "cleanup", "queued", "complete
                "interrupted", "cancelled")
 
 
-def daemon_text(daemon: dict[str, Any]) -> str:
+def daemon_text(daemon: dict[str, Any], width: int = 76) -> str:
     """engine daemon_status() as sentences: `● running (pid 42)`, `jobs: 1 running, 2 cancelled`, `queue
     paused: no` (the dict's own repr used to reach the screen: `paused: False`, `jobs: {...}`)."""
     pid = f" (pid {daemon['pid']})" if daemon.get("pid") else ""
@@ -101,7 +108,7 @@ def daemon_text(daemon: dict[str, Any]) -> str:
     if "paused" in daemon:
         lines.append(f"queue paused: {units.yes_no(daemon['paused'])}")
     if daemon.get("state_dir"):
-        lines.append(f"state dir: {daemon['state_dir']}")
+        lines.append(f"state dir: {units.middle(daemon['state_dir'], max(20, width - 11))}")
     lines += [f"problem: {p}" for p in daemon.get("problems") or []]
     if daemon.get("detail"):
         lines.append(str(daemon["detail"]))
@@ -177,10 +184,10 @@ class SystemScreen(DeckScreen):
             cells = {
                 "index": key,
                 "name": str(gpu.get("name", "?")),
-                "util": f"{gpu.get('util', '?')}%",
-                "mem": f"{_gib(gpu.get('mem_used', 0))}/{_gib(gpu.get('mem_total', 0))}",
-                "temp": f"{gpu.get('temp', '?')}°C",
-                "power": f"{gpu.get('power', '?')} W",
+                "util": _reading(gpu.get("util"), "%"),
+                "mem": f"{_gib(gpu.get('mem_used') or 0)}/{_gib(gpu.get('mem_total') or 0)}",
+                "temp": _reading(gpu.get("temp"), "°C"),
+                "power": _reading(gpu.get("power"), " W"),
                 "procs": ", ".join(f"{p.get('pid')} {'ours' if p.get('ours') else 'FOREIGN'}" for p in procs)
                 or "-",
             }
@@ -192,7 +199,8 @@ class SystemScreen(DeckScreen):
         for key in [k.value for k in table.rows if k.value not in seen]:
             table.remove_row(key)
         self.query_one("#host-stats", Static).update(stats_text(message.stats))
-        self.query_one("#daemon-status", Static).update(daemon_text(message.daemon))
+        pane = self.query_one("#daemon-status", Static)
+        pane.update(daemon_text(message.daemon, pane.size.width or 76))
         self._backend = message.backend
         self.query_one("#backend-status", Static).update(backend_text(message.backend))
 

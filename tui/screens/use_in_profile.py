@@ -54,12 +54,12 @@ class UseInProfile:
         lines = change_lines(profile, changes, "main.toml")
 
         def save() -> None:
-            self._save(name, profile, message, len(changes))
+            self._save_profile(name, profile, message, len(changes))
 
         self.app.call_from_thread(self.confirm, f"Fill profile {name} with {what}?\n\n{lines}", save)
 
     @work(thread=True, group="models-save")
-    def _save(self, name: str, profile: Profile, message: str, count: int) -> None:
+    def _save_profile(self, name: str, profile: Profile, message: str, count: int) -> None:
         from profiles import store
 
         try:
