@@ -474,7 +474,9 @@ def render_markdown() -> str:
         "`dpdeck config set KEY VALUE` writes one (checked, comments in the file kept) and",
         "`dpdeck config unset KEY` returns it to its default. A value of the wrong type in the file is ignored",
         "(the default is used) and reported by `dpdeck config list`. An environment override, where a",
-        "setting has one, wins over the file.",
+        "setting has one, wins over the file. `config set` refuses (exit 2, nothing written) a path that must",
+        "exist and does not: " + ", ".join(f"`{k.key}` ({_EXISTS[k.meta.exists][2]})" for k in KEYS.values()
+                                           if k.meta.exists) + ".",
         "",
         "| Key | Type | Default | Env override | Description |",
         "| --- | --- | --- | --- | --- |",

@@ -132,6 +132,7 @@ def test_config_unset_and_help_list_the_actions(tmp_path: Path) -> None:
         ["dataset", "buckets", "/definitely/not/here"],
         ["dataset", "caption", "/definitely/not/here.png", "--lowercase"],
         ["dataset", "image", "/definitely/not/here", "--strip-exif"],
+        ["dataset", "undo", "no-such-op"],
         ["models", "scan", "/definitely/not/here"],
         ["models", "info", "/definitely/not/here.safetensors"],
         ["models", "pull", "no-such-entry"],

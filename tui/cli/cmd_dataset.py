@@ -540,6 +540,9 @@ def _undo(args: argparse.Namespace) -> int:
                 )
             )
         return 0
+    if args.op_id and args.op_id not in {o["id"] for o in list_ops()}:
+        error(_esc(f"no batch operation {args.op_id!r} (`dpdeck dataset undo --list` lists them)"))
+        return 2  # an id that names nothing: a usage error, as an unknown job id is
     try:
         result = undo(args.op_id)
     except (UndoError, OSError) as exc:
