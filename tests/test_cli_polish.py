@@ -232,3 +232,15 @@ def test_doctor_names_the_torch_runtime_in_words() -> None:
     line = next(c for c in json.loads(out.stdout) if c["name"] == "torch runtime")
     assert not line["detail"].endswith((" True", " False")), line
     assert "CUDA" in line["detail"], line
+
+
+def test_profile_history_and_list_show_local_times_with_age() -> None:
+    assert _cli("profile", "new", "timed", "--from", "sd15").returncode == 0
+    for args, header in ((["profile", "history", "timed"], "SAVED"), (["profile", "list"], "MODIFIED")):
+        before = time.strftime("%Y-%m-%d %H:", time.localtime())
+        out = _cli(*args).stdout
+        after = time.strftime("%Y-%m-%d %H:", time.localtime())  # an hour may turn meanwhile
+        assert header in out and "(UTC)" not in out and "+00:00" not in out, out
+        assert (before in out or after in out) and ("(just now)" in out or "ago)" in out), out
+    raw = json.loads(_cli("profile", "history", "timed", "--json").stdout)
+    assert raw[0]["timestamp"].endswith("+00:00")  # scripts keep the UTC stamp

@@ -54,6 +54,19 @@ def when(then: float | None, now: float | None = None) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(then))} ({age(then, now)})"
 
 
+def when_iso(stamp: str | None, now: float | None = None) -> str:
+    """An ISO 8601 timestamp from a store (`2026-12-06T21:32:08+00:00`) as `when` shows a moment; a string
+    that is not one comes back as it was (never an exception for a display)."""
+    from datetime import datetime
+
+    if not stamp:
+        return "-"
+    try:
+        return when(datetime.fromisoformat(stamp).timestamp(), now)
+    except ValueError:
+        return stamp
+
+
 def counts(by_name: Mapping[str, int], order: Iterable[str] = (), none: str = "none") -> str:
     """`{'cancelled': 2, 'completed': 1}` as `2 cancelled, 1 completed`: the names in `order` first, then the
     rest by name; zeros left out; `none` when nothing is left."""

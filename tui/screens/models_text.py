@@ -26,7 +26,7 @@ def size_text(n: float) -> str:
 def download_line(dl: downloads.Download) -> str:
     what = f"{dl.entry}/{dl.key}" if dl.entry else dl.repo
     pct = f"{dl.progress * 100:5.1f}%" if dl.progress is not None else "  ?  "
-    eta = f" eta {dl.eta_s:.0f}s" if dl.eta_s is not None and dl.state == "running" else ""
+    eta = f" eta {units.duration(dl.eta_s)}" if dl.eta_s is not None and dl.state == "running" else ""
     speed = f" {size_text(dl.speed)}/s" if dl.state == "running" and dl.speed else ""
     retry = f" retry {dl.retries}" if dl.retries else ""
     why = dl.error or (dl.wait_reason if dl.state == "queued" else None)
