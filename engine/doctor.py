@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.jobs import gpus
+from profiles.model_types import BUILTIN_TYPES
 from statefiles import paths, settings
 
 
@@ -76,8 +77,10 @@ def run_checks() -> list[Check]:
     if dp:
         checks += diffusion_pipe_checks(dp)
     else:
-        checks.append(Check("diffusion-pipe", "info", "not configured (only sd15/sdxl via the built-in trainer)",
-                            "dpdeck config set diffusion_pipe.path ~/diffusion-pipe"))
+        checks.append(Check("diffusion-pipe", "info", "not configured: the built-in trainer trains "
+                            f"{', '.join(sorted(BUILTIN_TYPES))}; other model types need a checkout",
+                            "dpdeck backend install diffusion-pipe, or dpdeck config set diffusion_pipe.path DIR "
+                            "for a checkout of your own"))
     usage = shutil.disk_usage(paths.state_dir())
     free_gb = usage.free / 2**30
     checks.append(Check("disk", "ok" if free_gb > 20 else "warn", f"{free_gb:.1f} GiB free at {paths.state_dir()}",

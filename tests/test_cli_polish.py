@@ -244,3 +244,11 @@ def test_profile_history_and_list_show_local_times_with_age() -> None:
         assert (before in out or after in out) and ("(just now)" in out or "ago)" in out), out
     raw = json.loads(_cli("profile", "history", "timed", "--json").stdout)
     assert raw[0]["timestamp"].endswith("+00:00")  # scripts keep the UTC stamp
+
+
+def test_doctor_names_every_type_the_built_in_trainer_trains() -> None:
+    from profiles.model_types import BUILTIN_TYPES
+
+    line = next(c for c in json.loads(_cli("doctor", "--json").stdout) if c["name"] == "diffusion-pipe")
+    assert all(t in line["detail"] for t in BUILTIN_TYPES), line
+    assert "backend install diffusion-pipe" in line["fix"]
