@@ -278,3 +278,19 @@ def test_use_in_profile_shadows_nothing_of_the_screens_that_mix_it_in() -> None:
                 if not name.startswith("__"):
                     clash = [c.__name__ for c in others if name in vars(c)]
                     assert not clash, f"{mixin.__name__}.{name} shadows {clash} in {screen_class.__name__}"
+
+
+async def test_open_error_shortens_a_long_path_instead_of_folding_it(tmp_path: Path) -> None:
+    from tests.tui_helpers import notes
+
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: screen(app).source is not None, what="first open")
+        missing = tmp_path / "a-very-long-folder-name-that-goes-on" / "and-on-and-on" / "missing-dataset"
+        await pilot.press("o")
+        app.screen.query_one("#ds-input", Input).value = str(missing)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("not found" in n for n in notes(app)), what="error note")
+        note = next(n for n in notes(app) if "not found" in n)
+        assert note.startswith("/") and "…" in note and note.endswith("missing-dataset: not found"), note
+        assert app.screen.query_one("#ds-input", Input).value == str(missing)  # kept whole for fixing

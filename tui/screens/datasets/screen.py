@@ -18,6 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher, DataTable, Input, OptionList, Static, TextArea
 
+from tui import units
 from tui.screens.datasets import messages as msg
 from tui.screens.datasets.batch import BatchAndUndo
 from tui.screens.datasets.captions import CaptionEditing
@@ -25,6 +26,9 @@ from tui.screens.datasets.filters import FiltersAndPanels
 from tui.screens.datasets.use_folder import UseFolder
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.widgets.image_preview import ImagePreview
+
+# A notification is 60 cells wide, at most half the screen: 36 cells of text at 80 columns.
+TOAST_PATH_CELLS = 34
 
 # Keys that still work while the caption editor or the input line has the focus (the rest type text).
 TYPING_ACTIONS = {"save", "next_image", "prev_image", "revert", "leave"}
@@ -211,12 +215,15 @@ class DatasetsScreen(UseFolder, CaptionEditing, BatchAndUndo, FiltersAndPanels):
     @staticmethod
     def _check_open(text: str) -> str | None:
         path = Path(text.strip()).expanduser()
+        # Shortened in the middle to fit a notification at 80 columns (about 36 cells a line): a long path
+        # would otherwise fold mid-name; the typed text stays in the input line, whole.
+        shown = units.middle(path, TOAST_PATH_CELLS)
         if not text.strip():
             return "type a folder or a dataset .toml path"
         if not path.exists():
-            return f"{path}: not found"
+            return f"{shown}: not found"
         if not path.is_dir() and path.suffix.lower() != ".toml":
-            return f"{path}: expected a folder or a dataset .toml file"
+            return f"{shown}: expected a folder or a dataset .toml file"
         return None
 
     def action_open_profile(self) -> None:
