@@ -204,6 +204,11 @@ def test_units_read_as_a_person_writes_them() -> None:
     path = "/home/user/work/loras/x.safetensors"
     assert units.middle(path, 80) == path
     assert units.middle(path, 30) == "/home/…/loras/x.safetensors"
+    relative = "checkpoints-by-family/sdxl-finetunes-2026/my_pony.safetensors"
+    assert (
+        units.middle(relative, 40).endswith("/my_pony.safetensors") and len(units.middle(relative, 40)) <= 40
+    )
+    assert units.middle(relative, 24) == "…/my_pony.safetensors"  # the name whole before the folder's start
     for width in range(2, 40):
         assert len(units.middle(path, width)) <= width
         assert units.middle(path, width).endswith(("s", "…"))  # the end (the file) stays as long as it fits

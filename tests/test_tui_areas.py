@@ -328,3 +328,20 @@ async def test_tab_cycles_between_the_folder_list_and_an_open_panel(tmp_path: Pa
         assert seen == {"ds-dirs", "ds-stats"}
         await pilot.press("escape")  # the panel closes; the image list has the focus again
         assert app.screen.query_one("#ds-files", DataTable).has_focus
+
+
+async def test_discovered_model_paths_are_shortened_not_folded(models_root: Path) -> None:
+    from engine.models.safetensors_header import write_header_only
+    from tests.test_tui_models import SDXL
+
+    deep = models_root / "a-long-folder-of-checkpoints" / "sorted-by-family-and-date" / "sdxl-finetunes-2026"
+    deep.mkdir(parents=True)
+    write_header_only(deep / "my_pony_v6_final.safetensors", SDXL)
+    app = DeckApp(start_mode="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        found = app.screen.query_one("#models-found", Static)
+        await wait_until(pilot, lambda: "my_pony_v6_final" in str(found.render()), what="discovered")
+        await pilot.pause(0.3)
+        [line] = str(found.render()).splitlines()
+        assert line.startswith("checkpoint sdxl") or line.split()[1] == "sdxl", line
+        assert "…" in line and line.endswith("my_pony_v6_final.safetensors") and len(line) <= 78, line

@@ -106,7 +106,8 @@ def middle(path: str | os.PathLike[str], width: int) -> str:
         return ELLIPSIS[:width]
     parts = text.split("/")
     # The first real component says where the path lives (/home, /mnt, ~); a tight width drops it too.
-    heads = [parts[:2], parts[:1]] if parts[0] == "" and len(parts) > 2 else [parts[:1]]
+    # A relative path may drop its start altogether ("…/name"): the file name matters more than the root.
+    heads = [parts[:2], parts[:1]] if parts[0] == "" and len(parts) > 2 else [parts[:1], []]
     for head in heads:
         kept: list[str] = []
         for part in reversed(parts[len(head) :]):

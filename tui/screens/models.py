@@ -22,6 +22,7 @@ from engine.models import downloads
 from engine.models.discovery import Discovered, scan
 from engine.models.registry import component_status, entry_status, load_registry
 from profiles.document import Profile
+from tui import units
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.screens.models_text import (
@@ -164,13 +165,16 @@ class ModelsScreen(UseInProfile, DeckScreen):
         self.query_one("#models-downloads", Static).update(
             "\n".join(download_line(d) for d in recent) or "no downloads"
         )
-        self.query_one("#models-found", Static).update(
-            "\n".join(
-                f"{_short(d)}  {d.kind} {d.family or '?'} {size_text(d.size)}" + (f"  ({d.error})" if d.error else "")
-                for d in message.found
-            )
-            or "nothing found in the model folders"
-        )
+        found = self.query_one("#models-found", Static)
+        width = found.size.width or 78
+        lines = []
+        for d in message.found:
+            # What it is first, then the path shortened in the middle to the room left: one line each, the
+            # file name always visible, never folded mid-name.
+            head = f"{d.kind} {d.family or '?'} {size_text(d.size)}  "
+            tail = f"  ({d.error})" if d.error else ""
+            lines.append(head + units.middle(_short(d), max(16, width - len(head) - len(tail))) + tail)
+        found.update("\n".join(lines) or "nothing found in the model folders")
 
     def _highlighted(self) -> str | None:
         table = self.query_one("#models-table", DataTable)
