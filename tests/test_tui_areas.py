@@ -345,3 +345,20 @@ async def test_discovered_model_paths_are_shortened_not_folded(models_root: Path
         [line] = str(found.render()).splitlines()
         assert line.startswith("checkpoint sdxl") or line.split()[1] == "sdxl", line
         assert "…" in line and line.endswith("my_pony_v6_final.safetensors") and len(line) <= 78, line
+
+
+async def test_tab_out_of_the_input_line_closes_it(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path)
+    app = DeckApp(start_mode="datasets")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_target(pilot, app, folder)
+        box = app.screen.query_one("#ds-input", Input)
+        label = app.screen.query_one("#ds-input-label", Static)
+        await pilot.press(key_of(app, "datasets.open"), "a", "b", "tab")
+        assert not box.has_focus and box.value == "" and str(label.render()) == ""
+        assert not isinstance(app.focused, (Input, TextArea))
+        # A tag filter typed, then Tab: the filter stays (as Enter keeps it), the line closes.
+        await pilot.press(key_of(app, "datasets.tag"), *"red")
+        await wait_until(pilot, lambda: screen(app).filters.tag == "red", what="tag filter")
+        await pilot.press("tab")
+        assert screen(app).filters.tag == "red" and not box.has_focus and str(label.render()) == ""

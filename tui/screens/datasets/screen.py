@@ -171,6 +171,10 @@ class DatasetsScreen(UseFolder, CaptionEditing, BatchAndUndo, FiltersAndPanels):
     def on_descendant_blur(self, event: events.DescendantBlur) -> None:
         if isinstance(event.widget, (TextArea, Input)):
             event.widget.can_focus = False  # left (Esc, Tab, a list key): back out of the Tab chain
+        if event.widget.id == "ds-input" and self.input_mode:
+            # Tabbed away from the input line: it closes as Enter would for a tag filter (the filter stays)
+            # and as Esc does for an open; the focus goes where Tab sent it.
+            self._end_input(focus_list=False)
         self.refresh_bindings()
 
     # The input line: open a path, filter by tag.
@@ -182,11 +186,12 @@ class DatasetsScreen(UseFolder, CaptionEditing, BatchAndUndo, FiltersAndPanels):
         box.value = value
         self.open_field(box)  # focused now, so the letters right behind `o` or `/` land here
 
-    def _end_input(self) -> None:
+    def _end_input(self, focus_list: bool = True) -> None:
         self.input_mode = ""
         self.query_one("#ds-input-label", Static).update("")
         self.query_one("#ds-input", Input).value = ""
-        self.set_focus(self.query_one("#ds-files", DataTable))
+        if focus_list:
+            self.set_focus(self.query_one("#ds-files", DataTable))
 
     def action_open(self) -> None:
         self._begin_input("open", "open: ")
