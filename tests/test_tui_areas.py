@@ -362,3 +362,22 @@ async def test_tab_out_of_the_input_line_closes_it(tmp_path: Path) -> None:
         await wait_until(pilot, lambda: screen(app).filters.tag == "red", what="tag filter")
         await pilot.press("tab")
         assert screen(app).filters.tag == "red" and not box.has_focus and str(label.render()) == ""
+
+
+def test_set_folder_edits_only_the_first_directory_and_says_when_nothing_changes(tmp_path: Path) -> None:
+    from profiles.document import Profile, TomlFile
+    from tui.screens.datasets.use_folder import set_folder
+
+    main = TomlFile.from_text('dataset = "dataset.toml"\n')
+    data = TomlFile.from_text(
+        "resolutions = [512]\n\n[[directory]]\npath = '/old'\nnum_repeats = 3\n\n"
+        "[[directory]]\npath = '/other'\n"
+    )
+    profile = Profile(main=main, dataset=data)
+    changes, what = set_folder(profile, tmp_path)
+    assert [(c.key, c.old, c.new) for c in changes] == [("dataset:directory[0].path", "/old", str(tmp_path))]  # type: ignore[attr-defined]
+    assert data.get("directory[0].num_repeats") == 3 and data.get("directory[1].path") == "/other"
+    assert "num_repeats = 3" in data.dumps()  # one line changed, the rest as written
+    assert set_folder(profile, tmp_path)[0] == []  # already there: nothing to change
+    with pytest.raises(ValueError, match="dataset TOML"):
+        set_folder(Profile(main=main), tmp_path)
