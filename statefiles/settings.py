@@ -401,7 +401,7 @@ _EXISTS: dict[str, tuple[Callable[[str], bool], str, str]] = {
 
 
 def _check_exists(k: Key, value: Any) -> None:
-    if k.meta.exists is None or value is None:
+    if k.meta.exists is None or not value:  # unset, or "" (what `config set KEY ""` has always meant: none)
         return
     test, noun, with_article = _EXISTS[k.meta.exists]
     for item in value if isinstance(value, list) else [value]:

@@ -257,3 +257,8 @@ def test_doctor_names_every_type_the_built_in_trainer_trains() -> None:
     line = next(c for c in json.loads(_cli("doctor", "--json").stdout) if c["name"] == "diffusion-pipe")
     assert all(t in line["detail"] for t in BUILTIN_TYPES), line
     assert "backend install diffusion-pipe" in line["fix"]
+
+
+def test_config_set_empty_path_still_means_none() -> None:
+    out = _cli("config", "set", "diffusion_pipe.python", "")
+    assert out.returncode == 0, out.stderr
