@@ -85,6 +85,8 @@ async def test_models_pull_shows_progress_and_cancels(hub: HubServer, models_roo
         await wait_until(pilot, lambda: table.row_count > 0, what="rows")
         table.move_cursor(row=table.get_row_index("sd15"))
         await pilot.press("p")
+        await wait_text(pilot, "Pull sd15: ~4.3 GB into ")  # large (the registry's estimate): asks first
+        await pilot.press("y")
         await wait_text(pilot, "sd15/checkpoint_path running")
         await pilot.press("c")
         await wait_text(pilot, "partial files are deleted")  # destructive: asks first
@@ -157,6 +159,8 @@ async def test_check_view_pulls_everything_and_fills_the_profile(chroma_hub: Hub
         text = await wait_text(pilot, "model.transformer_path: missing <- chroma-unlocked-v47")
         assert "model.diffusers_path: missing" in text and "error(s) left" in text
         await pilot.press("p")
+        await wait_text(pilot, "Free space there:")
+        await pilot.press("y")
         await wait_text(pilot, "chroma-unlocked-v47/diffusers_path running")
         chroma_hub.throttle = None
         await wait_text(pilot, "no download running: press u", timeout=60)
@@ -183,6 +187,8 @@ async def test_pull_one_part_cancel_with_confirm_and_resume(chroma_hub: HubServe
         await pilot.press("P")
         await wait_text(pilot, "pull which part?")
         await pilot.press("enter")  # the first part only: the schnell folder (0.5 MB at 100 KB/s)
+        await wait_text(pilot, "Pull chroma-unlocked-v47/diffusers_path: ~10.2 GB")
+        await pilot.press("y")
         await wait_text(pilot, "chroma-unlocked-v47/diffusers_path running")
         [dl] = downloads.list_downloads()
         assert dl.key == "diffusers_path"
@@ -244,6 +250,8 @@ async def test_download_outlives_the_deck(chroma_hub: HubServer) -> None:
         await wait_until(pilot, lambda: table.row_count > 0)
         table.move_cursor(row=table.get_row_index("chroma-unlocked-v47"))
         await pilot.press("p")
+        await wait_text(pilot, "Pull chroma-unlocked-v47: ~28.0 GB")
+        await pilot.press("y")
         await wait_text(pilot, "diffusers_path running")
     # The deck is gone; the daemon's workers are not.
     chroma_hub.throttle = None

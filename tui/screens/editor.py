@@ -338,6 +338,9 @@ class EditorScreen(Screen[None]):
     def action_next_tab(self) -> None:
         tabs = self.query_one("#editor-tabs", TabbedContent)
         tabs.active = TABS[(TABS.index(tabs.active) + 1) % len(TABS)]
+        if tabs.active == "toml":  # the TOML tab is its text: the keys typed next go there (issue 16)
+            inner = self.query_one("#toml-files", TabbedContent)
+            self.call_after_refresh(lambda: inner.active_pane and self.set_focus(inner.active_pane.query_one(TextArea)))
 
     def action_close(self) -> None:
         if not self.dirty:

@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui import data
+from tui import data, units
 from tui.keyscheme import bind
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 
@@ -58,7 +58,7 @@ class HistoryDialog(ModalScreen[None]):
         for v in reversed(versions):
             num = v.version
             self.versions.append(num)
-            olist.add_option(Option(f"v{num}  {v.timestamp}  {v.message}", id=str(num)))
+            olist.add_option(Option(f"v{num}  {units.when_iso(v.timestamp)}  {v.message}", id=str(num)))
         if self.versions:
             olist.highlighted = 0
 

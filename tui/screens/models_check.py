@@ -127,7 +127,20 @@ class CheckScreen(UseInProfile, DeckScreen):
         if not self.state.plan:
             self.notify("nothing to pull: every model file is in place, or no registry entry provides it")
             return
-        self._pull(list(self.state.plan))
+        self._ask_pull(list(self.state.plan))
+
+    @work(thread=True, exclusive=True, group="check-ask")
+    def _ask_pull(self, plan: list[str]) -> None:
+        """All of it at once can be tens of GB: a large pull names its size and the free space first."""
+        from engine.models.registry import load_registry
+        from tui.screens.models_text import free_bytes, part_infos, pull_question, to_download
+
+        fetch = [p for entry_id in plan for p in to_download(part_infos(load_registry().get(entry_id)))]
+        question = pull_question(", ".join(plan), fetch, free_bytes())
+        if question is None:
+            self.app.call_from_thread(self._pull, plan)  # workers start on the app's thread
+        else:
+            self.app.call_from_thread(self.confirm, question, lambda: self._pull(plan))
 
     @work(thread=True, exclusive=True, group="check-pull")
     def _pull(self, plan: list[str]) -> None:

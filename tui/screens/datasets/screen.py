@@ -11,23 +11,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, DataTable, Input, OptionList, Static, TextArea
 
+from tui import units
 from tui.keyscheme import bind
 from tui.screens.datasets import messages as msg
 from tui.screens.datasets.batch import BatchAndUndo
 from tui.screens.datasets.captions import CaptionEditing
 from tui.screens.datasets.filters import FiltersAndPanels
+from tui.screens.datasets.use_folder import UseFolder
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.widgets.image_preview import ImagePreview
+
+# A notification is 60 cells wide, at most half the screen: 36 cells of text at 80 columns.
+TOAST_PATH_CELLS = 34
 
 # Keys that still work while the caption editor or the input line has the focus (the rest type text).
 TYPING_ACTIONS = {"save", "next_image", "prev_image", "revert", "leave"}
 
 
-class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
+class DatasetsScreen(UseFolder, CaptionEditing, BatchAndUndo, FiltersAndPanels):
     TITLE_TEXT = "Datasets"
     # Screen classes for app.tcss: wider folder column and taller caption editor on big terminals.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
@@ -50,6 +57,7 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         bind("datasets.buckets", "panel('ds-buckets')", "Buckets"),
         bind("datasets.batch", "batch", "Batch"),
         bind("datasets.undo", "undo", "Undo"),
+        bind("datasets.use", "use_folder", "Use in profile"),
         bind("datasets.back", "leave", "Back", keys="escape"),
         bind("datasets.profile", "open_profile", "Profile's data", show=False),
         bind("datasets.revert", "revert", "Revert caption", show=False),
@@ -87,8 +95,16 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         # Flags and size first: a long file name is the only thing that may run off the right edge at 80 columns.
         for key, label, width in (("flags", "c d", 3), ("size", "size", 9), ("name", "name", None)):
             table.add_column(label, key=key, width=width)
+        # Text fields are entered on purpose (e/Enter, o, /) and left with Esc: out of the Tab chain until then,
+        # so Tab cycles the lists and panels and `j j` after a Tab moves the list instead of typing "jj".
+        for field in self.query("#ds-caption, #ds-input"):
+            field.can_focus = False
         self.set_focus(table)
         self._open("last", "")
+
+    def open_field(self, field: Widget) -> None:
+        field.can_focus = True
+        super().open_field(field)
 
     def on_profiles_listed(self, message: msg.ProfilesListed) -> None:
         self._choose(message.title, message.choices, message.then)
@@ -153,7 +169,13 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
     def on_descendant_focus(self) -> None:
         self.refresh_bindings()
 
-    def on_descendant_blur(self) -> None:
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        if isinstance(event.widget, (TextArea, Input)):
+            event.widget.can_focus = False  # left (Esc, Tab, a list key): back out of the Tab chain
+        if event.widget.id == "ds-input" and self.input_mode:
+            # Tabbed away from the input line: it closes as Enter would for a tag filter (the filter stays)
+            # and as Esc does for an open; the focus goes where Tab sent it.
+            self._end_input(focus_list=False)
         self.refresh_bindings()
 
     # The input line: open a path, filter by tag.
@@ -165,11 +187,12 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         box.value = value
         self.open_field(box)  # focused now, so the letters right behind `o` or `/` land here
 
-    def _end_input(self) -> None:
+    def _end_input(self, focus_list: bool = True) -> None:
         self.input_mode = ""
         self.query_one("#ds-input-label", Static).update("")
         self.query_one("#ds-input", Input).value = ""
-        self.set_focus(self.query_one("#ds-files", DataTable))
+        if focus_list:
+            self.set_focus(self.query_one("#ds-files", DataTable))
 
     def action_open(self) -> None:
         self._begin_input("open", "open: ")
@@ -198,12 +221,15 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
     @staticmethod
     def _check_open(text: str) -> str | None:
         path = Path(text.strip()).expanduser()
+        # Shortened in the middle to fit a notification at 80 columns (about 36 cells a line): a long path
+        # would otherwise fold mid-name; the typed text stays in the input line, whole.
+        shown = units.middle(path, TOAST_PATH_CELLS)
         if not text.strip():
             return "type a folder or a dataset .toml path"
         if not path.exists():
-            return f"{path}: not found"
+            return f"{shown}: not found"
         if not path.is_dir() and path.suffix.lower() != ".toml":
-            return f"{path}: expected a folder or a dataset .toml file"
+            return f"{shown}: expected a folder or a dataset .toml file"
         return None
 
     def action_open_profile(self) -> None:
