@@ -52,13 +52,11 @@ IMAGE: dict[str, str | None] = {
     "numpy": "2.5.2",
     "triton": "3.6.0",
     "torchvision": "0.26.0",
+    # present, version not read
     **dict.fromkeys(
-        (
-            "peft", "psutil", "nvidia-ml-py", "pillow", "tensorboard", "einops", "msgpack", "ninja",
-            "py-cpuinfo", "tqdm", "packaging", "requests", "filelock", "regex", "mdurl", "pyyaml", "httpx",
-            "fsspec", "jinja2", "networkx", "sympy", "setuptools", "protobuf", "certifi", "idna", "urllib3",
-            "charset-normalizer", "hf-xet", "typer", "click", "shellingham", "anyio", "httpcore", "h11",
-        )
+        """peft psutil nvidia-ml-py pillow tensorboard einops msgpack ninja py-cpuinfo tqdm packaging requests
+        filelock regex mdurl pyyaml httpx fsspec jinja2 networkx sympy setuptools protobuf certifi idna urllib3
+        charset-normalizer hf-xet typer click shellingham anyio httpcore h11""".split()
     ),
 }
 # The environment the pins' markers are evaluated in: the GPU machine's.
@@ -104,7 +102,9 @@ def read_pins(path: Path = PINS) -> list[Pin]:
             raise PackError(f"{path.name}:{number}: {text!r}: expected exactly name==version")
         name = canonicalize_name(req.name)
         if name in seen:
-            raise PackError(f"{path.name}:{number}: {name} is pinned twice (two versions stop the whole install)")
+            raise PackError(
+                f"{path.name}:{number}: {name} is pinned twice (two versions stop the whole install)"
+            )
         seen.add(name)
         pins.append(Pin(name, specs[0].version, comment.strip() == "build"))
     return pins
@@ -176,7 +176,9 @@ def travelling_bytes(repo: Path = REPO) -> int:
     """What travels without carry: tracked files and untracked ones git does not ignore."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=repo, capture_output=True, check=True,
+        cwd=repo,
+        capture_output=True,
+        check=True,
     ).stdout.split(b"\0")
     total = 0
     for rel in filter(None, listed):
