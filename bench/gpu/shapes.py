@@ -114,8 +114,9 @@ T5_XXL: dict[str, Any] = dict(
 )
 
 
-def real_shaped_modules(family: str) -> dict[str, Any]:
-    """{subfolder of the model folder: a random real-shaped module} (on the GPU, in bfloat16)."""
+def real_shaped_modules(family: str, device: str = "cuda") -> dict[str, Any]:
+    """{subfolder of the model folder: a random real-shaped module} in bfloat16 (random init on the GPU takes
+    seconds; device "meta" builds the shapes without memory, for the tests)."""
     import torch
     from diffusers import AutoencoderKL, ChromaTransformer2DModel, UNet2DConditionModel
     from transformers import (
@@ -129,7 +130,7 @@ def real_shaped_modules(family: str) -> dict[str, Any]:
     from engine.demo_models import tiny_clip_config
 
     torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+    with torch.device(device):
         if family == "sdxl":
             modules: dict[str, Any] = {
                 "unet": UNet2DConditionModel(**SDXL_UNET),
