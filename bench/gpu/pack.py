@@ -28,13 +28,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-try:
-    import tomllib  # novermin (guarded: tomli below on 3.10)
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from statefiles import toml  # noqa: E402
+
 PINS = HERE / "wheels.txt"
 PYTHON_VERSION = "3.12"
 # pip matches a manylinux tag exactly: the tags the machine's glibc accepts that wheels are published under.
@@ -112,7 +112,7 @@ def read_pins(path: Path = PINS) -> list[Pin]:
 
 def dpdeck_requirements(pyproject: Path = REPO / "pyproject.toml") -> list[Requirement]:
     """dpdeck's runtime dependencies and its train extra, those that apply on the GPU machine."""
-    data = tomllib.loads(pyproject.read_text())
+    data = toml.load_file(pyproject)
     raw = [*data["project"]["dependencies"], *data["project"]["optional-dependencies"]["train"]]
     reqs = [Requirement(r) for r in raw]
     return [r for r in reqs if r.marker is None or r.marker.evaluate(MARKER_ENV)]
