@@ -495,7 +495,7 @@ def train_check(family: str) -> Callable[[Ctx], dict[str, Any]]:
         )
         run_dir = Path(end["run_dir"] or stopped["run_dir"])
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        steps = [m for m in steps if "event" not in m]
+        steps = [m for m in steps if m.get("event", "progress") == "progress"]  # not eval or sample lines
         numbers = [m["step"] for m in steps]
         size = shapes.TRAIN_SIZES[(family, ctx.device)]
         total = size.epochs * size.images // size.batch
@@ -522,9 +522,16 @@ def check_bench(ctx: Ctx) -> dict[str, Any]:
     """The trainer's step against a diffusers-example step (bench/bench_trainer_gpu.py), figures as it prints them."""
     cmd = [sys.executable, str(BENCH), *BENCH_ARGS[ctx.device]]
     print("+ " + " ".join(cmd), flush=True)
-    done = subprocess.run(
-        cmd, cwd=REPO, env=job_env(ctx), capture_output=True, text=True, timeout=max(ctx.left() - 5, 1)
-    )
+    limit = max(ctx.left() - 5, 1)
+    try:
+        done = subprocess.run(cmd, cwd=REPO, env=job_env(ctx), capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired as exc:
+        # The rows it printed before the limit are still figures (it prints each as soon as it is measured).
+        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        print(partial, flush=True)
+        raise CheckFailed(
+            f"the benchmark ran past the {limit:.0f} s left to it", {"bench": parse_bench(partial)}
+        ) from None
     print(done.stdout + done.stderr, flush=True)
     figures = {"command": " ".join(cmd[1:]), "bench": parse_bench(done.stdout)}
     expect(
