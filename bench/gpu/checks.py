@@ -481,6 +481,12 @@ def train_check(family: str) -> Callable[[Ctx], dict[str, Any]]:
             "stopped": job_summary(stopped),
         }
         expect(
+            stopped["state"] != "completed",
+            f"the run completed (step {stopped['step']}) before the stop landed: raise its epochs in "
+            "shapes.TRAIN_SIZES",
+            figures,
+        )
+        expect(
             (stopped["state"], stopped["exit_reason"]) == ("cancelled", "save_quit"),
             f"the stopped job ended {stopped['state']} ({stopped['exit_reason']}): {stopped['evidence'][-3:]}",
             figures,

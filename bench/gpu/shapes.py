@@ -37,9 +37,9 @@ class TrainSize:
 
 TRAIN_SIZES: dict[tuple[str, str], TrainSize] = {
     ("sdxl", "cpu"): TrainSize(images=8, px=32, batch=2, epochs=12, rank=4, dtype="float32"),
-    ("sdxl", "cuda"): TrainSize(images=4, px=1024, batch=1, epochs=40, rank=32, dtype="bfloat16"),
-    ("chroma", "cpu"): TrainSize(images=8, px=32, batch=2, epochs=12, rank=4, dtype="float32"),
-    ("chroma", "cuda"): TrainSize(images=4, px=512, batch=1, epochs=40, rank=32, dtype="bfloat16"),
+    ("sdxl", "cuda"): TrainSize(images=4, px=1024, batch=1, epochs=60, rank=32, dtype="bfloat16"),
+    ("chroma", "cpu"): TrainSize(images=8, px=32, batch=2, epochs=24, rank=4, dtype="float32"),
+    ("chroma", "cuda"): TrainSize(images=4, px=512, batch=1, epochs=100, rank=32, dtype="bfloat16"),
 }
 
 # SDXL's own widths: CLIP-L (768) + OpenCLIP-bigG (1280) = cross-attention 2048; pooled 1280 + 6 x 256 time
