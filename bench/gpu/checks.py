@@ -103,6 +103,12 @@ def enqueue(ctx: Ctx, profile: Path, *extra: str) -> int:
     return int(json.loads(dpdeck(ctx, "queue", "add", str(profile), "--json", *extra))["id"])
 
 
+def on_gpu0(ctx: Ctx) -> tuple[str, ...]:
+    """`--gpus 0` on a GPU: a job pinned to a GPU waits with that GPU's own reason (a foreign process, another
+    dpdeck job), where one that asks for any GPU says only how many are free."""
+    return ("--gpus", "0") if ctx.device == "cuda" else ()
+
+
 def show(ctx: Ctx, job: int) -> dict[str, Any]:
     return dict(json.loads(dpdeck(ctx, "show", str(job), "--json")))
 
@@ -304,7 +310,7 @@ def check_foreign_wait(ctx: Ctx) -> dict[str, Any]:
             listed and not listed[0]["ours"],
             f"dpdeck gpus does not list pid {foreign.pid} as foreign: {gpus}",
         )
-        job = enqueue(ctx, short_profile(ctx, "job"))
+        job = enqueue(ctx, short_profile(ctx, "job"), *on_gpu0(ctx))
         t0 = time.time()
         needle = f"foreign compute process (pid {foreign.pid}"
         row = wait_for(
@@ -344,8 +350,8 @@ def check_sigkill_release(ctx: Ctx) -> dict[str, Any]:
     baseline = nvml_sample()["used_mib"] if on_gpu else None
     sampler.start()
     try:
-        first = enqueue(ctx, short_profile(ctx, "long", epochs=5000))
-        second = enqueue(ctx, short_profile(ctx, "next"))
+        first = enqueue(ctx, short_profile(ctx, "long", epochs=5000), *on_gpu0(ctx))
+        second = enqueue(ctx, short_profile(ctx, "next"), *on_gpu0(ctx))
         row = wait_step(ctx, first, 3)
         sampler.port = row["port"]
         procs = job_processes(ctx, first)
@@ -446,8 +452,8 @@ def check_oom(ctx: Ctx) -> dict[str, Any]:
 
 def check_two_jobs(ctx: Ctx) -> dict[str, Any]:
     """Two jobs for one GPU (one CPU slot): the second waits, saying why, and starts after the first ended."""
-    first = enqueue(ctx, short_profile(ctx, "a"))
-    second = enqueue(ctx, short_profile(ctx, "b"))
+    first = enqueue(ctx, short_profile(ctx, "a"), *on_gpu0(ctx))
+    second = enqueue(ctx, short_profile(ctx, "b"), *on_gpu0(ctx))
     reasons: set[str] = set()
 
     def both_done() -> bool:
