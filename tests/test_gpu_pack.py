@@ -97,6 +97,19 @@ def test_verify_names_missing_and_unpinned_wheels(tmp_path: Path) -> None:
     assert "strayling-1.0-py3-none-any.whl" in str(err.value) and "is not pinned" in str(err.value)
 
 
+def test_prepare_sh_verify_fails_on_an_empty_wheel_folder_and_names_what_is_missing(tmp_path: Path) -> None:
+    env = dict(os.environ, WHEELS=str(tmp_path), PYTHON=sys.executable)
+    done = subprocess.run(
+        ["bash", str(GPU / "prepare.sh"), "--verify"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert (
+        "prepare: the pack is not complete" in done.stderr and "deepspeed==0.19.8: no wheel in" in done.stderr
+    )
+    bad = subprocess.run(["bash", str(GPU / "prepare.sh"), "--nope"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage: prepare.sh" in bad.stderr
+
+
 def test_the_tree_leaves_room_for_the_wheels() -> None:
     assert pack.travelling_bytes() < pack.TRAVEL_LIMIT - 20 * 2**20
 
