@@ -318,3 +318,34 @@ def test_the_builtin_trainers_save_quit_line_ends_a_stop_as_save_quit() -> None:
     feed_line(progress, trainer_line)
     assert progress.manual_quit
     assert classify.classify(0, [trainer_line], manual_quit=progress.manual_quit) == "save_quit"
+
+
+def _ctx(tmp_path: Path) -> driver.Ctx:
+    return driver.Ctx("t", "cpu", True, tmp_path, tmp_path / "w", tmp_path / "s", NO_GPU, time.time() + 60)
+
+
+def test_a_wheel_that_did_not_install_fails_the_wheels_check_naming_it(tmp_path: Path) -> None:
+    record = {
+        "status": "installed",
+        "installed": ["a.whl"],
+        "failed": {"diffusers-0.42.1-py3-none-any.whl": "bad zip"},
+    }
+    (tmp_path / "install.json").write_text(json.dumps(record))
+    with pytest.raises(checks.CheckFailed, match="diffusers-0.42.1-py3-none-any.whl") as err:
+        checks.check_wheels(_ctx(tmp_path))
+    assert err.value.figures["installed"] == 1
+
+
+def test_nvml_probe_says_why_when_there_is_no_usable_gpu() -> None:
+    gpu = driver.probe_gpu()
+    if gpu["ok"]:
+        assert gpu["name"] and gpu["mem_total_gib"] > 0
+    else:
+        assert gpu["reason"].startswith(("NVML", "nvidia-ml-py")), gpu
+
+
+def test_an_unknown_check_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        checks.main(["run", "--out", "o", "--work", "w", "--only", "nvml,bogus"])
+    assert exit_.value.code == 2
+    assert "unknown checks ['bogus']" in capsys.readouterr().err

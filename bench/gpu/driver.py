@@ -78,7 +78,8 @@ class Result:
 
     def line(self) -> str:
         mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[self.status]
-        brief = self.reason or ", ".join(f"{k}={_short(v)}" for k, v in list(self.figures.items())[:5])
+        scalars = [(k, v) for k, v in self.figures.items() if not isinstance(v, (dict, list))]
+        brief = self.reason or ", ".join(f"{k}={_short(v)}" for k, v in scalars[:6])
         return f"{mark}  {self.name:<16} {self.seconds:6.1f}s  {brief}"
 
 
