@@ -655,6 +655,8 @@ def install(wheels: Path, target: Path, out: Path) -> int:
                     lines = (one.stderr or one.stdout).strip().splitlines() or [f"exit {one.returncode}"]
                     record["failed"][wheel.name] = lines[-1]
         record["seconds"] = time.time() - t0
+        if record["failed"]:
+            record["status"] = "partial"
     atomic_write_text(out / "install.json", json.dumps(record, indent=2))
     print(
         f"install: {record['status']}, {len(record['installed'])} wheels into {target}"
