@@ -110,6 +110,14 @@ def test_prepare_sh_verify_fails_on_an_empty_wheel_folder_and_names_what_is_miss
     assert bad.returncode == 2 and "usage: prepare.sh" in bad.stderr
 
 
+def test_a_pack_over_the_travel_limit_is_refused_with_both_sizes() -> None:
+    pack.check_size(40 * 2**20, 23 * 2**20)
+    with pytest.raises(
+        pack.PackError, match=r"tree \+ wheels = 65\.0 MiB \(25\.0 \+ 40\.0\), over the 64 MiB"
+    ):
+        pack.check_size(40 * 2**20, 25 * 2**20)
+
+
 def test_the_tree_leaves_room_for_the_wheels() -> None:
     assert pack.travelling_bytes() < pack.TRAVEL_LIMIT - 20 * 2**20
 

@@ -241,10 +241,15 @@ def prepare(dest: Path, pins: list[Pin]) -> None:
     print(f"wheels: {len(pins)} files, {size / 2**20:.1f} MiB in {dest}")
     print(f"tree:   {tree / 2**20:.1f} MiB (tracked and untracked-not-ignored files)")
     print(f"total:  {(size + tree) / 2**20:.1f} MiB of the {TRAVEL_LIMIT // 2**20} MiB that may travel")
-    if size + tree > TRAVEL_LIMIT:
+    check_size(size, tree)
+
+
+def check_size(wheels: int, tree: int, limit: int = TRAVEL_LIMIT) -> None:
+    if wheels + tree > limit:
         raise PackError(
-            f"tree + wheels = {(size + tree) / 2**20:.1f} MiB, over the {TRAVEL_LIMIT // 2**20} MiB that travels to "
-            "the GPU machine: drop a pin the image already satisfies, or remove large untracked files"
+            f"tree + wheels = {(wheels + tree) / 2**20:.1f} MiB ({tree / 2**20:.1f} + {wheels / 2**20:.1f}), over "
+            f"the {limit // 2**20} MiB that travels to the GPU machine: drop a pin the image already satisfies, "
+            "or remove large untracked files"
         )
 
 
