@@ -213,15 +213,15 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
         await wait_until(pilot, lambda: plot.points == 39, what="loss points")
         log_pane = app.screen.query_one("#run-log", LogPane)
         await wait_until(pilot, lambda: log_pane.total_written == 3, what="log lines")
-        await pilot.press("e")
+        await pilot.press("ctrl+n")
         await wait_until(pilot, lambda: app.screen.search_at == 2, what="jump to the error line")
         assert not log_pane.auto_scroll
-        await pilot.press("f")
+        await pilot.press("F")
         assert log_pane.auto_scroll
         engine.jobs[8] = make_job(8, "other", state="completed")
-        await pilot.press("c")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
+        await pilot.press("equals_sign")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
         await wait_text(pilot, "Overlay the loss curve")
-        app.screen.query_one("#prompt-input").value = "8"
+        await wait_text(pilot, "other")  # the picker lists job 8
         await pilot.press("enter")
         await wait_until(pilot, lambda: plot.points == 78, what="two curves overlaid")
         app.screen.query_one("#run-side").scroll_end(animate=False)
