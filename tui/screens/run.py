@@ -189,7 +189,7 @@ class RunScreen(DeckScreen):
             self.view = JobView(job_id=app_job)
         for plot in self.query(CurvePlot):
             plot.show([])  # titles say "no data yet" instead of an empty frame
-        self._logbar()
+        self.call_after_refresh(self._logbar)  # (the log column may mount after this screen's Mount)
         super().on_mount()
 
     def set_job(self, job_id: int) -> None:
@@ -451,15 +451,17 @@ class RunScreen(DeckScreen):
         """One line under the log: which log, follow, wrap, dpdeck events, and where the search stands."""
         log = self.query_one("#run-log", LogPane)
         rank = "all ranks" if self.view.rank is None else f"rank {self.view.rank}"
+        # Short enough for the 51 columns the log gets at 80x24; the keys are in the footer and in `?`.
         parts = [
-            f"{rank}",
-            "following (F)" if log.auto_scroll else "paused (F follows)",
-            "wrap on (w)" if log.wrap else "wrap off (w)",
-            "events shown (L)" if log.show_events else "events hidden (L)",
+            rank,
+            "following" if log.auto_scroll else "paused",
+            "wrap" if log.wrap else "no wrap",
+            "events shown" if log.show_events else "events hidden",
         ]
         if self.search_text:
             at = self.view.search_at
-            where = f"{self.matches.index(at) + 1}/{len(self.matches)}" if at in self.matches else f"0/{len(self.matches)}"
+            count = len(self.matches)
+            where = f"{self.matches.index(at) + 1}/{count}" if at in self.matches else f"0/{count}"
             parts.insert(0, f"{where} {self.search_text!r}")
         set_content(self.query_one("#run-logbar", Static), " · ".join(parts))
 
