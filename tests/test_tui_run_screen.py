@@ -39,8 +39,15 @@ def add_job(name: str, state: str = "queued", *, log: str = "", metrics: int = 0
     conn = store.connect()
     try:
         job_id = insert_job(
-            conn=conn, name=name, profile=name, backend="builtin", gpus=None, num_gpus=None, priority=0,
-            after=None, profile_obj=resolve("demo-tiny"),
+            conn=conn,
+            name=name,
+            profile=name,
+            backend="builtin",
+            gpus=None,
+            num_gpus=None,
+            priority=0,
+            after=None,
+            profile_obj=resolve("demo-tiny"),
         )
         with store.transaction(conn):
             store.update_job(conn, job_id, state=state, **fields)
@@ -134,13 +141,32 @@ async def test_switching_between_a_finished_and_a_running_job_leaves_nothing_beh
     (run / "global_step8").mkdir()
     now = time.time()
     done = add_job(
-        "finished", "completed", log="TRAINING COMPLETE!\n", metrics=8, step=8, total_steps=8, epoch=2,
-        total_epochs=2, exit_reason="completed", evidence=["TRAINING COMPLETE!"], run_dir=str(run),
-        started_at=now - 600, ended_at=now - 300, loss=0.125,
+        "finished",
+        "completed",
+        log="TRAINING COMPLETE!\n",
+        metrics=8,
+        step=8,
+        total_steps=8,
+        epoch=2,
+        total_epochs=2,
+        exit_reason="completed",
+        evidence=["TRAINING COMPLETE!"],
+        run_dir=str(run),
+        started_at=now - 600,
+        ended_at=now - 300,
+        loss=0.125,
     )
     live = add_job(
-        "live", "running", log="steps: 2 loss: 0.5 iter time (s): 1 samples/sec: 1\n", metrics=2, step=2,
-        total_steps=40, epoch=1, total_epochs=2, started_at=now - 60, loss=0.5,
+        "live",
+        "running",
+        log="steps: 2 loss: 0.5 iter time (s): 1 samples/sec: 1\n",
+        metrics=2,
+        step=2,
+        total_steps=40,
+        epoch=1,
+        total_epochs=2,
+        started_at=now - 60,
+        loss=0.5,
     )
     app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon: it ends fake live jobs)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -199,7 +225,9 @@ async def test_compare_opens_a_job_picker_and_clear_removes_the_overlays() -> No
         await pilot.press("minus")
         await wait_until(pilot, lambda: plot.points == 5, what="overlays cleared")
         await pilot.press("minus")
-        await wait_until(pilot, lambda: any("no curves overlaid" in str(n.message) for n in app._notifications))
+        await wait_until(
+            pilot, lambda: any("no curves overlaid" in str(n.message) for n in app._notifications)
+        )
 
 
 # ---- the log: dpdeck's events, wrap, search -----------------------------------------------------------------
@@ -216,8 +244,15 @@ async def test_dpdeck_event_lines_are_status_not_log_lines_and_L_shows_them() ->
     for line in lines:
         feed_line(progress, line)
     job = add_job(
-        "events", "running", log=log, step=progress.step, total_steps=progress.total_steps, epoch=progress.epoch,
-        total_epochs=progress.total_epochs, loss=progress.loss, samples_per_s=progress.samples_per_s,
+        "events",
+        "running",
+        log=log,
+        step=progress.step,
+        total_steps=progress.total_steps,
+        epoch=progress.epoch,
+        total_epochs=progress.total_epochs,
+        loss=progress.loss,
+        samples_per_s=progress.samples_per_s,
         started_at=time.time(),
     )
     app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon: it ends fake live jobs)
@@ -264,7 +299,9 @@ async def test_long_lines_scroll_sideways_or_wrap() -> None:
         await wait_until(pilot, lambda: tail[-10:] in screen_text(app), what="the end shown wrapped")
         assert "· wrap ·" in screen_text(app)
         await pilot.resize_terminal(120, 30)  # a wider pane cuts the rows again
-        await wait_until(pilot, lambda: pane.wrap_width() > width and len(pane.lines) < len(rows), what="rewrap")
+        await wait_until(
+            pilot, lambda: pane.wrap_width() > width and len(pane.lines) < len(rows), what="rewrap"
+        )
         await pilot.press("w")
         await wait_until(pilot, lambda: list(pane.lines) == ["short", long, "after"], what="one row per line")
 
@@ -290,7 +327,9 @@ async def test_search_counts_matches_and_highlights_them() -> None:
         assert styled and styled[0].style is not None and styled[0].style.reverse and styled[0].style.bold
         other = [seg for seg in pane._render_line_strip(3, pane.rich_style) if seg.text == "needle"]
         assert other and other[0].style is not None and other[0].style.reverse and not other[0].style.bold
-        assert [seg for seg in pane._render_line_strip(1, pane.rich_style) if seg.style and seg.style.reverse] == []
+        assert [
+            seg for seg in pane._render_line_strip(1, pane.rich_style) if seg.style and seg.style.reverse
+        ] == []
         await pilot.press("n", "n")
         await wait_text(pilot, "3/17 'NEEDLE'")
         await pilot.press("N")
@@ -317,8 +356,11 @@ def test_log_pane_helpers() -> None:
 
 async def test_a_quiet_running_job_says_for_how_long_and_what_it_waits_on() -> None:
     job = add_job(
-        "slow", "running", log="loading sdxl model\ncaching latents: 0/10\ncaching latents: 3/10\n",
-        total_steps=40, started_at=time.time() - 600,
+        "slow",
+        "running",
+        log="loading sdxl model\ncaching latents: 0/10\ncaching latents: 3/10\n",
+        total_steps=40,
+        started_at=time.time() - 600,
     )
     log = job_dir(job) / "output.log"
     app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon: it ends fake live jobs)
@@ -395,7 +437,13 @@ def test_units() -> None:
     assert int_ticks(0, 7) == [0, 2, 4, 6]
     assert int_ticks(5, 6) == [5, 6] and int_ticks(3, 3) == [3]
     assert all(isinstance(t, int) for t in int_ticks(0.5, 12_345))
-    assert [age(s) for s in (0, 45, 250, 3900, 86400 * 2 + 3 * 3600)] == ["0 s", "45 s", "4 min", "1 h 5 min", "2 d 3 h"]
+    assert [age(s) for s in (0, 45, 250, 3900, 86400 * 2 + 3 * 3600)] == [
+        "0 s",
+        "45 s",
+        "4 min",
+        "1 h 5 min",
+        "2 d 3 h",
+    ]
     now = time.time()
     assert when(now - 30, now).endswith("(under a minute ago)")
     assert when(now - 720, now).endswith("(12 min ago)")
@@ -405,6 +453,11 @@ def test_units() -> None:
     assert len(cut) == 30 and cut.startswith("/home/user/") and cut.endswith("21-00-00") and "…" in cut
     assert middle("short", 30) == "short"
     assert save_label({"kind": "epoch", "path": "/r/epoch16", "number": 16}) == "✓ epoch 16"
-    assert save_label({"kind": "checkpoint", "path": "/r/global_step80", "number": 80}) == "✓ checkpoint at step 80"
-    assert save_label({"kind": "step", "path": "/r/step5", "number": 5, "complete": False}) == "… saving step 5"
+    assert (
+        save_label({"kind": "checkpoint", "path": "/r/global_step80", "number": 80})
+        == "✓ checkpoint at step 80"
+    )
+    assert (
+        save_label({"kind": "step", "path": "/r/step5", "number": 5, "complete": False}) == "… saving step 5"
+    )
     assert save_label({"kind": "save", "path": "/r/odd"}) == "✓ odd"

@@ -78,7 +78,7 @@ def line_phase(line: str) -> str | None:
     idx = line.find(DPDECK_PREFIX)
     if idx >= 0:
         try:
-            obj = json.loads(line[idx + len(DPDECK_PREFIX):])
+            obj = json.loads(line[idx + len(DPDECK_PREFIX) :])
         except ValueError:
             obj = None
         if isinstance(obj, dict):

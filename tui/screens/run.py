@@ -126,10 +126,19 @@ class RunScreen(DeckScreen):
         Binding("left_square_bracket", "rank(-1)", "Prev rank", id="run.rank_prev", key_display="["),
         Binding("right_square_bracket", "rank(1)", "Next rank", id="run.rank_next", key_display="]"),
         Binding("equals_sign", "compare", "Compare", id="run.compare", key_display="="),
-        Binding("minus", "clear_compare", "Clear compare", id="run.clear_compare", key_display="-", show=False),
+        Binding(
+            "minus", "clear_compare", "Clear compare", id="run.clear_compare", key_display="-", show=False
+        ),
         Binding("comma", "sample_step(-1)", "Older sample", id="run.sample_older", key_display=","),
         Binding("full_stop", "sample_step(1)", "Newer sample", id="run.sample_newer", key_display="."),
-        Binding("semicolon", "sample_prompt(1)", "Next prompt", id="run.sample_prompt", key_display=";", show=False),
+        Binding(
+            "semicolon",
+            "sample_prompt(1)",
+            "Next prompt",
+            id="run.sample_prompt",
+            key_display=";",
+            show=False,
+        ),
     ]
 
     FIELD_ACTIONS = frozenset({"search"})
@@ -336,7 +345,7 @@ class RunScreen(DeckScreen):
         view = self.view
         view.last_job = job
         view.seen = msg.seen
-        set_content(header, header_text(msg.job_id, job, msg.activity))
+        set_content(header, header_text(job.id, job, msg.activity))
         if msg.metrics is not None:
             view.metrics, view.compare = msg.metrics, msg.compare
         self._plot(job.finished)

@@ -156,7 +156,9 @@ def tb_text(tb: dict[str, Any]) -> str:
     for name, points in evals.items():
         if points:
             last = points[-1]
-            lines.append(escape(f"eval {name}: {last['loss']:.4f} @ step {last['step']} ({len(points)} evals)"))
+            lines.append(
+                escape(f"eval {name}: {last['loss']:.4f} @ step {last['step']} ({len(points)} evals)")
+            )
     if tb.get("note"):
         lines.append(escape(str(tb["note"])))
     return "\n".join(lines)

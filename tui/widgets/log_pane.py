@@ -203,7 +203,9 @@ class LogPane(Log):
         self.path = path
         if path is not None:
             self._wrap_width = self.wrap_width() if self.wrap else 0
-            self.follower = LogFeed(path, self.keep, hide_events=not self.show_events, wrap=self._wrap_width or None)
+            self.follower = LogFeed(
+                path, self.keep, hide_events=not self.show_events, wrap=self._wrap_width or None
+            )
             self.follower.start()
             self._arm()
 

@@ -107,5 +107,5 @@ class CurvePlot(PlotextPlot):
             plt.xticks([], [])  # (the last job's labels must not stay on an empty chart)
         else:
             ticks = int_ticks(lo, hi)
-            plt.xticks(ticks, [str(t) for t in ticks])
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
         self.refresh()
