@@ -209,7 +209,7 @@ async def test_compare_opens_a_job_picker_and_clear_removes_the_overlays() -> No
         await pilot.press("equals_sign")
         text = await wait_text(pilot, "baseline")
         # Name, state, end time and last loss of the other jobs; not the one shown.
-        assert "0.3125" in text and "completed" in text and "(2 min ago)" in text and "waiting" in text
+        assert "0.3125" in text and "completed" in text and "· 2 min ago" in text and "waiting" in text
         table = app.screen.query_one("#picker-table", DataTable)
         assert table.row_count == 2 and "mine" not in text.split("Overlay")[1]
         await pilot.press("j", "k")  # vim keys move; the newest (queued) job is first
@@ -395,6 +395,10 @@ def test_activity_reads_the_newest_log_and_names_the_phase(tmp_path: Path) -> No
     assert activity.phase == "building the C++ op deepspeed_shm_comm (once; then cached)"
     assert activity.quiet_s(time.time()) is not None and activity.quiet_s(time.time()) < 60
     assert job_activity(tmp_path / "nothing").last_output_at is None
+    # Asked to read the phase only after a quiet spell: a busy log costs no tail read.
+    assert job_activity(tmp_path, phase_after_s=STALL_AFTER_S).phase is None
+    later = time.time() + STALL_AFTER_S + 1
+    assert job_activity(tmp_path, phase_after_s=STALL_AFTER_S, now=later).phase is not None
 
     table = {
         "loading flux model": "loading the flux model",
@@ -445,8 +449,8 @@ def test_units() -> None:
         "2 d 3 h",
     ]
     now = time.time()
-    assert when(now - 30, now).endswith("(under a minute ago)")
-    assert when(now - 720, now).endswith("(12 min ago)")
+    assert when(now - 30, now).endswith(" · just now")
+    assert when(now - 720, now).endswith(" · 12 min ago")
     assert "-" in when(now - 3 * 86400, now).split(" ")[0]  # another day: the date too
     path = "/home/user/training/outputs/my-long-profile-name/20261206_21-00-00"
     cut = middle(path, 30)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import re
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,10 +99,17 @@ def last_phase(lines: list[str]) -> str | None:
     return next((p for p in map(line_phase, reversed(lines)) if p is not None), None)
 
 
-def job_activity(job_dir: str | Path) -> Activity:
-    """How long the job's logs have been quiet and the phase the newest of them names."""
+def job_activity(
+    job_dir: str | Path, *, phase_after_s: float | None = None, now: float | None = None
+) -> Activity:
+    """How long the job's logs have been quiet and the phase the newest of them names. With `phase_after_s`,
+    the log is read for the phase only once it has been quiet that long (a poller following a busy job then
+    pays a few stat calls, not a tail read)."""
     stamped = [(t, p) for p in job_logs(Path(job_dir)) if (t := _mtime(p)) is not None]
     if not stamped:
         return Activity(None, None)
     newest_at, newest = max(stamped)
+    now = time.time() if now is None else now
+    if phase_after_s is not None and now - newest_at < phase_after_s:
+        return Activity(newest_at, None)
     return Activity(newest_at, last_phase(last_lines(newest, TAIL_LINES)))

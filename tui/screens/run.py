@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Static
 
-from engine.jobs.activity import Activity, job_activity
+from engine.jobs.activity import STALL_AFTER_S, Activity, job_activity
 from engine.jobs.job import Job
 from engine.jobs.samples import SAMPLES_DIR, SampleImage, by_prompt, list_samples
 from tui import data
@@ -295,7 +295,12 @@ class RunScreen(DeckScreen):
             samples_key = (job_id, job.run_dir, _mtime(folder))
             samples = list_samples(job.run_dir) if samples_key != samples_seen else None
             # A few stats and, for a live job, the newest log's tail: silence and what the log says it does.
-            activity = job_activity(job.job_dir) if job.live else None
+            # Past the first step the phase matters only once the job is quiet: the tail is read then only.
+            activity = (
+                job_activity(job.job_dir, phase_after_s=STALL_AFTER_S if job.step else None)
+                if job.live
+                else None
+            )
         except Exception as exc:
             self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc), picked=picked))
             return
@@ -357,7 +362,7 @@ class RunScreen(DeckScreen):
         if msg.saves is not None:
             set_content(self.query_one("#run-saves", Static), saves_text(msg.saves))
         side = self.query_one("#run-side")
-        width = side.content_region.width or 24
+        width = max(12, side.scrollable_content_region.width - 1 or 24)
         set_content(self.query_one("#run-job", Static), job_text(job, time.time(), width))
         set_content(self.query_one("#run-evidence", Static), evidence_text(job))
         if msg.log_path and msg.log_path != view.following_path:

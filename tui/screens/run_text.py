@@ -44,14 +44,14 @@ def age(seconds: float) -> str:
 
 
 def when(ts: float | None, now: float) -> str:
-    """Local wall-clock time and age: `21:03 (12 min ago)`, with the date when it is not today."""
+    """Local wall-clock time and age: `21:03 · 12 min ago`, with the date when it is not today."""
     if ts is None:
         return "-"
     local, today = time.localtime(ts), time.localtime(now)
     fmt = "%H:%M" if local[:3] == today[:3] else "%Y-%m-%d %H:%M"
     # Minutes at least: a panel that showed seconds would be rewritten at every poll.
-    ago = "under a minute ago" if now - ts < 60 else f"{age(now - ts)} ago"
-    return f"{time.strftime(fmt, local)} ({ago})"
+    ago = "just now" if now - ts < 60 else f"{age(now - ts)} ago"
+    return f"{time.strftime(fmt, local)} · {ago}"
 
 
 def middle(text: str, width: int) -> str:
@@ -120,15 +120,15 @@ def saves_text(saves: list[dict[str, Any]]) -> str:
 
 
 def job_text(job: Job, now: float, width: int) -> str:
-    """When the job was queued, started and ended (local time and age) and its run folder, cut in the middle."""
-    lines = [f"queued  {when(job.created_at, now)}"]
-    if job.started_at:
-        lines.append(f"started {when(job.started_at, now)}")
+    """When the job started (or was queued) and ended, as local time and age, and its run folder cut in the
+    middle to the panel's width (a side panel is ~26 columns at 80x24: one fact per line, none wrapped)."""
+    lines = [f"started {when(job.started_at, now)}" if job.started_at else f"queued {when(job.created_at, now)}"]
     if job.ended_at:
-        took = f", ran {age(job.ended_at - job.started_at)}" if job.started_at else ""
-        lines.append(f"ended   {when(job.ended_at, now)}{took}")
+        lines.append(f"ended {when(job.ended_at, now)}")
+        if job.started_at:
+            lines.append(f"ran {age(job.ended_at - job.started_at)}")
     if job.run_dir:
-        lines.append("run folder " + middle(job.run_dir, max(12, width - 11)))
+        lines += ["run folder", middle(job.run_dir, width)]
     return escape("\n".join(lines))
 
 
