@@ -129,7 +129,7 @@ def test_deck_in_tmux_navigates_and_creates_a_profile(tmux: Tmux, dpdeck_home: P
     tmux.wait("Templates")
     for key, needle in (
         ("2", "exit reason"),
-        ("3", "No job selected"),
+        ("3", "No jobs yet"),
         ("4", "GPUs"),
         ("5", "without caption"),
         ("6", "Downloads"),
