@@ -284,10 +284,10 @@ async def test_long_lines_scroll_sideways_or_wrap() -> None:
         await pilot.pause(0.2)
         assert tail not in screen_text(app)  # cut at the pane's width...
         assert pane.virtual_size.width >= len(long)  # ...which scrolls sideways
-        pane.focus()
-        await pilot.press("end")
-        for _ in range(160):
-            pane.scroll_right(animate=False, immediate=True)
+        assert app.focused is pane  # the log has the focus: arrows scroll it
+        await pilot.press("right", "right", "right")
+        await wait_until(pilot, lambda: pane.scroll_x == 3, what="three columns to the right")
+        pane.scroll_to(x=pane.max_scroll_x, animate=False, immediate=True)
         await wait_until(pilot, lambda: tail in screen_text(app), what="the line's end after scrolling right")
 
         await pilot.press("w")

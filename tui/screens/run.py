@@ -331,18 +331,18 @@ class RunScreen(DeckScreen):
         # Every widget is touched only when its content changed: a repaint per 2 s poll is most of the
         # deck's CPU while it follows a job.
         header = self.query_one("#run-header", Static)
+        if msg.picked and self.view.job_id is None and msg.job_id is not None:
+            self._switch(msg.job_id)  # no job was chosen: the worker picked the running (else newest) one
+        if msg.job_id != self.view.job_id:
+            return  # an answer for the job shown before a switch is dropped (its GPUs too)
         if msg.stats:
             set_content(
                 self.query_one("#run-stats", Static),
                 "\n" + stats_text(msg.stats) + "\n" + self._gpu_text(msg),
             )
-        if self.view.job_id is None and msg.job_id is None:
+        if msg.job_id is None:
             set_content(header, escape(f"could not read the jobs: {msg.error}") if msg.error else NO_JOBS)
             return
-        if msg.picked and self.view.job_id is None and msg.job_id is not None:
-            self._switch(msg.job_id)  # no job was chosen: the worker picked the running (else newest) one
-        if msg.job_id != self.view.job_id:
-            return  # an answer for the job shown before a switch is dropped
         if msg.error or msg.job is None:
             set_content(header, escape(f"job {msg.job_id}: {msg.error}"))
             return
