@@ -22,12 +22,13 @@ from textual.widgets import DataTable, Input
 from engine.jobs import client, store
 from engine.jobs.activity import STALL_AFTER_S, job_activity, last_phase, line_phase
 from engine.jobs.create import insert_job
+from engine.jobs.job import Job, JobState
 from engine.jobs.progress import Progress, feed_line
 from profiles.store import resolve
 from tests.tui_helpers import screen_text, wait_text, wait_until
 from tui.app import DeckApp
 from tui.screens.run import RunScreen, pick_job
-from tui.screens.run_text import NO_JOBS, age, middle, save_label, when
+from tui.screens.run_text import NO_JOBS, age, job_text, middle, save_label, when
 from tui.widgets.log_pane import CURRENT_MATCH_STYLE, MATCH_STYLE, LogPane, match_spans, wrap_line
 from tui.widgets.loss_plot import int_ticks
 
@@ -411,6 +412,16 @@ def test_activity_reads_the_newest_log_and_names_the_phase(tmp_path: Path) -> No
         "steps: 5 loss: 0.1 iter time (s): 1 samples/sec: 1": "training",
         '[dpdeck] {"event": "phase", "what": "compiling the model"}': "compiling the model",
         '[rank0]: [dpdeck] {"event": "save", "kind": "epoch", "path": "/r/epoch1"}': "saving",
+        # Lines of a real demo run (the built-in trainer under DeepSpeed on CPU), in their order:
+        "[INFO] [launch.py:245:main] process 29818 spawned with command: ['python', '-m', 'engine.trainer']": (
+            "starting the trainer (importing torch and DeepSpeed)"
+        ),
+        "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully": (
+            "starting the ranks (distributed setup)"
+        ),
+        "Loading weights: 100%|██████████| 36/36 [00:00<00:00, 25644.52it/s]": "loading the model",
+        "cache: 8 latents encoded, 0 reused; 9 captions encoded, 0 reused": "setting up LoRA, optimizer and DeepSpeed",
+        "bucket 32x32 (ar 1.0): 8 examples, 0 dropped": "setting up LoRA, optimizer and DeepSpeed",
         "some other line": None,
     }
     for line, phase in table.items():
@@ -456,6 +467,23 @@ def test_units() -> None:
     cut = middle(path, 30)
     assert len(cut) == 30 and cut.startswith("/home/user/") and cut.endswith("21-00-00") and "…" in cut
     assert middle("short", 30) == "short"
+    # The side panel at 80x24 is ~26 columns: every line fits, an age too long moves to its own line.
+    job = Job(
+        id=1,
+        name="x",
+        state=JobState.COMPLETED,
+        profile="p",
+        backend="builtin",
+        job_dir="/j",
+        created_at=now - 9000,
+        started_at=now - 8000,
+        ended_at=now - 3900,
+        run_dir=path,
+    )
+    text = job_text(job, now, 26)
+    assert all(len(line) <= 26 for line in text.splitlines()), text
+    assert "  1 h 5 min ago" in text.splitlines() and "ran 1 h 8 min" in text and "…" in text
+    assert "queued" not in text  # it started: the start time says more
     assert save_label({"kind": "epoch", "path": "/r/epoch16", "number": 16}) == "✓ epoch 16"
     assert (
         save_label({"kind": "checkpoint", "path": "/r/global_step80", "number": 80})

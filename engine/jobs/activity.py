@@ -35,7 +35,17 @@ PHASES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"caching latents", re.IGNORECASE), "caching latents"),
     (re.compile(r"caching text embeddings", re.IGNORECASE), "caching text embeddings"),
     (re.compile(r"\bloading (\S+) model\b"), "loading the {0} model"),
-    (re.compile(r"Loading checkpoint shards|Loading pipeline components"), "loading the model"),
+    (
+        re.compile(r"Loading checkpoint shards|Loading pipeline components|Loading weights"),
+        "loading the model",
+    ),
+    # The built-in trainer's cache summary and bucket lines come right before LoRA + DeepSpeed set-up.
+    (
+        re.compile(r"^cache: \d+ latents encoded|^bucket \d+x\d+ \(ar"),
+        "setting up LoRA, optimizer and DeepSpeed",
+    ),
+    (re.compile(r"op built successfully|Time to load \S+ op"), "starting the ranks (distributed setup)"),
+    (re.compile(r"process \d+ spawned with command"), "starting the trainer (importing torch and DeepSpeed)"),
     (re.compile(r"Running eval"), "evaluating"),
     (re.compile(r"sampling \d+ prompt\(s\)"), "rendering samples"),
     (re.compile(r"Saving model (?:to directory|checkpoint)"), "saving"),

@@ -121,12 +121,18 @@ def saves_text(saves: list[dict[str, Any]]) -> str:
 
 def job_text(job: Job, now: float, width: int) -> str:
     """When the job started (or was queued) and ended, as local time and age, and its run folder cut in the
-    middle to the panel's width (a side panel is ~26 columns at 80x24: one fact per line, none wrapped)."""
-    lines = [f"started {when(job.started_at, now)}" if job.started_at else f"queued {when(job.created_at, now)}"]
+    middle to the panel's width (a side panel is ~26 columns at 80x24: a fact that does not fit on one line
+    puts its age on the next, never wrapping inside a phrase)."""
+    stamps = [("started", job.started_at) if job.started_at else ("queued", job.created_at)]
     if job.ended_at:
-        lines.append(f"ended {when(job.ended_at, now)}")
-        if job.started_at:
-            lines.append(f"ran {age(job.ended_at - job.started_at)}")
+        stamps.append(("ended", job.ended_at))
+    lines = []
+    for label, ts in stamps:
+        clock, _, ago = when(ts, now).partition(" · ")
+        one = f"{label} {clock} · {ago}"
+        lines += [one] if len(one) <= width else [f"{label} {clock}", f"  {ago}"]
+    if job.ended_at and job.started_at:
+        lines.append(f"ran {age(job.ended_at - job.started_at)}")
     if job.run_dir:
         lines += ["run folder", middle(job.run_dir, width)]
     return escape("\n".join(lines))
