@@ -220,7 +220,7 @@ class RunScreen(DeckScreen):
             plot.show([])
         self.query_one("#run-log", LogPane).follow(None)
         self.query_one("#run-log", LogPane).set_needle("")
-        self.matches = []
+        self.search_text, self.matches = "", []
         self._logbar()
 
     def poll(self) -> None:
