@@ -27,7 +27,7 @@ from engine.jobs.progress import Progress, feed_line
 from profiles.store import resolve
 from tests.tui_helpers import screen_text, wait_text, wait_until
 from tui.app import DeckApp
-from tui.screens.run import RunScreen, pick_job
+from tui.screens.run import RunLoaded, RunScreen, pick_job
 from tui.screens.run_text import NO_JOBS, age, job_text, middle, save_label, when
 from tui.widgets.log_pane import CURRENT_MATCH_STYLE, MATCH_STYLE, LogPane, match_spans, wrap_line
 from tui.widgets.loss_plot import int_ticks
@@ -386,7 +386,7 @@ async def test_a_quiet_running_job_says_for_how_long_and_what_it_waits_on() -> N
 
 def test_activity_reads_the_newest_log_and_names_the_phase(tmp_path: Path) -> None:
     ranks = tmp_path / "ranks"
-    ranks.mkdir()
+    ranks.mkdir(exist_ok=True)  # (the job folder is made with it)
     (tmp_path / "output.log").write_text("Using /x as PyTorch extensions root...\n")
     rank0 = ranks / "20260101_rank0.log"
     rank0.write_text("Building extension module deepspeed_shm_comm...\n")
@@ -493,3 +493,37 @@ def test_units() -> None:
         save_label({"kind": "step", "path": "/r/step5", "number": 5, "complete": False}) == "… saving step 5"
     )
     assert save_label({"kind": "save", "path": "/r/odd"}) == "✓ odd"
+
+
+async def test_compare_with_no_other_job_says_so_and_a_late_pick_never_replaces_a_chosen_job() -> None:
+    only = add_job("alone", "completed", metrics=3, step=3, ended_at=time.time())
+    app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon: it ends fake live jobs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_job(pilot, only)
+        await wait_text(pilot, f"job {only} alone")
+        await pilot.press("equals_sign")
+        await wait_text(pilot, "No other jobs to compare with yet.")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="picker closed")
+        # The worker's pick (made while no job was chosen) arrives after the user chose one: it is dropped.
+        other = add_job("other", "running")
+        screen.post_message(RunLoaded(other, client.get_job(other), [], [], {}, [], None, picked=True))
+        await pilot.pause(0.3)
+        assert screen.job_id == only and f"job {only} alone" in screen_text(app)
+
+
+async def test_rank_keys_follow_one_ranks_log() -> None:
+    job = add_job("ranks", "completed", log="launcher line\n", gpus=[0], ended_at=time.time())
+    ranks = job_dir(job) / "ranks"
+    ranks.mkdir(exist_ok=True)  # (the job folder is made with it)
+    (ranks / "20261206_rank0.log").write_text("rank zero line\n")
+    app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon: it ends fake live jobs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_job(pilot, job)
+        pane = screen.query_one("#run-log", LogPane)
+        # The combined view: rank 0's own file once it exists (the launcher's log before).
+        await wait_until(pilot, lambda: list(pane.lines) == ["rank zero line"], what="rank 0 log")
+        await pilot.press("right_square_bracket")
+        await wait_text(pilot, "rank 0 · following")
+        await pilot.press("right_square_bracket")  # past the last rank: all ranks again
+        await wait_text(pilot, "all ranks · following")
