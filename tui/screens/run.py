@@ -121,7 +121,7 @@ class RunScreen(DeckScreen):
         Binding("n", "search_next(1)", "Next match", id="run.search_next"),
         Binding("N", "search_next(-1)", "Prev match", id="run.search_prev", show=False),
         Binding("w", "toggle_wrap", "Wrap", id="run.wrap"),
-        Binding("L", "toggle_events", "Events", id="run.events", show=False),
+        Binding("L", "toggle_events", "dpdeck event lines", id="run.events", show=False),
         Binding("ctrl+n", "next_error", "Next error", id="run.next_error"),
         Binding("left_square_bracket", "rank(-1)", "Prev rank", id="run.rank_prev", key_display="["),
         Binding("right_square_bracket", "rank(1)", "Next rank", id="run.rank_next", key_display="]"),
