@@ -527,3 +527,12 @@ async def test_rank_keys_follow_one_ranks_log() -> None:
         await wait_text(pilot, "rank 0 · following")
         await pilot.press("right_square_bracket")  # past the last rank: all ranks again
         await wait_text(pilot, "all ranks · following")
+
+
+async def test_a_queued_job_says_what_it_waits_for() -> None:
+    reason = "waiting for GPU memory: GPU 0 has 2.0 GiB free, the job needs about 20 GiB"
+    job = add_job("patient", "queued", wait_reason=reason)
+    app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon: it would run the job)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_job(pilot, job)
+        await wait_text(pilot, f"queued: {reason}")
