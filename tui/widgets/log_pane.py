@@ -43,9 +43,12 @@ def clean_line(line: str) -> str:
 
 def wrap_line(line: str, width: int) -> list[str]:
     """`line` cut into rows of at most `width` cells (tabs expanded, as the pane shows them)."""
-    line = line.expandtabs()
+    if "\t" in line:
+        line = line.expandtabs()
     if line.isascii():  # the common case, and a flood's: plain slicing
-        return [line[i : i + width] for i in range(0, len(line), width)] or [""]
+        if len(line) <= width:
+            return [line]
+        return [line[i : i + width] for i in range(0, len(line), width)]
     return chop_cells(line, width) or [""]
 
 
