@@ -36,8 +36,8 @@ class JobPicker(ModalScreen[int | None]):
     """
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("enter", "pick", "Choose", id="picker.choose"),
-        Binding("escape,q", "cancel", "Cancel", id="picker.cancel"),
+        Binding("enter", "pick", "Choose", id="picker.open"),
+        Binding("escape,q", "cancel", "Cancel", id="picker.back"),
     ]
 
     def __init__(self, title: str, exclude: int | None, marked: set[int]) -> None:
