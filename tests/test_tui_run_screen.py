@@ -20,7 +20,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
 from engine.jobs import client, store
-from engine.jobs.activity import STALL_AFTER_S, job_activity, last_phase, line_phase
+from engine.jobs.activity import STALL_AFTER_S, Activity, job_activity, last_phase, line_phase
 from engine.jobs.create import insert_job
 from engine.jobs.job import Job, JobState
 from engine.jobs.progress import Progress, feed_line
@@ -28,7 +28,7 @@ from profiles.store import resolve
 from tests.tui_helpers import screen_text, wait_text, wait_until
 from tui.app import DeckApp
 from tui.screens.run import RunLoaded, RunScreen, pick_job
-from tui.screens.run_text import NO_JOBS, age, job_text, middle, save_label, when
+from tui.screens.run_text import NO_JOBS, age, header_text, job_text, middle, save_label, when
 from tui.widgets.log_pane import CURRENT_MATCH_STYLE, MATCH_STYLE, LogPane, match_spans, wrap_line
 from tui.widgets.loss_plot import int_ticks
 
@@ -493,6 +493,20 @@ def test_units() -> None:
         save_label({"kind": "step", "path": "/r/step5", "number": 5, "complete": False}) == "… saving step 5"
     )
     assert save_label({"kind": "save", "path": "/r/odd"}) == "✓ odd"
+
+    # A live job with no log at all (its launch is stuck) is quiet since it started.
+    stuck = Job(
+        id=2,
+        name="stuck",
+        state=JobState.STARTING,
+        profile="p",
+        backend="builtin",
+        job_dir="/j",
+        created_at=now - 600,
+        started_at=now - 300,
+    )
+    assert "no output for 5 min" in header_text(2, stuck, Activity(None, None), now)
+    assert "no output" not in header_text(2, stuck, Activity(now - 10, "loading the model"), now)
 
 
 async def test_compare_with_no_other_job_says_so_and_a_late_pick_never_replaces_a_chosen_job() -> None:

@@ -80,6 +80,8 @@ def stall_line(job: Job, activity: Activity | None, now: float) -> str | None:
     if activity is None or not job.live:
         return None
     quiet = activity.quiet_s(now)
+    if quiet is None and job.started_at:
+        quiet = max(0.0, now - job.started_at)  # started, and not one line written anywhere since
     phase = activity.phase if activity.phase != "training" else None
     if quiet is not None and quiet >= STALL_AFTER_S:
         doing = f": {phase}" if phase else (f" after step {job.step}" if job.step else "")
