@@ -233,5 +233,5 @@ def test_deck_in_tmux_runs_the_demo_job_and_survives_a_closed_deck(tmux: Tmux, d
     tmux.keys("/TRAINING")
     time.sleep(0.5)
     tmux.keys("Enter")
-    text = tmux.wait("/1 'TRAINING'", timeout=10)
+    text = tmux.wait("'TRAINING' · ", timeout=10)
     assert "not in the last" not in text, text
