@@ -550,3 +550,21 @@ async def test_a_queued_job_says_what_it_waits_for() -> None:
     async with app.run_test(size=(120, 30)) as pilot:
         await open_job(pilot, job)
         await wait_text(pilot, f"queued: {reason}")
+
+
+async def test_a_job_removed_from_the_store_gives_way_to_the_running_or_newest_one() -> None:
+    old = add_job("old", "completed", ended_at=time.time())
+    newest = add_job("newest", "completed", ended_at=time.time())
+    app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_job(pilot, old)
+        await wait_text(pilot, f"job {old} old")
+        conn = store.connect()
+        try:
+            with store.transaction(conn):
+                conn.execute("DELETE FROM jobs WHERE id=?", (old,))  # as removing an ended job does
+        finally:
+            conn.close()
+        await wait_text(pilot, f"job {newest} newest")
+        assert screen.job_id == newest and app.current_job is None
+        assert any(f"job {old} was removed" in str(n.message) for n in app._notifications)

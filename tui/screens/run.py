@@ -67,10 +67,13 @@ class RunLoaded(Message):
         samples_seen: object = None,
         activity: Activity | None = None,
         picked: bool = False,
+        gone: bool = False,
     ) -> None:
         """`metrics`/`saves`/`tb`/`samples` are None when unchanged since the poll that saw `seen` (step, run
-        folder) and `samples_seen` (the samples folder). `picked`: the worker chose the job (none was)."""
+        folder) and `samples_seen` (the samples folder). `picked`: the worker chose the job (none was);
+        `gone`: the job is no longer in the store."""
         super().__init__()
+        self.gone = gone
         self.activity = activity
         self.picked = picked
         self.samples = samples
@@ -206,12 +209,15 @@ class RunScreen(DeckScreen):
             self._switch(job_id)
         self.poll()
 
-    def _switch(self, job_id: int) -> None:
+    def _switch(self, job_id: int | None) -> None:
         """Show another job: a fresh view, and every per-job panel blanked until its first answer arrives."""
         self.view = JobView(job_id=job_id)
         if not self.is_mounted:
             return
-        set_content(self.query_one("#run-header", Static), f"job {job_id}: reading…")
+        set_content(
+            self.query_one("#run-header", Static),
+            f"job {job_id}: reading…" if job_id else "reading the jobs…",
+        )
         for panel in JOB_PANELS:
             set_content(self.query_one(panel, Static), "")
         self.query_one("#run-samples").add_class("hidden")
@@ -222,6 +228,13 @@ class RunScreen(DeckScreen):
         self.query_one("#run-log", LogPane).set_needle("")
         self.search_text, self.matches = "", []
         self._logbar()
+
+    def _forget_job(self) -> None:
+        """No job chosen: the next poll picks the running (else newest) one, as `3` at start does."""
+        if getattr(self.app, "current_job", None) == self.view.job_id:
+            self.app.current_job = None  # type: ignore[attr-defined]
+        self._switch(None)
+        self.poll()
 
     def poll(self) -> None:
         # Host and GPU figures change slowly and cost a process scan: every 3rd poll only.
@@ -271,6 +284,13 @@ class RunScreen(DeckScreen):
         assert job_id is not None
         try:
             job = engine.get_job(job_id)
+        except KeyError:  # removed from the store (the Queue's delete): show another job instead
+            self.post_message(RunLoaded(job_id, None, [], [], stats, [], None, gone=True))
+            return
+        except Exception as exc:
+            self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc), picked=picked))
+            return
+        try:
             # Read the curve again only when the job moved on (its row carries the last step) and the chart may
             # be redrawn (or the job ended), the saves only when the run folder or the step changed. The key
             # holds the last step read from the curve, so a curve that lagged the job row is read again.
@@ -335,6 +355,10 @@ class RunScreen(DeckScreen):
             self._switch(msg.job_id)  # no job was chosen: the worker picked the running (else newest) one
         if msg.job_id != self.view.job_id:
             return  # an answer for the job shown before a switch is dropped (its GPUs too)
+        if msg.gone:
+            self.notify(f"job {msg.job_id} was removed; showing the running (else newest) job")
+            self._forget_job()
+            return
         if msg.stats:
             set_content(
                 self.query_one("#run-stats", Static),
