@@ -285,6 +285,7 @@ async def test_long_lines_scroll_sideways_or_wrap() -> None:
         await pilot.pause(0.2)
         assert tail not in screen_text(app)  # cut at the pane's width...
         assert pane.virtual_size.width >= len(long)  # ...which scrolls sideways
+        await wait_text(pilot, "no wrap ←→")  # and the line under the log says so
         assert app.focused is pane  # the log has the focus: arrows scroll it
         await pilot.press("right", "right", "right")
         await wait_until(pilot, lambda: pane.scroll_x == 3, what="three columns to the right")

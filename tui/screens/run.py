@@ -392,7 +392,7 @@ class RunScreen(DeckScreen):
         if msg.log_path and msg.log_path != view.following_path:
             view.following_path = msg.log_path
             self.query_one("#run-log", LogPane).follow(Path(msg.log_path))
-            self._logbar()
+        self._logbar()  # (rewritten only when its text changed: a wide line arrived, say)
 
     def _plot(self, ended: bool) -> None:
         # Plots are the costly part of a redraw: only on new points, and at most every PLOT_EVERY_S while they
@@ -493,7 +493,8 @@ class RunScreen(DeckScreen):
         parts = [
             rank,
             "following" if log.auto_scroll else "paused",
-            "wrap" if log.wrap else "no wrap",
+            # Lines wider than the pane: say that the arrows scroll it sideways (it has the focus).
+            "wrap" if log.wrap else "no wrap ←→" if log.virtual_size.width > log.size.width else "no wrap",
             "events shown" if log.show_events else "events hidden",
         ]
         if self.search_text:
