@@ -259,7 +259,7 @@ async def test_dpdeck_event_lines_are_status_not_log_lines_and_L_shows_them() ->
     app = DeckApp(start_mode="profiles")  # (the Queue would start a daemon: it ends fake live jobs)
     async with app.run_test(size=(80, 24)) as pilot:
         await open_job(pilot, job)
-        await wait_text(pilot, "step 5/40  epoch 1/2  loss 0.2000")
+        await wait_text(pilot, "step 5/40  ETA -  epoch 1/2  loss 0.2000")
         pane = run_screen(app).query_one("#run-log", LogPane)
         await wait_until(pilot, lambda: pane.total_written == 5, what="the training lines")
         assert not any("[dpdeck]" in line for line in pane.lines)

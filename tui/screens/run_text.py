@@ -96,9 +96,10 @@ def header_text(job_id: int, job: Job, activity: Activity | None = None, now: fl
     step, total = job.step or 0, job.total_steps
     eta = duration(job.eta_s) if not job.finished else "-"
     loss = f"  loss {job.loss:.4f}" if job.loss is not None else ""
+    # Most telling first: at 80 columns a long name or big numbers cut the line's end (an ellipsis).
     line1 = (
         f"job {job_id} [b]{escape(job.name or job.profile)}[/b]  {state_badge(job.state).markup}"
-        f"  step {step}/{total or '?'}  epoch {job.epoch or '-'}/{job.total_epochs or '?'}{loss}  ETA {eta}"
+        f"  step {step}/{total or '?'}  ETA {eta}  epoch {job.epoch or '-'}/{job.total_epochs or '?'}{loss}"
     )
     if job.state == JobState.QUEUED:
         return line1 + "\n" + escape(f"queued: {job.wait_reason or 'waiting for a free GPU'}")
