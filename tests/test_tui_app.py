@@ -20,7 +20,7 @@ async def test_every_area_by_key_at_80x24() -> None:
         await wait_text(pilot, "Templates")
         expected = {
             "queue": "exit reason",
-            "run": "No job selected",
+            "run": "No jobs yet",
             "system": "GPUs",
             "datasets": "without caption",
             "models": "Downloads",

@@ -230,7 +230,7 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
         engine.jobs[8] = make_job(8, "other", state="completed")
         await pilot.press("equals_sign")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
         await wait_text(pilot, "Overlay the loss curve")
-        app.screen.query_one("#prompt-input").value = "8"
+        await wait_text(pilot, "other")  # the picker lists job 8
         await pilot.press("enter")
         await wait_until(pilot, lambda: plot.points == 78, what="two curves overlaid")
         app.screen.query_one("#run-side").scroll_end(animate=False)

@@ -304,6 +304,8 @@ class Trainer:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
         if cfg.model.get("compile"):
+            if self.is_main:  # silent for minutes at the first steps: the deck names why (engine/jobs/activity.py)
+                report.emit("phase", what="compiling the model (torch.compile, during the first steps)")
             engine.compile()
         self.engine = engine
         self.grad_norm: float | None = None
