@@ -162,7 +162,7 @@ WHERE: dict[str, str] = {
     "up": "lists, help",
     "top": "lists, help",
     "bottom": "lists, help",
-    "open": "Profiles, Queue, Datasets",
+    "open": "Profiles, Queue, Datasets, dialogs",
     "search": "Profiles, Run, Datasets, help",
     "next_match": "Run",
     "prev_match": "Run",

@@ -37,6 +37,14 @@ def duration(seconds: float | None) -> str:
     return " ".join(parts)
 
 
+def span(seconds: float | None) -> str:
+    """`duration` in whole minutes once it is a minute or more (`45 s`, `4 min`, `1 h 05 min`): for text that
+    is redrawn on a poll, which would otherwise change every second."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 60:
+        return duration(seconds)
+    return duration(seconds - seconds % 60)
+
+
 def age(then: float, now: float | None = None) -> str:
     """How long ago `then` (epoch seconds) was: `just now`, `3 min ago`, `2 h 05 min ago`; `in 5 min` ahead."""
     delta = (time.time() if now is None else now) - then

@@ -11,9 +11,9 @@ from rich.markup import escape
 
 from engine.jobs.activity import STALL_AFTER_S, Activity
 from engine.jobs.job import Job, JobState
+from tui import units
 from tui.screens.queue import duration
 from tui.theme import state_badge
-from tui import units
 
 BAR_WIDTH = 30
 NO_JOBS = (
@@ -35,7 +35,7 @@ def when(ts: float | None, now: float) -> str:
     local, today = time.localtime(ts), time.localtime(now)
     fmt = "%H:%M" if local[:3] == today[:3] else "%Y-%m-%d %H:%M"
     # Minutes at least: a panel that showed seconds would be rewritten at every poll.
-    ago = "just now" if now - ts < 60 else f"{units.duration(now - ts)} ago"
+    ago = "just now" if now - ts < 60 else f"{units.span(now - ts)} ago"
     return f"{time.strftime(fmt, local)} · {ago}"
 
 
@@ -59,7 +59,7 @@ def stall_line(job: Job, activity: Activity | None, now: float) -> str | None:
     phase = activity.phase if activity.phase != "training" else None
     if quiet is not None and quiet >= STALL_AFTER_S:
         doing = f": {phase}" if phase else (f" after step {job.step}" if job.step else "")
-        return f"[$warning]⚠ no output for {units.duration(quiet)}{escape(doing)}[/]"
+        return f"[$warning]⚠ no output for {units.span(quiet)}{escape(doing)}[/]"
     if not job.step:
         return "waiting for the first step" + (escape(f": {phase}…") if phase else "…")
     return None
