@@ -28,6 +28,8 @@ from PIL import Image, ImageOps
 from rich.color import Color, ColorTriplet, ColorType
 from rich.segment import ControlType, Segment
 from rich.style import Style
+from textual.errors import NoWidget
+from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
@@ -550,15 +552,20 @@ class ImagePreview(Widget):
             return False
         x, top, cols, rows = shown.graphic.box
         origin = self.content_region
+        box = Region(origin.x + x, origin.y + top, cols, rows)
         screen = self.screen
-        try:
-            return any(
-                screen.get_widget_at(origin.x + x + dx, origin.y + top + dy)[0] is not self
-                for dy in range(rows)
-                for dx in range(cols)
-            )
-        except Exception:  # not laid out (yet): nothing drawn until it is
-            return True
+        mine = {self, *self.ancestors_with_self}
+        # Whatever else is visible over the box is in front of it: the preview's own containers hold it, and
+        # widgets in the layout never overlap it.
+        for widget in screen.walk_children(with_self=False):
+            if widget in mine or not widget.display or not widget.visible or not widget.region.overlaps(box):
+                continue
+            try:
+                if screen.find_widget(widget).visible_region.overlaps(box):
+                    return True
+            except NoWidget:  # not on screen (scrolled out, hidden)
+                continue
+        return False
 
     def _sixel_segment(self, y: int) -> Segment | None:
         """Row `y`'s sixel as a zero-width control segment at the row's start: save the cursor, move right to
