@@ -176,7 +176,8 @@ def render_cells(path: Path, cols: int, rows: int) -> list[Strip]:
 
 @dataclass
 class Graphic:
-    """A kitty or sixel preview: the cells Textual draws, and the escape the terminal gets out of band."""
+    """A kitty or sixel preview: the cells Textual draws, and the image escapes (kitty: sent out of band
+    through the driver; sixel: carried in the rows' strips)."""
 
     strips: list[Strip]
     escape: str  # kitty: the transmission; sixel: every row's image (for the cache's byte count)
