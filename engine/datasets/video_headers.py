@@ -197,10 +197,18 @@ def read_builtin(path: Path | str) -> VideoInfo:
 # Containers this module does not parse, checked for their signature (the pre-check before FFmpeg sees them):
 # (extensions, test on the first 12 bytes, what the file should be)
 _SIGNATURES: tuple[tuple[frozenset[str], Callable[[bytes], bool], str], ...] = (
-    (frozenset({".avi"}), lambda h: h[:4] == b"RIFF" and h[8:12] == b"AVI ", "an AVI file: no 'RIFF....AVI ' header"),
+    (
+        frozenset({".avi"}),
+        lambda h: h[:4] == b"RIFF" and h[8:12] == b"AVI ",
+        "an AVI file: no 'RIFF....AVI ' header",
+    ),
     # 188-byte TS packets start with the sync byte 0x47; .m2ts / .mts put a 4-byte timestamp before each
     (frozenset({".ts"}), lambda h: h[:1] == b"\x47", "an MPEG-TS file: no 0x47 sync byte"),
-    (frozenset({".m2ts", ".mts"}), lambda h: h[4:5] == b"\x47", "an M2TS file: no 0x47 sync byte after the timestamp"),
+    (
+        frozenset({".m2ts", ".mts"}),
+        lambda h: h[4:5] == b"\x47",
+        "an M2TS file: no 0x47 sync byte after the timestamp",
+    ),
 )
 
 
