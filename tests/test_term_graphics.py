@@ -417,6 +417,17 @@ async def test_sixel_forced_is_drawn_row_by_row_inside_the_frames_textual_writes
         for row in range(preview.size.height):
             in_strip = _sixels_in("".join(seg.text for seg in preview.render_line(row)))
             assert len(in_strip) == (1 if y <= row < y + rows else 0)
+        # What Textual does to a row's strip when it composes frames keeps the escape whole or drops it, never
+        # cuts it: divided at other widgets' edges, cropped for a partial repaint, its segments hashed (cached).
+        strip = preview.render_line(y)
+        width = strip.cell_length
+        for cuts in ([width], [3, width], [1, 7, 20, width]):
+            parts = ["".join(seg.text for seg in part) for part in strip.divide(cuts)]
+            assert sum(len(_sixels_in(p)) for p in parts) == 1 and sum(p.count("\x1bP") for p in parts) == 1
+        for start, end in ((0, width), (0, 5), (2, width - 1), (0, 0)):
+            text = "".join(seg.text for seg in strip.crop(start, end))
+            assert text.count("\x1bP") == len(_sixels_in(text)) <= 1
+        assert all(hash(seg) is not None for seg in strip)
         # An overlay in front of part of the box (a toast, a menu): no row carries its sixel while it is there
         # (Textual would cut the strips at the overlay's edges, escape and all), and every row again once it goes.
         from textual.widgets import Static

@@ -589,4 +589,4 @@ class ImagePreview(Widget):
             return None
         forward = f"\x1b[{x}C" if x else ""
         text = f"\x1b7{forward}{shown.graphic.rows[y - top]}\x1b8"
-        return Segment(text, None, [(ControlType.CURSOR_FORWARD, 0)])
+        return Segment(text, None, ((ControlType.CURSOR_FORWARD, 0),))
