@@ -98,7 +98,9 @@ def test_sixel_decodes_back_to_the_quantised_image(size: tuple[int, int], colors
     w, h = size
     assert len(pixels) == h and all(len(row) == w for row in pixels)
     palette = quantised.getpalette() or []
-    percent = [tuple(round(v * 100 / 255) for v in palette[3 * i : 3 * i + 3]) for i in range(len(palette) // 3)]
+    percent = [
+        tuple(round(v * 100 / 255) for v in palette[3 * i : 3 * i + 3]) for i in range(len(palette) // 3)
+    ]
     expected = [percent[i] for i in quantised.tobytes()]
     assert all(i is not None for row in pixels for i in row)  # every pixel drawn
     # ... in its own colour (the encoder numbers its registers its own way: compared by colour)
@@ -404,7 +406,9 @@ async def test_sixel_forced_is_drawn_row_by_row_inside_the_frames_textual_writes
         # cell row of the box, each at its row's first cell (1-based), together the whole image.
         frame = app.screen._compositor.render_update(full=True).render_segments(app.console)
         drawn = _sixels_in(frame)
-        assert [(r, c) for r, c, _ in drawn] == [(region.y + y + 1 + i, region.x + x + 1) for i in range(rows)]
+        assert [(r, c) for r, c, _ in drawn] == [
+            (region.y + y + 1 + i, region.x + x + 1) for i in range(rows)
+        ]
         height = 0
         for _r, _c, seq in drawn:
             pixels, registers = decode_sixel(seq)
