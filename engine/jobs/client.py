@@ -356,7 +356,7 @@ def ensure_daemon(timeout: float = 20.0) -> int:
     fd = os.open(log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "engine.service"],
+            [sys.executable, "-m", "engine.service", str(paths.state_dir())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             cwd=str(paths.state_dir()),
         )

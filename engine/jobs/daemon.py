@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine import proctitle
 from engine.jobs import (
     cgroup,
     classify,
@@ -873,5 +874,6 @@ def main(downloads: DownloadsFactory | None = None) -> int:
         print(f"dpdeck: a daemon already runs for {paths.state_dir()}", file=sys.stderr)
         return 1
     atomic_write_text(paths.state_dir() / "daemon.pid", str(os.getpid()))
+    proctitle.set_title("daemon", home=paths.state_dir())
     Daemon(lock_fd=fd, downloads=downloads).run()
     return 0

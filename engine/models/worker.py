@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from engine import proctitle
 from engine.models import downloads as store
 from engine.models.downloads import Download, FileState, part_path
 from engine.models.errors import DownloadError
@@ -556,6 +557,7 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (1, 3):
         print("usage: python -m engine.models.worker DOWNLOAD_ID [--lock-fd N]", file=sys.stderr)
         return 2
+    proctitle.set_title("download", id=argv[0])
     if _take_lock(argv[0], argv) is None:
         print(f"download {argv[0]}: another worker holds it", file=sys.stderr)
         return 3

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from engine import proctitle
 from engine.datasets.buckets import DatasetConfigError, plan_buckets
 from engine.trainer import report
 from engine.trainer.cache import TrainingCache, caption_variants, load_latent, load_text
@@ -101,6 +102,9 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
         self.is_main = self.rank == 0
+        job = os.environ.get("DPDECK_JOB")  # engine.jobs.procs' marker: only a job's ranks carry it
+        if job:  # nvidia-smi lists the ranks: "dpdeck train job 12 rank 0" says whose memory it is
+            proctitle.set_title("train", job=job, rank=self.rank)
 
     def log(self, msg: str) -> None:
         if self.is_main:

@@ -58,7 +58,7 @@ def _start(args: argparse.Namespace) -> int:
     if args.foreground:
         from engine import service
 
-        return service.main()
+        return service.main([])
     from engine.jobs import client
 
     pid = client.ensure_daemon()
