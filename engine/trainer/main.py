@@ -33,9 +33,9 @@ from engine.trainer.evaluate import (
 )
 from engine.trainer.families import get_family
 from engine.trainer.family import Family, ModelLoadError
-from engine.trainer.flow import flow_loss, sample_t
+from engine.trainer.flow import sample_t
 from engine.trainer.lora_io import DTYPES, LoraSaveError, add_lora, init_from_existing, save_lora
-from engine.trainer.loss import denoise_loss
+from engine.trainer.loss import DdpmTerms, step_loss
 from engine.trainer.optim import OptimizerError, build_optimizer, build_scheduler
 from engine.trainer.prefetch import Prefetcher
 from engine.trainer.rundir import (
@@ -373,6 +373,17 @@ class Trainer:
         if not self.flow:  # the DDPM families' noise schedule; flow families draw t in (0, 1) instead
             self.schedule: Schedule = schedule_of(cfg.model).to(self.device)
             self.alphas_cumprod = self.schedule.alphas_cumprod
+        self.ddpm = (
+            None
+            if self.flow
+            else DdpmTerms(
+                self.alphas_cumprod,
+                v_pred=self.schedule.v_pred,
+                snr=self.schedule.snr,
+                min_snr_gamma=cfg.model.get("min_snr_gamma"),
+                debiased=bool(cfg.model.get("debiased_estimation_loss")),
+            )
+        )
         step, start_epoch, skip = 0, 1, 0
         if self.args.resume_from_checkpoint is not None:
             load_path, state = engine.load_checkpoint(str(run_dir), tag=tag, load_module_strict=False)
@@ -663,29 +674,7 @@ class Trainer:
             return self._loss_of(x)
 
     def _loss_of(self, x: dict[str, Any]) -> torch.Tensor:
-        cfg, family = self.cfg, self.family
-        if self.flow:
-            return flow_loss(
-                lambda noisy, t, kw: family.denoise(self.engine, noisy, t, kw),
-                x["latents"],
-                x["noise"],
-                x["t"],
-                x["kwargs"],
-                dtype=family.dtype,
-            )
-        return denoise_loss(
-            self.engine,
-            x["latents"],
-            x["noise"],
-            x["t"],
-            self.alphas_cumprod,
-            x["kwargs"],
-            dtype=family.dtype,
-            v_pred=self.schedule.v_pred,
-            snr=self.schedule.snr,
-            min_snr_gamma=cfg.model.get("min_snr_gamma"),
-            debiased=bool(cfg.model.get("debiased_estimation_loss")),
-        )
+        return step_loss(self.family, self.engine, x, self.ddpm)
 
     # ---- outputs -----------------------------------------------------------------------------------------
     def _save(self, save_dir: Path, kind: str) -> None:
