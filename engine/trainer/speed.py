@@ -165,8 +165,10 @@ def grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor | None:
             groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad.detach())
     if not groups:
         return None
+    # dtype=float32: each tensor's norm accumulated in fp32 (a bf16 result would round the norm itself)
     partial = [
-        torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) for grads in groups.values()
+        torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
+        for grads in groups.values()
     ]
     first = partial[0].device
     return torch.linalg.vector_norm(torch.stack([n.to(first) for n in partial]))
