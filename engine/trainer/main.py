@@ -514,6 +514,8 @@ class Trainer:
     def _host_batch(self, batch: GlobalBatch, step: int, epoch: int) -> list[HostInputs]:
         """The step's micro-batches for this rank, host side (runs in the prefetch thread)."""
         cfg = self.cfg
+        if self.speed.pin_memory:
+            torch.cuda.set_device(self.device)  # the current device is per thread; pinning allocates on it
         return [
             self._host_inputs(
                 batch, micro_slice(batch, micro, self.rank, self.world, cfg.micro_batch_size), step, epoch
