@@ -336,7 +336,7 @@ class Trainer:
         setup_backends(self.device, self.speed)
         self.log(self.speed.describe())
         if self.speed.channels_last:
-            unet.to(memory_format=torch.channels_last)  # NHWC convolutions (tensor cores); 4-D weights only
+            unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # NHWC convolutions; 4-D weights only
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
         lr = float(cfg.model.get("unet_lr", cfg.optimizer["lr"]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 X = TypeVar("X")
 T = TypeVar("T")
@@ -69,10 +69,10 @@ class Prefetcher(Generic[X, T]):
             got = self._queue.get()
             if got is _DONE:
                 return
-            ok, value = got  # type: ignore[misc]
+            ok, value = cast(tuple[bool, object], got)
             if not ok:
-                raise value
-            yield value
+                raise cast(BaseException, value)
+            yield cast(T, value)
 
     def close(self) -> None:
         self._stop.set()

@@ -171,7 +171,8 @@ def grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor | None:
         for grads in groups.values()
     ]
     first = partial[0].device
-    return torch.linalg.vector_norm(torch.stack([n.to(first) for n in partial]))
+    total: torch.Tensor = torch.linalg.vector_norm(torch.stack([n.to(first) for n in partial]))
+    return total
 
 
 def clip_(params: Iterable[torch.nn.Parameter], max_norm: float, total: torch.Tensor) -> None:
