@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import sys
@@ -126,6 +127,7 @@ class Run:
     steps: int
     warmup: int
     compile: bool
+    channels_last: bool = True
     results: dict[str, Any] = field(default_factory=dict)
     json_path: Path | None = None
 
@@ -254,8 +256,8 @@ def reference_step(family: Family, batch: dict[str, Any], ddpm: DdpmTerms | None
     return step
 
 
-def our_speed(family: Family, device: torch.device, compile_on: bool) -> speed_mod.Speed:
-    return speed_mod.choose(
+def our_speed(family: Family, device: torch.device, compile_on: bool, channels_last: bool) -> speed_mod.Speed:
+    chosen = speed_mod.choose(
         device=device,
         dtype=family.dtype,
         family=family.name,
@@ -266,6 +268,7 @@ def our_speed(family: Family, device: torch.device, compile_on: bool) -> speed_m
         logging_steps=None,
         plain=False,
     )
+    return chosen if channels_last else dataclasses.replace(chosen, channels_last=False)
 
 
 def our_step(
@@ -397,13 +400,14 @@ def run_case(run: Run, family: Family, case: Case) -> list[dict[str, Any]]:
     device = run.device
     net: Any = family.unet  # nn.Module.to's stubs lack memory_format; compile() gets a marker attribute
     ddpm = ddpm_terms(family)
-    speed = our_speed(family, device, run.compile)
+    speed = our_speed(family, device, run.compile, run.channels_last)
     ck = " activation checkpointing" if case.checkpointing else ""
     print(f"{case.model} {case.res}px batch {case.batch}{ck}:", flush=True)
     # Model FLOPs: one eager batch-1 step without checkpointing (no recompute counted), times the batch.
     one = Case(case.model, case.res, 1, False)
     set_checkpointing(family, False)
-    flops_one = count_flops(reference_step(family, make_batch(family, case.model, run.tiny, one), ddpm))
+    with speed_mod.eager_context():  # compiled in place by an earlier case: count the eager ops
+        flops_one = count_flops(reference_step(family, make_batch(family, case.model, run.tiny, one), ddpm))
     flops = flops_one * case.batch
     set_checkpointing(family, case.checkpointing)
     batch = make_batch(family, case.model, run.tiny, case)
@@ -473,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=int, default=None, help="untimed steps first, compile included (default 3)"
     )
     ap.add_argument("--no-compile", action="store_true", help="ours without torch.compile")
+    ap.add_argument("--no-channels-last", action="store_true", help="ours without channels_last (UNet)")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -495,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps or (2 if args.tiny else 10),
         warmup=args.warmup if args.warmup is not None else (1 if args.tiny else 3),
         compile=not args.no_compile,
+        channels_last=not args.no_channels_last,
         json_path=args.json,
     )
     cases = cases_for(models, args.tiny, args.res, batches)
@@ -502,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "tiny": args.tiny,
+        "compile": run.compile,
+        "channels_last": run.channels_last,
         "lora_rank": LORA_RANK,
         "targets": TARGETS,
         "cases": [c.__dict__ for c in cases],
