@@ -376,7 +376,7 @@ def measure(
     row["checkpointing"] = case.checkpointing
     try:
         sec, warm = time_step(make(), run)
-    except torch.OutOfMemoryError as exc:
+    except torch.cuda.OutOfMemoryError as exc:  # (torch.OutOfMemoryError only from torch 2.5)
         row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
         print(f"  {label:<10} OOM ({row['error'][:120]})", flush=True)
         return row
