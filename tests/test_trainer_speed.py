@@ -552,3 +552,38 @@ def test_trainer_fast_step_matches_plain_step(tmp_path: Path, family: str) -> No
     assert sum(line.startswith("steps: ") for line in fast_out.splitlines()) == 12
     assert [m["loss"] for m in fast] == pytest.approx([m["loss"] for m in plain], rel=3e-2)
     assert all(m["grad_norm"] is not None and m["grad_norm"] > 0 for m in fast)
+
+
+@pytest.mark.slow
+def test_save_quit_acts_at_the_next_logging_read(tmp_path: Path) -> None:
+    """With logging_steps = 4 the save_quit file is looked at every 4 steps (with the loss read): touched during
+    step 1-2, the run saves, checkpoints and exits at step 4, having reported every step before it."""
+    import json
+
+    from tiny_models import launch_trainer, run_dir_of, run_metrics, write_profile
+
+    from engine.demo import build_synthetic_dataset
+    from engine.demo_models import build_tiny_sd15
+
+    data = build_synthetic_dataset(tmp_path / "shapes", count=8)
+    cfg = write_profile(
+        tmp_path / "run", model_type="sd15", model_dir=build_tiny_sd15(tmp_path / "model"),
+        directories=[{"path": str(data)}], epochs=4, micro_batch_size_per_gpu=2, logging_steps=4,
+    )  # fmt: skip
+    touched: list[Path] = []
+
+    def on_line(line: str) -> None:
+        if line.startswith("[dpdeck] ") and not touched:
+            event = json.loads(line[len("[dpdeck] ") :])
+            if event["event"] == "run_dir":
+                touched.append(Path(event["path"]) / "save_quit")
+                touched[0].touch()  # before step 1: acted on at the first read, after step 4
+
+    code, out = launch_trainer(cfg, on_line=on_line)
+    assert code == 0, out[-4000:]
+    assert "save_quit: checkpoint written, exiting" in out
+    run_dir = run_dir_of(out)
+    assert [m["step"] for m in run_metrics(run_dir) if m.get("event") == "progress"] == [1, 2, 3, 4]
+    assert (run_dir / "global_step4").is_dir() and (run_dir / "step4").is_dir()
+    assert not (run_dir / "save_quit").exists()  # consumed
+    assert "TRAINING COMPLETE!" not in out
