@@ -2,8 +2,8 @@
 
 Usage: python bench/bench_models.py [--size-mb 1024] [--rounds 2] [--files 200]
 
-1. A sparse file of --size-mb is served by tests/hub_server.py (sendfile, 127.0.0.1). The same URL is fetched
-   by `curl -o FILE` and by a dpdeck download, timed from `pull_file` (planning HEAD via huggingface_hub,
+1. A sparse file of --size-mb is served by tests/hub_server.py (resolve/ answers 302 to its CDN, which sends
+   the bytes with sendfile; 127.0.0.1). The same URL is fetched by `curl -L -o FILE` and by a dpdeck download, timed from `pull_file` (planning HEAD via huggingface_hub,
    state recorded, daemon poked) until the state file says completed: the daemon forks a worker, which
    streams the GET, hashes sha256 while streaming, fsyncs and renames. The daemon is started once before the
    rounds (its start-up is printed separately). Rounds alternate; best and median of each are printed, and
@@ -72,7 +72,7 @@ def bench_download(work: Path, size_mb: int, rounds: int) -> None:
         for r in range(rounds):
             out = work / "curl.out"
             t = time.perf_counter()
-            subprocess.run([curl, "-sSf", "-o", str(out), url], check=True)
+            subprocess.run([curl, "-sSfL", "-o", str(out), url], check=True)
             t_curl = time.perf_counter() - t
             assert out.stat().st_size == size
             out.unlink()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.jobs import gpus
+from profiles.model_types import BUILTIN_TYPES
 from statefiles import paths, settings
 
 
@@ -59,11 +60,10 @@ def run_checks() -> list[Check]:
         checks.append(Check("gpus", "info", "no NVIDIA GPU visible (NVML): jobs run on the CPU with DS_ACCELERATOR=cpu"))
     if _module_version("torch"):
         probe = subprocess.run(
-            [sys.executable, "-c", "import torch;print(torch.__version__, torch.cuda.is_available())"],
+            [sys.executable, "-c", _TORCH_PROBE],
             capture_output=True, text=True, timeout=120,
         )
-        checks.append(Check("torch runtime", "ok" if probe.returncode == 0 else "fail",
-                            (probe.stdout or probe.stderr).strip().splitlines()[-1] if (probe.stdout or probe.stderr) else "?"))
+        checks.append(Check("torch runtime", "ok" if probe.returncode == 0 else "fail", torch_runtime_text(probe)))
     ds = shutil.which("deepspeed") or (Path(sys.executable).parent / "deepspeed").exists()
     checks.append(Check("deepspeed launcher", "ok" if ds else "warn", "found" if ds else "`deepspeed` not on PATH",
                         "" if ds else "pip install deepspeed"))
@@ -77,8 +77,10 @@ def run_checks() -> list[Check]:
     if dp:
         checks += diffusion_pipe_checks(dp)
     else:
-        checks.append(Check("diffusion-pipe", "info", "not configured (only sd15/sdxl via the built-in trainer)",
-                            "dpdeck config set diffusion_pipe.path ~/diffusion-pipe"))
+        checks.append(Check("diffusion-pipe", "info", "not configured: the built-in trainer trains "
+                            f"{', '.join(sorted(BUILTIN_TYPES))}; other model types need a checkout",
+                            "dpdeck backend install diffusion-pipe, or dpdeck config set diffusion_pipe.path DIR "
+                            "for a checkout of your own"))
     usage = shutil.disk_usage(paths.state_dir())
     free_gb = usage.free / 2**30
     checks.append(Check("disk", "ok" if free_gb > 20 else "warn", f"{free_gb:.1f} GiB free at {paths.state_dir()}",
@@ -175,6 +177,22 @@ def _op_cache_check() -> Check:
         return Check("deepspeed ops cache", "info", detail + ": the first launch compiles it (1-2 min)",
                      "dpdeck doctor --fix (builds it now)")
     return Check("deepspeed ops cache", "ok" if state["state"] == "built" else "info", detail)
+
+
+# One line a person reads: the version and what it can run on (the bare `print(..., is_available())` showed
+# "2.13.0+cpu False").
+_TORCH_PROBE = (
+    "import torch\n"
+    "n = torch.cuda.device_count() if torch.cuda.is_available() else 0\n"
+    "cuda = f'CUDA {torch.version.cuda}, {n} GPU(s) usable' if n else 'CUDA not available (CPU only)'\n"
+    "print(f'{torch.__version__}, {cuda}')"
+)
+
+
+def torch_runtime_text(probe: subprocess.CompletedProcess[str]) -> str:
+    """The probe's line, or the last line of its error (the exception, not the traceback's first frame)."""
+    out = (probe.stdout if probe.returncode == 0 else probe.stderr or probe.stdout).strip()
+    return out.splitlines()[-1] if out else f"the torch probe exited with status {probe.returncode} and said nothing"
 
 
 def fix(build: bool = True) -> list[str]:

@@ -14,6 +14,7 @@ BUILTIN_TRAINER_KEYS: dict[str, frozenset[str]] = {
             "zero_stage",
             "checkpoint_every_n_steps",
             "sample",
+            "plain_step",
         }
     ),
     "model": frozenset(

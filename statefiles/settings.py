@@ -39,6 +39,9 @@ class Meta:
     env: str | None = None
     # The env override's unit per unit of the setting (DPDECK_MIN_FREE_BYTES counts bytes, the key GiB).
     env_per_unit: int = 1
+    # "folder" or "program" (_EXISTS): `config set` refuses a path that is not one (loading does not: a checkout on a
+    # disk that is not mounted yet must not make dpdeck drop the setting).
+    exists: str | None = None
 
 
 def setting(default: Any, help: str, **meta: Any) -> Any:
@@ -54,8 +57,10 @@ def setting(default: Any, help: str, **meta: Any) -> Any:
 
 @dataclass(frozen=True)
 class DiffusionPipe:
-    path: str | None = setting(None, "your diffusion-pipe checkout (the folder holding train.py)")
-    python: str | None = setting(None, "python of diffusion-pipe's environment (default: this python)")
+    path: str | None = setting(None, "your diffusion-pipe checkout (the folder holding train.py)", exists="folder")
+    python: str | None = setting(
+        None, "python of diffusion-pipe's environment (default: this python)", exists="program"
+    )
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,9 @@ class Models:
     dir: str | None = setting(
         None, "where `dpdeck models pull` puts files (default: $DPDECK_HOME/models)", env="DPDECK_MODELS_DIR"
     )
-    folders: list[str] = setting([], "extra folders `dpdeck models scan` looks in (comma-separated or TOML list)")
+    folders: list[str] = setting(
+        [], "extra folders `dpdeck models scan` looks in (comma-separated or TOML list)", exists="folder"
+    )
     min_free_gb: float = setting(
         2.0, "disk space (GiB) that must stay free after a download", minimum=0,
         env="DPDECK_MIN_FREE_BYTES", env_per_unit=1024**3,
@@ -379,9 +386,29 @@ def check(key: str, raw: str) -> Any:
     """RAW as KEY's value, or SettingsError naming the key and what it expects."""
     k = key_info(key)
     try:
-        return _coerce(k, _parse_raw(k, raw))
+        value = _coerce(k, _parse_raw(k, raw))
     except _Bad:
         raise SettingsError(f"{paths.config_path()}: {key}: expected {k.expected()}, found {raw!r}") from None
+    _check_exists(k, value)
+    return value
+
+
+# What each `exists` kind accepts, and its name in the error (noun, with its article).
+_EXISTS: dict[str, tuple[Callable[[str], bool], str, str]] = {
+    "folder": (os.path.isdir, "folder", "a folder"),
+    "program": (lambda p: os.path.isfile(p) and os.access(p, os.X_OK), "executable file", "an executable file"),
+}
+
+
+def _check_exists(k: Key, value: Any) -> None:
+    if k.meta.exists is None or not value:  # unset, or "" (what `config set KEY ""` has always meant: none)
+        return
+    test, noun, with_article = _EXISTS[k.meta.exists]
+    for item in value if isinstance(value, list) else [value]:
+        path = os.path.expanduser(item)
+        if not test(path):
+            problem = f"not {with_article}" if os.path.lexists(path) else f"no such {noun}"
+            raise SettingsError(f"{k.key}: {item}: {problem} (expected {k.help}); nothing was changed")
 
 
 def set_value(key: str, raw: str) -> Any:
@@ -447,7 +474,9 @@ def render_markdown() -> str:
         "`dpdeck config set KEY VALUE` writes one (checked, comments in the file kept) and",
         "`dpdeck config unset KEY` returns it to its default. A value of the wrong type in the file is ignored",
         "(the default is used) and reported by `dpdeck config list`. An environment override, where a",
-        "setting has one, wins over the file.",
+        "setting has one, wins over the file. `config set` refuses (exit 2, nothing written) a path that must",
+        "exist and does not: " + ", ".join(f"`{k.key}` ({_EXISTS[k.meta.exists][2]})" for k in KEYS.values()
+                                           if k.meta.exists) + ".",
         "",
         "| Key | Type | Default | Env override | Description |",
         "| --- | --- | --- | --- | --- |",

@@ -45,6 +45,7 @@ class FakeEngine:
         self.metrics: list[dict[str, Any]] = []
         self.tb: dict[str, Any] = {"epoch_loss": [], "evals": {}, "note": None}
         self.enqueued: list[str] = []
+        self.dismissed: set[int] = set()
         # What a real machine would report; fixed so a screen showing them renders the same on every box.
         self.gpus: list[dict[str, Any]] = []
         self.stats: dict[str, Any] = {
@@ -77,6 +78,13 @@ class FakeEngine:
             return Result(False, refusal)
         self.requests.append((request.job_id, request.action.value, request.arg))
         return Result(True, f"{request.action} done")
+
+    def dismissed_jobs(self) -> set[int]:
+        return self.dismissed
+
+    def dismiss_jobs(self, job_ids: list[int]) -> list[int]:
+        self.dismissed |= set(job_ids)
+        return sorted(job_ids)
 
     def queue_paused(self) -> bool:
         return self.paused

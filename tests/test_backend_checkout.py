@@ -372,14 +372,14 @@ async def test_system_screen_shows_the_checkout_and_a_run_in_progress(
         assert "tracking origin/main" in text and "verified: yes" in text, text
         await backend_shows("update in progress:")
         await backend_shows("2 checkout: running")
-        await pilot.press("B")
+        await pilot.press("I")
         await wait_until(pilot, lambda: any("already running" in str(n.message) for n in app._notifications),
-                         what="B refused while a run is in progress")
+                         what="I refused while a run is in progress")
         progress.finish(True, "up to date")
         await wait_until(pilot, lambda: "update in progress" not in backend_section(),
                          what="the finished run leaves the screen")
-        # B runs `dpdeck backend update diffusion-pipe` in the background; the screen follows its progress.
-        await pilot.press("B")
+        # I runs `dpdeck backend update diffusion-pipe` in the background; the screen follows its progress.
+        await pilot.press("I")
         await wait_text(pilot, "backend update diffusion-pipe")
         await pilot.press("y")
 

@@ -203,7 +203,7 @@ def target_pid(target: str, job_id: int, tree: list[tuple[int, float, str]], mar
             raise CellFailure("no daemon runs while the victim is live")
         return pid
     if target == "shim":
-        return find_in_tree(tree, job_id, "engine.jobs.shim")
+        return find_in_tree(tree, job_id, "dpdeck shim job")
     if target == "runner":
         return find_in_tree(tree, job_id, "bin/deepspeed", unless="deepspeed.launcher.launch")
     if target == "launch.py":

@@ -188,5 +188,5 @@ def test_cli_image(tmp_path: Path) -> None:
     (d / "small.png").write_bytes(b"x")
     clash = _cli(str(d / "small.jpg"), "--convert", "png")
     assert clash.returncode == 1 and "small.png: already exists" in clash.stderr
-    assert _cli(str(d / "nope.png"), "--strip-exif").returncode == 1
+    assert _cli(str(d / "nope.png"), "--strip-exif").returncode == 2  # a path that names nothing: usage
     assert _cli(str(d), "--max-side", "10", "--quality", "0").returncode == 2

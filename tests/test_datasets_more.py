@@ -194,7 +194,7 @@ def test_cli_set_selection_keep(tmp_path: Path) -> None:
     assert _cli(str(d), "--dedupe", "--keep", "2").returncode == 2  # --keep only with --sort
     bad = _cli(str(d), "--remove-tag", "[", "--regex")
     assert bad.returncode == 1 and "bad regex '['" in bad.stderr
-    assert _cli(str(d / "missing.png"), "--dedupe").returncode == 1
+    assert _cli(str(d / "missing.png"), "--dedupe").returncode == 2  # names nothing: usage
     undo()
     undo()
     assert all((d / f"{s}.txt").read_text(encoding="utf-8") == "t, s, r" for s in "abc")

@@ -88,7 +88,7 @@ def test_scan_toml_and_cli(tmp_path: Path) -> None:
         text=True,
         env=os.environ,
     )
-    assert bad.returncode == 1 and "not a folder" in bad.stderr
+    assert bad.returncode == 2 and "nope: no such file or folder" in bad.stderr
 
 
 def test_bucket_preview_equals_plan_buckets(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 The MP4 and WebM files are assembled box by box / element by element from the ISO BMFF and Matroska layouts,
 so every case (moov at the end, 64-bit sizes, unknown-size elements, truncation, garbage) is exact and needs no
-encoder. The payload bytes are zeros: only the headers are ever read.
+encoder. The payload bytes are zeros: only the headers are ever read. These test the hand-written parser
+(`read_builtin`: the pre-check, and the whole answer without PyAV); tests/test_video_pyav.py covers PyAV's path
+on real encoded files.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from engine.datasets.buckets import DatasetConfigError, frame_bucket_for, frame_
 from engine.datasets.framerate import model_framerate
 from engine.datasets.items import scan_directory
 from engine.datasets.scan import scan
-from engine.datasets.video_headers import EmptyVideoError, VideoHeaderError, read_video_info
+from engine.datasets.video_headers import EmptyVideoError, VideoHeaderError, read_builtin
 from tui.cli.cmd_dataset import bucket_preview
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,6 +211,13 @@ def webm(
     return header + el(0x18538067, seekhead, info, cluster, tracks, unknown=segment_unknown)
 
 
+@pytest.fixture(autouse=True)
+def _builtin_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan and bucket tests below run on these synthetic files (zero payload, a bare AVI header) through
+    the hand-written parser, whether PyAV is installed or not: FFmpeg reads some of them differently."""
+    monkeypatch.setenv(vh.video_av.ENV, "builtin")
+
+
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 
@@ -227,7 +236,7 @@ def _write(path: Path, data: bytes, caption: str | None = "a clip") -> Path:
 
 
 def test_mp4_size_frames_fps_duration(tmp_path: Path) -> None:
-    info = read_video_info(_write(tmp_path / "a.mp4", mp4(video_trak(320, 240, frames=81)), None))
+    info = read_builtin(_write(tmp_path / "a.mp4", mp4(video_trak(320, 240, frames=81)), None))
     assert (info.container, info.width, info.height, info.frames) == ("mp4", 320, 240, 81)
     assert info.fps == 16.0 and info.duration == pytest.approx(81 / 16)
     assert not info.frames_estimated and info.rotation == 0 and info.note == ""
@@ -253,7 +262,7 @@ def test_mp4_moov_at_end_and_64_bit_sizes_stay_header_only(tmp_path: Path, monke
         return real_pread(fd, n, offset)
 
     monkeypatch.setattr(vh.os, "pread", counting)
-    info = read_video_info(path)
+    info = read_builtin(path)
     monkeypatch.undo()
     assert (info.width, info.height, info.frames) == (1920, 1080, 900)
     assert info.fps == pytest.approx(30000 / 1001) and info.duration == pytest.approx(900 * 1001 / 30000)
@@ -264,23 +273,23 @@ def test_mp4_moov_at_end_and_64_bit_sizes_stay_header_only(tmp_path: Path, monke
 def test_mp4_first_video_track_stored_size_and_rotation(tmp_path: Path) -> None:
     # tkhd says 1920x1080 shown rotated 90°; the sample entry (what a decoder returns) is 1920x1088.
     trak = video_trak(1920, 1080, matrix=ROT90, entry_size=(1920, 1088))
-    info = read_video_info(_write(tmp_path / "phone.mp4", mp4(trak), None))
+    info = read_builtin(_write(tmp_path / "phone.mp4", mp4(trak), None))
     assert (info.width, info.height, info.rotation) == (1920, 1088, 90)
     assert info.display_size == (1088, 1920)
     flipped = video_trak(matrix=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
-    assert read_video_info(_write(tmp_path / "flip.mp4", mp4(flipped), None)).rotation is None
+    assert read_builtin(_write(tmp_path / "flip.mp4", mp4(flipped), None)).rotation is None
 
 
 def test_mp4_variable_frame_rate_and_missing_stts(tmp_path: Path) -> None:
     vfr = video_trak(frames=30, timescale=90000, stts=[(10, 3000), (10, 3003), (10, 6000)])
-    info = read_video_info(_write(tmp_path / "vfr.mp4", mp4(vfr), None))
+    info = read_builtin(_write(tmp_path / "vfr.mp4", mp4(vfr), None))
     assert info.frames == 30 and info.fps == pytest.approx(30 * 90000 / 120030)
     no_stts = box(
         b"trak",
         tkhd(64, 64),
         box(b"mdia", mdhd(1000, 2000), hdlr(b"vide"), box(b"minf", stbl(visual_entry(64, 64), None, 50))),
     )
-    est = read_video_info(_write(tmp_path / "nostts.mp4", mp4(no_stts), None))
+    est = read_builtin(_write(tmp_path / "nostts.mp4", mp4(no_stts), None))
     assert est.frames == 50 and est.fps == 25.0 and est.frames_estimated and "'stts' table is missing" in est.note
 
 
@@ -305,17 +314,17 @@ def test_mp4_variable_frame_rate_and_missing_stts(tmp_path: Path) -> None:
 def test_mp4_broken_files_name_the_problem(tmp_path: Path, data: bytes, needle: str) -> None:
     path = _write(tmp_path / "bad.mp4", data, None)
     with pytest.raises(VideoHeaderError) as exc:
-        read_video_info(path)
+        read_builtin(path)
     assert needle in str(exc.value) and str(path) in str(exc.value)
 
 
 def test_zero_byte_and_unparsed_formats(tmp_path: Path) -> None:
     with pytest.raises(EmptyVideoError, match="zero-byte"):
-        read_video_info(_write(tmp_path / "empty.mp4", b"", None))
-    avi = read_video_info(_write(tmp_path / "old.avi", b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(100), None))
+        read_builtin(_write(tmp_path / "empty.mp4", b"", None))
+    avi = read_builtin(_write(tmp_path / "old.avi", b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(100), None))
     assert avi.container == "avi" and avi.frames is None and "frame count unknown: .avi" in avi.note
     # The container is told by its bytes: a WebM named .mp4 is still read.
-    assert read_video_info(_write(tmp_path / "misnamed.mp4", webm(), None)).container == "webm"
+    assert read_builtin(_write(tmp_path / "misnamed.mp4", webm(), None)).container == "webm"
 
 
 def test_corrupted_headers_never_raise_anything_but_video_header_error(tmp_path: Path) -> None:
@@ -334,7 +343,7 @@ def test_corrupted_headers_never_raise_anything_but_video_header_error(tmp_path:
                 data[pos] = rng.randrange(256)
         path.write_bytes(bytes(data))
         try:
-            info = read_video_info(path)
+            info = read_builtin(path)
         except VideoHeaderError as exc:
             assert str(path) in str(exc) and exc.reason
         else:
@@ -345,25 +354,25 @@ def test_corrupted_headers_never_raise_anything_but_video_header_error(tmp_path:
 
 
 def test_webm_size_and_estimated_frames(tmp_path: Path) -> None:
-    info = read_video_info(_write(tmp_path / "a.webm", webm(), None))
+    info = read_builtin(_write(tmp_path / "a.webm", webm(), None))
     assert (info.container, info.width, info.height) == ("webm", 64, 36)
     assert info.fps == pytest.approx(1e9 / 41_708_333) and info.duration == pytest.approx(5.005)
     assert info.frames == 120 and info.frames_estimated
-    mkv = read_video_info(_write(tmp_path / "b.mkv", webm(doctype=b"matroska", segment_unknown=True), None))
+    mkv = read_builtin(_write(tmp_path / "b.mkv", webm(doctype=b"matroska", segment_unknown=True), None))
     assert mkv.container == "matroska" and mkv.frames == 120
 
 
 def test_webm_tracks_after_clusters_via_seekhead(tmp_path: Path) -> None:
-    info = read_video_info(_write(tmp_path / "seek.webm", webm(tracks_after_cluster=True), None))
+    info = read_builtin(_write(tmp_path / "seek.webm", webm(tracks_after_cluster=True), None))
     assert (info.width, info.height, info.frames) == (64, 36, 120)
 
 
 def test_webm_unknown_duration_or_rate(tmp_path: Path) -> None:
-    live = read_video_info(_write(tmp_path / "live.webm", webm(duration_ms=None, segment_unknown=True), None))
+    live = read_builtin(_write(tmp_path / "live.webm", webm(duration_ms=None, segment_unknown=True), None))
     assert live.frames is None and live.width == 64 and "no Duration" in live.note
-    norate = read_video_info(_write(tmp_path / "n.webm", webm(tracks=webm_tracks(default_duration=None)), None))
+    norate = read_builtin(_write(tmp_path / "n.webm", webm(tracks=webm_tracks(default_duration=None)), None))
     assert norate.frames is None and norate.duration == pytest.approx(5.005) and "DefaultDuration" in norate.note
-    nan = read_video_info(_write(tmp_path / "nan.webm", webm(duration_ms=float("nan")), None))
+    nan = read_builtin(_write(tmp_path / "nan.webm", webm(duration_ms=float("nan")), None))
     assert nan.frames is None and nan.duration is None and "not a positive number" in nan.note
 
 
@@ -386,7 +395,7 @@ def test_webm_broken_files_name_the_problem(tmp_path: Path, data: bytes, needle:
         data = b"\x00" + data[1:]
     path = _write(tmp_path / "bad.webm", data, None)
     with pytest.raises(VideoHeaderError) as exc:
-        read_video_info(path)
+        read_builtin(path)
     assert needle in str(exc.value) and str(path) in str(exc.value)
 
 
@@ -405,7 +414,7 @@ def _clips(root: Path) -> Path:
     _write(d / "wide.webm", webm(tracks=webm_tracks(128, 64)))  # 120 frames at 23.976 = 80 at 16
     _write(d / "broken.mp4", mp4()[:-40])
     _write(d / "empty.mp4", b"")
-    _write(d / "old.avi", b"RIFF" + bytes(60))
+    _write(d / "old.avi", b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(52))
     return d
 
 

@@ -248,7 +248,13 @@ def test_dp_python_without_deepspeed_is_refused_at_enqueue(tmp_path: Path) -> No
     main = make_profile(tmp_path, name="bare")
     with pytest.raises(launch.EnqueueError, match=r"has no deepspeed.*-m pip install deepspeed"):
         client.enqueue(str(main), name="bare")
-    settings.set_value("diffusion_pipe.python", str(tmp_path / "nope" / "python"))
+    # A python that was there when set and is gone since (`config set` refuses one that is not there).
+    gone = tmp_path / "gone" / "python"
+    gone.parent.mkdir()
+    gone.write_text("#!/bin/sh\n")
+    gone.chmod(0o755)
+    settings.set_value("diffusion_pipe.python", str(gone))
+    gone.unlink()
     with pytest.raises(launch.EnqueueError, match="not an executable file"):
         client.enqueue(str(main), name="bare")
 

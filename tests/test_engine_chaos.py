@@ -91,7 +91,7 @@ def test_sigkill_part_of_a_running_job(engine: Path, victim: str) -> None:
 def test_sigkill_shim_marks_interrupted_and_reclaims(engine: Path) -> None:
     job_id = _long_job(engine, "shim")
     shim = psutil.Process(client.get_job(job_id).pid)
-    assert "engine.jobs.shim" in " ".join(shim.cmdline())
+    assert " ".join(shim.cmdline()).startswith(f"dpdeck shim job {job_id}")
     shim.send_signal(signal.SIGKILL)
     job = wait_state(job_id, FINAL, timeout=120)
     assert job.state == "interrupted" and job.exit_reason == "interrupted", job

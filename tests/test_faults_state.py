@@ -30,6 +30,7 @@ from engine_helpers import (
     wait_step,
 )
 
+from engine import proctitle
 from engine.jobs import client, create, launch, procs, record, repair, store
 from engine.jobs.job import Job
 from engine.jobs.lock import daemon_pid
@@ -302,7 +303,7 @@ def test_daemon_starts_with_a_relative_state_dir(tmp_path: Path, monkeypatch: py
 def _terminate_daemons_under(root: Path) -> None:
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if "engine.service" in proc.cmdline() and proc.cwd().startswith(str(root)):
+            if proctitle.is_kind(proc.cmdline(), "daemon") and proc.cwd().startswith(str(root)):
                 proc.terminate()
 
 

@@ -168,19 +168,21 @@ def test_cli_cancel(hub: HubServer, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "needle"),
+    ("args", "needle", "status"),
     [
-        (["models", "pull", "acme/nothere", "--file", "x.safetensors"], "repository not found"),
-        (["models", "pull", "lodestones/Chroma", "--file", "v99.safetensors"], "'v99.safetensors' is not in the repo"),
-        (["models", "pull", "no-such-entry"], "no registry entry named 'no-such-entry'"),
-        (["models", "cancel", "0000-zz"], "no download with id"),
-        (["models", "info", "/definitely/not/here.safetensors"], "not a registry entry id"),
-        (["models", "use", "chroma-unlocked-v47", "--profile", "/no/such/main.toml"], "no stored profile"),
+        (["models", "pull", "acme/nothere", "--file", "x.safetensors"], "repository not found", 1),
+        (["models", "pull", "lodestones/Chroma", "--file", "v99.safetensors"], "'v99.safetensors' is not in the repo", 1),
+        # Naming something that does not exist is a usage error (2), as `dpdeck show 999` is.
+        (["models", "pull", "no-such-entry"], "no registry entry named 'no-such-entry'", 2),
+        (["models", "cancel", "0000-zz"], "no download with id", 2),
+        (["models", "info", "/definitely/not/here.safetensors"], "not a registry entry id", 2),
+        (["models", "use", "chroma-unlocked-v47", "--profile", "/no/such/main.toml"], "no stored profile", 2),
+        (["models", "scan", "/definitely/not/here"], "no such file or folder", 2),
     ],
 )
-def test_cli_bad_input_has_specific_errors(hub: HubServer, args: list[str], needle: str) -> None:
+def test_cli_bad_input_has_specific_errors(hub: HubServer, args: list[str], needle: str, status: int) -> None:
     out = dpdeck(*args)
-    assert out.returncode == 1
+    assert out.returncode == status, out.stderr
     assert needle in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 

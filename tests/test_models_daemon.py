@@ -56,7 +56,8 @@ def running_pid(dl_id: str, not_pid: int | None = None) -> int:
 
 
 def gets(hub: HubServer, name: str) -> list[str | None]:
-    return [r["range"] for r in hub.requests if r["method"] == "GET" and r["path"].endswith(name)]
+    """The Range of every GET of the file's bytes (from the CDN, where the Hub's 302 sends them)."""
+    return [r["range"] for r in hub.requests if r["method"] == "GET" and (r["file"] or "").endswith(name)]
 
 
 def test_daemon_resumes_a_killed_worker_to_a_verified_file(hub: HubServer) -> None:
@@ -76,6 +77,7 @@ def test_daemon_resumes_a_killed_worker_to_a_verified_file(hub: HubServer) -> No
     assert "SIGKILL" in (final.last_death or ""), final.last_death
     ranges = gets(hub, "s.safetensors")
     assert ranges[0] is None and ranges[-1] is not None  # continued from the partial file, not restarted
+    assert {r["host"] for r in hub.requests if r["method"] == "GET" and r["file"]} == {"cdn"}  # via the 302
     assert int(ranges[-1].split("=")[1].rstrip("-")) >= 200_000
     events = [m for _t, k, m in client._db().execute("SELECT t, kind, message FROM events") if k == "download"]
     assert any("killed by SIGKILL" in m and "retry 1 of 3" in m for m in events), events

@@ -4,6 +4,7 @@ the generated docs/config.md, and that no caller repeats a default."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from tui.cli import main as cli_main
 REPO = Path(__file__).resolve().parent.parent
 
 # A value of each setting's type that differs from its default, as `config set` takes it and get returns it.
+# Paths exist (`config set` refuses a folder or program that is not there: tests/test_cli_polish.py).
 SAMPLES: dict[str, tuple[str, Any]] = {
-    "diffusion_pipe.path": ("/opt/diffusion-pipe", "/opt/diffusion-pipe"),
-    "diffusion_pipe.python": ("/opt/venv/bin/python", "/opt/venv/bin/python"),
+    "diffusion_pipe.path": (str(REPO / "tests"), str(REPO / "tests")),
+    "diffusion_pipe.python": (sys.executable, sys.executable),
     "scheduler.cpu_slots": ("4", 4),
     "scheduler.min_free_mib": ("0", 0),
     "scheduler.hang_timeout_s": ("60", 60),
@@ -25,7 +27,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "ports.low": ("30000", 30000),
     "ports.high": ("30010", 30010),
     "models.dir": ("/data/models", "/data/models"),
-    "models.folders": ("/a, /b c", ["/a", "/b c"]),
+    "models.folders": (f"{REPO / 'tests'}, {REPO}", [str(REPO / "tests"), str(REPO)]),
     "models.min_free_gb": ("0.5", 0.5),
     "models.max_downloads": ("1", 1),
     "models.download_retries": ("0", 0),

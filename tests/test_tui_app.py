@@ -20,7 +20,7 @@ async def test_every_area_by_key_at_80x24() -> None:
         await wait_text(pilot, "Templates")
         expected = {
             "queue": "exit reason",
-            "run": "No job selected",
+            "run": "No jobs yet",
             "system": "GPUs",
             "datasets": "without caption",
             "models": "Downloads",
@@ -76,7 +76,7 @@ async def test_help_lists_the_current_screens_keys_first_with_remapped_keys(
         sections = help_screen(app).sections
         assert sections[0].title == "Queue" and sections[1].title == "Everywhere"
         assert help_row(sections[0], "queue.cancel") == "x|Cancel"  # not the default `c`
-        assert help_row(sections[1], "deck.help") == "?|Help"
+        assert help_row(sections[1], "deck.help") == "? f1|Help"
         assert "queue.cancel" in text and "queue.stop" in text
         assert "profiles.enqueue" not in text and "datasets.stats" not in text  # other screens' keys
         await pilot.press("escape")
@@ -141,7 +141,7 @@ async def test_help_from_the_palette_lists_the_screen_under_it() -> None:
         await pilot.press("ctrl+p")
         await pilot.pause(0.3)
         await pilot.press(*"help")
-        await wait_text(pilot, "Help: keys of this screen")
+        await wait_text(pilot, "Everywhere · key ? f1")
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help from the palette")
         assert [s.title for s in help_screen(app).sections[:2]] == ["Profiles", "Everywhere"]

@@ -133,7 +133,7 @@ async def test_open_move_preview_edit_save_and_undo(tmp_path: Path) -> None:
         assert (folder / "a_red.txt").read_bytes() == b"red, square, solo\n"  # the trailing newline kept
         assert not screen(app).dirty
         # Undo lists the op; Enter picks it, y confirms; the file gets its exact old bytes back.
-        await pilot.press("escape", "u")
+        await pilot.press("escape", "z")
         await wait_text(pilot, "edit caption of a_red.png")
         await pilot.press("enter")
         await wait_text(pilot, "old bytes back")
@@ -168,11 +168,11 @@ async def test_missing_filter_fix_and_add_trigger_with_diff(tmp_path: Path) -> N
         await wait_note(pilot, "saved 1 caption")
         assert (folder / "c_blue.txt").read_text() == "blue, tall"
         await wait_until(pilot, lambda: table(app).row_count == 1, what="fixed image leaves the filter")
-        await pilot.press("escape", "c")
+        await pilot.press("escape", "backspace")
         await wait_until(pilot, lambda: table(app).row_count == len(IMAGES), what="filters cleared")
         after_fix = snapshot(folder)
         # Batch: add a trigger word to the folder; the dry run shows the diff before anything is written.
-        await pilot.press("a")
+        await pilot.press("A")
         await wait_text(pilot, "Batch caption operation")
         await pilot.press("enter")  # the first op: add trigger
         await wait_text(pilot, "Batch: add trigger")
@@ -186,7 +186,7 @@ async def test_missing_filter_fix_and_add_trigger_with_diff(tmp_path: Path) -> N
         assert (folder / "a_red.txt").read_bytes() == b"e6ai, red, square\n"
         assert (folder / "d_white.txt").read_bytes() == b"e6ai"
         op_id = note.split("op ")[1].split(" ")[0]
-        await pilot.press("u")
+        await pilot.press("z")
         await wait_text(pilot, op_id)
         await pilot.press("enter", "y")  # the newest op is first
         await wait_note(pilot, f"undone {op_id}")
@@ -204,7 +204,7 @@ async def test_bad_regex_and_bad_path_refused_tag_filter_and_stats(tmp_path: Pat
     app = DeckApp(start_mode="datasets")
     async with app.run_test(size=(100, 30)) as pilot:
         await open_target(pilot, app, folder)
-        await pilot.press("a")
+        await pilot.press("A")
         await wait_text(pilot, "Batch caption operation")
         await pilot.press("j", "j", "enter")  # remove a tag
         await wait_text(pilot, "Batch: remove a tag")
@@ -231,7 +231,7 @@ async def test_bad_regex_and_bad_path_refused_tag_filter_and_stats(tmp_path: Pat
         )
         assert screen(app).filters.tag == "gre"
         # Statistics of the folder: caption problems by name, top tags.
-        await pilot.press("s")
+        await pilot.press("i")
         text = await wait_text(pilot, "top tags")
         assert "missing: c_blue.png" in text and "empty: d_white.png" in text and "green" in text
 
@@ -273,7 +273,7 @@ async def test_duplicates_filter_80x24_and_reopen_last(tmp_path: Path) -> None:
     app = DeckApp(start_mode="datasets")
     async with app.run_test(size=(80, 24)) as pilot:
         await open_target(pilot, app, folder, rows=len(IMAGES) + 1)
-        await pilot.press("d")
+        await pilot.press("asterisk")
         await wait_until(pilot, lambda: table(app).row_count == 2, what="duplicates")
         assert {e.path.name for e in screen(app).shown} == {"a_red.png", "f_copy.png"}
         await wait_until(
@@ -311,7 +311,7 @@ async def test_open_a_stored_profiles_dataset_and_its_batch(tmp_path: Path) -> N
     app = DeckApp(start_mode="datasets")
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, DatasetsScreen), what="datasets screen")
-        await pilot.press("p")
+        await pilot.press("O")
         await wait_text(pilot, "mine")
         await pilot.press("enter")
         await wait_until(
@@ -341,7 +341,7 @@ async def test_bucket_panel_reads_a_per_size_micro_batch_as_train_py_does(tmp_pa
     app = DeckApp(start_mode="datasets")
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, DatasetsScreen), what="datasets screen")
-        await pilot.press("p")
+        await pilot.press("O")
         await wait_text(pilot, "sized")
         await pilot.press("enter")
         await wait_until(
@@ -437,7 +437,7 @@ async def test_big_folder_fills_in_chunks_while_keys_work_and_tag_filter(tmp_pat
         await pilot.press("enter")
         await wait_until(pilot, lambda: table(app).row_count == 5, what="5 rare images")
         assert [e.path.name for e in screen(app).shown] == [f"{i:05d}.png" for i in range(7, n, 500)]
-        await pilot.press("c")
+        await pilot.press("backspace")
         await wait_until(pilot, lambda: table(app).row_count == n, what="filter cleared, every row back")
 
 
@@ -460,7 +460,7 @@ async def test_workers_talk_to_the_screen_in_typed_messages(tmp_path: Path) -> N
         listed = [m for m in seen[at:] if isinstance(m, msg.DirListed) and m.folder == folder]
         assert listed and sorted(e.path.name for e in listed[-1].entries) == sorted(IMAGES)
         assert len({id(m) for m in seen}) == len(seen)  # each handled once, by the screen: none bubbles on
-        await pilot.press("s")
+        await pilot.press("i")
 
         def stats_posted() -> bool:
             bodies = [m.body for m in seen if isinstance(m, msg.StatsPanel)]

@@ -20,6 +20,7 @@ from engine.jobs.protocol import Action
 from tests.fake_engine import FakeEngine, make_job
 from tests.tui_helpers import screen_text, send_burst, wait_note, wait_text, wait_until
 from tui.app import DeckApp
+from tui.screens.dialogs import ConfirmDialog
 from tui.widgets.log_pane import LogPane, clean_line
 from tui.widgets.loss_plot import smooth
 
@@ -58,7 +59,7 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
     engine = FakeEngine()
     engine.jobs[1] = make_job(1, "alpha", state="running", step=10, started_at=time.time() - 65, loss=0.5)
     engine.jobs[2] = make_job(2, "beta", state="completed", step=100, exit_reason="completed")
-    # The screen decides nothing about what a job allows: the daemon's refusal is what the user reads.
+    # The screen checks the engine's rule (engine/jobs/verbs.py) before it asks; the words are the daemon's.
     engine.refusals[(2, Action.CANCEL)] = "job 2 already ended (completed)"
     engine.refusals[(1, Action.RETRY)] = "job 1 is still running; retry needs an ended job"
     app = DeckApp(start_mode="queue", engine=engine)
@@ -75,10 +76,8 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
         del engine.jobs[3]
         await wait_until(pilot, lambda: table.row_count == 2, what="row removed")
 
-        await pilot.press("j")  # beta: already completed
+        await pilot.press("j")  # beta: already completed: refused before any confirmation (engine/jobs/verbs.py)
         await pilot.press("c")
-        await wait_text(pilot, "Cancel job 2")
-        await pilot.press("y")
         await wait_note(pilot, "job 2 already ended (completed)")
         assert engine.requests == []
 
@@ -86,12 +85,14 @@ async def test_queue_updates_rows_by_key_and_shows_the_daemons_refusals() -> Non
         await wait_text(pilot, "Stop job 1")
         await pilot.press("y")
         await wait_until(pilot, lambda: engine.requests == [(1, "stop", None)], what="stop request")
-        await pilot.press("K")
-        await wait_until(pilot, lambda: (1, "move", "up") in engine.requests, what="move request")
-        await pilot.press("t")  # retry is for ended jobs: alpha is running, and the daemon says so
+        await pilot.press("K")  # only queued jobs move: alpha is running
+        await wait_note(pilot, "job 1 is running; only queued jobs move")
+        assert (1, "move", "up") not in engine.requests
+        await pilot.press("t")  # retry is for ended jobs: refused before its confirmation (engine/jobs/verbs.py)
         await wait_note(pilot, "job 1 is still running; retry needs an ended job")
+        assert not isinstance(app.screen, ConfirmDialog)
         assert (1, "retry", None) not in engine.requests
-        await pilot.press("p")
+        await pilot.press("space")
         await wait_text(pilot, "PAUSED")
         assert engine.paused
 
@@ -127,15 +128,15 @@ async def test_run_screen_shows_progress_curve_saves_and_evidence(
         await wait_until(pilot, lambda: plot.points == 39, what="loss points")
         log_pane = app.screen.query_one("#run-log", LogPane)
         await wait_until(pilot, lambda: log_pane.total_written == 3, what="log lines")
-        await pilot.press("e")
+        await pilot.press("ctrl+n")
         await wait_until(pilot, lambda: app.screen.search_at == 2, what="jump to the error line")
         assert not log_pane.auto_scroll
-        await pilot.press("f")
+        await pilot.press("F")
         assert log_pane.auto_scroll
         engine.jobs[8] = make_job(8, "other", state="completed")
-        await pilot.press("c")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
+        await pilot.press("equals_sign")  # compare: overlay job 8's curve (the stand-in serves the same metrics)
         await wait_text(pilot, "Overlay the loss curve")
-        app.screen.query_one("#prompt-input").value = "8"
+        await wait_text(pilot, "other")  # the picker lists job 8
         await pilot.press("enter")
         await wait_until(pilot, lambda: plot.points == 78, what="two curves overlaid")
         app.screen.query_one("#run-side").scroll_end(animate=False)
@@ -230,7 +231,7 @@ async def test_run_log_search_typed_in_one_burst(monkeypatch: pytest.MonkeyPatch
         await pilot.press("enter")
         pane = app.screen.query_one("#run-log", LogPane)
         await wait_until(pilot, lambda: pane.total_written == 56, what="log lines")
-        send_burst(app, "/needle")  # `n` and `e` are Run keys: a lost focus race would fire them instead
+        send_burst(app, "/needle")  # `n` is a Run key: a lost focus race would fire it instead
         box = app.screen.query_one("#run-search", Input)
         await wait_until(pilot, lambda: box.value == "needle", what="search text in the field")
         await pilot.press("enter")

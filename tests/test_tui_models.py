@@ -85,6 +85,8 @@ async def test_models_pull_shows_progress_and_cancels(hub: HubServer, models_roo
         await wait_until(pilot, lambda: table.row_count > 0, what="rows")
         table.move_cursor(row=table.get_row_index("sd15"))
         await pilot.press("p")
+        await wait_text(pilot, "Pull sd15: ~4.3 GB into ")  # large (the registry's estimate): asks first
+        await pilot.press("y")
         await wait_text(pilot, "sd15/checkpoint_path running")
         await pilot.press("c")
         await wait_text(pilot, "partial files are deleted")  # destructive: asks first
@@ -156,7 +158,9 @@ async def test_check_view_pulls_everything_and_fills_the_profile(chroma_hub: Hub
         await _choose_profile(pilot)
         text = await wait_text(pilot, "model.transformer_path: missing <- chroma-unlocked-v47")
         assert "model.diffusers_path: missing" in text and "error(s) left" in text
-        await pilot.press("a")
+        await pilot.press("p")
+        await wait_text(pilot, "Free space there:")
+        await pilot.press("y")
         await wait_text(pilot, "chroma-unlocked-v47/diffusers_path running")
         chroma_hub.throttle = None
         await wait_text(pilot, "no download running: press u", timeout=60)
@@ -180,9 +184,11 @@ async def test_pull_one_part_cancel_with_confirm_and_resume(chroma_hub: HubServe
         table = app.screen.query_one("#models-table", DataTable)
         await wait_until(pilot, lambda: table.row_count > 0)
         table.move_cursor(row=table.get_row_index("chroma-unlocked-v47"))
-        await pilot.press("o")
+        await pilot.press("P")
         await wait_text(pilot, "pull which part?")
         await pilot.press("enter")  # the first part only: the schnell folder (0.5 MB at 100 KB/s)
+        await wait_text(pilot, "Pull chroma-unlocked-v47/diffusers_path: ~10.2 GB")
+        await pilot.press("y")
         await wait_text(pilot, "chroma-unlocked-v47/diffusers_path running")
         [dl] = downloads.list_downloads()
         assert dl.key == "diffusers_path"
@@ -198,6 +204,8 @@ async def test_pull_one_part_cancel_with_confirm_and_resume(chroma_hub: HubServe
         await wait_text(pilot, "diffusers_path cancelled")
         chroma_hub.throttle = None
         await pilot.press("R")
+        await wait_text(pilot, "It downloads the rest")  # resume confirms, on Models as on Queue
+        await pilot.press("y")
         await wait_until(pilot, lambda: downloads.get(dl.id).state == "completed", timeout=30, what="resumed")
         await wait_text(pilot, "diffusers_path completed")
     assert not (Path(dl.dest).parent / "lodestones--Chroma").exists()  # the other part was not pulled
@@ -212,7 +220,7 @@ async def test_use_entry_and_discovered_file_in_profile(models_root: Path, tmp_p
     app = DeckApp(start_mode="models")
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "my_chroma.safetensors")
-        await pilot.press("f")
+        await pilot.press("U")
         await wait_text(pilot, "Use which file?")
         await pilot.press("enter")
         await _choose_profile(pilot)
@@ -242,6 +250,8 @@ async def test_download_outlives_the_deck(chroma_hub: HubServer) -> None:
         await wait_until(pilot, lambda: table.row_count > 0)
         table.move_cursor(row=table.get_row_index("chroma-unlocked-v47"))
         await pilot.press("p")
+        await wait_text(pilot, "Pull chroma-unlocked-v47: ~28.0 GB")
+        await pilot.press("y")
         await wait_text(pilot, "diffusers_path running")
     # The deck is gone; the daemon's workers are not.
     chroma_hub.throttle = None

@@ -85,7 +85,7 @@ async def test_export_then_import(tmp_path: Path) -> None:
     app = DeckApp()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "exp")
-        await pilot.press("x")
+        await pilot.press("greater_than_sign")
         await wait_text(pilot, "Export exp to:")
         app.screen.query_one("#prompt-input", Input).value = str(dest)
         await pilot.press("enter")
@@ -93,7 +93,7 @@ async def test_export_then_import(tmp_path: Path) -> None:
         assert dest.is_file()
         store.delete("exp")
         app.clear_notifications()
-        await pilot.press("i")
+        await pilot.press("less_than_sign")
         await wait_text(pilot, "Import a")
         app.screen.query_one("#prompt-input", Input).value = str(tmp_path / "missing.tar.gz")
         await pilot.press("enter")
@@ -109,7 +109,7 @@ async def test_reclaim_without_engine_says_so() -> None:
     app = DeckApp(start_mode="system")
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "GPUs")
-        await pilot.press("R")
+        await pilot.press("X")
         note = await wait_note(pilot, "reclaim")
         assert "unavailable" in note or "Nothing to reclaim" in note
 
@@ -180,22 +180,22 @@ async def test_a_profile_from_the_demo_template_enqueues_as_it_is(dpdeck_home: P
             await wait_until(pilot, lambda: store.exists("my-demo-tiny"), what="saved")
             await pilot.press("ctrl+w")
 
-            def on_new_profile() -> bool:  # back in the list on it, so `q` enqueues it straight away
+            def on_new_profile() -> bool:  # back in the list on it, so `E` enqueues it straight away
                 row = getattr(app.screen, "selected", lambda: None)()
                 return row is not None and row.name == "my-demo-tiny"
 
             await wait_until(pilot, on_new_profile, what="new profile highlighted")
-            await pilot.press("q")
+            await pilot.press("E")
             await wait_text(pilot, "GPUs (e.g. 0,1")
             await pilot.press("enter")
             await wait_until(
                 pilot,
-                lambda: any("queued my-demo-tiny" in n or "cannot enqueue" in n for n in notes(app)),
+                lambda: any("queued: my-demo-tiny" in n or "cannot enqueue" in n for n in notes(app)),
                 timeout=180,
                 what="enqueued (after building the demo model)",
             )
-            note = next(n for n in notes(app) if "my-demo-tiny as job" in n or "cannot enqueue" in n)
-            assert "queued my-demo-tiny as job" in note, note
+            note = next(n for n in notes(app) if "queued: my-demo-tiny" in n or "cannot enqueue" in n)
+            assert "queued: my-demo-tiny" in note, note
             assert (dpdeck_home / "demo" / "model" / "model_index.json").is_file()
     finally:
         engine_client.stop_daemon(kill_jobs=True)

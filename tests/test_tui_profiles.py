@@ -132,7 +132,7 @@ async def test_history_diff_and_rollback() -> None:
         await wait_text(pilot, "epochs = 7")
         await pilot.press("j")  # v1, the oldest
         await wait_text(pilot, "first version")
-        await pilot.press("r")
+        await pilot.press("z")
         await wait_text(pilot, "Roll hist back to v1")
         await pilot.press("y")
         await wait_until(pilot, lambda: len(store.list_versions("hist")) == 3, what="rollback version")
@@ -150,7 +150,7 @@ async def test_diff_against_another_profile() -> None:
         await wait_until(
             pilot, lambda: (r := app.screen.selected()) is not None and r.name == "left", what="left selected"
         )
-        await pilot.press("d")
+        await pilot.press("equals_sign")  # diff (`d` deletes, issue 16 key scheme)
         await wait_text(pilot, "Diff left against")
         await pilot.press("slash")  # not a list key: ignored by the choice list
         choice = app.screen.query_one("#choice-list")
@@ -168,7 +168,7 @@ async def test_enqueue_checks_gpu_input_and_says_why_a_profile_is_refused() -> N
     app = DeckApp()
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_text(pilot, "enq")
-        await pilot.press("q")
+        await pilot.press("E")
         await wait_text(pilot, "GPUs (e.g. 0,1")
         app.screen.query_one("#prompt-input", Input).value = "0,x"
         await pilot.press("enter")

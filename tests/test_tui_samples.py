@@ -105,7 +105,7 @@ async def test_run_screen_shows_and_flips_samples(monkeypatch: pytest.MonkeyPatc
         await pilot.press("full_stop")
         await wait_text(pilot, "step 20 (2/2)")
 
-        await pilot.press("p")  # the next prompt, at the step shown
+        await pilot.press("semicolon")  # the next prompt, at the step shown
         await wait_text(pilot, "Sample 2/2  step 20")
         assert "a green square" in screen_text(app)
         await wait_until(pilot, lambda: _close(_painted_colour(preview), COLOURS[(20, 1)]), what="prompt 2")

@@ -201,7 +201,9 @@ def _pin_mtimes(root: Path) -> None:
 @pytest.fixture
 def fixed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fixed]:
     shutil.rmtree(ROOT, ignore_errors=True)
-    state = Fixed(ROOT / "home", ROOT / "work", ROOT / "work" / "dataset", ROOT / "work" / "train.log")
+    # The running job's log where the engine keeps it: the Run screen reads its age (stalled or not) there.
+    log = ROOT / "home" / "jobs" / "1" / "output.log"
+    state = Fixed(ROOT / "home", ROOT / "work", ROOT / "work" / "dataset", log)
     for name in list(os.environ):
         # A developer's own settings (models dir, image protocol, hub cache, colours) would change what is drawn.
         textual = name.startswith("TEXTUAL_") and not name.startswith("TEXTUAL_SNAPSHOT_")  # the plugin's own
@@ -216,12 +218,14 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fixed]:
     state.home.mkdir(parents=True)
     (ROOT / "hf-cache").mkdir()
     _write_dataset(state.dataset)
+    state.log.parent.mkdir(parents=True)
     state.log.write_text("\n".join(LOG_LINES) + "\n")
     monkeypatch.chdir(state.work)
     with time_machine.travel(NOW, tick=False):
         _store_profile(state)
         _write_model(state)
         _pin_mtimes(ROOT)
+        os.utime(state.log, (NOW - 20, NOW - 20))  # written 20 s ago: a healthy running job, not a stalled one
         yield state
     if old_tz is None:
         os.environ.pop("TZ", None)

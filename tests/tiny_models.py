@@ -332,9 +332,11 @@ def assert_resume_repeats_the_run(run_dir: Path, config: Path, from_step: int, f
     from safetensors.torch import load_file
 
     def steps(metrics: list[dict[str, object]]) -> list[dict[str, object]]:
-        return [m for m in metrics if "event" not in m]  # training steps, not eval lines
+        return [m for m in metrics if m.get("event") == "progress"]  # training steps, not eval lines
 
     full = steps(run_metrics(run_dir))
+    # Without this a filter that kept nothing compared two empty lists and passed whatever the resume did.
+    assert [m["step"] for m in full] == list(range(1, len(full) + 1)) and len(full) > from_step, full[:3]
     lora = run_dir / final_save / "pytorch_lora_weights.safetensors"
     final = load_file(str(lora))
     (run_dir / "latest").write_text(f"global_step{from_step}")

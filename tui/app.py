@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App, SystemCommand
-from textual.binding import Binding
-from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 
 from engine.jobs.facade import ClientEngine
+from tui.areas import AREA_CLASSES, area_screen
+from tui.keyscheme import bind
+from tui.notify_history import NotifyHistory
+from tui.palette import DeckCommands
 from tui.theme import DECK_THEME
 
 if TYPE_CHECKING:
@@ -26,90 +28,28 @@ if TYPE_CHECKING:
 MIN_WIDTH, MIN_HEIGHT = 64, 20
 
 
-def _profiles() -> Screen[None]:
-    from tui.screens.profiles import ProfilesScreen
-
-    return ProfilesScreen()
-
-
-def _queue() -> Screen[None]:
-    from tui.screens.queue import QueueScreen
-
-    return QueueScreen()
-
-
-def _run() -> Screen[None]:
-    from tui.screens.run import RunScreen
-
-    return RunScreen()
-
-
-def _system() -> Screen[None]:
-    from tui.screens.system import SystemScreen
-
-    return SystemScreen()
-
-
-def _datasets() -> Screen[None]:
-    from tui.screens.datasets.screen import DatasetsScreen
-
-    return DatasetsScreen()
-
-
-def _models() -> Screen[None]:
-    from tui.screens.models import ModelsScreen
-
-    return ModelsScreen()
-
-
-# mode -> (key, title, factory). The order is the order of the number keys.
+# mode -> (key, title, factory), as App.MODES wants them.
 AREAS: dict[str, tuple[str, str, Callable[[], Screen[None]]]] = {
-    "profiles": ("1", "Profiles", _profiles),
-    "queue": ("2", "Queue", _queue),
-    "run": ("3", "Run", _run),
-    "system": ("4", "System", _system),
-    "datasets": ("5", "Datasets", _datasets),
-    "models": ("6", "Models", _models),
+    mode: (key, title, partial(area_screen, path)) for mode, (key, title, path) in AREA_CLASSES.items()
 }
+QUIT_NOTE = "dpdeck closed; the daemon keeps running queued and running jobs (`dpdeck ls` shows them)."
 
 
-class DeckCommands(Provider):
-    """Command palette (ctrl+p): every area, plus help."""
-
-    def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
-        app = self.app
-        assert isinstance(app, DeckApp)
-        out: list[tuple[str, str, Callable[[], object]]] = [
-            (f"Go to {title}", f"open the {title} screen (key {key})", partial(app.action_area, mode))
-            for mode, (key, title, _) in AREAS.items()
-        ]
-        out.append(("Help: keys of this screen", "list the keys that act here (key ?)", app.action_help))
-        return out
-
-    async def discover(self) -> Hits:
-        for name, help_text, callback in self._commands():
-            yield DiscoveryHit(name, callback, help=help_text)
-
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        for name, help_text, callback in self._commands():
-            score = matcher.match(name)
-            if score > 0:
-                yield Hit(score, matcher.highlight(name), callback, help=help_text)
-
-
-class DeckApp(App[None]):
+class DeckApp(NotifyHistory):
     CSS_PATH = "app.tcss"
     TITLE = "dpdeck"
     MODES = {mode: factory for mode, (_, _, factory) in AREAS.items()}
     COMMANDS = App.COMMANDS | {DeckCommands}
     BINDINGS = [
         *[
-            Binding(key, f"area('{mode}')", title, id=f"deck.{mode}", show=False)
-            for mode, (key, title, _) in AREAS.items()
+            bind(f"deck.{mode}", f"area('{mode}')", f"Go to {title}", show=False)
+            for mode, (_, title, _) in AREAS.items()
         ],
-        Binding("question_mark,f1", "help", "Help", id="deck.help", key_display="?"),
-        Binding("ctrl+q", "quit", "Quit", id="deck.quit", priority=True),
+        bind("deck.help", "help", "Help"),
+        # Not priority: a text field types its q. Esc is not "back" here: on an area it would quit.
+        bind("deck.back", "back", "Back / quit", keys="q", show=False),
+        bind("deck.quit", "quit", "Quit", priority=True, show=False),
+        bind("deck.notifications", "notifications", "Notifications", show=False),
     ]
 
     def __init__(
@@ -136,21 +76,24 @@ class DeckApp(App[None]):
         else:
             if keymap:
                 self.set_keymap(keymap)
-                self._check_keymap_ids(keymap)
+                self._check_keymap(keymap)
         self.switch_mode(self.start_mode)
         self.call_after_refresh(self._check_size)
         if self.start_daemon:
             self._ensure_daemon()
 
     @work(thread=True, group="keymap")
-    def _check_keymap_ids(self, keymap: dict[str, str]) -> None:
-        """Name the ids that match no binding (a typo would otherwise do nothing, silently). In a thread:
-        knowing every id imports every screen, which the first paint should not wait for."""
-        from tui.keymap import binding_ids, unknown_ids
+    def _check_keymap(self, keymap: dict[str, str]) -> None:
+        """Name the ids that match no binding and the keys the keymap made mean two things (either would
+        otherwise do nothing, silently). In a thread: knowing every id imports every screen, which the first
+        paint should not wait for."""
+        from tui.keymap import bad_keys, binding_ids, clashes, unknown_ids
 
-        problems = unknown_ids(keymap, binding_ids())
+        problems = unknown_ids(keymap, binding_ids()) + bad_keys(keymap) + clashes(keymap, type(self))
         if problems:
-            self.notify("\n".join(problems), title="keymap", severity="warning", timeout=15)
+            self.call_from_thread(
+                self.notify, "\n".join(problems), title="keymap", severity="warning", timeout=20
+            )
 
     @work(thread=True, exclusive=True, group="daemon")
     def _ensure_daemon(self) -> None:
@@ -184,6 +127,18 @@ class DeckApp(App[None]):
         if refresh is not None:
             refresh(job_id)
 
+    async def action_back(self) -> None:
+        """`q`: close the sub-screen on top (its own close action, so an editor still asks about unsaved
+        changes); on an area, quit the deck."""
+        if len(self.screen_stack) > 1 and self.screen is not self._too_small:
+            for name in ("close", "back"):
+                if hasattr(self.screen, f"action_{name}"):
+                    await self.screen.run_action(name)
+                    return
+            self.pop_screen()
+            return
+        await self.action_quit()
+
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen
 
@@ -198,7 +153,7 @@ class DeckApp(App[None]):
     async def action_quit(self) -> None:
         dirty = self.dirty_editors()
         if not dirty:
-            self.exit()
+            self.exit(message=QUIT_NOTE)
             return
         from tui.screens.dialogs import ConfirmDialog
 
@@ -206,7 +161,7 @@ class DeckApp(App[None]):
 
         def answer(ok: bool | None) -> None:
             if ok:
-                self.exit()
+                self.exit(message=QUIT_NOTE)
 
         self.push_screen(ConfirmDialog(f"Unsaved changes in: {names}. Quit and discard them?"), answer)
 

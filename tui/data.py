@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
     from profiles.backend_choice import BackendChoice
     from profiles.history import VersionInfo
     from tui.engine_api import Engine
+    from tui.profile_summary import Summary
 
 
 # Profiles.
@@ -97,15 +101,26 @@ class Validation:
     def errors(self) -> list[FieldProblem]:
         return [p for p in self.problems if p.severity == "error"]
 
+    def verdict(self) -> str:
+        """The counts in `dpdeck profile validate`'s words: 'INVALID (4 error(s), 0 warning(s))'."""
+        errors = len(self.errors)
+        status = "INVALID" if errors else "valid"
+        return f"{status} ({errors} error(s), {len(self.problems) - errors} warning(s))"
+
+
+CHECK_PATHS = "error"  # what `dpdeck profile validate` checks without --away
+
 
 def validate_files(files: dict[str, str]) -> Validation:
     from profiles import store
     from profiles.errors import ProfileParseError
 
     chosen = _backend_for(files.get("main.toml", ""))
-    # Checked against the backend named in the header (the queue's own choice), decided once here.
+    # Checked against the backend named in the header (the queue's own choice), decided once here, and with
+    # missing paths as errors: `dpdeck profile validate` and the enqueue judge so on the box that trains, and
+    # the deck runs there (as warnings, the editor said "0 error(s)" for a profile both refuse).
     backend = (chosen.backend or "diffusion-pipe") if chosen else "auto"
-    checked = store.validate_files(files, check_paths="warn", backend=backend)
+    checked = store.validate_files(files, check_paths=CHECK_PATHS, backend=backend)
     out = Validation(runs_on=chosen.describe() if chosen else "")
     for prob in checked.problems:
         if isinstance(prob, ProfileParseError):
@@ -145,6 +160,43 @@ def _backend_for(main_text: str) -> BackendChoice | None:
     model = main.get("model")
     mtype = model.get("type") if isinstance(model, dict) else None
     return choose_for_model(model, mtype if isinstance(mtype, str) else None)
+
+
+def profile_summary(engine: Engine, name: str) -> Summary:
+    """The Profiles pane's summary of stored profile `name`: key settings, the validate verdict (the same
+    function and arguments as the editor's, and `dpdeck profile validate`'s), the last runs."""
+    from profiles.document import TomlFile
+    from profiles.errors import ProfileParseError
+    from tui.profile_summary import Summary, key_settings, last_runs
+
+    files = stored_files(name)
+    docs: dict[str, dict[str, Any]] = {}
+    for fname, text in files.items():
+        try:
+            docs[fname] = TomlFile.from_text(text, source=fname).data()
+        except ProfileParseError:
+            docs[fname] = {}  # the verdict below names the line
+    checked = validate_files(files)
+    errors_first = sorted(checked.problems, key=lambda p: p.severity != "error")
+    out = Summary(name, key_settings(docs), checked.verdict(), checked.runs_on)
+    out.first_problems = [f"{p.file}:{p.line or '?'} {p.key}: {p.text}" for p in errors_first[:3]]
+    try:
+        out.runs = last_runs(name, engine.list_jobs(include_finished=True))
+    except Exception:  # noqa: BLE001 - an unreadable job store must not hide the settings
+        out.runs = []
+    return out
+
+
+def rename_profile(old: str, new: str) -> Path:
+    from profiles import store
+
+    return store.rename(old, new)
+
+
+def copy_profile(source: str, dest: str) -> int:
+    from profiles import store
+
+    return store.copy(source, dest).version.version
 
 
 def save_profile(
@@ -223,26 +275,48 @@ def demo_paths() -> dict[str, str]:
     }
 
 
+DEMO_BUILD_NOTE = "building the demo model first (about 10 s, once)"
+_demo_build = threading.Lock()  # one build at a time: two quick enqueues must not both build the folder
+
+
+def demo_build_needed(profile: str) -> bool:
+    """Whether an enqueue of the stored profile would wait for the demo model: it points at the demo model or
+    dataset and they are not built yet, or their build is under way (the files appear before it ends)."""
+    uses, built = _demo_state(profile)
+    return uses and (not built or _demo_build.locked())
+
+
+def _demo_state(profile: str) -> tuple[bool, bool]:
+    """(the stored profile points at the demo folders, they hold a built model and captions)."""
+    from profiles import store
+
+    paths = demo_paths()
+    if not paths or not store.exists(profile):
+        return False, False
+    text = "".join(store.read_files(profile).values())
+    model, dataset = Path(paths["<DEMO_MODEL_DIR>"]), Path(paths["<DEMO_DATASET_DIR>"])
+    uses = str(model) in text or str(dataset) in text
+    return uses, (model / "model_index.json").is_file() and any(dataset.glob("*.txt"))
+
+
 def build_demo_data_if_used(profile: str) -> bool:
     """Build the tiny demo model and dataset when the stored profile points at them and they are missing.
 
     Built in a child process, as `dpdeck demo` does (about 10 s on CPU, once), so the deck never loads torch.
     True when it built them.
     """
+    with _demo_build:
+        uses, built = _demo_state(profile)
+        if not uses or built:
+            return False
+        _build_demo()
+    return True
+
+
+def _build_demo() -> None:
     import subprocess
     import sys
 
-    from profiles import store
-
-    paths = demo_paths()
-    if not paths or profile not in {p.name for p in store.list_profiles()}:
-        return False
-    text = "".join(store.read_files(profile).values())
-    model, dataset = Path(paths["<DEMO_MODEL_DIR>"]), Path(paths["<DEMO_DATASET_DIR>"])
-    if (str(model) not in text and str(dataset) not in text) or (
-        (model / "model_index.json").is_file() and any(dataset.glob("*.txt"))
-    ):
-        return False
     import engine
 
     repo = str(Path(engine.__file__).resolve().parent.parent)
@@ -258,7 +332,34 @@ def build_demo_data_if_used(profile: str) -> bool:
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"building the demo model failed: {tail}")
-    return True
+
+
+# Enqueues under way (the demo build, validation): the Queue shows them until the job exists.
+_pending: dict[int, str] = {}
+_pending_lock = threading.Lock()
+
+
+def pending_enqueues() -> list[str]:
+    with _pending_lock:
+        return list(_pending.values())
+
+
+@contextmanager
+def _pending_note(text: str) -> Iterator[int]:
+    with _pending_lock:
+        token = max(_pending, default=0) + 1
+        _pending[token] = text
+    try:
+        yield token
+    finally:
+        with _pending_lock:
+            _pending.pop(token, None)
+
+
+def _set_pending(token: int, text: str) -> None:
+    with _pending_lock:
+        if token in _pending:
+            _pending[token] = text
 
 
 # Engine: only the calls that add to the engine's own (demo data, local figures); screens make the rest
@@ -266,8 +367,12 @@ def build_demo_data_if_used(profile: str) -> bool:
 
 
 def enqueue(engine: Engine, profile: str, gpus: list[int] | None) -> int:
-    build_demo_data_if_used(profile)
-    return engine.enqueue(profile, gpus=gpus)
+    """Queue `profile`; meanwhile pending_enqueues() says what it waits for (the Queue shows it)."""
+    with _pending_note(f"enqueueing {profile}: checking the profile…") as token:
+        if demo_build_needed(profile):
+            _set_pending(token, f"enqueueing {profile}: {DEMO_BUILD_NOTE}…")
+        build_demo_data_if_used(profile)
+        return engine.enqueue(profile, gpus=gpus)
 
 
 def system_stats(engine: Engine) -> dict[str, Any]:

@@ -11,13 +11,18 @@ from textual.theme import Theme
 
 from engine.jobs.job import JobState
 
+# The focus border (app.tcss draws it in $accent): cyan, so the widget that takes the keys never looks like a
+# warning (amber) or an error (red). A test compares the computed colours.
+FOCUS_COLOUR = "#5fd7ff"
+WARNING_COLOUR = "#ffaf00"
+
 # Colours picked near xterm-256 cube entries so the downgrade in 256-colour tmux changes them little.
 DECK_THEME = Theme(
     name="dpdeck",
     primary="#5fafff",
     secondary="#87afd7",
-    accent="#ffaf00",
-    warning="#ffaf00",
+    accent=FOCUS_COLOUR,
+    warning=WARNING_COLOUR,
     error="#ff5f5f",
     success="#5fd75f",
     foreground="#d0d0d0",

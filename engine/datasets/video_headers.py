@@ -1,4 +1,10 @@
-"""Video frame size, frame count, frame rate and duration from container headers only: no decoder, no dependency.
+"""Video frame size, frame count, frame rate, duration and rotation from container headers only.
+
+With PyAV installed (the `video` extra), the numbers come from FFmpeg's demuxers (engine.datasets.video_av): every
+container FFmpeg reads, fragmented MP4, AVI and MPEG-TS included. The hand-written parser below runs first in any
+case: it is the pre-check that turns a broken MP4/MOV/MKV/WebM into a specific VideoHeaderError before FFmpeg
+sees it (and AVI / MPEG-TS files are checked for their signature), the source of the MP4 rotation (tkhd's
+matrix; PyAV has no reader for a stream's display matrix), and the whole answer without PyAV.
 
 MP4 / MOV / M4V / 3GP (ISO BMFF boxes) and MKV / WebM (Matroska EBML) are parsed here; the container is told by
 the first bytes, not the file name. Every read is a positioned read of what the walk needs next (box and element
@@ -21,11 +27,13 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+from engine.datasets import video_av
 
 MAX_READ = 4 << 20  # bytes one probe may read in total
 MAX_CHILDREN = 10_000  # boxes / elements in one parent before the file is taken for garbage
@@ -113,7 +121,47 @@ class _Reader:
 
 
 def read_video_info(path: Path | str) -> VideoInfo:
-    """Header facts of one video; raises VideoHeaderError (EmptyVideoError for zero bytes) or OSError."""
+    """Header facts of one video; raises VideoHeaderError (EmptyVideoError for zero bytes) or OSError.
+
+    Through PyAV where it is installed (and DPDECK_VIDEO_PROBE is not "builtin"), after the built-in pre-check.
+    """
+    checked = read_builtin(path)
+    if not video_av.available():
+        return checked
+    return _with_pyav(os.fspath(path), checked)
+
+
+def _with_pyav(name: str, checked: VideoInfo) -> VideoInfo:
+    try:
+        p = video_av.probe(name)
+    except video_av.ProbeError as exc:
+        raise VideoHeaderError(name, exc.reason) from exc
+    fps = p.fps or checked.fps
+    duration = p.duration if p.duration is not None else checked.duration
+    frames, estimated, note = p.frames, False, ""
+    if frames is None and p.index_frames and fps and duration and abs(p.index_frames - duration * fps) <= 1:
+        frames = p.index_frames  # fragmented MP4: FFmpeg indexed every fragment's samples while opening
+    if frames is None:
+        if fps and duration:
+            frames, estimated = round(duration * fps), True
+            note = f"{checked.container} stores no frame count: frames = duration x frame rate"
+        else:
+            note = "frame count unknown: FFmpeg reports neither a frame count nor a duration and frame rate"
+    return VideoInfo(
+        container=checked.container,
+        width=p.width or checked.width,
+        height=p.height or checked.height,
+        frames=frames,
+        fps=fps,
+        duration=duration,
+        frames_estimated=estimated,
+        rotation=checked.rotation,
+        note=note,
+    )
+
+
+def read_builtin(path: Path | str) -> VideoInfo:
+    """The hand-written parser alone (no PyAV); raises like read_video_info."""
     name = os.fspath(path)
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -137,10 +185,31 @@ def read_video_info(path: Path | str) -> VideoInfo:
         raise VideoHeaderError(name, f"not an MP4/MOV file (starts with {head[:8]!r}, no 'ftyp' or 'moov' box)")
     if ext in MATROSKA_EXTENSIONS:
         raise VideoHeaderError(name, f"not a Matroska/WebM file (starts with {head[:4]!r}, no EBML header)")
+    for extensions, signed, what in _SIGNATURES:
+        if ext in extensions and not signed(head):
+            raise VideoHeaderError(name, f"not {what} (starts with {head[:8]!r})")
     return VideoInfo(
         container=ext.lstrip(".") or "unknown",
         note=f"frame count unknown: {ext or 'this'} headers are not read (only MP4/MOV/M4V and MKV/WebM are)",
     )
+
+
+# Containers this module does not parse, checked for their signature (the pre-check before FFmpeg sees them):
+# (extensions, test on the first 12 bytes, what the file should be)
+_SIGNATURES: tuple[tuple[frozenset[str], Callable[[bytes], bool], str], ...] = (
+    (
+        frozenset({".avi"}),
+        lambda h: h[:4] == b"RIFF" and h[8:12] == b"AVI ",
+        "an AVI file: no 'RIFF....AVI ' header",
+    ),
+    # 188-byte TS packets start with the sync byte 0x47; .m2ts / .mts put a 4-byte timestamp before each
+    (frozenset({".ts"}), lambda h: h[:1] == b"\x47", "an MPEG-TS file: no 0x47 sync byte"),
+    (
+        frozenset({".m2ts", ".mts"}),
+        lambda h: h[4:5] == b"\x47",
+        "an M2TS file: no 0x47 sync byte after the timestamp",
+    ),
+)
 
 
 # ---- ISO BMFF (MP4, MOV, M4V, 3GP) -------------------------------------------------------------------------

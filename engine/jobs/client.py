@@ -99,15 +99,31 @@ def enqueue(
     return job_id
 
 
+# The one order every client shows jobs in (`dpdeck ls`, the deck's Queue): jobs not yet ended in the order the
+# daemon starts them (engine/jobs/daemon.py picks by priority, then queue_pos, then id), then ended ones by id.
+QUEUE_ORDER = "priority DESC, queue_pos, id"
+LIST_ORDER = (
+    f"{FINAL_IN}, CASE WHEN {FINAL_IN} THEN 0 ELSE -priority END, "
+    f"CASE WHEN {FINAL_IN} THEN 0 ELSE queue_pos END, id"
+)
+
+
 def list_jobs(include_finished: bool = False) -> list[Job]:
+    """Jobs in LIST_ORDER; ended ones too when include_finished."""
     return [Job.from_row(r) for r in _job_rows(include_finished)]
+
+
+def queue_positions(jobs: list[Job]) -> dict[int, int]:
+    """{job id: its place in line (1 = starts next)} for the queued jobs of `jobs`, a list in LIST_ORDER."""
+    queued = [job.id for job in jobs if job.state == JobState.QUEUED]
+    return {job_id: place for place, job_id in enumerate(queued, start=1)}
 
 
 def list_job_dicts(include_finished: bool = False) -> list[dict[str, Any]]:
     """The public rows of list_jobs as plain dicts: the fast path for `ls --json` over thousands of jobs."""
     cols = ", ".join(PUBLIC_FIELDS)
     where = "" if include_finished else f"WHERE NOT {FINAL_IN}"
-    order = "id" if include_finished else "priority DESC, queue_pos, id"
+    order = LIST_ORDER if include_finished else QUEUE_ORDER
     cur = _db().cursor()
     cur.row_factory = None  # plain tuples: several times cheaper than sqlite3.Row for 10k rows
     rows = cur.execute(f"SELECT {cols} FROM jobs {where} ORDER BY {order}").fetchall()
@@ -128,8 +144,8 @@ def list_job_dicts(include_finished: bool = False) -> list[dict[str, Any]]:
 def _job_rows(include_finished: bool) -> list[sqlite3.Row]:
     conn = _db()
     if include_finished:
-        return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-    return conn.execute(f"SELECT * FROM jobs WHERE NOT {FINAL_IN} ORDER BY priority DESC, queue_pos, id").fetchall()
+        return conn.execute(f"SELECT * FROM jobs ORDER BY {LIST_ORDER}").fetchall()
+    return conn.execute(f"SELECT * FROM jobs WHERE NOT {FINAL_IN} ORDER BY {QUEUE_ORDER}").fetchall()
 
 
 def get_job(job_id: int) -> Job:
@@ -162,6 +178,42 @@ def send(request: Request, *, wait_s: float = 30.0) -> Result:
             return result
         time.sleep(0.05)
     return Result(True, f"{request.action} requested; the daemon has not answered yet", pending=True)
+
+
+DISMISSED = "dismissed_jobs"  # settings key: the ended jobs removed from the deck's Queue list (JSON ids)
+
+
+def dismissed_jobs() -> set[int]:
+    """Ended jobs the user removed from the Queue list; the store keeps them (`ls --all`, `show` list them)."""
+    raw = store.get_setting(_db(), DISMISSED, "[]") or "[]"
+    try:
+        ids = json.loads(raw)
+    except ValueError:
+        return set()  # a damaged list hides nothing rather than failing the Queue
+    return {i for i in ids if isinstance(i, int)} if isinstance(ids, list) else set()
+
+
+def dismiss_jobs(job_ids: list[int]) -> list[int]:
+    """Remove ended jobs from the Queue list (their rows, folders, logs and saves stay). Returns the ids removed.
+
+    Raises ValueError naming a job that has not ended (it must be cancelled first) or does not exist.
+    """
+    conn = _db()
+    for job_id in job_ids:
+        job = get_job(job_id)  # KeyError "no job N"
+        if not job.finished:
+            raise ValueError(f"job {job_id} is {job.state}: only ended jobs leave the list (cancel it first)")
+    with store.transaction(conn):
+        row = conn.execute("SELECT value FROM settings WHERE key=?", (DISMISSED,)).fetchone()
+        try:
+            known = set(json.loads(row[0])) if row else set()
+        except ValueError:
+            known = set()
+        conn.execute(
+            "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
+            (DISMISSED, json.dumps(sorted(known | set(job_ids)))),
+        )
+    return sorted(set(job_ids))
 
 
 def queue_paused() -> bool:
@@ -304,7 +356,7 @@ def ensure_daemon(timeout: float = 20.0) -> int:
     fd = os.open(log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "engine.service"],
+            [sys.executable, "-m", "engine.service", str(paths.state_dir())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
             cwd=str(paths.state_dir()),
         )

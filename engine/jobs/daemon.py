@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine import proctitle
 from engine.jobs import (
     cgroup,
     classify,
@@ -36,6 +37,7 @@ from engine.jobs import (
     protocol,
     record,
     store,
+    verbs,
 )
 from engine.jobs.health import Health
 from engine.jobs.job import LIVE_IN, Job, JobState
@@ -266,7 +268,7 @@ class Daemon:
         return Result(True, f"reclaimed {len(killed)} orphan process(es)", killed=[m.pid for m in killed])
 
     def on_cancel(self, request: Request) -> Result:
-        job = self.requested_job(request)
+        job = self.allowed_job(request)
         if job.state == JobState.QUEUED:
             self.set_job(job.id, state=JobState.CANCELLED, exit_reason="cancelled", ended_at=time.time())
             self.record_end(job.id)
@@ -277,38 +279,35 @@ class Daemon:
             self.set_job(job.id, state=JobState.STOPPING)
             self.kill_job(job)
             return Result(True, f"job {job.id} cancelling")
-        raise Refused(f"job {job.id} already ended ({job.state})")
+        raise Refused(f"job {job.id} cannot be cancelled ({job.state})")  # a state verbs.REFUSALS missed
 
     def on_stop(self, request: Request) -> Result:
-        job = self.requested_job(request)
+        job = self.allowed_job(request)
         if job.state == JobState.QUEUED:
             return self.on_cancel(request)
-        if job.state in (JobState.STARTING, JobState.RUNNING):
-            return self.graceful_stop(job)
-        raise Refused(f"job {job.id} is {job.state}: nothing to stop")
+        return self.graceful_stop(job)
 
     def on_retry(self, request: Request) -> Result:
-        job = self.ended_job(request)
+        job = self.allowed_job(request)
         new_id = self.clone_job(job, None)
         return Result(True, f"job {new_id} queued (retry of {job.id})", new_job=new_id)
 
     def on_resume(self, request: Request) -> Result:
-        job = self.ended_job(request)
-        if not job.run_dir:
-            raise Refused(f"job {job.id} has no run folder to resume from")
+        job = self.allowed_job(request)
+        assert job.run_dir  # verbs.REFUSALS checked it
         new_id = self.clone_job(job, Path(job.run_dir).name)
         return Result(True, f"job {new_id} queued (resume of {job.id})", new_job=new_id)
 
-    def ended_job(self, request: Request) -> Job:
+    def allowed_job(self, request: Request) -> Job:
+        """The request's job, when engine/jobs/verbs.py allows the action on it (the deck asks the same)."""
         job = self.requested_job(request)
-        if not job.finished:
-            raise Refused(f"job {job.id} is still {job.state}; {request.action} needs an ended job")
+        reason = verbs.refusal(request.action, job)
+        if reason:
+            raise Refused(reason)
         return job
 
     def on_move(self, request: Request) -> Result:
-        job = self.requested_job(request)
-        if job.state != JobState.QUEUED:
-            raise Refused(f"job {job.id} is {job.state}; only queued jobs move")
+        job = self.allowed_job(request)
         return self.move(job, request.arg or "")
 
     def on_cancel_download(self, request: Request) -> Result:
@@ -875,5 +874,6 @@ def main(downloads: DownloadsFactory | None = None) -> int:
         print(f"dpdeck: a daemon already runs for {paths.state_dir()}", file=sys.stderr)
         return 1
     atomic_write_text(paths.state_dir() / "daemon.pid", str(os.getpid()))
+    proctitle.set_title("daemon", home=paths.state_dir())
     Daemon(lock_fd=fd, downloads=downloads).run()
     return 0

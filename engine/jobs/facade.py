@@ -41,6 +41,16 @@ class ClientEngine:
 
         return client.send(request)
 
+    def dismissed_jobs(self) -> set[int]:
+        from engine.jobs import client
+
+        return client.dismissed_jobs()
+
+    def dismiss_jobs(self, job_ids: list[int]) -> list[int]:
+        from engine.jobs import client
+
+        return client.dismiss_jobs(job_ids)
+
     def queue_paused(self) -> bool:
         from engine.jobs import client
 

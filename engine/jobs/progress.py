@@ -45,6 +45,9 @@ CHECKPOINT_LINE = re.compile(r"Saving model checkpoint:\s*(\S+)")
 DPDECK_PREFIX = "[dpdeck] "
 COMPLETE = "TRAINING COMPLETE!"
 MANUAL_QUIT = "Manually quitting"
+# The lines that say a run saved its checkpoint on save_quit and exited: diffusion-pipe's, and the built-in
+# trainer's (engine/trainer/main.py), which without this ended a `dpdeck stop` as `cancelled`, not `save_quit`.
+MANUAL_QUIT_LINES = (MANUAL_QUIT, "save_quit: checkpoint written, exiting")
 
 
 @dataclass
@@ -159,7 +162,7 @@ def feed_line(progress: Progress, line: str, now: float | None = None) -> None:
             return
     if COMPLETE in line:
         progress.complete = True
-    elif MANUAL_QUIT in line:
+    elif any(quit_line in line for quit_line in MANUAL_QUIT_LINES):
         progress.manual_quit = True
 
 

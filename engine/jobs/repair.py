@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import proctitle
 from engine.jobs import classify, procs, record, store
 from engine.jobs.job import JSON_COLUMNS, LIVE
 from engine.jobs.lock import acquire_lock, daemon_pid
@@ -140,13 +141,13 @@ def recover_folders(conn: sqlite3.Connection, report: RepairReport) -> None:
 
 
 def _live_shims() -> dict[int, procs.Marked]:
-    """Job id -> its live shim: a process with our marker whose command line runs engine.jobs.shim."""
+    """Job id -> its live shim: a process with our marker whose command line is a shim's (titled or not)."""
     import psutil
 
     found: dict[int, procs.Marked] = {}
     for m in procs.marked_processes():
         with contextlib.suppress(psutil.Error):
-            if "engine.jobs.shim" in psutil.Process(m.pid).cmdline():
+            if proctitle.is_kind(psutil.Process(m.pid).cmdline(), "shim"):
                 found[m.job_id] = m
     return found
 

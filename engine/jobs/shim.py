@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine import proctitle
 from engine.jobs import cgroup
 from engine.jobs.record import take_secrets
 from statefiles.atomic import atomic_write_text
@@ -148,6 +149,7 @@ def _drop_cgroup() -> None:
 def main(argv: list[str]) -> int:
     job_dir = Path(argv[0])
     _join_cgroup(job_dir)  # first of all: nothing we start may be outside the job's cgroup
+    proctitle.set_title("shim", job=job_dir.name)
     spec = json.loads((job_dir / "launch.json").read_text())
     attempt_dir = Path(spec["attempt_dir"])
     set_subreaper()

@@ -58,6 +58,9 @@ class FileState(BaseModel):
     url: str | None = None
     same_host: bool = True
     planned_t: float | None = None
+    xet_hash: str | None = None  # a xet-backed file: moved with hf_xet when installed (engine/models/xet.py)
+    xet_refresh: str | None = None
+    via: str | None = None  # how the bytes came: "xet", "http", or "xet+http" after a fallback
 
 
 class Download(BaseModel):
@@ -240,7 +243,8 @@ def plan_file(repo: str, path: str, revision: str = "main", dest: Path | None = 
     _check_dest(dest, want_file=True)
     fs = FileState(path=path, dest=str(dest), size=meta.size, sha256=sha256 or meta.sha256,
                    git_oid=None if (sha256 or meta.sha256) else meta.git_oid, etag=meta.etag,
-                   url=meta.url, same_host=meta.same_host, planned_t=time.time())
+                   url=meta.url, same_host=meta.same_host, planned_t=time.time(), xet_hash=meta.xet_hash,
+                   xet_refresh=meta.xet_refresh)
     return dest, [fs], meta.commit
 
 

@@ -15,6 +15,10 @@ class RegistryError(ModelsError):
     """The shipped registry is malformed or an entry name is unknown."""
 
 
+class UnknownEntry(RegistryError):
+    """An entry id that the registry does not hold (a usage error to the CLI, exit 2)."""
+
+
 class DownloadError(ModelsError):
     """A download could not start or did not finish; `code` is a stable short tag for scripts."""
 

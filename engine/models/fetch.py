@@ -63,6 +63,15 @@ class RawBody:
         self.conn.close()
 
 
+class SignatureRefused(Exception):
+    """A download host other than the Hub refused a signed URL (403): its signature expired, or the Hub
+    changed it. The caller asks the Hub for a fresh one instead of failing."""
+
+    def __init__(self, status: int):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
 def _proxied(url: str) -> bool:
     host = urlparse(url).hostname or ""
     proxies = urllib.request.getproxies()
@@ -70,8 +79,12 @@ def _proxied(url: str) -> bool:
     return bool(proxies.get(scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host)
 
 
-def open_body(url: str, headers: dict[str, str], timeout: float) -> RawBody | None:
-    """GET `url`; a RawBody for a 200/206 answer, else None (use the httpx session). Connection errors raise."""
+def open_body(url: str, headers: dict[str, str], timeout: float, *, signed: bool = False) -> RawBody | None:
+    """GET `url`; a RawBody for a 200/206 answer, else None (use the httpx session). Connection errors raise.
+
+    `signed`: `url` is the Hub's signed redirect to a CDN; a 403 there raises SignatureRefused (asking the
+    httpx session again would only be refused again).
+    """
     parts = urlparse(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or _proxied(url):
         return None
@@ -88,6 +101,10 @@ def open_body(url: str, headers: dict[str, str], timeout: float) -> RawBody | No
         conn.close()
         raise
     length = resp.getheader("Content-Length") or ""
+    if signed and resp.status == 403:
+        resp.close()
+        conn.close()
+        raise SignatureRefused(resp.status)
     if (resp.status not in (200, 206) or resp.chunked or not length.isdigit()
             or resp.getheader("Content-Encoding", "identity") != "identity"):
         resp.close()

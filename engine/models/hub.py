@@ -142,6 +142,9 @@ class FileMeta:
     commit: str | None
     etag: str | None
     same_host: bool
+    # Xet-backed files (X-Xet-Hash + the xet-auth link of the HEAD answer): what hf_xet needs to move the bytes.
+    xet_hash: str | None = None
+    xet_refresh: str | None = None
 
     @property
     def sha256(self) -> str | None:
@@ -172,4 +175,6 @@ def file_metadata(repo: str, path: str, revision: str = "main", *, retry: bool =
         raise translate(exc, repo, path, revision) from exc
     location = meta.location or url
     same = urlparse(location).netloc == urlparse(url).netloc
-    return FileMeta(url=location, size=meta.size, commit=meta.commit_hash, etag=meta.etag, same_host=same)
+    xet = getattr(meta, "xet_file_data", None)
+    return FileMeta(url=location, size=meta.size, commit=meta.commit_hash, etag=meta.etag, same_host=same,
+                    xet_hash=xet.file_hash if xet else None, xet_refresh=xet.refresh_route if xet else None)

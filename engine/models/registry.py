@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from engine.models.errors import RegistryError
+from engine.models.errors import RegistryError, UnknownEntry
 from engine.models.settings import hf_cache_dir, models_dir, repo_dirname
 
 
@@ -76,7 +76,7 @@ class Registry(BaseModel):
                 return e
         close = [e.id for e in self.entries if entry_id.lower() in e.id.lower()]
         hint = f"; did you mean {', '.join(close)}?" if close else "; `dpdeck models list` shows them"
-        raise RegistryError(f"no registry entry named {entry_id!r}{hint}")
+        raise UnknownEntry(f"no registry entry named {entry_id!r}{hint}")
 
     def for_type(self, model_type: str) -> list[Entry]:
         return [e for e in self.entries if e.model_type == model_type]

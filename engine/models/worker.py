@@ -23,12 +23,14 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from engine import proctitle
 from engine.models import downloads as store
 from engine.models.downloads import Download, FileState, part_path
 from engine.models.errors import DownloadError
-from engine.models.fetch import TRANSPORT_ERRORS, RawBody, open_body
+from engine.models.fetch import TRANSPORT_ERRORS, RawBody, SignatureRefused, open_body
 from engine.models.hub import FileMeta, file_metadata, hf_token, translate
 from engine.models.settings import models_dir
+from engine.models.xet import XetStream, XetUnavailable, unavailable_reason
 from statefiles.atomic import fsync_dir
 
 SAVE_EVERY_S = 0.5
@@ -131,7 +133,15 @@ class Worker:
         self.read_timeout = float(os.environ.get("DPDECK_HUB_READ_TIMEOUT", "60"))
         self.spent: dict[str, float] = {"write_s": 0.0, "hash_wait_s": 0.0, "fsync_s": 0.0}
         self.got = 0  # bytes received by the current attempt
+        self.no_xet: set[str] = set()  # files whose xet transfer failed: HTTP from then on
+        self._xet_off: tuple[str | None] | None = None
         self.last_flush = time.monotonic()
+
+    def xet_off(self) -> str | None:
+        """Why hf_xet cannot be used in this worker (None: it can); asked once."""
+        if self._xet_off is None:
+            self._xet_off = (unavailable_reason(),)
+        return self._xet_off[0]
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def cancelled(self) -> bool:
@@ -205,13 +215,15 @@ class Worker:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         failures = 0
+        refusals, refused_at = 0, -1
         while True:
             if self.cancelled():
                 raise Cancelled()
             offset = os.fstat(fd).st_size
             planned = offset == 0 and f.url is not None and self._plan_is_fresh(f)
             try:
-                meta = (FileMeta(url=f.url, size=f.size, commit=self.dl.commit, etag=f.etag, same_host=f.same_host)
+                meta = (FileMeta(url=f.url, size=f.size, commit=self.dl.commit, etag=f.etag, same_host=f.same_host,
+                                 xet_hash=f.xet_hash, xet_refresh=f.xet_refresh)
                         if planned and f.url else file_metadata(self.dl.repo, f.path, self.dl.revision))
             except DownloadError as exc:
                 if exc.code in ("offline", "timeout") and failures < MAX_RETRIES:
@@ -238,7 +250,8 @@ class Worker:
                 os.ftruncate(fd, 0)
                 offset = 0
             if size is not None and offset == size:
-                f.done = offset
+                f.done = offset  # every byte arrived before the last worker stopped: hash what is there
+                self.digest = self._hasher(f, fd, offset).hexdigest()
                 return
             headers = build_hf_headers(token=hf_token()) if meta.same_host else {}
             headers["Accept-Encoding"] = "identity"
@@ -248,9 +261,22 @@ class Worker:
             f.url = None  # one use: a retry asks the Hub again (a signed redirect URL expires)
             f.state = "downloading"
             self.got = 0
+            xet = bool(meta.xet_hash and meta.xet_refresh) and f.path not in self.no_xet
+            if xet and (why := self.xet_off()) is not None:
+                xet = False
+                print(f"[dpdeck] {f.path} is stored in xet; {why}: reading it over HTTP", file=sys.stderr)
+            f.via = ("xet" if xet else "xet+http" if f.via == "xet" else f.via or "http")
             try:
+                if xet:
+                    self._read_xet(fd, f, meta, offset, size, hasher)
+                    if size is not None and f.done < size:
+                        raise XetUnavailable(f"the xet stream ended at byte {f.done} of {size}")
+                    t = time.perf_counter()
+                    self.digest = hasher.hexdigest()
+                    self.spent["hash_wait_s"] += time.perf_counter() - t
+                    return
                 try:
-                    body = open_body(meta.url, headers, self.read_timeout)
+                    body = open_body(meta.url, headers, self.read_timeout, signed=not meta.same_host)
                 except TRANSPORT_ERRORS as exc:
                     raise NetworkCut(exc) from exc
                 if body is not None:
@@ -262,6 +288,8 @@ class Worker:
                 else:
                     timeout = httpx2.Timeout(15.0, read=self.read_timeout)
                     with get_session().stream("GET", meta.url, headers=headers, timeout=timeout) as resp:
+                        if resp.status_code == 403 and not meta.same_host:
+                            raise SignatureRefused(resp.status_code)
                         if planned and resp.status_code >= 400:
                             hasher.hexdigest()
                             continue  # the planned URL went stale: HEAD again and take what the Hub says now
@@ -272,6 +300,26 @@ class Worker:
                         offset, hasher = self._begin(fd, f, offset, hasher, resp.status_code,
                                                      resp.headers.get("Content-Range", ""))
                         self._read_httpx(resp, fd, f, size, hasher)
+            except XetUnavailable as exc:
+                hasher.hexdigest()
+                self.no_xet.add(f.path)
+                print(f"[dpdeck] {f.path}: xet transfer unavailable ({exc}); continuing over HTTP from byte "
+                      f"{f.done}", file=sys.stderr)
+                continue
+            except SignatureRefused as exc:
+                # The CDN refuses a signed URL whose time is up (the Hub's last about an hour; a resume after a
+                # long stall, or a planned URL used late): the HEAD of the next attempt signs a fresh one.
+                # Only refusals with no byte in between count towards giving up.
+                hasher.hexdigest()
+                refusals = refusals + 1 if f.done == refused_at else 1
+                refused_at = f.done
+                if refusals >= MAX_RETRIES:
+                    raise DownloadError(
+                        f"{f.path}: the download host kept refusing the Hub's signed URL (HTTP {exc.status}); "
+                        f"{f.done} bytes kept, `dpdeck models resume {self.dl.id}` continues", "forbidden") from exc
+                print(f"[dpdeck] {f.path}: the signed URL was refused (HTTP {exc.status}, expired?) after {f.done} "
+                      "bytes; asking the Hub for a new one", file=sys.stderr)
+                continue
             except (httpx2.TransportError, httpx2.StreamError, NetworkCut) as exc:
                 hasher.hexdigest()
                 failures = 0 if self.got else failures + 1
@@ -351,6 +399,26 @@ class Worker:
                 raise
             hasher.update(view[:k], buf)
             self._took(f, k)
+
+    def _read_xet(self, fd: int, f: FileState, meta: FileMeta, offset: int, size: int | None,
+                  hasher: _Hasher) -> None:
+        """The bytes from hf_xet's ordered stream, from `offset`: written, hashed and counted like any other."""
+        assert meta.xet_hash and meta.xet_refresh
+        os.lseek(fd, offset, os.SEEK_SET)
+        f.done = offset
+        with XetStream(meta.xet_hash, meta.xet_refresh, size, offset, hf_token(), self.cancelled) as stream:
+            for chunk in stream:
+                # hf_xet hands over whole reconstructed ranges (up to ~64 MB): written, hashed and counted a
+                # MB at a time, so progress and cancel stay live and each write stays cache-sized.
+                whole = memoryview(chunk)
+                for at in range(0, len(whole), READ_BYTES):
+                    piece = whole[at:at + READ_BYTES]
+                    self._guard(f, size, len(piece))
+                    self._write(fd, piece, f)
+                    hasher.update(piece)
+                    self._took(f, len(piece))
+        if self.cancelled():  # the watcher cancelled the stream, which then just ends
+            raise Cancelled()
 
     def _read_httpx(self, resp: object, fd: int, f: FileState, size: int | None, hasher: _Hasher) -> None:
         # Each chunk is written as it arrives, while it is still in the CPU cache: measured here, 1 GB as
@@ -489,6 +557,7 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (1, 3):
         print("usage: python -m engine.models.worker DOWNLOAD_ID [--lock-fd N]", file=sys.stderr)
         return 2
+    proctitle.set_title("download", id=argv[0])
     if _take_lock(argv[0], argv) is None:
         print(f"download {argv[0]}: another worker holds it", file=sys.stderr)
         return 3

@@ -65,6 +65,9 @@ class TrainConfig:
     blocks_to_swap: int = 0
     lora_targets: str = "all_linear"
     uncond_fraction: float = 0.0  # the chance a caption is trained as "" (diffusion-pipe's top-level key)
+    # Steps between host reads of loss / grad norm (engine/trainer/speed.py); None = the device's default.
+    logging_steps: int | None = None
+    plain_step: bool = False  # the step without the speed work (engine/trainer/speed.py), for debugging
     warnings: list[str] = field(default_factory=list)  # keys nothing reads, as `profile validate` words them
 
 
@@ -220,7 +223,16 @@ def load_train_config(main_path: Path | str) -> TrainConfig:
         optimizer=optimizer,
         monitoring=main.get("monitoring") if isinstance(main.get("monitoring"), dict) else {},
         caching_batch_size=_int(main, "caching_batch_size", f, 1, 1) or 1,
+        logging_steps=_int(main, "logging_steps", f, None, 1),
+        plain_step=_bool(main, "plain_step", f),
     )
+
+
+def _bool(data: dict[str, Any], key: str, file: Path) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise _err(file, key, "expected true or false", value)
+    return value
 
 
 def _memory_options(

@@ -128,8 +128,9 @@ def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def latent_image_ids(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(h/2 * w/2, 3) rotary position ids (0, row, col) of the packed tokens, as FluxPipeline builds them."""
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 1] = torch.arange(h // 2)[:, None]
-    ids[..., 2] = torch.arange(w // 2)[None, :]
-    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+    """(h/2 * w/2, 3) rotary position ids (0, row, col) of the packed tokens, as FluxPipeline builds them.
+    Built on `device` (in float32, then cast): a copy from the host would wait for the queued GPU work."""
+    ids = torch.zeros(h // 2, w // 2, 3, device=device)
+    ids[..., 1] = torch.arange(h // 2, device=device)[:, None]
+    ids[..., 2] = torch.arange(w // 2, device=device)[None, :]
+    return ids.reshape(-1, 3).to(dtype=dtype)

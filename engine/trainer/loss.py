@@ -3,9 +3,15 @@ benchmark times exactly the step the trainer runs."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from engine.trainer.flow import flow_loss
+
+if TYPE_CHECKING:
+    from engine.trainer.family import Family
 
 # 1/sqrt(snr) at t=0 (snr ~ 1e4) would weigh the least noisy step 100x down; sd-scripts and diffusion-pipe cap
 # the SNR there.
@@ -59,3 +65,42 @@ def denoise_loss(
             table[timesteps].float(), v_pred=v_pred, min_snr_gamma=min_snr_gamma, debiased=debiased
         )
     return per_sample.mean()
+
+
+@dataclass(frozen=True)
+class DdpmTerms:
+    """What a DDPM family's loss needs beyond the batch (engine.trainer.ddpm.Schedule and the profile)."""
+
+    alphas_cumprod: torch.Tensor
+    v_pred: bool = False
+    snr: torch.Tensor | None = None
+    min_snr_gamma: float | None = None
+    debiased: bool = False
+
+
+def step_loss(family: Family, model: Any, batch: dict[str, Any], ddpm: DdpmTerms | None) -> torch.Tensor:
+    """A micro-batch's training loss, as the trainer computes it (and bench/bench_trainer_gpu.py times it):
+    batch holds `latents`, `noise`, `t` and the denoiser's `kwargs` on the device; ddpm None = flow matching
+    through the family's own forward (packing into tokens is the family's business)."""
+    if ddpm is None:
+        return flow_loss(
+            lambda noisy, t, kw: family.denoise(model, noisy, t, kw),
+            batch["latents"],
+            batch["noise"],
+            batch["t"],
+            batch["kwargs"],
+            dtype=family.dtype,
+        )
+    return denoise_loss(
+        model,
+        batch["latents"],
+        batch["noise"],
+        batch["t"],
+        ddpm.alphas_cumprod,
+        batch["kwargs"],
+        dtype=family.dtype,
+        v_pred=ddpm.v_pred,
+        snr=ddpm.snr,
+        min_snr_gamma=ddpm.min_snr_gamma,
+        debiased=ddpm.debiased,
+    )

@@ -7,16 +7,17 @@ runs before any collective call, so every rank fails the same way instead of one
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine import proctitle
 from engine.datasets.buckets import DatasetConfigError, plan_buckets
 from engine.trainer import report
 from engine.trainer.cache import TrainingCache, caption_variants, load_latent, load_text
@@ -33,10 +34,11 @@ from engine.trainer.evaluate import (
 )
 from engine.trainer.families import get_family
 from engine.trainer.family import Family, ModelLoadError
-from engine.trainer.flow import flow_loss, sample_t
+from engine.trainer.flow import sample_t
 from engine.trainer.lora_io import DTYPES, LoraSaveError, add_lora, init_from_existing, save_lora
-from engine.trainer.loss import denoise_loss
+from engine.trainer.loss import DdpmTerms, step_loss
 from engine.trainer.optim import OptimizerError, build_optimizer, build_scheduler
+from engine.trainer.prefetch import Prefetcher
 from engine.trainer.rundir import (
     ResumeError,
     check_trainer_identity,
@@ -48,6 +50,16 @@ from engine.trainer.rundir import (
     write_trainer_identity,
 )
 from engine.trainer.sampling import Sampler, check_fits, load_sample_settings
+from engine.trainer.speed import (
+    Speed,
+    choose,
+    compile_options,
+    eager_context,
+    forward_context,
+    sdpa_context,
+    setup_backends,
+    train_step,
+)
 from engine.trainer.text_lora import TextLora, TrainedModules, add_text_loras, text_lr_plan
 
 EXPECTED_ERRORS = (
@@ -59,6 +71,29 @@ EXPECTED_ERRORS = (
     ResumeError,
 )
 PROBE_ENV = "DPDECK_TRAINER_PROBE"  # tests: record the model's output on a fixed input at each save
+
+
+@dataclass
+class HostInputs:
+    """A micro-batch's CPU side, made by the prefetch thread: no model, no global RNG."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    t: torch.Tensor
+    text: dict[str, torch.Tensor] | None  # collated cached text; None when the text encoders train
+    captions: list[str]
+    meta: dict[str, torch.Tensor]
+
+
+@dataclass
+class PendingStep:
+    """A step whose loss and grad norm are still on the device, until the next logging read."""
+
+    step: int
+    epoch: int
+    loss: torch.Tensor
+    grad_norm: torch.Tensor | float | None
+    lr: float
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,6 +136,9 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", max(args.local_rank, 0)))
         self.is_main = self.rank == 0
+        job = os.environ.get("DPDECK_JOB")  # engine.jobs.procs' marker: only a job's ranks carry it
+        if job:  # nvidia-smi lists the ranks: "dpdeck train job 12 rank 0" says whose memory it is
+            proctitle.set_title("train", job=job, rank=self.rank)
 
     def log(self, msg: str) -> None:
         if self.is_main:
@@ -255,7 +293,9 @@ class Trainer:
             "wall_clock_breakdown": False,
             "zero_optimization": {"stage": cfg.zero_stage},
         }
-        if cfg.gradient_clipping > 0:
+        # Under ZeRO 0 the fast step clips with foreach ops itself (engine/trainer/speed.py); DeepSpeed's own
+        # clipping would take ~1,100 per-parameter norms and an all_reduce per step.
+        if cfg.gradient_clipping > 0 and not self.speed.own_clipping:
             ds["gradient_clipping"] = cfg.gradient_clipping
         return ds
 
@@ -286,6 +326,21 @@ class Trainer:
             self.log(line)
         if cfg.activation_checkpointing:
             unet.enable_gradient_checkpointing()  # diffusers: each transformer block, non-reentrant
+        self.speed: Speed = choose(
+            device=self.device,
+            dtype=family.dtype,
+            family=family.name,
+            unet=family.schedule == "ddpm",
+            zero_stage=cfg.zero_stage,
+            blocks_to_swap=cfg.blocks_to_swap,
+            compile_key=cfg.model.get("compile"),
+            logging_steps=cfg.logging_steps,
+            plain=cfg.plain_step,
+        )
+        setup_backends(self.device, self.speed)
+        self.log(self.speed.describe())
+        if self.speed.channels_last:
+            unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # NHWC convolutions; 4-D weights only
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
         lr = float(cfg.model.get("unet_lr", cfg.optimizer["lr"]))
@@ -294,19 +349,26 @@ class Trainer:
             {"params": [p for p in t.module.parameters() if p.requires_grad], "lr": t.lr}
             for t in self.text_loras
         ]
-        optimizer = build_optimizer(opt_cfg, groups)
         # One module for DeepSpeed when text encoders train, so their gradients are reduced and checkpointed too.
         model = TrainedModules(unet, [t.module for t in self.text_loras]) if self.text_loras else unet
+        if self.speed.fused_adamw:
+            model.to(
+                self.device
+            )  # fused AdamW wants its params on the device when built; DeepSpeed moves it anyway
+        optimizer = build_optimizer(opt_cfg, groups, fused=self.speed.fused_adamw)
         steps_per_epoch = plan.steps_per_epoch
         total_steps = steps_per_epoch * cfg.epochs
         scheduler = build_scheduler(optimizer, cfg.lr_scheduler, cfg.warmup_steps, total_steps)
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._deepspeed_config()
         )
-        if cfg.model.get("compile"):
-            engine.compile()
+        if self.speed.compile:
+            if self.is_main:  # silent for minutes at the first steps: the deck names why (engine/jobs/activity.py)
+                report.emit("phase", what="compiling the model (torch.compile, during the first steps)")
+            shapes = {(b.width, b.height) for b in plan.buckets if b.count}
+            engine.compile(compile_kwargs=compile_options(len(shapes)))
         self.engine = engine
-        self.grad_norm: float | None = None
+        self.trained_params = [p for p in engine.module.parameters() if p.requires_grad]
         self.flow = family.schedule == "flow"
         if self.flow:
             for key in ("min_snr_gamma", "debiased_estimation_loss"):
@@ -317,6 +379,17 @@ class Trainer:
         if not self.flow:  # the DDPM families' noise schedule; flow families draw t in (0, 1) instead
             self.schedule: Schedule = schedule_of(cfg.model).to(self.device)
             self.alphas_cumprod = self.schedule.alphas_cumprod
+        self.ddpm = (
+            None
+            if self.flow
+            else DdpmTerms(
+                self.alphas_cumprod,
+                v_pred=self.schedule.v_pred,
+                snr=self.schedule.snr,
+                min_snr_gamma=cfg.model.get("min_snr_gamma"),
+                debiased=bool(cfg.model.get("debiased_estimation_loss")),
+            )
+        )
         step, start_epoch, skip = 0, 1, 0
         if self.args.resume_from_checkpoint is not None:
             load_path, state = engine.load_checkpoint(str(run_dir), tag=tag, load_module_strict=False)
@@ -348,59 +421,61 @@ class Trainer:
             and self.args.resume_from_checkpoint is None
         ):
             self._evaluate(step, start_epoch)
+        pending: list[PendingStep] = []
+        epoch_losses: list[float] = []
+        self.interval_start = time.monotonic()
         for epoch in range(start_epoch, cfg.epochs + 1):
             batches = epoch_batches(plan, epoch, cfg.seed)
             first = skip if epoch == start_epoch else 0
             if first == 0:
                 self.log(f"Started new epoch: {epoch}")
-            epoch_losses: list[float] = []
-            for index in range(first, len(batches)):
-                step += 1
-                t0 = time.monotonic()
-                local_loss, lr_used = self._step(batches[index], step, epoch)
-                iter_time = time.monotonic() - t0
-                # On the training device: NCCL reduces only CUDA tensors.
-                flags = torch.tensor(
-                    [local_loss, 1.0, *self._control_flags(last_ckpt)],
-                    dtype=torch.float64,
-                    device=self.device,
-                )
-                self.dist.all_reduce(flags)
-                flags = flags.cpu()
-                loss = float(flags[0] / flags[1])
-                epoch_losses.append(loss)
-                grad_norm = self.grad_norm if self.grad_norm is not None else engine.get_global_grad_norm()
-                self.reporter.progress(
-                    step=step,
-                    total_steps=total_steps,
-                    epoch=epoch,
-                    total_epochs=cfg.epochs,
-                    loss=loss,
-                    lr=lr_used,
-                    grad_norm=float(grad_norm) if grad_norm is not None else None,
-                    iter_time=iter_time,
-                    samples_per_s=self.global_batch / max(iter_time, 1e-9),
-                )
-                epoch_done = epoch if index == len(batches) - 1 else None
-                if self.eval_sets and due(self.eval_settings, step, epoch_done):
-                    self._evaluate(step, epoch)
-                state = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1}
-                want_save, want_quit, minutes_due = bool(flags[2]), bool(flags[3]), bool(flags[4])
-                if (save_steps and step % save_steps == 0) or want_save or want_quit:
-                    self._save(run_dir / f"step{step}", "step")
-                if (
-                    (cfg.checkpoint_every_n_steps and step % cfg.checkpoint_every_n_steps == 0)
-                    or minutes_due
-                    or want_save
-                    or want_quit
-                ):
-                    self._checkpoint(run_dir, state)
-                    last_ckpt = time.monotonic()
-                if samples is not None and samples.due_after_step(step) and not want_quit:
-                    self._sample(step, epoch)
-                if want_quit:
-                    quit_early = True
-                    break
+            epoch_losses = []
+            first_step = step + 1
+
+            def produce(
+                index: int,
+                batches: list[GlobalBatch] = batches,
+                epoch: int = epoch,
+                offset: int = first_step - first,
+            ) -> list[HostInputs]:
+                return self._host_batch(batches[index], offset + index, epoch)
+
+            with Prefetcher(range(first, len(batches)), produce, self.speed.prefetch) as loader:
+                for index, hosts in zip(range(first, len(batches)), loader, strict=True):
+                    step += 1
+                    pending.append(self._step(hosts, step, epoch))
+                    epoch_done = epoch if index == len(batches) - 1 else None
+                    eval_due = bool(self.eval_sets) and due(self.eval_settings, step, epoch_done)
+                    save_due = bool(save_steps and step % save_steps == 0)
+                    ckpt_due = bool(cfg.checkpoint_every_n_steps and step % cfg.checkpoint_every_n_steps == 0)
+                    sample_due = samples is not None and samples.due_after_step(step)
+                    # The device is read (one sync) every logging_steps and before anything that reports or saves.
+                    if not (
+                        step % self.speed.logging_steps == 0
+                        or epoch_done is not None
+                        or eval_due
+                        or save_due
+                        or ckpt_due
+                        or sample_due
+                    ):
+                        continue
+                    flags = self._flush(pending, total_steps, last_ckpt, epoch_losses)
+                    pending = []
+                    if eval_due:
+                        self._evaluate(step, epoch)
+                    state = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1}
+                    want_save, want_quit, minutes_due = flags
+                    if save_due or want_save or want_quit:
+                        self._save(run_dir / f"step{step}", "step")
+                    if ckpt_due or minutes_due or want_save or want_quit:
+                        self._checkpoint(run_dir, state)
+                        last_ckpt = time.monotonic()
+                    if sample_due and not want_quit:
+                        self._sample(step, epoch)
+                    self.interval_start = time.monotonic()  # saves and evals do not count as step time
+                    if want_quit:
+                        quit_early = True
+                        break
             if quit_early:
                 break
             if epoch_losses:
@@ -416,6 +491,7 @@ class Trainer:
             ):
                 self._checkpoint(run_dir, {"step": step, "epoch": epoch + 1, "batch_in_epoch": 0})
                 last_ckpt = time.monotonic()
+            self.interval_start = time.monotonic()
         self.reporter.close()
         self.dist.barrier()
         if quit_early:
@@ -441,32 +517,85 @@ class Trainer:
         out.append(1.0 if minutes and time.monotonic() - last_ckpt >= minutes * 60 else 0.0)
         return out
 
-    def _step(self, batch: GlobalBatch, step: int, epoch: int) -> tuple[float, float]:
+    def _host_batch(self, batch: GlobalBatch, step: int, epoch: int) -> list[HostInputs]:
+        """The step's micro-batches for this rank, host side (runs in the prefetch thread)."""
+        cfg = self.cfg
+        if self.speed.pin_memory:
+            torch.cuda.set_device(self.device)  # the current device is per thread; pinning allocates on it
+        return [
+            self._host_inputs(
+                batch, micro_slice(batch, micro, self.rank, self.world, cfg.micro_batch_size), step, epoch
+            )
+            for micro in range(cfg.grad_accum)
+        ]
+
+    def _step(self, hosts: list[HostInputs], step: int, epoch: int) -> PendingStep:
         cfg, engine = self.cfg, self.engine
         lr_used = float(engine.optimizer.param_groups[0]["lr"])
-        total = 0.0
-        for micro in range(cfg.grad_accum):
-            samples = micro_slice(batch, micro, self.rank, self.world, cfg.micro_batch_size)
-            # LoRA dropout draws from the global RNG: seed it per (step, micro, rank) for reproducibility.
-            torch.manual_seed(sample_seed(cfg.seed, step, 10_000 + micro * self.world + self.rank))
-            loss = self._loss(batch, samples, step, epoch)
-            engine.backward(loss)
-            if micro == cfg.grad_accum - 1:
-                self.grad_norm = self._grad_norm()
-            engine.step()
-            total += float(loss.detach())
-        return total / cfg.grad_accum, lr_used
 
-    def _grad_norm(self) -> float | None:
-        """Pre-clipping gradient norm; under ZeRO 0 the averaged grads are in .grad at the boundary."""
-        if self.cfg.zero_stage != 0:
-            return None  # partitioned: taken from DeepSpeed after the step instead
-        norms = [
-            p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None
-        ]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+        def micro_loss(micro: int, host: HostInputs) -> Any:
+            def run() -> torch.Tensor:
+                # LoRA dropout draws from the global RNG: seed it per (step, micro, rank) for reproducibility.
+                torch.manual_seed(sample_seed(cfg.seed, step, 10_000 + micro * self.world + self.rank))
+                return self._loss_of(self._device_inputs(host))
 
-    def _inputs(
+            return run
+
+        loss, norm = train_step(
+            [micro_loss(micro, host) for micro, host in enumerate(hosts)],
+            backward=engine.backward,
+            optimizer_step=engine.step,
+            speed=self.speed,
+            device=self.device,
+            # Under ZeRO 0 the averaged grads are in .grad at the boundary; ZeRO 1/2 partition them and
+            # DeepSpeed measures the norm itself.
+            norm_params=self.trained_params if cfg.zero_stage == 0 else None,
+            clip=cfg.gradient_clipping,
+        )
+        grad_norm: torch.Tensor | float | None = norm
+        if cfg.zero_stage != 0:
+            grad_norm = engine.get_global_grad_norm()
+        return PendingStep(step, epoch, loss, grad_norm, lr_used)
+
+    def _flush(
+        self, pending: list[PendingStep], total_steps: int, last_ckpt: float, epoch_losses: list[float]
+    ) -> tuple[bool, bool, bool]:
+        """Read the pending steps' losses and grad norms in one transfer, with the control flags in the same
+        all_reduce, report each step, and return (save, save_quit, minutes due)."""
+        n = len(pending)
+        # On the training device: NCCL reduces only CUDA tensors.
+        local = torch.stack([p.loss.to(self.device, torch.float64) for p in pending])
+        extra = torch.tensor([1.0, *self._control_flags(last_ckpt)], dtype=torch.float64, device=self.device)
+        summed = torch.cat([local, extra])
+        self.dist.all_reduce(summed)
+        norms = [p.grad_norm for p in pending]
+        on_device = [g for g in norms if isinstance(g, torch.Tensor)]
+        read = (
+            iter(torch.stack([g.float().to(self.device) for g in on_device]).cpu().tolist())
+            if on_device
+            else iter(())
+        )
+        values = summed.cpu().tolist()  # the one host sync of the interval
+        losses = [v / values[n] for v in values[:n]]
+        iter_time = (time.monotonic() - self.interval_start) / n
+        for p, loss, norm in zip(pending, losses, norms, strict=True):
+            grad = next(read) if isinstance(norm, torch.Tensor) else norm
+            epoch_losses.append(loss)
+            self.reporter.progress(
+                step=p.step,
+                total_steps=total_steps,
+                epoch=p.epoch,
+                total_epochs=self.cfg.epochs,
+                loss=loss,
+                lr=p.lr,
+                grad_norm=float(grad) if grad is not None else None,
+                iter_time=iter_time,
+                samples_per_s=self.global_batch / max(iter_time, 1e-9),
+            )
+        flags = values[n + 1 :]
+        return bool(flags[0]), bool(flags[1]), bool(flags[2])
+
+    def _host_inputs(
         self,
         batch: GlobalBatch,
         samples: list[tuple[int, Any]],
@@ -474,8 +603,9 @@ class Trainer:
         epoch: int,
         quantile: float | None = None,
         cache: TrainingCache | None = None,
-    ) -> dict[str, Any]:
-        """quantile: an eval's fixed timestep quantile (no caption dropout then); cache: an eval set's."""
+    ) -> HostInputs:
+        """quantile: an eval's fixed timestep quantile (no caption dropout then); cache: an eval set's. Uses
+        only per-sample generators, so it may run in the prefetch thread."""
         cfg, family, b = self.cfg, self.family, batch.bucket
         cache = cache or self.cache
         dropout = cfg.uncond_fraction
@@ -509,16 +639,32 @@ class Trainer:
             )
             lat.append(z)
             noise.append(n)
-        if self.text_loras:  # the encoders being trained run here, with grad
-            text = family.encode_text(captions)
+        host = HostInputs(
+            latents=torch.stack(lat),
+            noise=torch.stack(noise),
+            t=torch.tensor(ts),
+            text=None if self.text_loras else family.collate_text(texts),
+            captions=captions,
+            meta={k: torch.stack([m[k] for m in metas]) for k in metas[0]} if metas[0] else {},
+        )
+        return _pinned(host) if self.speed.pin_memory else host
+
+    def _device_inputs(self, host: HostInputs) -> dict[str, Any]:
+        """The micro-batch on the device; copies from pinned memory do not wait for the running step."""
+        nb = self.speed.pin_memory
+
+        def dev(x: torch.Tensor) -> torch.Tensor:
+            return x.to(self.device, non_blocking=nb)
+
+        if host.text is None:  # the encoders being trained run here, with grad
+            text = self.family.encode_text(host.captions)
         else:
-            text = family.collate_text(texts)
-        meta = {k: torch.stack([m[k] for m in metas]) for k in metas[0]} if metas[0] else {}
+            text = {k: dev(v) for k, v in host.text.items()}
         return {
-            "latents": torch.stack(lat).to(self.device),
-            "noise": torch.stack(noise).to(self.device),
-            "t": torch.tensor(ts, device=self.device),
-            "kwargs": family.unet_kwargs(text, meta),
+            "latents": dev(host.latents),
+            "noise": dev(host.noise),
+            "t": dev(host.t),
+            "kwargs": self.family.unet_kwargs(text, {k: dev(v) for k, v in host.meta.items()}),
         }
 
     def _loss(
@@ -530,32 +676,13 @@ class Trainer:
         quantile: float | None = None,
         cache: TrainingCache | None = None,
     ) -> torch.Tensor:
-        cfg, family = self.cfg, self.family
-        x = self._inputs(batch, samples, step, epoch, quantile, cache)
-        if self.flow:
-            with _sdpa_context(self.device):
-                return flow_loss(
-                    lambda noisy, t, kw: family.denoise(self.engine, noisy, t, kw),
-                    x["latents"],
-                    x["noise"],
-                    x["t"],
-                    x["kwargs"],
-                    dtype=family.dtype,
-                )
-        with _sdpa_context(self.device):
-            return denoise_loss(
-                self.engine,
-                x["latents"],
-                x["noise"],
-                x["t"],
-                self.alphas_cumprod,
-                x["kwargs"],
-                dtype=family.dtype,
-                v_pred=self.schedule.v_pred,
-                snr=self.schedule.snr,
-                min_snr_gamma=cfg.model.get("min_snr_gamma"),
-                debiased=bool(cfg.model.get("debiased_estimation_loss")),
-            )
+        """One micro-batch's loss outside the training step (evals): the step's context, run eagerly."""
+        x = self._device_inputs(self._host_inputs(batch, samples, step, epoch, quantile, cache))
+        with forward_context(self.speed, self.device), eager_context():
+            return self._loss_of(x)
+
+    def _loss_of(self, x: dict[str, Any]) -> torch.Tensor:
+        return step_loss(self.family, self.engine, x, self.ddpm)
 
     # ---- outputs -----------------------------------------------------------------------------------------
     def _save(self, save_dir: Path, kind: str) -> None:
@@ -623,7 +750,7 @@ class Trainer:
         """Rank 0 renders the [sample] prompts with the weights as they are now; the other ranks wait."""
         if self.sampler is not None:
             self.log(f"sampling {len(self.sampler.settings.prompts)} prompt(s) at step {step}")
-            with _sdpa_context(self.device):
+            with sdpa_context(self.device), eager_context():
                 # The peft-wrapped denoiser DeepSpeed trains in place (engine.module may wrap text encoders too).
                 self.sampler.render(self.family.unet, step, epoch, self.run_dir)
         self.dist.barrier()
@@ -660,9 +787,10 @@ class Trainer:
         was_training = module.training
         module.eval()
         t = self.family.probe_timestep().to(self.device)
-        out = self.family.denoise(
-            module, sample.to(self.device, self.family.dtype), t, self.family.unet_kwargs(text, meta)
-        )
+        with eager_context():
+            out = self.family.denoise(
+                module, sample.to(self.device, self.family.dtype), t, self.family.unet_kwargs(text, meta)
+            )
         module.train(was_training)
         tensors = {"sample": sample, "timestep": t.cpu(), "output": out.float().cpu()}
         tensors.update({f"text.{k}": v for k, v in text.items()})
@@ -683,13 +811,16 @@ def _single_process_env() -> None:
         os.environ["MASTER_PORT"] = str(pick_port(set()))
 
 
-def _sdpa_context(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """On CUDA use only flash / memory-efficient SDPA: cuDNN SDPA crashed in backward on torch 2.11."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+def _pinned(host: HostInputs) -> HostInputs:
+    """Page-locked copies, so the step's copies to the GPU are asynchronous."""
+    return HostInputs(
+        latents=host.latents.pin_memory(),
+        noise=host.noise.pin_memory(),
+        t=host.t.pin_memory(),
+        text=None if host.text is None else {k: v.pin_memory() for k, v in host.text.items()},
+        captions=host.captions,
+        meta={k: v.pin_memory() for k, v in host.meta.items()},
+    )
 
 
 __all__ = ["main", "TrainConfig", "Family"]

@@ -16,13 +16,20 @@ class OptimizerError(ValueError):
     pass
 
 
-def build_optimizer(cfg: dict[str, Any], param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: dict[str, Any], param_groups: list[dict[str, Any]], fused: bool = False
+) -> torch.optim.Optimizer:
+    """fused: torch's fused AdamW kernel (one launch per step instead of a loop over the LoRA tensors) for
+    `adamw`, unless the profile sets fused / foreach itself; the caller asks only where the params' device has
+    the kernel (CUDA)."""
     name = cfg["type"]
     kwargs = {k: v for k, v in cfg.items() if k not in _RESERVED}
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     lowered = name.lower()
     if lowered == "adamw":
+        if fused and "fused" not in kwargs and "foreach" not in kwargs:
+            kwargs["fused"] = True
         return torch.optim.AdamW(param_groups, **kwargs)
     if lowered == "adamw_optimi":
         module = _import("optimi", name, "pip install torch-optimi")

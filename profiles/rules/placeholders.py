@@ -25,6 +25,20 @@ def _walk(node: Any, prefix: list[str | int]) -> Iterator[tuple[list[str | int],
         yield prefix, node
 
 
+# What a placeholder at a key should become, by the key's pattern (first match wins).
+WANTED: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^directory\[\d+\]\.path$"), "set it to your images folder"),
+    (re.compile(r"^directory\[\d+\]\.mask_path$"), "set it to your masks folder or remove the key"),
+    (re.compile(r"^(dataset|eval_datasets\[\d+\]\.config)$"), "set it to your dataset TOML file"),
+    (re.compile(r"^output_dir$"), "set it to the folder this run's saves go to"),
+    (re.compile(r"^model\..*(path|_dir)$"), "set it to the model's file or folder on this machine"),
+)
+
+
+def wanted(key: str) -> str:
+    return next((text for pattern, text in WANTED if pattern.search(key)), "replace it with a real value")
+
+
 def check(ctx: Ctx, toml: TomlFile, data: dict[str, Any]) -> None:
     """Record every placeholder (later path checks skip those keys: one finding per value is enough)."""
     for parts, value in _walk(data, []):
@@ -36,8 +50,7 @@ def check(ctx: Ctx, toml: TomlFile, data: dict[str, Any]) -> None:
                 severity,
                 toml,
                 key,
-                "placeholder from a template: replace it with a real value",
-                found=value,
+                f"still the template's placeholder {value.strip()!r}; {wanted(key)}",
                 expected=help_expectation(key) or "a real value",
                 code="placeholder",
             )

@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args([args.command, "--help"])
         return 2
     try:
-        return int(func(args) or 0)
+        status = int(func(args) or 0)
+        # Flushed here, not at exit: a reader that left (`| head`) must end quietly below, and a flush at
+        # interpreter exit would print "Exception ignored ... BrokenPipeError" instead.
+        sys.stdout.flush()
+        return status
     except UsageError as exc:
         print(f"dpdeck: error: {exc}", file=sys.stderr)
         return 2

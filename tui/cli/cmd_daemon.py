@@ -58,7 +58,7 @@ def _start(args: argparse.Namespace) -> int:
     if args.foreground:
         from engine import service
 
-        return service.main()
+        return service.main([])
     from engine.jobs import client
 
     pid = client.ensure_daemon()
@@ -127,7 +127,7 @@ def _gpus(args: argparse.Namespace) -> int:
     for g in report:
         procs = "; ".join(f"{p['pid']} {p['name']} ({'ours' if p['ours'] else 'FOREIGN'})" for p in g["processes"])
         rows.append([
-            str(g["index"]), g["name"], f"{g['util'] if g['util'] is not None else '-'}%",
+            str(g["index"]), g["name"], f"{g['util']}%" if g["util"] is not None else "-",
             f"{g['mem_used'] // 2**20}/{g['mem_total'] // 2**20} MiB", procs or "-",
         ])
     print(table(rows, ["GPU", "NAME", "UTIL", "MEMORY", "PROCESSES"]))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tui.cli.output import error, print_json, table, warn
+from tui.cli.output import error, print_json, require_paths, table, warn
 
 
 def _esc(text: object) -> str:
@@ -58,8 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=_dupes)
 
     sp = sub.add_parser("buckets", help="the aspect buckets training will use, items, drops, steps per epoch")
-    sp.add_argument("toml", type=Path, help="dataset TOML")
-    sp.add_argument("--profile", required=True, help="profile name or main TOML (for the batch settings)")
+    sp.add_argument(
+        "toml", type=Path, metavar="TARGET",
+        help="a dataset TOML, or a folder (it takes the profile's resolutions and buckets, as the deck does)",
+    )
+    sp.add_argument(
+        "--profile",
+        help="profile name, template or main TOML for the batch settings (default: the default template)",
+    )
     sp.add_argument("--num-gpus", type=int, default=1, help="data-parallel GPUs (default 1)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=_buckets)
@@ -112,6 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _scan(args: argparse.Namespace) -> int:
     from engine.datasets.scan import scan
 
+    require_paths(args.target)
     try:
         report = scan(args.target, dupes=args.dupes, max_distance=args.max_distance)
     except (ValueError, OSError) as exc:
@@ -209,6 +216,7 @@ def _print_groups(groups: list[dict[str, Any]]) -> None:
 def _dupes(args: argparse.Namespace) -> int:
     from engine.datasets.dupes import DEFAULT_MAX_DISTANCE, duplicates_in
 
+    require_paths(args.target)
     try:
         groups = duplicates_in(
             args.target,
@@ -226,8 +234,9 @@ def _dupes(args: argparse.Namespace) -> int:
     return 0
 
 
-def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
-    """The trainer's own plan_buckets on the dataset TOML with the profile's global batch, as plain data.
+def bucket_preview(toml: Path, profile: str | None, num_gpus: int) -> dict[str, Any]:
+    """The trainer's own plan_buckets on the dataset TOML (or a folder, as the Datasets screen counts one) with
+    the profile's global batch, as plain data; without a profile, the default template's.
 
     Videos are bucketed at the frame rate diffusion-pipe trains the profile's model type at (none for image
     models, whose videos it skips), sizes rounded to the pixel multiple of the backend that would train it
@@ -237,17 +246,27 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
     """
     from engine.datasets.buckets import global_batches, plan_buckets
     from engine.datasets.framerate import bucket_rules, preview_backend
+    from profiles import templates
     from profiles.document import TomlFile
     from profiles.store import resolve
+    from tui.widgets.dataset_model import folder_dataset, image_folders
 
-    prof = resolve(profile)
+    if profile:
+        prof, label = resolve(profile), f"profile {profile}"
+    else:
+        default = templates.default_template().name
+        prof, label = templates.load_template(default), f"template {default}"
+    if toml.is_dir():
+        data, base = folder_dataset(prof, label, image_folders(toml) or [toml]), toml
+    else:
+        data, base = TomlFile.load(toml).data(), toml.parent
     resolved = global_batches(prof.main.data(), num_gpus)
     batches, batches_image = resolved.by_size, resolved.image_by_size
     framerate, round_to = bucket_rules(prof)
     backend = preview_backend(prof)
     plan = plan_buckets(
-        TomlFile.load(toml).data(),
-        toml.parent,
+        data,
+        base,
         batches,
         framerate=framerate,
         global_batch_image=batches_image,
@@ -255,6 +274,7 @@ def bucket_preview(toml: Path, profile: str, num_gpus: int) -> dict[str, Any]:
         backend=backend,
     )
     return {
+        "settings_from": label,
         "backend": backend,
         "global_batch": plan.global_batch,
         "global_batch_image": plan.global_batch_image,
@@ -295,13 +315,17 @@ def _size_table(table: dict[float | None, int]) -> list[list[float | int | None]
 
 def _buckets(args: argparse.Namespace) -> int:
     from engine.datasets.buckets import DatasetConfigError
-    from profiles.errors import ProfileError
+    from profiles.errors import ProfileError, ProfileNotFound
 
     if args.num_gpus < 1:
         error("--num-gpus must be >= 1")
         return 2
+    require_paths(args.toml)
     try:
         data = bucket_preview(args.toml, args.profile, args.num_gpus)
+    except ProfileNotFound as exc:
+        error(_esc(exc))
+        return 2
     except (DatasetConfigError, ProfileError, OSError, ValueError, TypeError) as exc:
         error(_esc(exc))
         return 1
@@ -331,7 +355,8 @@ def _buckets(args: argparse.Namespace) -> int:
     print(
         f"global batch {data['global_batch']}{per_size}{image_batch}: {data['items']} items, "
         f"{data['dropped']} dropped, {data['steps_per_epoch']} steps per epoch{subsample}; sizes rounded to "
-        f"multiples of {data['round_to']}; examples counted by {data['backend']}'s rules"
+        f"multiples of {data['round_to']}; examples counted by {data['backend']}'s rules; settings from "
+        f"{data['settings_from']}"
     )
     if data["framerate"]:
         videos = sum(b["items"] for b in data["buckets"] if b["frames"] > 1)
@@ -381,6 +406,8 @@ def _caption_op(args: argparse.Namespace) -> tuple[Callable[[str], str], str]:
 def _caption(args: argparse.Namespace) -> int:
     from engine.datasets import captions as c
 
+    # A caption file may be named before it exists (--set writes it); anything else must exist.
+    require_paths(*(t for t in args.targets if t.suffix.lower() != ".txt"))
     if args.keep and not args.sort:
         error("--keep only goes with --sort")
         return 2
@@ -444,6 +471,7 @@ def _image(args: argparse.Namespace) -> int:
         error(f"--quality: expected 1..100, found {args.quality}")
         return 2
     targets: list[Path] = args.targets
+    require_paths(*targets)
     target: Path | list[Path] = targets[0] if len(targets) == 1 and targets[0].is_dir() else targets
     try:
         if args.max_side is not None:
@@ -512,6 +540,9 @@ def _undo(args: argparse.Namespace) -> int:
                 )
             )
         return 0
+    if args.op_id and args.op_id not in {o["id"] for o in list_ops()}:
+        error(_esc(f"no batch operation {args.op_id!r} (`dpdeck dataset undo --list` lists them)"))
+        return 2  # an id that names nothing: a usage error, as an unknown job id is
     try:
         result = undo(args.op_id)
     except (UndoError, OSError) as exc:

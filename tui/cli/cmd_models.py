@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tui.cli.output import error, print_json, table, warn
+from tui.cli.output import error, print_json, require_paths, table, warn
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,8 +71,16 @@ def eta(seconds: float | None) -> str:
 
 
 def _fail(exc: Exception) -> int:
+    """1 for a failed operation; 2 when the command named something that does not exist (a profile, a
+    registry entry, a download id), as every dpdeck command does for an unknown job or path."""
+    from engine.models.errors import DownloadError, UnknownEntry
+    from profiles.errors import ProfileNotFound
+
     error(str(exc))
-    return 1
+    unknown = isinstance(exc, (UnknownEntry, ProfileNotFound)) or (
+        isinstance(exc, DownloadError) and exc.code == "not_found"
+    )
+    return 2 if unknown else 1
 
 
 def _models_errors() -> tuple[type[Exception], ...]:
@@ -108,10 +116,11 @@ def _list(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from engine.models.discovery import scan
 
+    require_paths(*args.folders)
     for f in args.folders:
         if not f.is_dir():
             error(f"{f}: not a folder")
-            return 1
+            return 2
     items = scan(args.folders or None)
     if args.json:
         print_json([i.model_dump() for i in items])
@@ -134,7 +143,7 @@ def _info(args: argparse.Namespace) -> int:
             e = load_registry().get(args.target)
         except RegistryError:
             error(f"{args.target}: no such file or folder, and not a registry entry id")
-            return 1
+            return 2
         comps = [(c, *component_status(c)) for c in e.components]
         if args.json:
             print_json({**e.model_dump(), "status": [s for _c, s, _w in comps]})
@@ -197,6 +206,8 @@ def _line(dl: Any) -> str:
         tail = dl.wait_reason or "starting"
     else:
         tail = f"{human(dl.speed)}/s ETA {eta(dl.eta_s)}"
+    if dl.state in ("running", "completed") and any("xet" in (f.via or "") for f in dl.files):
+        tail += " (xet)"  # moved by hf_xet, not read as one HTTP stream (docs/models.md)
     if dl.retries and dl.state in ("queued", "running", "completed"):
         tail += f" (retry {dl.retries}: the last worker {dl.last_death})"
     return (f"{dl.id} {name[:22]:<22} {dl.state:<11} {_bar(dl.progress)} {pct} "
@@ -372,7 +383,7 @@ def _use(args: argparse.Namespace) -> int:
         else:
             if "/" in args.target or args.target.endswith(".safetensors"):
                 error(f"{args.target}: no such file or folder")
-                return 1
+                return 2
             entry = load_registry().get(args.target)
             changes, what = use_entry(profile, entry, force=args.force), entry.title
         if changes:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tui import units
 from tui.cli.output import error, print_json, table, warn
 
 Handler = Callable[[argparse.Namespace], int]
@@ -74,7 +75,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not infos:
         print("no profiles stored yet; create one with: dpdeck profile new NAME")
         return 0
-    rows = [[i.name, i.model_type or "?", str(i.versions), i.modified] for i in infos]
+    rows = [[i.name, i.model_type or "?", str(i.versions), units.when_iso(i.modified)] for i in infos]
     print(table(rows, ["NAME", "TYPE", "VERSIONS", "MODIFIED"]))
     return 0
 
@@ -360,8 +361,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print_json([v.to_dict() for v in versions])
         return 0
-    rows = [[f"v{v.version}", v.timestamp, v.message] for v in reversed(versions)]
-    print(table(rows, ["VERSION", "SAVED (UTC)", "MESSAGE"]))
+    rows = [[f"v{v.version}", units.when_iso(v.timestamp), v.message] for v in reversed(versions)]
+    print(table(rows, ["VERSION", "SAVED", "MESSAGE"]))  # local time and age; --json keeps the UTC stamp
     return 0
 
 

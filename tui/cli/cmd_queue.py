@@ -7,8 +7,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tui import units
 from tui.cli.output import error, print_json, table
 
 if TYPE_CHECKING:
@@ -211,7 +213,10 @@ def _show(args: argparse.Namespace) -> int:
         if key == "evidence":
             continue
         if value is not None:
-            print(f"{key:>14}: {value}")
+            print(f"{key:>14}: {show_value(key, value)}")
+    if job.started_at is not None:
+        ran = (job.ended_at or time.time()) - job.started_at
+        print(f"{'ran for' if job.ended_at else 'running for':>14}: {units.duration(ran)}")
     for save in client.job_saves(job.id):
         print(f"{'save':>14}: {save['kind']} {save['path']}{'' if save['complete'] else ' (incomplete)'}")
     _print_tb(client.job_tb_metrics(job.id))
@@ -220,6 +225,28 @@ def _show(args: argparse.Namespace) -> int:
         for line in job.evidence:
             print(f"    {line}")
     return 0
+
+
+def _list_text(value: list[Any]) -> str:
+    return ", ".join(map(str, value)) or "-"
+
+
+# `dpdeck show` in human units: the store's raw value (epoch seconds, lists, floats) by field; JSON keeps the raw.
+SHOW_FORMAT: dict[str, Callable[[Any], str]] = {
+    "created_at": units.when,
+    "started_at": units.when,
+    "ended_at": units.when,
+    "eta_s": units.duration,
+    "gpus": _list_text,
+    "launcher_args": lambda v: " ".join(v),
+    "loss": lambda v: f"{v:.4f}",
+    "lr": lambda v: f"{v:.3g}",
+    "samples_per_s": lambda v: f"{v:.2f}",
+}
+
+
+def show_value(key: str, value: Any) -> str:
+    return SHOW_FORMAT.get(key, str)(value)
 
 
 def _print_tb(tb: dict[str, Any]) -> None:

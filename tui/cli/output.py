@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -21,6 +22,16 @@ def error(message: str) -> None:
 
 def warn(message: str) -> None:
     print(f"dpdeck: warning: {message}", file=sys.stderr)
+
+
+def require_paths(*paths: Path) -> None:
+    """A path named on the command line that does not exist is a usage error (exit 2), as an unknown job,
+    profile or setting is: the command stops before doing anything, with the path as given."""
+    from tui.cli import UsageError
+
+    for path in paths:
+        if not os.path.lexists(os.path.expanduser(path)):  # a link that loops is the scan's to report
+            raise UsageError(f"{path}: no such file or folder")
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

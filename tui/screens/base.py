@@ -5,26 +5,47 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Static, TextArea
+from textual.widgets import Input, Static, TextArea
+
+from tui.widgets.deck_footer import DeckFooter
+
+SHORT_TITLES = {"Datasets": "Data"}  # the title bar fits 80 columns
 
 
 class DeckScreen(Screen[None]):
     """A top-level screen (one per mode). Subclasses implement `compose_body` and optionally `poll`."""
 
+    # A long title (a sub-screen's, or keys remapped to f-keys) ends in "…" rather than in half a word.
+    DEFAULT_CSS = "#title-bar { text-wrap: nowrap; text-overflow: ellipsis; }"
     TITLE_TEXT = "dpdeck"
     POLL_SECONDS: float = 0.0  # 0 = no polling
     # Actions that open a text field, bound with priority=True and opened with `open_field` (see there).
     FIELD_ACTIONS: frozenset[str] = frozenset()
 
     def compose(self) -> ComposeResult:
-        yield Static(self._title_line(), id="title-bar")
+        yield Static(self._title_line(), id="title-bar", markup=False)  # a key may be "["
         yield from self.compose_body()
-        yield Footer()
+        yield DeckFooter()
 
     def _title_line(self) -> str:
-        return f" dpdeck · {self.TITLE_TEXT}  │ 1 Profiles 2 Queue 3 Run 4 System 5 Data 6 Models ? help"
+        """The areas with the keys in force (a keymap.toml override shows here too; an area whose key a clash
+        took is listed without one)."""
+        from tui.areas import AREA_CLASSES
+        from tui.keymap import keys_in_force
+
+        app = self.app
+        in_force = keys_in_force(app._bindings, app._keymap)
+        parts = []
+        for mode, (_, title, _) in AREA_CLASSES.items():
+            keys = in_force.get(f"deck.{mode}", [])
+            name = SHORT_TITLES.get(title, title)
+            parts.append(f"{app.get_key_display(Binding(keys[0], '', ''))} {name}" if keys else name)
+        help_keys = in_force.get("deck.help", [])
+        help_key = app.get_key_display(Binding(help_keys[0], "", "")) if help_keys else "ctrl+p"
+        return f" dpdeck · {self.TITLE_TEXT}  │ {' '.join(parts)} {help_key} help"
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -61,6 +82,18 @@ class DeckScreen(Screen[None]):
         be bound with priority=True: priority bindings run before the app reads the next key."""
         field.display = True
         self.set_focus(field)
+
+    def key_hint(self, binding_id: str) -> str:
+        """A binding's key in force, bold, for a hint line ("E enqueue"): the user's keymap shows here too."""
+        from rich.markup import escape
+
+        from tui.keymap import shown_key
+
+        return f"[b]{escape(shown_key(self.app, binding_id))}[/b]"
+
+    def key_hints(self, hints: list[tuple[str, str]]) -> str:
+        """(binding id, what it does) pairs as one hint line."""
+        return "   ".join(f"{self.key_hint(ident)} {does}" for ident, does in hints)
 
     def confirm(self, message: str, then: Callable[[], None]) -> None:
         from tui.screens.dialogs import ConfirmDialog

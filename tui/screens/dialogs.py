@@ -5,21 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tui.keyscheme import bind
 from tui.screens.list_keys import VIM_LIST_BINDINGS
+from tui.widgets.path_input import PathInput, candidates_line
 
 
 class ConfirmDialog(ModalScreen[bool]):
     """Yes/no. `y`/Enter confirms; `n`/Esc cancels (Esc is never the only way out: `n` works too)."""
 
     BINDINGS = [
-        Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
-        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
+        bind("confirm.yes", "answer(True)", "Yes"),
+        bind("confirm.no", "answer(False)", "No"),
     ]
 
     def __init__(self, message: str) -> None:
@@ -36,22 +37,39 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 class PromptDialog(ModalScreen[str | None]):
-    """One line of text. `check(value)` returns an error message (shown, dialog stays) or None."""
+    """One line of text. `check(value)` returns an error message (shown, dialog stays) or None.
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
+    path=True: the text is a file system path and Tab completes it (tui/widgets/path_input.py).
+    """
 
-    def __init__(self, label: str, value: str = "", check: Callable[[str], str | None] | None = None) -> None:
+    BINDINGS = [bind("prompt.cancel", "cancel", "Cancel", keys="escape")]
+
+    def __init__(
+        self,
+        label: str,
+        value: str = "",
+        check: Callable[[str], str | None] | None = None,
+        *,
+        path: bool = False,
+    ) -> None:
         super().__init__()
         self.label = label
         self.value = value
         self.check = check
+        self.path = path
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.label, classes="dialog-text", markup=False)
-            yield Input(self.value, id="prompt-input")
-            yield Static("", id="prompt-error", classes="problem")
-            yield Static("[b]Enter[/b] ok    [b]Esc[/b] cancel", classes="dialog-keys")
+            yield PathInput(self.value, id="prompt-input") if self.path else Input(self.value, id="prompt-input")
+            yield Static("", id="prompt-error", classes="problem", markup=False)
+            yield Static("", id="prompt-candidates", markup=False)
+            keys = "[b]Tab[/b] complete    " if self.path else ""
+            yield Static(f"{keys}[b]Enter[/b] ok    [b]Esc[/b] cancel", classes="dialog-keys")
+
+    def on_path_input_candidates(self, event: PathInput.Candidates) -> None:
+        event.stop()
+        self.query_one("#prompt-candidates", Static).update(candidates_line(event.names))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -68,7 +86,7 @@ class PromptDialog(ModalScreen[str | None]):
 class ChoiceDialog(ModalScreen[str | None]):
     """Pick one of several (id, label) choices."""
 
-    BINDINGS = [*VIM_LIST_BINDINGS, Binding("escape,q", "cancel", "Cancel", id="choice.cancel")]
+    BINDINGS = [*VIM_LIST_BINDINGS, bind("choice.cancel", "cancel", "Cancel")]
 
     def __init__(self, title: str, choices: list[tuple[str, str]]) -> None:
         super().__init__()
@@ -104,7 +122,7 @@ class ChoiceDialog(ModalScreen[str | None]):
 class TextDialog(ModalScreen[None]):
     """Scrollable read-only text (diffs, previews)."""
 
-    BINDINGS = [Binding("escape,q", "close", "Close", id="text.close")]
+    BINDINGS = [bind("text.close", "close", "Close")]
 
     def __init__(self, title: str, text: str) -> None:
         super().__init__()

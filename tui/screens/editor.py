@@ -8,14 +8,15 @@ from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
+from textual.widgets import Static, TabbedContent, TabPane, TextArea
 
 from tui import data
+from tui.keyscheme import bind
+from tui.widgets.deck_footer import DeckFooter
 from tui.widgets.field import FieldRow
 
 TABS = ("easy", "advanced", "toml")
@@ -57,11 +58,11 @@ class Saved(Message):
 
 class EditorScreen(Screen[None]):
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save", id="editor.save", priority=True),
-        Binding("ctrl+t", "next_tab", "Easy/Adv/TOML", id="editor.next_tab", priority=True),
-        Binding("ctrl+w", "close", "Close", id="editor.close", priority=True),
-        Binding("escape", "close", "Close", show=False, id="editor.close_esc"),
-        Binding("ctrl+n", "next_problem", "Next problem", id="editor.next_problem", priority=True),
+        bind("editor.save", "save", "Save", priority=True),
+        bind("editor.next_tab", "next_tab", "Easy/Adv/TOML", priority=True),
+        bind("editor.next_problem", "next_problem", "Next problem", priority=True),
+        bind("editor.close", "close", "Close", priority=True),
+        bind("editor.close_esc", "close", "Close", keys="escape", show=False),
     ]
 
     def __init__(self, name: str, files: dict[str, str], *, template: str | None, is_new: bool) -> None:
@@ -102,7 +103,7 @@ class EditorScreen(Screen[None]):
                     for i, (fname, text) in enumerate(self.files.items()):
                         with TabPane(fname, id=f"file-{i}"):
                             yield TextArea(text, id=f"text-{i}", classes="toml-text", show_line_numbers=True)
-        yield Footer()
+        yield DeckFooter()
 
     def _value(self, file: str, keypath: str) -> Any:
         doc = self.docs.get(file)
@@ -150,9 +151,7 @@ class EditorScreen(Screen[None]):
             # Counts of an older text (or none yet) would read as a verdict on this one.
             verdict = "validating…"
         else:
-            errors = len(self.validation.errors)
-            warnings = len(self.validation.problems) - errors
-            verdict = f"{errors} error(s), {warnings} warning(s)"
+            verdict = self.validation.verdict()
             if self.validation.runs_on:
                 verdict += f" · {self.validation.runs_on}"
         self.query_one("#editor-status", Static).update(
@@ -339,6 +338,9 @@ class EditorScreen(Screen[None]):
     def action_next_tab(self) -> None:
         tabs = self.query_one("#editor-tabs", TabbedContent)
         tabs.active = TABS[(TABS.index(tabs.active) + 1) % len(TABS)]
+        if tabs.active == "toml":  # the TOML tab is its text: the keys typed next go there (issue 16)
+            inner = self.query_one("#toml-files", TabbedContent)
+            self.call_after_refresh(lambda: inner.active_pane and self.set_focus(inner.active_pane.query_one(TextArea)))
 
     def action_close(self) -> None:
         if not self.dirty:

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui import data
+from tui import data, units
+from tui.keyscheme import bind
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 
 if TYPE_CHECKING:
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 class HistoryDialog(ModalScreen[None]):
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("r", "rollback", "Roll back to this version", id="history.rollback"),
-        Binding("escape,q", "close", "Close", id="history.close"),
+        bind("history.rollback", "rollback", "Roll back to this version"),
+        bind("history.close", "close", "Close"),
     ]
 
     def __init__(self, name: str) -> None:
@@ -58,7 +58,7 @@ class HistoryDialog(ModalScreen[None]):
         for v in reversed(versions):
             num = v.version
             self.versions.append(num)
-            olist.add_option(Option(f"v{num}  {v.timestamp}  {v.message}", id=str(num)))
+            olist.add_option(Option(f"v{num}  {units.when_iso(v.timestamp)}  {v.message}", id=str(num)))
         if self.versions:
             olist.highlighted = 0
 

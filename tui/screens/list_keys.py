@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from textual.binding import Binding
 
+from tui.keyscheme import bind
+
 # Ids let users remap them (tui.keymap).
-VIM_LIST_BINDINGS = [
-    Binding("j", "cursor_down", "Down", show=False, id="list.down"),
-    Binding("k", "cursor_up", "Up", show=False, id="list.up"),
-    Binding("g", "first", "Top", show=False, id="list.top"),
-    Binding("G", "last", "Bottom", show=False, id="list.bottom"),
+VIM_LIST_BINDINGS: list[Binding] = [
+    bind("list.down", "cursor_down", "Down", show=False),
+    bind("list.up", "cursor_up", "Up", show=False),
+    bind("list.top", "first", "Top", show=False),
+    bind("list.bottom", "last", "Bottom", show=False),
 ]

@@ -1,7 +1,9 @@
 """Models: registry entries with their local status, discovered model files, and downloads with progress.
 
-Keys: p pull an entry's missing parts, o pull one part, c cancel a download, R resume one, u use the entry in
-a stored profile, f use a discovered file in a profile, v check a profile (missing files, pull them, fill it).
+Keys: p pull an entry's missing parts (a large pull asks first, with its size and the free space), P pull one
+part, i the detail pane of the highlighted entry (parts, repo, target folder, size), c cancel a download, R
+resume one, u use the entry in a stored profile, U use a discovered file in a profile, v check a profile
+(missing files, pull them, fill it).
 Downloads are run by the engine's daemon: they keep going when this deck closes or the ssh session drops.
 """
 
@@ -12,7 +14,6 @@ from pathlib import Path
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
@@ -21,9 +22,20 @@ from engine.models import downloads
 from engine.models.discovery import Discovered, scan
 from engine.models.registry import component_status, entry_status, load_registry
 from profiles.document import Profile
+from tui import units
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
-from tui.screens.models_text import download_line, size_text
+from tui.screens.models_text import (
+    PartInfo,
+    detail_text,
+    download_line,
+    free_bytes,
+    part_infos,
+    pull_question,
+    size_text,
+    to_download,
+)
 from tui.screens.use_in_profile import UseInProfile
 
 ACTIVE = {"queued", "running", "verifying"}  # download states that can still be cancelled
@@ -54,21 +66,32 @@ class ModelsLoaded(Message):
         self.dls = dls
 
 
+class DetailLoaded(Message):
+    """The highlighted entry's parts (status, sizes on disk) and the free space, read in a worker."""
+
+    def __init__(self, entry_id: str, parts: list[PartInfo], free: int) -> None:
+        super().__init__()
+        self.entry_id = entry_id
+        self.parts = parts
+        self.free = free
+
+
 class ModelsScreen(UseInProfile, DeckScreen):
     TITLE_TEXT = "Models"
-    # Status walks the model folders and the HF cache and discovery reads headers only: cheap enough for 2 s,
+    # Status walks the model folders and the HF cache and discovery reads headers only: cheap enough for 2 s
     # and downloads need a live-ish progress line.
     POLL_SECONDS = 2.0
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("p", "pull", "Pull", id="models.pull"),
-        Binding("o", "pull_part", "Pull part", id="models.pull_part"),
-        Binding("c", "cancel", "Cancel dl", id="models.cancel"),
-        Binding("R", "resume", "Resume dl", id="models.resume", key_display="R"),
-        Binding("u", "use_entry", "Use in profile", id="models.use"),
-        Binding("f", "use_file", "Use file", id="models.use_file"),
-        Binding("v", "check", "Check profile", id="models.check"),
-        Binding("r", "refresh", "Refresh", id="models.refresh", show=False),
+        bind("models.pull", "pull", "Pull"),
+        bind("models.cancel", "cancel", "Cancel dl"),
+        bind("models.check", "check", "Check profile"),
+        bind("models.use", "use_entry", "Use in profile"),
+        bind("models.pull_part", "pull_part", "Pull part"),
+        bind("models.resume", "resume", "Resume dl"),
+        bind("models.use_file", "use_file", "Use file"),
+        bind("models.refresh", "refresh", "Refresh", show=False),
+        bind("models.details", "toggle_details", "Details"),
     ]
 
     def __init__(self) -> None:
@@ -78,6 +101,7 @@ class ModelsScreen(UseInProfile, DeckScreen):
 
     def compose_body(self) -> ComposeResult:
         yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+        yield Static("…", id="models-detail", markup=False)
         with VerticalScroll(id="models-body"):
             yield Static("[b]Downloads[/b] (run by the daemon: they survive closing the deck)")
             yield Static("…", id="models-downloads", markup=False)
@@ -97,6 +121,34 @@ class ModelsScreen(UseInProfile, DeckScreen):
 
     def poll(self) -> None:
         self.load()
+        self._load_detail()
+
+    # ---- the detail pane ------------------------------------------------------------------------
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "models-table":
+            self._load_detail()
+
+    def _load_detail(self) -> None:
+        entry_id = self._highlighted()
+        if entry_id is not None and self.query_one("#models-detail", Static).display:
+            self._read_detail(entry_id)
+
+    @work(thread=True, exclusive=True, group="models-detail")
+    def _read_detail(self, entry_id: str) -> None:
+        entry = load_registry().get(entry_id)
+        self.post_message(DetailLoaded(entry_id, part_infos(entry), free_bytes()))
+
+    def on_detail_loaded(self, message: DetailLoaded) -> None:
+        if message.entry_id != self._highlighted():
+            return  # the cursor moved on meanwhile: the newer read follows
+        pane = self.query_one("#models-detail", Static)
+        entry = load_registry().get(message.entry_id)
+        pane.update(detail_text(entry, message.parts, message.free, width=max(40, pane.size.width or 78)))
+
+    def action_toggle_details(self) -> None:
+        pane = self.query_one("#models-detail", Static)
+        pane.display = not pane.display
+        self._load_detail()
 
     @work(thread=True, exclusive=True, group="models-load")
     def load(self) -> None:
@@ -114,13 +166,16 @@ class ModelsScreen(UseInProfile, DeckScreen):
         self.query_one("#models-downloads", Static).update(
             "\n".join(download_line(d) for d in recent) or "no downloads"
         )
-        self.query_one("#models-found", Static).update(
-            "\n".join(
-                f"{_short(d)}  {d.kind} {d.family or '?'} {size_text(d.size)}" + (f"  ({d.error})" if d.error else "")
-                for d in message.found
-            )
-            or "nothing found in the model folders"
-        )
+        found = self.query_one("#models-found", Static)
+        width = found.size.width or 78
+        lines = []
+        for d in message.found:
+            # What it is first, then the path shortened in the middle to the room left: one line each, the
+            # file name always visible, never folded mid-name.
+            head = f"{d.kind} {d.family or '?'} {size_text(d.size)}  "
+            tail = f"  ({d.error})" if d.error else ""
+            lines.append(head + units.middle(_short(d), max(16, width - len(head) - len(tail))) + tail)
+        found.update("\n".join(lines) or "nothing found in the model folders")
 
     def _highlighted(self) -> str | None:
         table = self.query_one("#models-table", DataTable)
@@ -144,7 +199,18 @@ class ModelsScreen(UseInProfile, DeckScreen):
     def action_pull(self) -> None:
         entry_id = self._highlighted()
         if entry_id is not None:
-            self._pull(entry_id, None)
+            self._ask_pull(entry_id, None)
+
+    @work(thread=True, group="models-ask")
+    def _ask_pull(self, entry_id: str, key: str | None) -> None:
+        """A large pull asks first, with its size, where it goes and the free space there; a small one starts."""
+        entry = load_registry().get(entry_id)
+        fetch = to_download(part_infos(entry), key)
+        question = pull_question(f"{entry_id}/{key}" if key else entry_id, fetch, free_bytes())
+        if question is None:
+            self.app.call_from_thread(self._pull, entry_id, key)  # workers start on the app's thread
+        else:
+            self.app.call_from_thread(self.confirm, question, lambda: self._pull(entry_id, key))
 
     def action_pull_part(self) -> None:
         entry_id = self._highlighted()
@@ -157,7 +223,7 @@ class ModelsScreen(UseInProfile, DeckScreen):
             source = comp.file if comp.kind == "file" else f"{len(comp.include)} pattern(s)"
             size = f" ~{comp.approx_gb:g} GB" if comp.approx_gb else ""
             choices.append((comp.key, f"{comp.key}  {status}{size}  {comp.repo or 'manual'}: {source}"))
-        self._choose(f"{entry_id}: pull which part?", choices, lambda key: self._pull(entry_id, key))
+        self._choose(f"{entry_id}: pull which part?", choices, lambda key: self._ask_pull(entry_id, key))
 
     @work(thread=True, group="models-pull")
     def _pull(self, entry_id: str, key: str | None) -> None:
@@ -209,7 +275,12 @@ class ModelsScreen(UseInProfile, DeckScreen):
         self.load()
 
     def action_resume(self) -> None:
-        self._pick_download(RESUMABLE, "resume", self._resume)
+        def confirm(dl_id: str) -> None:  # resume confirms on every screen (tui/keyscheme.py)
+            dl = next((d for d in self._dls if d.id == dl_id), None)
+            label = download_line(dl)[:60] if dl else dl_id
+            self.confirm(f"Resume {label}?\nIt downloads the rest.", lambda: self._resume(dl_id))
+
+        self._pick_download(RESUMABLE, "resume", confirm)
 
     @work(thread=True, group="models-resume")
     def _resume(self, download_id: str) -> None:

@@ -1,7 +1,7 @@
 """Check a profile's model files: what is missing, which registry entry provides it, pull it all with one key,
 watch the downloads, then fill the profile so it validates.
 
-This is the issue's "done when" as a screen: an empty box, the Chroma E6AI 512 profile, `a` pulls the
+This is the issue's "done when" as a screen: an empty box, the Chroma E6AI 512 profile, `p` pulls the
 missing files (the daemon runs them: a dropped ssh session does not stop them), `u` fills the paths.
 """
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
 from engine.models import downloads
 from engine.models.fill import ModelFileIssue
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.models_text import download_line
 from tui.screens.use_in_profile import UseInProfile
@@ -64,10 +64,10 @@ class CheckScreen(UseInProfile, DeckScreen):
     TITLE_TEXT = "Models · check profile"
     POLL_SECONDS = 1.0
     BINDINGS = [
-        Binding("a", "pull_all", "Pull all missing", id="models.check.pull_all"),
-        Binding("u", "use", "Use in profile", id="models.check.use"),
-        Binding("r", "recheck", "Re-check", id="models.check.recheck"),
-        Binding("escape,q", "back", "Back", id="models.check.back"),
+        bind("models.check.pull_all", "pull_all", "Pull all missing"),
+        bind("models.check.use", "use", "Use in profile"),
+        bind("models.check.recheck", "recheck", "Re-check"),
+        bind("models.check.back", "back", "Back"),
     ]
 
     def __init__(self, name: str) -> None:
@@ -127,7 +127,20 @@ class CheckScreen(UseInProfile, DeckScreen):
         if not self.state.plan:
             self.notify("nothing to pull: every model file is in place, or no registry entry provides it")
             return
-        self._pull(list(self.state.plan))
+        self._ask_pull(list(self.state.plan))
+
+    @work(thread=True, exclusive=True, group="check-ask")
+    def _ask_pull(self, plan: list[str]) -> None:
+        """All of it at once can be tens of GB: a large pull names its size and the free space first."""
+        from engine.models.registry import load_registry
+        from tui.screens.models_text import free_bytes, part_infos, pull_question, to_download
+
+        fetch = [p for entry_id in plan for p in to_download(part_infos(load_registry().get(entry_id)))]
+        question = pull_question(", ".join(plan), fetch, free_bytes())
+        if question is None:
+            self.app.call_from_thread(self._pull, plan)  # workers start on the app's thread
+        else:
+            self.app.call_from_thread(self.confirm, question, lambda: self._pull(plan))
 
     @work(thread=True, exclusive=True, group="check-pull")
     def _pull(self, plan: list[str]) -> None:

@@ -1,4 +1,6 @@
-"""Profiles: the user's stored profiles and the built-in templates; open, create, history, diff, enqueue."""
+"""Profiles: the user's stored profiles and the built-in templates; open, create, copy, rename, delete,
+history, diff, import/export, enqueue. The right pane summarises the highlighted profile (tui/profile_summary.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, OptionList, Static
@@ -16,8 +17,16 @@ from textual.widgets.option_list import Option
 
 from tui import data
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 from tui.screens.list_keys import VIM_LIST_BINDINGS
+
+
+class SummaryLoaded(Message):
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__()
+        self.name = name
+        self.text = text
 
 
 class RowsLoaded(Message):
@@ -60,16 +69,19 @@ class ProfilesScreen(DeckScreen):
     TITLE_TEXT = "Profiles"
     BINDINGS = [
         *VIM_LIST_BINDINGS,
-        Binding("enter", "open", "Open", id="profiles.open"),
-        Binding("n", "new", "New", id="profiles.new"),
-        Binding("q", "enqueue", "Enqueue", id="profiles.enqueue"),
-        Binding("h", "history", "History", id="profiles.history"),
-        Binding("d", "diff", "Diff", id="profiles.diff"),
-        Binding("x", "export", "Export", id="profiles.export"),
-        Binding("i", "import", "Import", id="profiles.import"),
+        bind("profiles.open", "open", "Open"),
+        bind("profiles.enqueue", "enqueue", "Enqueue"),
+        bind("profiles.new", "new", "New"),
+        bind("profiles.delete", "delete", "Delete"),
+        bind("profiles.rename", "rename", "Rename"),
+        bind("profiles.copy", "copy", "Copy"),
         # priority + open_field: the letters typed in the same burst as `/` land in the filter
-        Binding("slash", "search", "Search", id="profiles.search", key_display="/", priority=True),
-        Binding("r", "reload", "Reload", id="profiles.reload", show=False),
+        bind("profiles.search", "search", "Search", priority=True),
+        bind("profiles.history", "history", "History"),
+        bind("profiles.diff", "diff", "Diff"),
+        bind("profiles.import", "import", "Import"),
+        bind("profiles.export", "export", "Export"),
+        bind("profiles.reload", "reload", "Reload", show=False),
     ]
 
     def __init__(self) -> None:
@@ -77,6 +89,7 @@ class ProfilesScreen(DeckScreen):
         self.rows: list[data.ProfileRow] = []
         self.filter = ""
         self.just_made: str | None = None
+        self.summaries: dict[str, str] = {}  # profile name -> its summary text, until the rows reload
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="profiles-body"):
@@ -108,6 +121,7 @@ class ProfilesScreen(DeckScreen):
 
     def on_rows_loaded(self, message: RowsLoaded) -> None:
         self.rows = message.rows
+        self.summaries.clear()  # a save, a rename, a run may have changed any of them
         if message.error:
             self.query_one("#profile-detail", Static).update(escape(message.error))
         self._fill()
@@ -172,14 +186,43 @@ class ProfilesScreen(DeckScreen):
         if row.kind == "template":
             text = (
                 f"[b]{row.name}[/b]  template · {row.model_type}\n\n{row.detail}\n\n"
-                "[b]Enter[/b]/[b]n[/b] new profile from this template"
+                f"{self.key_hint('profiles.open')}/{self.key_hint('profiles.new')} new profile from this template"
             )
         else:
+            summary = self.summaries.get(row.name)
             text = (
                 f"[b]{row.name}[/b]  profile · {row.model_type}\n{row.detail}\n\n"
-                "[b]Enter[/b] edit   [b]q[/b] enqueue   [b]h[/b] history   [b]d[/b] diff   [b]x[/b] export"
+                + (escape(summary) if summary is not None else "reading its settings and runs…")
+                + "\n\n"
+                + self.key_hints(
+                    [
+                        ("profiles.open", "edit"),
+                        ("profiles.enqueue", "enqueue"),
+                        ("profiles.history", "history"),
+                        ("profiles.diff", "diff"),
+                        ("profiles.delete", "delete"),
+                    ]
+                )
             )
+            if summary is None:
+                self._load_summary(row.name)
         detail.update(text)
+
+    @work(thread=True, exclusive=True, group="profiles-summary")
+    def _load_summary(self, name: str) -> None:
+        from tui.profile_summary import summary_text
+
+        try:
+            text = summary_text(data.profile_summary(engine_of(self.app), name))
+        except Exception as exc:  # a profile deleted meanwhile, an unreadable file: say why in the pane
+            text = f"cannot summarise {name}: {exc}"
+        self.post_message(SummaryLoaded(name, text))
+
+    def on_summary_loaded(self, message: SummaryLoaded) -> None:
+        self.summaries[message.name] = message.text
+        row = self.selected()
+        if row is not None and row.kind == "profile" and row.name == message.name:
+            self._show_detail()
 
     # list movement (vim keys)
     def action_cursor_down(self) -> None:
@@ -310,7 +353,7 @@ class ProfilesScreen(DeckScreen):
             if dest:
                 self._run_io(lambda: f"exported to {data.export_profile(row.name, Path(dest).expanduser())}")
 
-        self.app.push_screen(PromptDialog(f"Export {row.name} to:", default), go)
+        self.app.push_screen(PromptDialog(f"Export {row.name} to:", default, path=True), go)
 
     def action_import(self) -> None:
         from tui.screens.dialogs import PromptDialog
@@ -322,7 +365,9 @@ class ProfilesScreen(DeckScreen):
             if src:
                 self._run_io(lambda: f"imported as {data.import_profile(Path(src).expanduser(), None)}")
 
-        self.app.push_screen(PromptDialog("Import a .dpdeck.tar.gz archive or a main TOML:", "", check), go)
+        self.app.push_screen(
+            PromptDialog("Import a .dpdeck.tar.gz archive or a main TOML:", "", check, path=True), go
+        )
 
     @work(thread=True, group="profiles-io")
     def _run_io(self, job: object) -> None:
@@ -349,22 +394,82 @@ class ProfilesScreen(DeckScreen):
 
         def go(text: str | None) -> None:
             if text is not None:
+                # Said at once: the enqueue may wait ten seconds for the demo model (tui/data.py enqueue).
+                self.notify(f"enqueueing {row.name}…", timeout=4)
                 self._enqueue(row.name, parse_gpus(text))
 
         self.app.push_screen(
             PromptDialog(f"Enqueue {row.name}. GPUs (e.g. 0,1; empty = any free GPU):", "", check), go
         )
+        self._prebuild_demo(row.name)
+
+    @work(thread=True, group="profiles-prebuild")
+    def _prebuild_demo(self, name: str) -> None:
+        """Start the demo model's build (the ten seconds of an enqueue) while the GPUs are being typed; the
+        enqueue waits for it (tui/data.py holds one build at a time) and reports a failure itself."""
+        try:
+            data.build_demo_data_if_used(name)
+        except Exception:  # noqa: BLE001 - the enqueue builds again and shows the reason
+            return
 
     @work(thread=True, group="profiles-enqueue")
     def _enqueue(self, name: str, gpus: list[int] | None) -> None:
         try:
+            if data.demo_build_needed(name):
+                self.app.call_from_thread(
+                    self.notify, f"{name}: {data.DEMO_BUILD_NOTE}; the job is queued right after", timeout=12
+                )
             job_id = data.enqueue(engine_of(self.app), name, gpus)
         except Exception as exc:
             self.app.call_from_thread(
                 self.notify, f"cannot enqueue {name}: {exc}", severity="error", timeout=8
             )
             return
-        self.app.call_from_thread(self.notify, f"queued {name} as job {job_id} (Queue: key 2)")
+        self.app.call_from_thread(self.notify, f"job {job_id} queued: {name} (Queue: key 2)")
+        self.summaries.pop(name, None)  # its last runs changed
 
     def action_reload(self) -> None:
         self.load_rows()
+
+    # delete / rename / copy: the CLI's own store functions (profiles/store.py), so both keep the same rules
+
+    def action_delete(self) -> None:
+        row = self._need_profile("delete it")
+        if row is None:
+            return
+        self.confirm(
+            f"Delete profile {row.name}? It moves to the trash with its history; "
+            f"bring it back with: dpdeck profile undelete {row.name}",
+            lambda: self._run_io(lambda: self._deleted(row.name)),
+        )
+
+    @staticmethod
+    def _deleted(name: str) -> str:
+        where = data.delete_profile(name)
+        return f"deleted {name} (moved to {where}; bring it back with: dpdeck profile undelete {name})"
+
+    def action_rename(self) -> None:
+        row = self._need_profile("rename it")
+        if row is None:
+            return
+        from tui.screens.dialogs import PromptDialog
+
+        def go(new: str | None) -> None:
+            if new:
+                self.just_made = new
+                self._run_io(lambda: f"renamed {row.name} to {new} ({data.rename_profile(row.name, new)})")
+
+        self.app.push_screen(PromptDialog(f"Rename {row.name} to:", row.name, check_profile_name), go)
+
+    def action_copy(self) -> None:
+        row = self._need_profile("copy it")
+        if row is None:
+            return
+        from tui.screens.dialogs import PromptDialog
+
+        def go(new: str | None) -> None:
+            if new:
+                self.just_made = new
+                self._run_io(lambda: f"copied {row.name} to {new} (v{data.copy_profile(row.name, new)})")
+
+        self.app.push_screen(PromptDialog(f"Copy {row.name} as:", f"{row.name}-copy", check_profile_name), go)

@@ -26,6 +26,7 @@ class Col:
 
 COLUMNS = (
     Col("id", "#", 3),
+    Col("pos", "pos", 3),  # place in line of a queued job (1 = starts next): the order `dpdeck ls` prints
     Col("state", "state", 13),  # "✗ interrupted", the longest state badge
     Col("name", "name", 10, flex=1, most=28),
     Col("gpus", "GPUs", 4),

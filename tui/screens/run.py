@@ -5,33 +5,49 @@ sample images the built-in trainer renders while training (the newest of each pr
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Static
 
-from engine.jobs.job import Job, JobState
+from engine.jobs.activity import STALL_AFTER_S, Activity, job_activity
+from engine.jobs.job import Job
 from engine.jobs.samples import SAMPLES_DIR, SampleImage, by_prompt, list_samples
 from tui import data
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
-from tui.screens.queue import duration
+from tui.screens.run_text import (
+    NO_JOBS,
+    evidence_text,
+    header_text,
+    job_text,
+    saves_text,
+    tb_text,
+)
 from tui.screens.system import stats_text
-from tui.theme import state_badge
 from tui.widgets.image_preview import ImagePreview
 from tui.widgets.log_pane import LogPane
 from tui.widgets.loss_plot import CurvePlot
 from tui.widgets.quiet import set_content
 
 PLOT_EVERY_S = 10.0  # while points stream in (the first points and the final curve are drawn at once)
-BAR_WIDTH = 30
-NO_JOB = "No job selected: open one from the Queue (key 2, then Enter)."
+# The side panels that describe the shown job: each is rewritten for every job, and blanked on a switch, so
+# none can keep the text of the job shown before (an "Ended: completed" under a running job).
+JOB_PANELS = ("#run-job", "#run-saves", "#run-tb", "#run-evidence")
+
+
+def pick_job(jobs: list[Job]) -> int | None:
+    """The job `3` opens when none was chosen: a live one (the newest if several), else the newest of all."""
+    live = [j for j in jobs if j.live]
+    pool = live or jobs
+    return max(pool, key=lambda j: (j.created_at, j.id)).id if pool else None
 
 
 class RunLoaded(Message):
@@ -49,10 +65,17 @@ class RunLoaded(Message):
         tb: dict[str, Any] | None = None,
         samples: list[SampleImage] | None = None,
         samples_seen: object = None,
+        activity: Activity | None = None,
+        picked: bool = False,
+        gone: bool = False,
     ) -> None:
         """`metrics`/`saves`/`tb`/`samples` are None when unchanged since the poll that saw `seen` (step, run
-        folder) and `samples_seen` (the samples folder)."""
+        folder) and `samples_seen` (the samples folder). `picked`: the worker chose the job (none was);
+        `gone`: the job is no longer in the store."""
         super().__init__()
+        self.gone = gone
+        self.activity = activity
+        self.picked = picked
         self.samples = samples
         self.samples_seen = samples_seen
         self.tb = tb
@@ -67,93 +90,74 @@ class RunLoaded(Message):
         self.seen = seen
 
 
-def progress_line(step: int, total: int | None, sps: object) -> str:
-    """A text bar (no timer, unlike an indeterminate ProgressBar) plus percent and throughput."""
-    rate = f"  {sps:.2f} samples/s" if isinstance(sps, int | float) else ""
-    if not total:
-        return "waiting for the first step…" + rate
-    done = min(BAR_WIDTH, BAR_WIDTH * step // total)
-    return f"[$accent]{'━' * done}[/][$panel-lighten-2]{'━' * (BAR_WIDTH - done)}[/] {100 * step // total:3d}%{rate}"
+@dataclass
+class JobView:
+    """Everything the screen holds about the job it shows. A switch replaces it whole, so no part of the
+    screen can keep a figure, a search position or an overlay of the job shown before."""
 
-
-def tb_text(tb: dict[str, Any]) -> str:
-    """The side panel's TensorBoard part: the last epoch losses and each eval set's latest loss."""
-    epochs = tb.get("epoch_loss") or []
-    evals = tb.get("evals") or {}
-    if not epochs and not evals and not tb.get("note"):
-        return ""
-    lines = ["[b]TensorBoard[/b]"]
-    if epochs:
-        lines.append("epoch loss " + "  ".join(f"{e['epoch']}: {e['loss']:.4f}" for e in epochs[-3:]))
-    for name, points in evals.items():
-        if points:
-            last = points[-1]
-            lines.append(escape(f"eval {name}: {last['loss']:.4f} @ step {last['step']} ({len(points)} evals)"))
-    if tb.get("note"):
-        lines.append(escape(str(tb["note"])))
-    return "\n".join(lines)
-
-
-def header_text(job_id: int, job: Job) -> str:
-    step, total = job.step or 0, job.total_steps
-    eta = duration(job.eta_s) if not job.finished else "-"
-    line1 = (
-        f"job {job_id} [b]{escape(job.name or job.profile)}[/b]  {state_badge(job.state).markup}"
-        f"  step {step}/{total or '?'}  epoch {job.epoch or '-'}/{job.total_epochs or '?'}  ETA {eta}"
-    )
-    if job.state == JobState.QUEUED:
-        return line1 + "\n" + escape(f"queued: {job.wait_reason or 'waiting for a free GPU'}")
-    if job.finished and not total:
-        return line1 + "\nended before its first step (the log and the evidence say why)"
-    return line1 + "\n" + progress_line(step, total, job.samples_per_s)
+    job_id: int | None = None
+    rank: int | None = None  # None = the job's combined log
+    compare_ids: list[int] = field(default_factory=list)
+    following_path: str | None = None
+    last_metrics_len: int = -1
+    last_job: Job | None = None
+    seen: tuple[object, object] = (None, None)  # (metrics key, saves key) of the last read
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    compare: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    tb: dict[str, Any] | None = None
+    samples: dict[int, list[SampleImage]] = field(default_factory=dict)  # by prompt index, oldest step first
+    samples_seen: object = None
+    sample_prompt: int = 0  # the prompt shown (a key of samples)
+    sample_step: int | None = None  # the step shown; None follows the newest
+    search_at: int = -1
 
 
 class RunScreen(DeckScreen):
     TITLE_TEXT = "Run"
     POLL_SECONDS = 2.0  # step, loss and log arrive continuously; 2 s keeps the deck light beside a job
+    # Keys per the deck's key scheme (docs/tui.md): one letter per verb on every screen.
     BINDINGS = [
-        Binding("f", "toggle_follow", "Follow log", id="run.follow"),
         # priority: it runs before the next key is read, so `/error` typed in one burst lands in the field
-        Binding("slash", "search", "Search log", id="run.search", key_display="/", priority=True),
-        Binding("escape", "close_search", "Close search", id="run.search_close", show=False),
-        Binding("n", "search_next", "Next match", id="run.search_next"),
-        Binding("e", "next_error", "Next error", id="run.next_error"),
-        Binding("left_square_bracket", "rank(-1)", "Prev rank", id="run.rank_prev", key_display="["),
-        Binding("right_square_bracket", "rank(1)", "Next rank", id="run.rank_next", key_display="]"),
-        Binding("c", "compare", "Compare", id="run.compare"),
-        Binding("C", "clear_compare", "Clear compare", id="run.clear_compare", show=False),
-        Binding("comma", "sample_step(-1)", "Older sample", id="run.sample_older", key_display=","),
-        Binding("full_stop", "sample_step(1)", "Newer sample", id="run.sample_newer", key_display="."),
-        Binding("p", "sample_prompt(1)", "Next prompt", id="run.sample_prompt", show=False),
+        bind("run.search", "search", "Search log", priority=True),
+        bind("run.search_next", "search_next(1)", "Next match"),
+        bind("run.search_prev", "search_next(-1)", "Prev match", show=False),
+        bind("run.next_error", "next_error", "Next error"),
+        bind("run.follow", "toggle_follow", "Follow log"),
+        bind("run.wrap", "toggle_wrap", "Wrap"),
+        bind("run.compare", "compare", "Compare"),
+        bind("run.rank_prev", "rank(-1)", "Prev rank"),
+        bind("run.rank_next", "rank(1)", "Next rank"),
+        bind("run.sample_older", "sample_step(-1)", "Older sample"),
+        bind("run.sample_newer", "sample_step(1)", "Newer sample"),
+        bind("run.sample_prompt", "sample_prompt(1)", "Next prompt", show=False),
+        bind("run.clear_compare", "clear_compare", "Clear compare", show=False),
+        bind("run.events", "toggle_events", "dpdeck event lines", show=False),
+        bind("run.search_close", "close_search", "Close search", keys="escape", show=False),
     ]
 
     FIELD_ACTIONS = frozenset({"search"})
 
     def __init__(self) -> None:
         super().__init__()
-        self.job_id: int | None = None
-        self.rank: int | None = None  # None = the job's combined log
-        self.compare_ids: list[int] = []
+        self.view = JobView()
         self.search_text = ""
-        self.search_at = -1
-        self.following_path: str | None = None
-        self.last_metrics_len = -1
-        self._last_job: Job | None = None
+        self.matches: list[int] = []  # log lines holding search_text, as last counted
         self.polls = 0
         self.last_plot = 0.0
-        self.seen: tuple[object, object] = (None, None)  # (metrics key, saves key) of the last read
-        self.metrics: list[dict[str, Any]] = []
-        self.compare: list[tuple[str, list[dict[str, Any]]]] = []
-        self.tb: dict[str, Any] = {}
-        self.samples: dict[int, list[SampleImage]] = {}  # by prompt index, oldest step first
-        self.samples_seen: object = None
-        self.sample_prompt = 0  # the prompt shown (a key of self.samples)
-        self.sample_step: int | None = None  # the step shown; None follows the newest
+
+    # The job shown and where the search stands are read by tests and the app; they live in the view.
+    @property
+    def job_id(self) -> int | None:
+        return self.view.job_id
+
+    @property
+    def search_at(self) -> int:
+        return self.view.search_at
 
     def compose_body(self) -> ComposeResult:
         # Two fixed lines (a text progress bar, not ProgressBar: its indeterminate state animates at 15 Hz):
         # a fixed height lets a new step repaint the header alone, without laying out the screen.
-        yield Static(NO_JOB, id="run-header")
+        yield Static("reading the jobs…", id="run-header")
         with Horizontal(id="run-charts"):
             yield CurvePlot("loss", "loss", smoothed=True, id="loss-plot", classes="plot")
             yield CurvePlot("LR", "lr", smoothed=False, id="lr-plot", classes="plot")
@@ -162,6 +166,8 @@ class RunScreen(DeckScreen):
         with Horizontal(id="run-lower"):
             with Vertical(id="run-logcol"):
                 yield LogPane(id="run-log")
+                # The log's state (rank, follow, wrap, events, search matches); the search field takes its row.
+                yield Static("", id="run-logbar", markup=False)
                 yield Input(
                     placeholder="search the log: Enter finds (empty repeats), Esc closes",
                     id="run-search",
@@ -173,50 +179,71 @@ class RunScreen(DeckScreen):
                 yield Static("", id="run-sample-caption")
                 yield ImagePreview(id="run-sample-image")
             with VerticalScroll(id="run-side"):
-                # saves and the exit evidence first: at 80x24 they matter more than host figures
+                # the exit evidence and saves first: at 80x24 they matter more than host figures
+                yield Static("", id="run-evidence")
                 yield Static("", id="run-saves")
                 yield Static("", id="run-tb")
-                yield Static("", id="run-evidence")
+                yield Static("", id="run-job")
                 yield Static("", id="run-stats", markup=False)
 
     def on_mount(self) -> None:
         app_job = getattr(self.app, "current_job", None)
         if app_job is not None:
-            self.job_id = app_job
+            self.view = JobView(job_id=app_job)
         for plot in self.query(CurvePlot):
             plot.show([])  # titles say "no data yet" instead of an empty frame
+        self.call_after_refresh(self._logbar)  # (the log column may mount after this screen's Mount)
         super().on_mount()
 
     def set_job(self, job_id: int) -> None:
-        if job_id != self.job_id:
-            self.job_id = job_id
-            self.rank = None
-            self.following_path = None
-            self.last_metrics_len = -1
-            self.seen = (None, None)
-            self.metrics = []
-            self.tb = {}
-            self.samples, self.samples_seen, self.sample_prompt, self.sample_step = {}, None, 0, None
-            for panel in self.query("#run-samples"):  # (none yet when called before the screen mounts)
-                panel.add_class("hidden")
+        if job_id != self.view.job_id:
+            self._switch(job_id)
+        self.poll()
+
+    def _switch(self, job_id: int | None) -> None:
+        """Show another job: a fresh view, and every per-job panel blanked until its first answer arrives."""
+        self.view = JobView(job_id=job_id)
+        if not self.is_mounted:
+            return
+        set_content(
+            self.query_one("#run-header", Static),
+            f"job {job_id}: reading…" if job_id else "reading the jobs…",
+        )
+        for panel in JOB_PANELS:
+            set_content(self.query_one(panel, Static), "")
+        self.query_one("#run-samples").add_class("hidden")
+        self.query_one("#eval-plot", CurvePlot).add_class("hidden")
+        for plot in self.query(CurvePlot):
+            plot.show([])
+        self.query_one("#run-log", LogPane).follow(None)
+        self.query_one("#run-log", LogPane).set_needle("")
+        self.search_text, self.matches = "", []
+        self._logbar()
+
+    def _forget_job(self) -> None:
+        """No job chosen: the next poll picks the running (else newest) one, as `3` at start does."""
+        if getattr(self.app, "current_job", None) == self.view.job_id:
+            self.app.current_job = None  # type: ignore[attr-defined]
+        self._switch(None)
         self.poll()
 
     def poll(self) -> None:
         # Host and GPU figures change slowly and cost a process scan: every 3rd poll only.
         self.polls += 1
-        ended = self._last_job is not None and self._last_job.finished
-        if (self.job_id is None or ended) and self.polls % 3 != 1:
+        view = self.view
+        ended = view.last_job is not None and view.last_job.finished
+        if ended and self.polls % 3 != 1:
             return  # nothing live to follow: refresh every 6 s only
         # The curve is read only when it may be redrawn (see _plot): reads cost as much as the rows stored.
-        want_curve = self.last_metrics_len <= 0 or time.monotonic() - self.last_plot >= PLOT_EVERY_S
+        want_curve = view.last_metrics_len <= 0 or time.monotonic() - self.last_plot >= PLOT_EVERY_S
         self.load(
-            self.job_id,
-            list(self.compare_ids),
-            self.rank,
+            view.job_id,
+            list(view.compare_ids),
+            view.rank,
             self.polls % 3 == 1,
-            self.seen,
+            view.seen,
             want_curve,
-            self.samples_seen,
+            view.samples_seen,
         )
 
     @work(thread=True, exclusive=True, group="run-load")
@@ -235,11 +262,26 @@ class RunScreen(DeckScreen):
         if with_stats:
             stats = data.system_stats(engine)
             stats["gpus"] = engine.gpu_report()
-        if job_id is None:
-            self.post_message(RunLoaded(None, None, [], [], stats, [], None))
-            return
+        picked = job_id is None
+        if picked:
+            try:
+                job_id = pick_job(engine.list_jobs(include_finished=True))
+            except Exception as exc:
+                self.post_message(RunLoaded(None, None, [], [], stats, [], str(exc)))
+                return
+            if job_id is None:
+                self.post_message(RunLoaded(None, None, [], [], stats, [], None))
+                return
+        assert job_id is not None
         try:
             job = engine.get_job(job_id)
+        except KeyError:  # removed from the store (the Queue's delete): show another job instead
+            self.post_message(RunLoaded(job_id, None, [], [], stats, [], None, gone=True))
+            return
+        except Exception as exc:
+            self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc), picked=picked))
+            return
+        try:
             # Read the curve again only when the job moved on (its row carries the last step) and the chart may
             # be redrawn (or the job ended), the saves only when the run folder or the step changed. The key
             # holds the last step read from the curve, so a curve that lagged the job row is read again.
@@ -263,8 +305,15 @@ class RunScreen(DeckScreen):
             folder = Path(job.run_dir) / SAMPLES_DIR if job.run_dir else None
             samples_key = (job_id, job.run_dir, _mtime(folder))
             samples = list_samples(job.run_dir) if samples_key != samples_seen else None
+            # A few stats and, for a live job, the newest log's tail: silence and what the log says it does.
+            # Past the first step the phase matters only once the job is quiet: the tail is read then only.
+            activity = (
+                job_activity(job.job_dir, phase_after_s=STALL_AFTER_S if job.step else None)
+                if job.live
+                else None
+            )
         except Exception as exc:
-            self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc)))
+            self.post_message(RunLoaded(job_id, None, [], [], stats, [], str(exc), picked=picked))
             return
         try:
             log_path: str | None = str(engine.job_log_path(job_id, rank=rank))
@@ -284,6 +333,8 @@ class RunScreen(DeckScreen):
                 tb,
                 samples,
                 samples_key,
+                activity,
+                picked,
             )
         )
 
@@ -291,75 +342,65 @@ class RunScreen(DeckScreen):
         # Every widget is touched only when its content changed: a repaint per 2 s poll is most of the
         # deck's CPU while it follows a job.
         header = self.query_one("#run-header", Static)
+        if msg.picked and self.view.job_id is None and msg.job_id is not None:
+            self._switch(msg.job_id)  # no job was chosen: the worker picked the running (else newest) one
+        if msg.job_id != self.view.job_id:
+            return  # an answer for the job shown before a switch is dropped (its GPUs too)
+        if msg.gone:
+            self.notify(f"job {msg.job_id} was removed; showing the running (else newest) job")
+            self._forget_job()
+            return
         if msg.stats:
             set_content(
                 self.query_one("#run-stats", Static),
                 "\n" + stats_text(msg.stats) + "\n" + self._gpu_text(msg),
             )
-        if msg.job_id is None or msg.job_id != self.job_id:
-            if self.job_id is None:
-                set_content(header, NO_JOB)
-            return  # (an answer for the job shown before a switch is dropped)
+        if msg.job_id is None:
+            set_content(header, escape(f"could not read the jobs: {msg.error}") if msg.error else NO_JOBS)
+            return
         if msg.error or msg.job is None:
             set_content(header, escape(f"job {msg.job_id}: {msg.error}"))
             return
         job = msg.job
-        self._last_job = job
-        self.seen = msg.seen
-        set_content(header, header_text(msg.job_id, job))
+        view = self.view
+        view.last_job = job
+        view.seen = msg.seen
+        set_content(header, header_text(job.id, job, msg.activity))
         if msg.metrics is not None:
-            self.metrics, self.compare = msg.metrics, msg.compare
+            view.metrics, view.compare = msg.metrics, msg.compare
         self._plot(job.finished)
-        if msg.tb is not None and msg.tb != self.tb:
+        if msg.tb is not None and msg.tb != view.tb:
             self._show_tb(msg.tb)
         if msg.samples is not None:
-            self.samples_seen = msg.samples_seen
+            view.samples_seen = msg.samples_seen
             self._show_samples(by_prompt(msg.samples))
         if msg.saves is not None:
-            run_dir = job.run_dir
-            lines = [
-                escape(
-                    f"{'✓' if sv.get('complete', True) else '…'} {sv.get('kind')} {Path(str(sv.get('path'))).name}"
-                )
-                for sv in msg.saves
-            ]
-            set_content(
-                self.query_one("#run-saves", Static),
-                "[b]Saves[/b]"
-                + (escape(f" in {run_dir}") if run_dir else "")
-                + "\n"
-                + ("\n".join(lines) or "none yet"),
-            )
-        if job.finished:
-            evidence = "\n".join(job.evidence)
-            reason = job.exit_reason or ""
-            set_content(
-                self.query_one("#run-evidence", Static),
-                f"[b]Ended:[/b] {job.state}"
-                + (escape(f"  {reason}") if reason and reason != job.state else "")
-                + f"\n{escape(evidence)}",
-            )
-        if msg.log_path and msg.log_path != self.following_path:
-            self.following_path = msg.log_path
+            set_content(self.query_one("#run-saves", Static), saves_text(msg.saves))
+        side = self.query_one("#run-side")
+        width = max(12, side.scrollable_content_region.width - 1 or 24)
+        set_content(self.query_one("#run-job", Static), job_text(job, time.time(), width))
+        set_content(self.query_one("#run-evidence", Static), evidence_text(job))
+        if msg.log_path and msg.log_path != view.following_path:
+            view.following_path = msg.log_path
             self.query_one("#run-log", LogPane).follow(Path(msg.log_path))
+        self._logbar()  # (rewritten only when its text changed: a wide line arrived, say)
 
     def _plot(self, ended: bool) -> None:
         # Plots are the costly part of a redraw: only on new points, and at most every PLOT_EVERY_S while they
         # stream (a finished job's final curve is drawn at once). A plotext build of both costs ~100 ms here.
+        view = self.view
         now = time.monotonic()
-        fresh = len(self.metrics) != self.last_metrics_len or self.last_metrics_len < 0
+        fresh = len(view.metrics) != view.last_metrics_len or view.last_metrics_len < 0
         # The first points are drawn at once: "no data yet" must not linger for PLOT_EVERY_S.
-        if fresh and (
-            now - self.last_plot >= PLOT_EVERY_S or ended or self.last_metrics_len <= 0
-        ):
+        if fresh and (now - self.last_plot >= PLOT_EVERY_S or ended or view.last_metrics_len <= 0):
             self.last_plot = now
-            self.last_metrics_len = len(self.metrics)
-            runs = [(f"job {self.job_id}", self.metrics), *self.compare]
+            view.last_metrics_len = len(view.metrics)
+            runs = [(f"job {view.job_id}", view.metrics), *view.compare]
             self.query_one("#loss-plot", CurvePlot).show(runs)
             self.query_one("#lr-plot", CurvePlot).show(runs[:1])
 
     def _show_tb(self, tb: dict[str, Any]) -> None:
-        self.tb = tb
+        self.view.tb = tb
         set_content(self.query_one("#run-tb", Static), tb_text(tb))
         plot = self.query_one("#eval-plot", CurvePlot)
         evals = [(name, points) for name, points in (tb.get("evals") or {}).items() if points]
@@ -368,53 +409,57 @@ class RunScreen(DeckScreen):
             plot.show(evals)
 
     def _show_samples(self, samples: dict[int, list[SampleImage]]) -> None:
-        self.samples = samples
+        view = self.view
+        view.samples = samples
         self.query_one("#run-samples").set_class(not samples, "hidden")
         if not samples:
             return
-        if self.sample_prompt not in samples:
-            self.sample_prompt = min(samples)
+        if view.sample_prompt not in samples:
+            view.sample_prompt = min(samples)
         self._paint_sample()
 
     def _paint_sample(self) -> None:
         """The chosen prompt's image at the chosen step (the newest while following) and its caption."""
-        shots = self.samples.get(self.sample_prompt) or []
+        view = self.view
+        shots = view.samples.get(view.sample_prompt) or []
         if not shots:
             return
         steps = [s.step for s in shots]
-        at = len(shots) - 1 if self.sample_step not in steps else steps.index(self.sample_step)
+        at = len(shots) - 1 if view.sample_step not in steps else steps.index(view.sample_step)
         shot = shots[at]
-        prompts = sorted(self.samples)
+        prompts = sorted(view.samples)
         where = "newest" if at == len(shots) - 1 else "older (. newer)"
         size = f"{shot.width}x{shot.height} · " if shot.width and shot.height else ""
         set_content(
             self.query_one("#run-sample-caption", Static),
-            f"[b]Sample[/b] {prompts.index(self.sample_prompt) + 1}/{len(prompts)}  step {shot.step}"
-            f" ({at + 1}/{len(shots)})\n{size}{where}  (p: next prompt)\n" + escape(shot.prompt or "?"),
+            f"[b]Sample[/b] {prompts.index(view.sample_prompt) + 1}/{len(prompts)}  step {shot.step}"
+            f" ({at + 1}/{len(shots)})\n{size}{where}  (; next prompt)\n" + escape(shot.prompt or "?"),
         )
         preview = self.query_one("#run-sample-image", ImagePreview)
         if preview.path != Path(shot.path):
             preview.show(Path(shot.path))
 
     def action_sample_step(self, delta: int) -> None:
-        shots = self.samples.get(self.sample_prompt) or []
+        view = self.view
+        shots = view.samples.get(view.sample_prompt) or []
         if not shots:
             self.notify("no samples yet (a [sample] table renders them while training)")
             return
         steps = [s.step for s in shots]
-        at = len(steps) - 1 if self.sample_step not in steps else steps.index(self.sample_step)
+        at = len(steps) - 1 if view.sample_step not in steps else steps.index(view.sample_step)
         at = max(0, min(len(steps) - 1, at + delta))
         # Back at the newest: follow new samples as they come.
-        self.sample_step = None if at == len(steps) - 1 else steps[at]
+        view.sample_step = None if at == len(steps) - 1 else steps[at]
         self._paint_sample()
 
     def action_sample_prompt(self, delta: int) -> None:
-        prompts = sorted(self.samples)
+        view = self.view
+        prompts = sorted(view.samples)
         if not prompts:
             self.notify("no samples yet (a [sample] table renders them while training)")
             return
-        at = prompts.index(self.sample_prompt) if self.sample_prompt in prompts else 0
-        self.sample_prompt = prompts[(at + delta) % len(prompts)]
+        at = prompts.index(view.sample_prompt) if view.sample_prompt in prompts else 0
+        view.sample_prompt = prompts[(at + delta) % len(prompts)]
         self._paint_sample()
 
     def _gpu_text(self, msg: RunLoaded) -> str:
@@ -431,16 +476,54 @@ class RunScreen(DeckScreen):
 
     # log actions
 
+    def _logbar(self) -> None:
+        """One line under the log: which log, follow, wrap, dpdeck events, and where the search stands."""
+        log = self.query_one("#run-log", LogPane)
+        rank = "all ranks" if self.view.rank is None else f"rank {self.view.rank}"
+        # Short enough for the 51 columns the log gets at 80x24; the keys are in the footer and in `?`.
+        parts = [
+            rank,
+            "following" if log.auto_scroll else "paused",
+            # Lines wider than the pane: say that the arrows scroll it sideways (it has the focus).
+            "wrap" if log.wrap else "no wrap ←→" if log.virtual_size.width > log.size.width else "no wrap",
+            "events shown" if log.show_events else "events hidden",
+        ]
+        if self.search_text:
+            at = self.view.search_at
+            count = len(self.matches)
+            where = f"{self.matches.index(at) + 1}/{count}" if at in self.matches else f"0/{count}"
+            parts.insert(0, f"{where} {self.search_text!r}")
+        set_content(self.query_one("#run-logbar", Static), " · ".join(parts))
+
     def action_toggle_follow(self) -> None:
         log = self.query_one("#run-log", LogPane)
         log.set_follow(not log.auto_scroll)
-        self.notify("following the log" if log.auto_scroll else "log paused (f follows again)")
+        self._logbar()
+
+    def action_toggle_wrap(self) -> None:
+        log = self.query_one("#run-log", LogPane)
+        log.set_wrap(not log.wrap)
+        self._forget_matches()
+        self._logbar()
+
+    def action_toggle_events(self) -> None:
+        log = self.query_one("#run-log", LogPane)
+        log.set_show_events(not log.show_events)
+        self._forget_matches()
+        self._logbar()
+
+    def _forget_matches(self) -> None:
+        # The pane was read again (other rows): line numbers of earlier matches mean nothing now.
+        self.view.search_at = -1
+        self.matches = []
+        self.query_one("#run-log", LogPane).current = -1
 
     def action_search(self) -> None:
         box = self.query_one("#run-search", Input)
         box.value = ""
         if self.search_text:
             box.placeholder = f"search the log: Enter finds (empty: {self.search_text!r} again), Esc closes"
+        self.query_one("#run-logbar").display = False
         self.open_field(box)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -448,73 +531,109 @@ class RunScreen(DeckScreen):
             return
         event.stop()
         text = event.value or self.search_text
-        self.action_close_search()
+        self._close_field()
         if text:
             if text != self.search_text:
-                self.search_at = -1
+                self.view.search_at = -1
             self.search_text = text
-            self.action_search_next()
+            self.action_search_next(1)
 
-    def action_close_search(self) -> None:
+    def _close_field(self) -> None:
         box = self.query_one("#run-search", Input)
         if box.display:
             box.display = False
+            self.query_one("#run-logbar").display = True
             self.set_focus(self.query_one("#run-log", LogPane))
+
+    def action_close_search(self) -> None:
+        """Esc: close the search field; with it closed, drop the highlight of the last search."""
+        box = self.query_one("#run-search", Input)
+        if box.display:
+            self._close_field()
+            return
+        self.search_text = ""
+        self.matches = []
+        self.query_one("#run-log", LogPane).set_needle("")
+        self._logbar()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "close_search":
-            return bool(self.query_one("#run-search", Input).display)
+            return bool(self.query_one("#run-search", Input).display or self.search_text)
         return super().check_action(action, parameters)
 
-    def action_search_next(self) -> None:
+    def action_search_next(self, delta: int = 1) -> None:
         if not self.search_text:
             self.action_search()
             return
         log = self.query_one("#run-log", LogPane)
-        found = log.find(self.search_text, self.search_at)
-        if found is None:
+        # Counted at each step: lines keep arriving (and the oldest leave) while the job runs.
+        self.matches = log.match_lines(self.search_text)
+        if not self.matches:
+            log.set_needle(self.search_text)
+            self._logbar()
             self.notify(f"{self.search_text!r} not in the last {len(log.lines)} lines", severity="warning")
             return
-        self.search_at = found
+        at = self.view.search_at
+        if delta > 0:
+            found = next((i for i in self.matches if i > at), self.matches[0])
+        else:
+            found = next((i for i in reversed(self.matches) if i < at), self.matches[-1])
+        self.view.search_at = found
+        log.set_needle(self.search_text, found)
         log.jump_to(found)
+        self._logbar()
 
     def action_next_error(self) -> None:
         log = self.query_one("#run-log", LogPane)
-        found = log.find_error(self.search_at)
+        found = log.find_error(self.view.search_at)
         if found is None:
             self.notify("no error lines in the log", severity="information")
             return
-        self.search_at = found
+        self.view.search_at = found
         log.jump_to(found)
+        self._logbar()
 
     def action_rank(self, delta: int) -> None:
-        if self.job_id is None:
+        view = self.view
+        if view.job_id is None:
             return
-        gpus = (self._last_job.gpus if self._last_job else None) or [0]
+        gpus = (view.last_job.gpus if view.last_job else None) or [0]
         choices: list[int | None] = [None, *range(len(gpus))]
-        self.rank = choices[(choices.index(self.rank) + delta) % len(choices)]
-        self.notify(f"log: {'all ranks' if self.rank is None else f'rank {self.rank}'}")
+        view.rank = choices[(choices.index(view.rank) + delta) % len(choices)]
+        self._forget_matches()
+        self._logbar()
         self.poll()
 
     def action_compare(self) -> None:
-        from tui.screens.dialogs import PromptDialog
+        from tui.screens.job_picker import JobPicker
 
-        def check(text: str) -> str | None:
-            return None if text.strip().isdigit() else "expected a job number"
+        view = self.view
 
-        def go(text: str | None) -> None:
-            if text:
-                self.compare_ids.append(int(text))
-                self.last_metrics_len = -1
-                self.seen = (None, self.seen[1])
-                self.poll()
+        def go(job_id: int | None) -> None:
+            if job_id is None or view is not self.view:
+                return  # cancelled, or another job is shown now
+            if job_id in view.compare_ids:
+                view.compare_ids.remove(job_id)
+                self.notify(f"job {job_id}'s curve removed")
+            else:
+                view.compare_ids.append(job_id)
+            self._recompare()
 
-        self.app.push_screen(PromptDialog("Overlay the loss curve of job number:", "", check), go)
+        self.app.push_screen(
+            JobPicker("Overlay the loss curve of job:", view.job_id, set(view.compare_ids)), go
+        )
 
     def action_clear_compare(self) -> None:
-        self.compare_ids.clear()
-        self.last_metrics_len = -1
-        self.seen = (None, self.seen[1])
+        if not self.view.compare_ids:
+            self.notify("no curves overlaid (= adds one)")
+            return
+        self.view.compare_ids.clear()
+        self._recompare()
+
+    def _recompare(self) -> None:
+        view = self.view
+        view.last_metrics_len = -1
+        view.seen = (None, view.seen[1])
         self.poll()
 
 

@@ -9,18 +9,25 @@ from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from tui import data
+from tui import data, units
 from tui.engine_api import engine_of
+from tui.keyscheme import bind
 from tui.screens.base import DeckScreen
 
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
+
+
+def _reading(value: object, unit: str) -> str:
+    """One NVML reading with its unit; `-` when the driver reports none (never `None W`)."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}{unit}" if isinstance(value, float) else f"{value}{unit}"
 
 
 class SystemLoaded(Message):
@@ -86,6 +93,28 @@ def stats_text(stats: dict[str, Any]) -> str:
     return "\n".join(lines) or "no system figures"
 
 
+# Job states in the order a person asks about them: what is happening, then what is waiting, then the ends.
+STATE_ORDER = ("running", "starting", "stopping", "cleanup", "queued", "completed", "failed", "oom", "hung",
+               "interrupted", "cancelled")
+
+
+def daemon_text(daemon: dict[str, Any], width: int = 76) -> str:
+    """engine daemon_status() as sentences: `● running (pid 42)`, `jobs: 1 running, 2 cancelled`, `queue
+    paused: no` (the dict's own repr used to reach the screen: `paused: False`, `jobs: {...}`)."""
+    pid = f" (pid {daemon['pid']})" if daemon.get("pid") else ""
+    lines = [f"● running{pid}" if daemon.get("running") else "○ not running (it starts when a job is queued)"]
+    if "jobs" in daemon:
+        lines.append(f"jobs: {units.counts(daemon['jobs'], STATE_ORDER, none='none yet')}")
+    if "paused" in daemon:
+        lines.append(f"queue paused: {units.yes_no(daemon['paused'])}")
+    if daemon.get("state_dir"):
+        lines.append(f"state dir: {units.middle(daemon['state_dir'], max(20, width - 11))}")
+    lines += [f"problem: {p}" for p in daemon.get("problems") or []]
+    if daemon.get("detail"):
+        lines.append(str(daemon["detail"]))
+    return "\n".join(lines)
+
+
 def gpu_summary(gpus: list[dict[str, Any]]) -> str:
     if not gpus:
         return "No NVIDIA GPUs found on this machine (NVML reports none). Training here runs on CPU only."
@@ -96,9 +125,9 @@ class SystemScreen(DeckScreen):
     TITLE_TEXT = "System"
     POLL_SECONDS = 3.0  # NVML plus a process scan (ours vs foreign): a few ms each time
     BINDINGS = [
-        Binding("R", "reclaim", "Reclaim orphans", id="system.reclaim"),
-        Binding("r", "refresh", "Refresh", id="system.refresh"),
-        Binding("B", "backend", "Install/update diffusion-pipe", id="system.backend"),
+        bind("system.reclaim", "reclaim", "Reclaim orphans"),
+        bind("system.refresh", "refresh", "Refresh"),
+        bind("system.backend", "backend", "Install/update diffusion-pipe"),
     ]
     _backend: dict[str, Any] | None = None  # the last backend report shown
     _proc: subprocess.Popen[bytes] | None = None  # a backend run B started (reaped by poll)
@@ -155,10 +184,10 @@ class SystemScreen(DeckScreen):
             cells = {
                 "index": key,
                 "name": str(gpu.get("name", "?")),
-                "util": f"{gpu.get('util', '?')}%",
-                "mem": f"{_gib(gpu.get('mem_used', 0))}/{_gib(gpu.get('mem_total', 0))}",
-                "temp": f"{gpu.get('temp', '?')}°C",
-                "power": f"{gpu.get('power', '?')} W",
+                "util": _reading(gpu.get("util"), "%"),
+                "mem": f"{_gib(gpu.get('mem_used') or 0)}/{_gib(gpu.get('mem_total') or 0)}",
+                "temp": _reading(gpu.get("temp"), "°C"),
+                "power": _reading(gpu.get("power"), " W"),
                 "procs": ", ".join(f"{p.get('pid')} {'ours' if p.get('ours') else 'FOREIGN'}" for p in procs)
                 or "-",
             }
@@ -170,12 +199,8 @@ class SystemScreen(DeckScreen):
         for key in [k.value for k in table.rows if k.value not in seen]:
             table.remove_row(key)
         self.query_one("#host-stats", Static).update(stats_text(message.stats))
-        daemon = message.daemon
-        running = daemon.get("running")
-        text = ("● running" if running else "○ not running") + "".join(
-            f"\n{k}: {v}" for k, v in daemon.items() if k != "running"
-        )
-        self.query_one("#daemon-status", Static).update(text)
+        pane = self.query_one("#daemon-status", Static)
+        pane.update(daemon_text(message.daemon, pane.size.width or 76))
         self._backend = message.backend
         self.query_one("#backend-status", Static).update(backend_text(message.backend))
 

@@ -16,9 +16,12 @@ def change_lines(profile: Profile, changes: list[object], source: str) -> str:
     out = []
     for c in changes:
         key, old, new = c.key, c.old, c.new  # type: ignore[attr-defined]
-        line = profile.main.line_of(key)
+        # `dataset:KEY` is a key of the dataset TOML (Datasets' "use this folder"); the rest are main.toml's.
+        file, _, key = key.rpartition(":")
+        doc, where = (profile.dataset, "dataset.toml") if file == "dataset" and profile.dataset else (profile.main, source)
+        line = doc.line_of(key)
         was = f"   (was {old!r})" if old not in (None, "") else "   (new key)"
-        out.append(f"{source}:{line or '?'}: {key} = {new!r}{was}")
+        out.append(f"{where}:{line or '?'}: {key} = {new!r}{was}")
     return "\n".join(out)
 
 
@@ -51,12 +54,12 @@ class UseInProfile:
         lines = change_lines(profile, changes, "main.toml")
 
         def save() -> None:
-            self._save(name, profile, message, len(changes))
+            self._save_profile(name, profile, message, len(changes))
 
         self.app.call_from_thread(self.confirm, f"Fill profile {name} with {what}?\n\n{lines}", save)
 
     @work(thread=True, group="models-save")
-    def _save(self, name: str, profile: Profile, message: str, count: int) -> None:
+    def _save_profile(self, name: str, profile: Profile, message: str, count: int) -> None:
         from profiles import store
 
         try:

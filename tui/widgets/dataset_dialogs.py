@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tui.keymap import shown_key
+from tui.keyscheme import bind
 from tui.widgets.dataset_model import OP_FIELDS, OPS, BatchSpec, check_spec
 
 MAX_DIFF_LINES = 3000  # more would make the dialog slow to lay out; the count says what is left out
@@ -18,7 +19,7 @@ MAX_DIFF_LINES = 3000  # more would make the dialog slow to lay out; the count s
 class BatchDialog(ModalScreen[tuple[BatchSpec, str] | None]):
     """Arguments of one op and the files it covers. Enter runs the dry run; the reason shows when refused."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="batch.cancel")]
+    BINDINGS = [bind("batch.cancel", "cancel", "Cancel", keys="escape")]
 
     def __init__(self, op: str, scopes: list[tuple[str, str]]) -> None:
         super().__init__()
@@ -96,8 +97,8 @@ class ApplyDialog(ModalScreen[bool]):
     """The dry run: what would change, as a diff. `y` applies (undoable), `n`/`q`/Esc cancels."""
 
     BINDINGS = [
-        Binding("y", "answer(True)", "Apply", id="apply.yes"),
-        Binding("n,q,escape", "answer(False)", "Cancel", id="apply.no"),
+        bind("apply.yes", "answer(True)", "Apply", keys="y"),
+        bind("apply.no", "answer(False)", "Cancel"),
     ]
 
     def __init__(self, title: str, summary: str, diff: str) -> None:
@@ -113,7 +114,8 @@ class ApplyDialog(ModalScreen[bool]):
             with VerticalScroll(id="apply-diff", can_focus=True):
                 yield Static(diff_text(self.diff) if self.diff else Text("(no file would change)"))
             yield Static(
-                "[b]y[/b] apply (undo with u)    [b]n[/b]/[b]Esc[/b] cancel    arrows/PgUp/PgDn scroll",
+                f"[b]y[/b] apply (undo with {shown_key(self.app, 'datasets.undo')})    [b]n[/b]/[b]Esc[/b] cancel    "
+                "arrows/PgUp/PgDn scroll",
                 classes="dialog-keys",
             )
 

@@ -418,15 +418,23 @@ def bucket_settings(source: DatasetSource, profile: str | None) -> BucketSetting
             label, source.toml_data, source.toml_base, batches, framerate=framerate, round_to=round_to,
             backend=backend,
         )
+    data = folder_dataset(prof, label, source.directories)
+    return BucketSettings(
+        label, data, source.target, batches, framerate=framerate, round_to=round_to, backend=backend
+    )
+
+
+def folder_dataset(prof: Any, label: str, directories: list[Path]) -> dict[str, Any]:
+    """A plain folder as a dataset TOML: the profile's resolutions and buckets, the folder(s) in place of its
+    [[directory]] entries (keeping the first entry's repeats etc.). `prof` is a profiles Profile; the Datasets
+    screen and `dpdeck dataset buckets FOLDER` both count this way."""
     if prof.dataset is None:
         raise OpenError(f"{label}: has no dataset TOML to take resolutions and buckets from")
     data = dict(prof.dataset.data())
     first = (data.get("directory") or [{}])[0]
     keep = {k: v for k, v in first.items() if k != "path"} if isinstance(first, Mapping) else {}
-    data["directory"] = [{**keep, "path": str(d)} for d in source.directories]
-    return BucketSettings(
-        label, data, source.target, batches, framerate=framerate, round_to=round_to, backend=backend
-    )
+    data["directory"] = [{**keep, "path": str(d)} for d in directories]
+    return data
 
 
 @dataclass

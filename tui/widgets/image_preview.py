@@ -1,9 +1,11 @@
 """Image preview in any terminal: kitty graphics or sixel where the terminal draws them, half blocks elsewhere.
 
 Half-block cells (`▀`, foreground = top pixel, background = bottom pixel) work everywhere Textual works, tmux
-over ssh included, and stay the fallback. Kitty graphics show the image through Unicode placeholder cells
-(plain text to Textual); sixel is drawn over blank cells right after each frame that repainted them. Which one
-is used: tui.widgets.term_graphics.choose (docs/datasets.md, "Image preview").
+over ssh included, and stay the fallback (dpdeck's own: it measures faster than textual-image's half-cell
+renderable, docs/dependencies.md). Kitty graphics show the image through Unicode placeholder cells (plain text
+to Textual); sixel is one image per cell row, carried in that row's strip as a zero-width control segment, so
+Textual redraws exactly the rows it repaints. Which one is used: tui.widgets.term_graphics.choose
+(docs/datasets.md, "Image preview").
 
 Decoding and encoding run on one background thread with "latest request wins": holding `j` over a folder of
 4096x4096 JPEGs decodes only the image the cursor stops on, never a backlog. JPEGs decode at 1/2..1/8 scale
@@ -24,9 +26,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 from rich.color import Color, ColorTriplet, ColorType
-from rich.segment import Segment
+from rich.segment import ControlType, Segment
 from rich.style import Style
-from textual.app import App
+from textual.errors import NoWidget
 from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
@@ -174,12 +176,14 @@ def render_cells(path: Path, cols: int, rows: int) -> list[Strip]:
 
 @dataclass
 class Graphic:
-    """A kitty or sixel preview: the cells Textual draws, and the escape the terminal gets out of band."""
+    """A kitty or sixel preview: the cells Textual draws, and the image escapes (kitty: sent out of band
+    through the driver; sixel: carried in the rows' strips)."""
 
     strips: list[Strip]
-    escape: str  # kitty: the transmission; sixel: the image
+    escape: str  # kitty: the transmission; sixel: every row's image (for the cache's byte count)
     image_id: int = 0  # kitty: the id the placeholder cells name
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # the image's cells in the widget: x, y, cols, rows
+    rows: tuple[str, ...] = ()  # sixel: one image per cell row of the box, top to bottom
 
 
 def _graphic_box(path: Path, cols: int, rows: int, mode: Mode) -> tuple[Image.Image, int, int, int, int]:
@@ -225,9 +229,10 @@ def render_kitty(path: Path, cols: int, rows: int, mode: Mode, image_id: int) ->
 
 
 def render_sixel(path: Path, cols: int, rows: int, mode: Mode) -> Graphic:
-    """Blank cells, and the sixel image drawn over the box in their middle."""
+    """Blank cells, and the sixel images (one per cell row) drawn over the box in their middle."""
     im, x, y, img_cols, img_rows = _graphic_box(path, cols, rows, mode)
-    return Graphic(_framed([], 0, 0, cols, rows), tg.sixel_image(im), 0, (x, y, img_cols, img_rows))
+    sixels = tg.sixel_rows(im, mode.cell[1])[:img_rows]
+    return Graphic(_framed([], 0, 0, cols, rows), "".join(sixels), 0, (x, y, img_cols, len(sixels)), sixels)
 
 
 def cache_key(path: Path, cols: int, rows: int, mode: Mode = HALFBLOCK_MODE) -> Key:
@@ -346,50 +351,6 @@ class PreviewRenderer:
         return sum(len(r.graphic.escape) for r in self._cache.values() if r.graphic is not None)
 
 
-FrameListener = Callable[[object], None]
-
-
-def add_frame_listener(app: App[object], listener: FrameListener) -> bool:
-    """Call `listener(update)` right after `app` has handed a frame to its driver; False where it cannot.
-
-    Sixel is drawn over cells, so it must follow every frame that repainted them. Textual has no public
-    after-frame hook, so this wraps the app's `_display` once (checked: Textual 8).
-    """
-    listeners: list[FrameListener] | None = app.__dict__.get("_dpdeck_frame_listeners")
-    if listeners is None:
-        display = getattr(app, "_display", None)
-        if not callable(display):
-            return False
-        listeners = []
-
-        def display_then_notify(screen: object, renderable: object) -> None:
-            display(screen, renderable)
-            for notify in tuple(listeners):
-                notify(renderable)
-
-        app._display = display_then_notify  # type: ignore[method-assign]
-        app.__dict__["_dpdeck_frame_listeners"] = listeners
-    listeners.append(listener)
-    return True
-
-
-def remove_frame_listener(app: App[object], listener: FrameListener) -> None:
-    listeners = app.__dict__.get("_dpdeck_frame_listeners") or []
-    if listener in listeners:
-        listeners.remove(listener)
-
-
-def repaints(update: object, region: Region) -> bool:
-    """Whether writing this compositor update to the terminal rewrites any cell of `region`."""
-    spans = getattr(update, "spans", None)
-    if spans is not None:  # a partial update: (y, x1, x2) runs of rewritten cells
-        return any(
-            region.y <= y < region.bottom and x1 < region.right and x2 > region.x for y, x1, x2 in spans
-        )
-    whole = getattr(update, "region", None)  # a full update rewrites its whole region
-    return isinstance(whole, Region) and whole.overlaps(region)
-
-
 def _terminal_cell_pixels() -> tuple[int, int] | None:
     """The cell size the terminal reports on the stream Textual writes to (stderr), else on stdout."""
     for stream in (sys.__stderr__, sys.__stdout__):
@@ -431,6 +392,7 @@ class ImagePreview(Widget):
         self._graphic: Rendered | None = None  # the kitty / sixel preview on screen
         self._mode = HALFBLOCK_MODE  # the mode of the latest request
         self._kitty_sent: OrderedDict[int, None] = OrderedDict()  # image ids the terminal holds
+        self._covered = False  # sixel: something is in front of part of the box (a toast, a menu)
         self._renderer = PreviewRenderer(self._from_thread)
 
     @property
@@ -439,13 +401,13 @@ class ImagePreview(Widget):
 
     def on_mount(self) -> None:
         self.choice = self._choose()
-        if self.choice.protocol == tg.SIXEL and not add_frame_listener(self.app, self._after_frame):
-            self.choice = tg.Choice(tg.HALFBLOCK, False, self.choice.tmux, "sixel: no after-frame hook")
+        if self.choice.protocol == tg.SIXEL:
+            # Immediate: the frame that shows an overlay must already be rendered without the sixel rows
+            self.screen.screen_layout_refresh_signal.subscribe(self, self._layout_changed, immediate=True)
         self.log.info(f"image preview: {self.choice.protocol} ({self.choice.reason})")
 
     def on_unmount(self) -> None:
         self._renderer.stop()
-        remove_frame_listener(self.app, self._after_frame)
         for image_id in self._kitty_sent:  # leave no image memory behind in the terminal
             self._write(tg.kitty_delete(image_id, tmux=self.choice.tmux))
         self._kitty_sent.clear()
@@ -531,10 +493,11 @@ class ImagePreview(Widget):
             self._transmit(shown.graphic)
         self._strips = strips
         self._graphic = shown
+        self._covered = self._box_covered()
         self.error = error
         self.painted_path = path
         self.painted_at = time.perf_counter()
-        self.refresh()  # sixel: the frame that blanks the cells draws the image after them (_after_frame)
+        self.refresh()  # sixel: the rows' strips carry the images (render_line)
         if path is not None:
             self.post_message(self.Painted(path))
 
@@ -561,53 +524,69 @@ class ImagePreview(Widget):
             old, _ = self._kitty_sent.popitem(last=False)
             self._write(tg.kitty_delete(old, tmux=self.choice.tmux))
 
-    def _sixel_region(self, graphic: Graphic) -> Region:
-        x, y, cols, rows = graphic.box
-        content = self.content_region
-        return Region(content.x + x, content.y + y, cols, rows)
-
-    def _after_frame(self, update: object) -> None:
-        """Draw the sixel again after a frame that rewrote (blanked) any of its cells."""
-        shown = self._graphic
-        if shown is None or shown.graphic is None or self.choice.protocol != tg.SIXEL:
-            return
-        if not self.is_attached or shown.key[3:5] != tuple(self.size) or getattr(self.app, "_batch_count", 0):
-            return
-        region = self._sixel_region(shown.graphic)
-        if region.area and repaints(update, region) and self._uncovered(region):
-            # Save the cursor, draw at the box's top-left cell (1-based), restore: Textual's cursor is untouched.
-            self._write(f"\x1b7\x1b[{region.y + 1};{region.x + 1}H{shown.graphic.escape}\x1b8")
-
-    def _uncovered(self, region: Region) -> bool:
-        """Whether nothing is in front of `region` (a toast, a menu): sixel would paint over it.
-
-        Also false when the region touches the last screen line (the cursor after a sixel could scroll the
-        screen) or is not all on screen.
-        """
-        screen = self.screen
-        if screen is not self.app.screen or region.bottom >= screen.size.height:
-            return False
-        try:
-            lines = screen._compositor.layers_visible  # per line: visible widgets, front to back
-        except AttributeError:
-            return False
-        for y in range(region.y, region.bottom):
-            for widget, cropped, _ in lines[y]:
-                if widget is self:
-                    if cropped.x > region.x or cropped.right < region.right:
-                        return False  # clipped by a container
-                    break
-                if widget.visible and cropped.x < region.right and cropped.right > region.x:
-                    return False
-            else:
-                return False  # this line of the box shows no part of the preview
-        return True
-
     def render_line(self, y: int) -> Strip:
         cols = self.size.width
         if self.error:
             line = self.error[y * cols : (y + 1) * cols] if cols else ""
             return Strip([Segment(line.ljust(cols))], cols)
         if y < len(self._strips):
-            return self._strips[y].crop_extend(0, cols, None)
+            strip = self._strips[y].crop_extend(0, cols, None)
+            sixel = self._sixel_segment(y)
+            return Strip([sixel, *strip], strip.cell_length) if sixel is not None else strip
         return Strip.blank(cols)
+
+    def _layout_changed(self, _screen: object) -> None:
+        covered = self._box_covered()
+        if covered != self._covered:
+            self._covered = covered
+            self.refresh()  # the rows' strips are rebuilt with (or without) their sixels
+
+    def _box_covered(self) -> bool:
+        """Whether any cell of the sixel box shows another widget (an overlay in front of the preview).
+
+        Textual measures a control segment's text as if it were printed, so a strip with a sixel must never be
+        cut by an overlay's edges (it would come out as a broken escape and stray text). While something covers
+        the box no row carries its sixel; the layout refresh that removes the cover brings them back.
+        """
+        shown = self._graphic
+        if shown is None or shown.graphic is None or self.choice.protocol != tg.SIXEL or not self.is_attached:
+            return False
+        x, top, cols, rows = shown.graphic.box
+        origin = self.content_region
+        box = Region(origin.x + x, origin.y + top, cols, rows)
+        screen = self.screen
+        mine = {self, *self.ancestors_with_self}
+        # Whatever else is visible over the box is in front of it: the preview's own containers hold it, and
+        # widgets in the layout never overlap it.
+        for widget in screen.walk_children(with_self=False):
+            if widget in mine or not widget.display or not widget.visible or not widget.region.overlaps(box):
+                continue
+            try:
+                if screen.find_widget(widget).visible_region.overlaps(box):
+                    return True
+            except NoWidget:  # not on screen (scrolled out, hidden)
+                continue
+        return False
+
+    def _sixel_segment(self, y: int) -> Segment | None:
+        """Row `y`'s sixel as a zero-width control segment at the row's start: save the cursor, move right to
+        the box's first cell, the image, restore the cursor.
+
+        Textual writes a row's segments from the row's first cell, so the move is relative (a preview that moved
+        without resizing still draws in place), and it writes the segment with the row: a frame that repaints
+        the row (and blanks its cells) draws that row's image again, one that does not, does not. Cells written
+        after it on the same line would cover it, but an overlay is never let near it (_box_covered); under a
+        modal screen Textual renders the screen below without it.
+        """
+        shown = self._graphic
+        if shown is None or shown.graphic is None or self.choice.protocol != tg.SIXEL or self._covered:
+            return None
+        x, top, _cols, rows = shown.graphic.box
+        if not top <= y < top + rows or shown.key[3:5] != tuple(self.size):
+            return None
+        # Never on the screen's last line: the cursor after a sixel there could scroll the whole screen.
+        if self.content_region.y + top + rows >= self.screen.size.height:
+            return None
+        forward = f"\x1b[{x}C" if x else ""
+        text = f"\x1b7{forward}{shown.graphic.rows[y - top]}\x1b8"
+        return Segment(text, None, ((ControlType.CURSOR_FORWARD, 0),))

@@ -19,6 +19,25 @@ def smooth(values: list[float], alpha: float = 0.9) -> list[float]:
 
 
 MAX_POINTS = 600  # a terminal plot is at most a few hundred braille dots wide
+NICE_STEPS = (1, 2, 5)  # tick spacings: these times a power of ten
+TICKS = 5  # at most this many x labels: at 80 columns a chart is ~25 cells wide
+
+
+def int_ticks(lo: float, hi: float, most: int = TICKS) -> list[int]:
+    """Whole-number x labels (steps, epochs) at a round spacing (1, 2, 5, 10, 20, ...) covering [lo, hi]:
+    plotext's own labels are evenly spaced floats (`1.0 16.8 32.5`)."""
+    first, last = int(lo // 1) + (lo % 1 > 0), int(hi // 1)
+    if last < first:
+        return [int(round(lo))]
+    span = max(1, last - first)
+    magnitude = 1
+    while True:
+        for nice in NICE_STEPS:
+            spacing = nice * magnitude
+            if span // spacing + 1 <= most:
+                start = -(-first // spacing) * spacing  # the first multiple of the spacing >= first
+                return list(range(start, last + 1, spacing)) or [first]
+        magnitude *= 10
 
 
 def series(metrics: list[dict[str, object]], key: str) -> tuple[list[float], list[float]]:
@@ -71,11 +90,13 @@ class CurvePlot(PlotextPlot):
         plt.clear_data()
         plt.title(self.title_text)
         self.points = 0
+        lo, hi = float("inf"), float("-inf")
         for label, metrics in runs:
             xs, ys = series(metrics, self.key)
             if not xs:
                 continue
             self.points += len(xs)
+            lo, hi = min(lo, xs[0], xs[-1]), max(hi, xs[0], xs[-1])
             plt.plot(xs, ys, label=f"{label}" if len(runs) > 1 else "raw", marker="braille")
             if self.smoothed and len(ys) > 2:
                 plt.plot(
@@ -83,4 +104,8 @@ class CurvePlot(PlotextPlot):
                 )
         if not self.points:
             plt.title(f"{self.title_text}: no data yet")
+            plt.xticks([], [])  # (the last job's labels must not stay on an empty chart)
+        else:
+            ticks = int_ticks(lo, hi)
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
         self.refresh()

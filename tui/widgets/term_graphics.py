@@ -10,18 +10,20 @@ Pure functions, no Textual: the preview widget (tui.widgets.image_preview) decid
 - Kitty: the image is transmitted once with a *virtual* placement (`U=1`), then shown by ordinary text
   cells of U+10EEEE whose foreground colour is the image id and whose combining marks give the cell's row
   and column. The cells are plain text to Textual, so its layout, overdraw and repaint need no help.
-- Sixel: a palette image (<= 255 colours) in 6-pixel bands with run-length encoding. Sixel is pixels, not
-  text, so the widget draws it over blank cells after each frame that repainted them.
+  Written here, not taken from textual-image: its kitty renderable writes the transmission to sys.__stdout__
+  itself, from the render path, outside Textual's driver (so out of order with frames) and again per render;
+  dpdeck's goes through the driver once per image, as raw RGB on a local terminal (no PNG encode).
+- Sixel: textual-image's encoder, on an image quantised once and cut into cell rows. Sixel is pixels, not
+  text: each row's sixel travels inside that row's strip as a zero-width control segment, so Textual draws it
+  whenever (and only when) it writes that row, with no hook into its frames.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from PIL import Image
 
@@ -207,78 +209,46 @@ def png_bytes(im: Image.Image) -> bytes:
 # --- sixel ------------------------------------------------------------------------------------------------
 
 # 128 colours: photos keep smooth gradients without dithering, and the encoder's cost grows with the colours
-# present per 6-pixel band (pure Python: ~0.2 s for a 1140x755 photo at 128, twice that at 255).
+# present per 6-pixel band.
 SIXEL_COLORS = 128
-_PAD = 255  # palette indices stop at 254: 255 pads the last band and is never drawn
-# Runs of 4+ empty ("?") or full ("~") sixels become "!n?" / "!n~": together nearly all the runs in a picture,
-# and a pattern without a back-reference scans several times faster than a general one.
-_RUN = re.compile(rb"\?{4,}|~{4,}")
-_TO_SIXEL = bytes(63 + min(v, 63) for v in range(256))  # 6-bit column value -> sixel character
-
-
-@lru_cache(maxsize=6 * 256)
-def _bit_table(row: int, index: int) -> bytes:
-    """Translate table: palette index `index` -> the bit of `row` inside a sixel, anything else -> 0."""
-    table = bytearray(256)
-    table[index] = 1 << row
-    return bytes(table)
-
-
-def _run(match: re.Match[bytes]) -> bytes:
-    return b"!%d%c" % (len(match[0]), match[0][0])
+# textual-image writes P2=0 (unset pixels drawn in the background colour); dpdeck draws one slice per cell row
+# (tui.widgets.image_preview), and a slice whose height is not a multiple of 6 must not blank the row below.
+_LIBRARY_HEAD = '\x1bP0;0;0q"'
+_TRANSPARENT_HEAD = '\x1bP0;1;0q"'
 
 
 def sixel_quantize(im: Image.Image, colors: int = SIXEL_COLORS) -> Image.Image:
-    """The image as a palette image of at most `colors` (<= 255) entries, without dithering.
+    """The image as a palette image of at most `colors` (<= 256) entries, without dithering.
 
+    Done once per image, before it is cut into cell rows, so every row is drawn from the same palette.
     Dithering would break up the runs the encoding lives on. Fast octree: median cut costs 50x more.
     """
     return im.convert("RGB").quantize(
-        colors=max(1, min(colors, _PAD)), method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+        colors=max(1, min(colors, 256)), method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
     )
 
 
-def sixel_encode(palette_image: Image.Image) -> str:
-    """A palette image as one sixel DCS sequence: pixel aspect 1:1, pixels of no colour left transparent."""
-    w, h = palette_image.size
-    data = palette_image.tobytes()
-    palette = palette_image.getpalette() or []
-    used = sorted(set(data))
-    if used and used[-1] >= _PAD:
-        raise ValueError("sixel_encode needs palette indices below 255 (use sixel_quantize)")
-    # P2=1: unset pixels keep what is under them; "1;1;w;h: square pixels and the image size.
-    head = [f'\x1bP0;1;0q"1;1;{w};{h}']
-    for i in used:
-        r, g, b = palette[3 * i : 3 * i + 3]
-        head.append(f"#{i};2;{round(r * 100 / 255)};{round(g * 100 / 255)};{round(b * 100 / 255)}")
-    bands = (h + 5) // 6
-    data += bytes([_PAD]) * (bands * 6 * w - len(data))
-    table = _bit_table
-    out = []
-    for band in range(bands):
-        r0, r1, r2, r3, r4, r5 = (data[(6 * band + r) * w : (6 * band + r + 1) * w] for r in range(6))
-        present = set(r0 + r1 + r2 + r3 + r4 + r5)
-        present.discard(_PAD)
-        items = []
-        for i in sorted(present):
-            # Each row holds its own bit where it has colour i; the bits never overlap, so OR-ing the rows read
-            # as big integers packs the six rows into one byte per column, all in C.
-            packed = (
-                int.from_bytes(r0.translate(table(0, i)), "big")
-                | int.from_bytes(r1.translate(table(1, i)), "big")
-                | int.from_bytes(r2.translate(table(2, i)), "big")
-                | int.from_bytes(r3.translate(table(3, i)), "big")
-                | int.from_bytes(r4.translate(table(4, i)), "big")
-                | int.from_bytes(r5.translate(table(5, i)), "big")
-            )
-            line = packed.to_bytes(w, "big").lstrip(b"\0")
-            lead = w - len(line)  # columns before the colour's first pixel
-            line = line.rstrip(b"\0").translate(_TO_SIXEL)
-            items.append(b"#%d%s%s" % (i, b"!%d?" % lead if lead > 3 else b"?" * lead, line))
-        out.append(b"$".join(items))  # "$": back to column 0 for the next colour of this band
-    body = _RUN.sub(_run, b"-".join(out)).decode("ascii")  # "-": the next band
-    return "".join(head) + body + "\x1b\\"
+def sixel_encode(palette_image: Image.Image, colors: int = 256) -> str:
+    """A palette image (sixel_quantize's) as one sixel DCS sequence (textual-image's encoder): square pixels,
+    unset pixels left transparent. A palette of at most `colors` entries is encoded as it is, not quantised
+    again."""
+    from textual_image._sixel import SixelOptions, image_to_sixels
+
+    seq = image_to_sixels(palette_image, SixelOptions(colors=max(1, min(colors, 256))))
+    if not seq.startswith(_LIBRARY_HEAD):
+        raise RuntimeError(f"textual-image's sixel header changed: {seq[:12]!r} (expected {_LIBRARY_HEAD!r})")
+    return _TRANSPARENT_HEAD + seq[len(_LIBRARY_HEAD) :]
 
 
 def sixel_image(im: Image.Image, colors: int = SIXEL_COLORS) -> str:
-    return sixel_encode(sixel_quantize(im, colors))
+    return sixel_encode(sixel_quantize(im, colors), colors)
+
+
+def sixel_rows(im: Image.Image, cell_height: int, colors: int = SIXEL_COLORS) -> tuple[str, ...]:
+    """The image as one sixel per cell row (`cell_height` pixels each, the last one shorter), one palette."""
+    quantised = sixel_quantize(im, colors)
+    w, h = quantised.size
+    return tuple(
+        sixel_encode(quantised.crop((0, top, w, min(h, top + cell_height))), colors)
+        for top in range(0, h, max(1, cell_height))
+    )

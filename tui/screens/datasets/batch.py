@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tui.keymap import shown_key
 from tui.screens.datasets import messages as msg
 from tui.screens.datasets.file_list import FileList
 from tui.widgets import dataset_model as dm
@@ -69,7 +70,8 @@ class BatchAndUndo(FileList):
         self.app.push_screen(dialog, answer)
 
     def on_applied(self, message: msg.Applied) -> None:
-        self.notify(f"changed {message.count} caption(s): op {message.op_id} (u to undo)", timeout=8)
+        undo = shown_key(self.app, "datasets.undo")
+        self.notify(f"changed {message.count} caption(s): op {message.op_id} ({undo} to undo)", timeout=8)
         self._reload(message.folders)
 
     def action_undo(self) -> None:

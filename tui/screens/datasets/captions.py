@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable, TextArea
 
+from tui.keymap import shown_key
 from tui.screens.datasets import messages as msg
 from tui.screens.datasets.file_list import FileList
 
@@ -32,7 +33,8 @@ class CaptionEditing(FileList):
             if self.drafts.get(image) == text:  # typed on since? then that newer text stays a draft
                 del self.drafts[image]
         op_id = message.op_id
-        self.notify(f"saved {len(message.drafts)} caption(s)" + (f"; u undoes ({op_id})" if op_id else ""))
+        undo = shown_key(self.app, "datasets.undo")
+        self.notify(f"saved {len(message.drafts)} caption(s)" + (f"; {undo} undoes ({op_id})" if op_id else ""))
         self._reload({p.parent for p in message.drafts})
 
     def action_revert(self) -> None:

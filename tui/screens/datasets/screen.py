@@ -11,23 +11,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from textual import events
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import ContentSwitcher, DataTable, Input, OptionList, Static, TextArea
 
+from tui import units
+from tui.keyscheme import bind
 from tui.screens.datasets import messages as msg
 from tui.screens.datasets.batch import BatchAndUndo
 from tui.screens.datasets.captions import CaptionEditing
 from tui.screens.datasets.filters import FiltersAndPanels
+from tui.screens.datasets.use_folder import UseFolder
 from tui.screens.list_keys import VIM_LIST_BINDINGS
 from tui.widgets.image_preview import ImagePreview
+
+# A notification is 60 cells wide, at most half the screen: 36 cells of text at 80 columns.
+TOAST_PATH_CELLS = 34
 
 # Keys that still work while the caption editor or the input line has the focus (the rest type text).
 TYPING_ACTIONS = {"save", "next_image", "prev_image", "revert", "leave"}
 
 
-class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
+class DatasetsScreen(UseFolder, CaptionEditing, BatchAndUndo, FiltersAndPanels):
     TITLE_TEXT = "Datasets"
     # Screen classes for app.tcss: wider folder column and taller caption editor on big terminals.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
@@ -37,26 +44,28 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         # Priority: the app runs these before routing the next key, so the letters typed right after `o`, `/`,
         # `e` or Enter land in the field they open, not in the list they were typed over (and lost). Textual drops
         # a priority letter binding by itself while a text field has the focus.
-        Binding("o", "open", "Open", id="datasets.open", priority=True),
-        Binding("p", "open_profile", "Profile's data", id="datasets.profile", show=False),
-        Binding("e,enter", "edit", "Edit", id="datasets.edit", show=False, priority=True),
-        Binding("ctrl+s", "save", "Save", id="datasets.save"),
+        bind("datasets.open", "open", "Open", priority=True),
+        bind("datasets.edit", "edit", "Edit", show=False, priority=True),
+        bind("datasets.edit_enter", "edit", "Edit", show=False, priority=True),
+        bind("datasets.save", "save", "Save"),
         # Priority: the editor would type alt+n as an "n".
-        Binding("ctrl+down,alt+n", "next_image", "Next", id="datasets.next", key_display="^↓", priority=True),
-        Binding("ctrl+up,alt+p", "prev_image", "Prev", id="datasets.prev", key_display="^↑", priority=True),
-        Binding("ctrl+r", "revert", "Revert caption", id="datasets.revert", show=False),
-        Binding("m", "filter_missing", "Missing", id="datasets.missing"),
-        Binding("slash", "filter_tag", "Tag", id="datasets.tag", key_display="/", priority=True),
-        Binding("f", "filter_bucket", "Bucket filter", id="datasets.bucket_filter", show=False),
-        Binding("d", "filter_dupes", "Dupes", id="datasets.dupes", show=False),
-        Binding("c", "clear_filters", "Clear filters", id="datasets.clear", show=False),
-        Binding("s", "panel('ds-stats')", "Stats", id="datasets.stats"),
-        Binding("b", "panel('ds-buckets')", "Buckets", id="datasets.buckets"),
-        Binding("P", "bucket_profile", "Batch profile", id="datasets.bucket_profile", show=False),
-        Binding("a", "batch", "Batch", id="datasets.batch"),
-        Binding("u", "undo", "Undo", id="datasets.undo"),
-        Binding("r", "rescan", "Rescan", id="datasets.rescan", show=False),
-        Binding("escape", "leave", "Back", id="datasets.back"),
+        bind("datasets.next", "next_image", "Next", priority=True),
+        bind("datasets.prev", "prev_image", "Prev", priority=True),
+        bind("datasets.tag", "filter_tag", "Tag", priority=True),
+        bind("datasets.missing", "filter_missing", "Missing"),
+        bind("datasets.stats", "panel('ds-stats')", "Stats"),
+        bind("datasets.buckets", "panel('ds-buckets')", "Buckets"),
+        bind("datasets.batch", "batch", "Batch"),
+        bind("datasets.undo", "undo", "Undo"),
+        bind("datasets.use", "use_folder", "Use in profile"),
+        bind("datasets.back", "leave", "Back", keys="escape"),
+        bind("datasets.profile", "open_profile", "Profile's data", show=False),
+        bind("datasets.revert", "revert", "Revert caption", show=False),
+        bind("datasets.bucket_filter", "filter_bucket", "Bucket filter", show=False),
+        bind("datasets.dupes", "filter_dupes", "Dupes", show=False),
+        bind("datasets.clear", "clear_filters", "Clear filters", show=False),
+        bind("datasets.bucket_profile", "bucket_profile", "Batch profile", show=False),
+        bind("datasets.rescan", "rescan", "Rescan", show=False),
     ]
 
     def compose_body(self) -> ComposeResult:
@@ -86,8 +95,16 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         # Flags and size first: a long file name is the only thing that may run off the right edge at 80 columns.
         for key, label, width in (("flags", "c d", 3), ("size", "size", 9), ("name", "name", None)):
             table.add_column(label, key=key, width=width)
+        # Text fields are entered on purpose (e/Enter, o, /) and left with Esc: out of the Tab chain until then,
+        # so Tab cycles the lists and panels and `j j` after a Tab moves the list instead of typing "jj".
+        for field in self.query("#ds-caption, #ds-input"):
+            field.can_focus = False
         self.set_focus(table)
         self._open("last", "")
+
+    def open_field(self, field: Widget) -> None:
+        field.can_focus = True
+        super().open_field(field)
 
     def on_profiles_listed(self, message: msg.ProfilesListed) -> None:
         self._choose(message.title, message.choices, message.then)
@@ -152,7 +169,13 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
     def on_descendant_focus(self) -> None:
         self.refresh_bindings()
 
-    def on_descendant_blur(self) -> None:
+    def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        if isinstance(event.widget, (TextArea, Input)):
+            event.widget.can_focus = False  # left (Esc, Tab, a list key): back out of the Tab chain
+        if event.widget.id == "ds-input" and self.input_mode:
+            # Tabbed away from the input line: it closes as Enter would for a tag filter (the filter stays)
+            # and as Esc does for an open; the focus goes where Tab sent it.
+            self._end_input(focus_list=False)
         self.refresh_bindings()
 
     # The input line: open a path, filter by tag.
@@ -164,11 +187,12 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
         box.value = value
         self.open_field(box)  # focused now, so the letters right behind `o` or `/` land here
 
-    def _end_input(self) -> None:
+    def _end_input(self, focus_list: bool = True) -> None:
         self.input_mode = ""
         self.query_one("#ds-input-label", Static).update("")
         self.query_one("#ds-input", Input).value = ""
-        self.set_focus(self.query_one("#ds-files", DataTable))
+        if focus_list:
+            self.set_focus(self.query_one("#ds-files", DataTable))
 
     def action_open(self) -> None:
         self._begin_input("open", "open: ")
@@ -197,12 +221,15 @@ class DatasetsScreen(CaptionEditing, BatchAndUndo, FiltersAndPanels):
     @staticmethod
     def _check_open(text: str) -> str | None:
         path = Path(text.strip()).expanduser()
+        # Shortened in the middle to fit a notification at 80 columns (about 36 cells a line): a long path
+        # would otherwise fold mid-name; the typed text stays in the input line, whole.
+        shown = units.middle(path, TOAST_PATH_CELLS)
         if not text.strip():
             return "type a folder or a dataset .toml path"
         if not path.exists():
-            return f"{path}: not found"
+            return f"{shown}: not found"
         if not path.is_dir() and path.suffix.lower() != ".toml":
-            return f"{path}: expected a folder or a dataset .toml file"
+            return f"{shown}: expected a folder or a dataset .toml file"
         return None
 
     def action_open_profile(self) -> None:

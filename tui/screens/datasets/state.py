@@ -8,6 +8,7 @@ from pathlib import Path
 
 from textual.widgets import ContentSwitcher, DataTable, Static
 
+from tui import units
 from tui.screens.base import DeckScreen
 from tui.widgets import dataset_model as dm
 
@@ -54,9 +55,19 @@ class DatasetsState(DeckScreen):
             if self.filters.active():
                 parts.append(f"filter: {self.filters.describe()} (c clears)")
             if self.source is not None:
-                parts.append(self.source.label)  # last: a long path may be cut at the right edge
+                # Last, and shortened in the middle to the room left: the folder's start and its name both show.
+                room = max(16, self.query_one("#ds-status", Static).size.width - len(" · ".join(parts)) - 3)
+                parts.append(self._source_label(room))
             text = " · ".join(parts) or "o: open a folder or a dataset TOML · p: a profile's dataset"
         self.query_one("#ds-status", Static).update(text)
+
+    def _source_label(self, width: int) -> str:
+        source = self.source
+        assert source is not None
+        if source.kind == "profile":
+            head = f"profile {source.profile} ("
+            return f"{head}{units.middle(source.target, max(8, width - len(head) - 1))})"
+        return units.middle(source.target, width)
 
     def _switch(self, pane: str) -> None:
         """Preview + editor, or a report panel; a panel also takes the file list's room (tables need width)."""
