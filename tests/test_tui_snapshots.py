@@ -10,7 +10,8 @@ The state is the same on every run and machine: a fixed DPDECK_HOME path (recrea
 to start in holding a small generated dataset (BMP images: byte-for-byte the same sizes everywhere), TZ=UTC, the
 wall clock frozen with time-machine (Textual and asyncio run on the monotonic clock, which it leaves alone),
 real stored profiles and a real header-only model file, and the engine stand-in (tests/fake_engine.py) with
-fixed jobs, metrics and host figures (the one part of the state a real machine cannot fix).
+fixed jobs, metrics and host figures (the one part of the state a real machine cannot fix); the free disk space
+Models shows comes from shutil.disk_usage, answered with a fixed figure for paths under ROOT.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from PIL import Image
@@ -198,6 +199,25 @@ def _pin_mtimes(root: Path) -> None:
         os.utime(path, (NOW - 3600, NOW - 3600), follow_symlinks=False)
 
 
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+# The free space of this machine's /tmp, as Models' pull line and size question show it, fixed like the rest.
+FIXED_DISK = DiskUsage(total=2000 * 2**30, used=700 * 2**30, free=1300 * 2**30)
+
+
+def _fixed_disk_usage(real: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """shutil.disk_usage answering FIXED_DISK for paths inside ROOT (and the real figures elsewhere)."""
+
+    def disk_usage(path: Any) -> Any:
+        return FIXED_DISK if Path(os.fspath(path)).is_relative_to(ROOT) else real(path)
+
+    return disk_usage
+
+
 @pytest.fixture
 def fixed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fixed]:
     shutil.rmtree(ROOT, ignore_errors=True)
@@ -212,6 +232,8 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fixed]:
     monkeypatch.setenv("DPDECK_HOME", str(state.home))
     monkeypatch.setenv("HF_HUB_CACHE", str(ROOT / "hf-cache"))
     monkeypatch.setenv("DPDECK_IMAGE_PROTOCOL", "halfblock")
+    # The stdlib call, not a dpdeck internal: every reader of free space (Models, downloads) goes through it.
+    monkeypatch.setattr(shutil, "disk_usage", _fixed_disk_usage(shutil.disk_usage))
     old_tz = os.environ.get("TZ")
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
@@ -225,7 +247,8 @@ def fixed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fixed]:
         _store_profile(state)
         _write_model(state)
         _pin_mtimes(ROOT)
-        os.utime(state.log, (NOW - 20, NOW - 20))  # written 20 s ago: a healthy running job, not a stalled one
+        # Written 20 s ago: a healthy running job, not a stalled one.
+        os.utime(state.log, (NOW - 20, NOW - 20))
         yield state
     if old_tz is None:
         os.environ.pop("TZ", None)
@@ -256,7 +279,7 @@ def fixed_engine(fixed: Fixed) -> FakeEngine:
         "cpu_count": 32,
         "ram_used": 96 * 2**30,
         "ram_total": 256 * 2**30,
-        "disks": {str(fixed.home): {"used": 700 * 2**30, "total": 2000 * 2**30, "free": 1300 * 2**30}},
+        "disks": {str(fixed.home): FIXED_DISK._asdict()},
     }
     return engine
 
