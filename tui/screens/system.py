@@ -156,6 +156,9 @@ class SystemScreen(DeckScreen):
             ("procs", "processes"),
         ):
             table.add_column(label, key=key)
+        # Hidden until its first rows are in: Textual's DataTable keeps a header drawn while it was empty at
+        # the label-wide columns after the rows widen them (a misaligned header until the next poll, 2 runs in 4).
+        table.display = False
         super().on_mount()
 
     def poll(self) -> None:
@@ -175,7 +178,6 @@ class SystemScreen(DeckScreen):
     def on_system_loaded(self, message: SystemLoaded) -> None:
         self.query_one("#gpu-summary", Static).update(gpu_summary(message.gpus))
         table = self.query_one("#gpu-table", DataTable)
-        table.display = bool(message.gpus)
         seen = set()
         for gpu in message.gpus:
             key = str(gpu.get("index"))
@@ -198,6 +200,7 @@ class SystemScreen(DeckScreen):
                 table.add_row(*cells.values(), key=key)
         for key in [k.value for k in table.rows if k.value not in seen]:
             table.remove_row(key)
+        table.display = bool(message.gpus)
         self.query_one("#host-stats", Static).update(stats_text(message.stats))
         pane = self.query_one("#daemon-status", Static)
         pane.update(daemon_text(message.daemon, pane.size.width or 76))
