@@ -234,7 +234,12 @@ def job_processes(ctx: Ctx, job: int) -> list[tuple[int, list[str]]]:
 
 
 def is_rank(cmd: Sequence[str]) -> bool:
-    """A training rank (`python -u -m engine.trainer --local_rank=N ...`), not the launcher that names it."""
+    """A training rank, not the launcher that names it: titled `dpdeck train job N rank R` (engine/proctitle.py),
+    or `python -u -m engine.trainer --local_rank=N ...` where no title was set."""
+    from engine.proctitle import title_for
+
+    if cmd and cmd[0].startswith(title_for("train", job="", rank="").split(" rank")[0]):
+        return True
     return "-m" in cmd and cmd[cmd.index("-m") + 1 : cmd.index("-m") + 2] == ["engine.trainer"]
 
 
