@@ -62,6 +62,8 @@ def test_every_requirement_of_the_pinned_versions_is_carried_or_in_the_image() -
             continue
         if dist.version == pin.version:
             metadata[pin.name] = dist.read_text("METADATA") or ""
+    if "diffusers" not in metadata:  # the oldest-Python lane installs dpdeck without its train extra
+        pytest.skip(f"the train extra is not installed here; pins found: {sorted(metadata)}")
     assert len(metadata) >= len(pins) - 4, f"too few pins installed here to check: {sorted(metadata)}"
     assert pack.check_closure(metadata, carried) == []
 
@@ -310,7 +312,8 @@ def test_cpu_dry_run_passes_every_check_a_cpu_can_run(tmp_path: Path) -> None:
     for family in ("sdxl", "chroma"):
         figures = by_name[f"train_{family}"]["figures"]
         assert figures["stopped"]["exit_reason"] == "save_quit" and figures["resumed"]["state"] == "completed"
-    assert by_name["bench"]["figures"]["bench"]["variants"]
+    rows = by_name["bench"]["figures"]["bench"]["rows"]  # bench_trainer_gpu.py's --json document
+    assert {r["variant"] for r in rows} >= {"reference", "ours"} and all(r["samples_per_s"] > 0 for r in rows), rows
     log = (out / "run.log").read_text()
     assert all(f"  {c.name} " in log for c in checks.CHECKS)  # each result was printed as it landed
 
