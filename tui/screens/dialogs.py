@@ -11,7 +11,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.keyscheme import bind
-from tui.screens.list_keys import VIM_LIST_BINDINGS
+from tui.screens.list_keys import VIM_LIST_BINDINGS, OptionListKeys
 from tui.widgets.path_input import PathInput, candidates_line
 
 
@@ -83,7 +83,7 @@ class PromptDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ChoiceDialog(ModalScreen[str | None]):
+class ChoiceDialog(OptionListKeys, ModalScreen[str | None]):
     """Pick one of several (id, label) choices."""
 
     BINDINGS = [*VIM_LIST_BINDINGS, bind("choice.cancel", "cancel", "Cancel")]
@@ -102,18 +102,6 @@ class ChoiceDialog(ModalScreen[str | None]):
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
         self.dismiss(event.option.id)
-
-    def action_cursor_down(self) -> None:
-        self.query_one(OptionList).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one(OptionList).action_cursor_up()
-
-    def action_first(self) -> None:
-        self.query_one(OptionList).action_first()
-
-    def action_last(self) -> None:
-        self.query_one(OptionList).action_last()
 
     def action_cancel(self) -> None:
         self.dismiss(None)

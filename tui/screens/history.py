@@ -13,13 +13,13 @@ from textual.widgets.option_list import Option
 
 from tui import data, units
 from tui.keyscheme import bind
-from tui.screens.list_keys import VIM_LIST_BINDINGS
+from tui.screens.list_keys import VIM_LIST_BINDINGS, OptionListKeys
 
 if TYPE_CHECKING:
     from profiles.history import VersionInfo
 
 
-class HistoryDialog(ModalScreen[None]):
+class HistoryDialog(OptionListKeys, ModalScreen[None]):
     BINDINGS = [
         *VIM_LIST_BINDINGS,
         bind("history.rollback", "rollback", "Roll back to this version"),
@@ -109,18 +109,6 @@ class HistoryDialog(ModalScreen[None]):
             return
         self.app.call_from_thread(self.notify, f"rolled back to v{version}: now v{new}")
         self.load()
-
-    def action_cursor_down(self) -> None:
-        self.query_one(OptionList).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one(OptionList).action_cursor_up()
-
-    def action_first(self) -> None:
-        self.query_one(OptionList).action_first()
-
-    def action_last(self) -> None:
-        self.query_one(OptionList).action_last()
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -15,7 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.screens.list_keys import VIM_LIST_BINDINGS
+from tui.screens.list_keys import VIM_LIST_BINDINGS, OptionListKeys
 
 KEEP = 500  # the newest this many; a day of busy use, and a bounded memory
 
@@ -59,7 +59,7 @@ def note_line(note: Note, now: float | None = None) -> Text:
     return line
 
 
-class NotificationsScreen(ModalScreen[None]):
+class NotificationsScreen(OptionListKeys, ModalScreen[None]):
     BINDINGS = [
         *VIM_LIST_BINDINGS,
         Binding("escape,q", "close", "Close", id="notifications.close"),
@@ -78,18 +78,6 @@ class NotificationsScreen(ModalScreen[None]):
             ]
             yield OptionList(*options, id="notification-list")
             yield Static("[b]j[/b]/[b]k[/b] move    [b]Esc[/b]/[b]q[/b] close", classes="dialog-keys")
-
-    def action_cursor_down(self) -> None:
-        self.query_one(OptionList).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one(OptionList).action_cursor_up()
-
-    def action_first(self) -> None:
-        self.query_one(OptionList).action_first()
-
-    def action_last(self) -> None:
-        self.query_one(OptionList).action_last()
 
     def action_close(self) -> None:
         self.dismiss(None)
